@@ -1,0 +1,64 @@
+"""The `latentserve` console script: subcommands are registered from latentserve/commands/* lazily.
+
+Each command module imports only argparse at module level, so `latentserve --help` stays fast; the heavy
+work (torch, ray, onnxruntime) is imported inside its run function. Errors print as one line, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under latentserve.commands. Order is the order shown in --help.
+COMMANDS = [
+    "train", "export", "eval", "bundle",
+    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "bench",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentserve", description="Serve and train latent generative image models.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"latentserve.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"latentserve.commands.{name}":
+                continue  # command not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from latentserve.errors import LatentServeError
+
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("latentserve: interrupted", file=sys.stderr)
+        return 130
+    except (LatentServeError, FileNotFoundError, PermissionError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"latentserve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # grpc errors and the unexpected: still one line unless --debug
+        if args.debug:
+            raise
+        details = getattr(exc, "details", None)
+        msg = details() if callable(details) else str(exc)
+        code = getattr(exc, "code", None)
+        prefix = f"{code().name}: " if callable(code) else f"{type(exc).__name__}: "
+        print(f"latentserve {args.command}: error: {prefix}{msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

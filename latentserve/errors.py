@@ -1,0 +1,58 @@
+"""The one error hierarchy of latentserve, shared by the training side, the services, the client and the CLI.
+
+The gRPC ingress maps these to status codes in one place (services/ingress.py); the CLI prints them as one
+line. Messages say what was wrong and what is allowed.
+"""
+from __future__ import annotations
+
+
+class LatentServeError(Exception):
+    """Base class. `kind` names the category; the gRPC status code is derived from it at the ingress."""
+
+    kind = "unrecoverable"
+
+
+class ValidationError(LatentServeError, ValueError):
+    """The request or the input is wrong (bad shape, NaN, unknown class or factor, over a cap)."""
+
+    kind = "validation"
+
+
+class NotFoundError(LatentServeError, LookupError):
+    """An unknown model, version, handle or file."""
+
+    kind = "not_found"
+
+
+class OverloadedError(LatentServeError):
+    """A bounded queue is full; retry later."""
+
+    kind = "overloaded"
+
+
+class DeadlineExceededError(LatentServeError):
+    """The caller's deadline passed before the work finished; the work was released."""
+
+    kind = "deadline"
+
+
+class UnavailableError(LatentServeError):
+    """A dependency (e.g. Redis for a handle) cannot be reached right now."""
+
+    kind = "unavailable"
+
+
+class UnauthenticatedError(LatentServeError):
+    """Missing or wrong API token."""
+
+    kind = "unauthenticated"
+
+
+class UnrecoverableError(LatentServeError):
+    """Corrupt artefact, broken invariant: nothing the caller can fix by changing the request."""
+
+    kind = "unrecoverable"
+
+
+class IntegrityError(UnrecoverableError):
+    """A model file is missing or its sha256 does not match the manifest."""

@@ -1,0 +1,78 @@
+"""Dataset types shared by every generator/loader: images, class labels and factors in natural units.
+
+Storage convention: images are uint8 (N, H, W, 3); networks see float32 (N, 3, H, W) in [-1, 1]
+(`to_model` / `to_uint8`). Factors are float32 (N, K) in the units of `Factor`, NaN where a factor does
+not apply to an image (e.g. a dataset without that factor).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A continuous factor of variation, in natural units."""
+
+    name: str
+    low: float  # smallest value the dataset produces
+    high: float  # largest value the dataset produces
+    unit: str = ""  # e.g. "fraction of image width", "degrees"
+    doc: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DataSplit:
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int64 (N,)
+    factors: np.ndarray  # float32 (N, K), NaN where not applicable
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        assert self.images.dtype == np.uint8 and self.images.ndim == 4 and self.images.shape[3] == 3, self.images.shape
+        assert self.labels.shape == (n,) and self.factors.shape[0] == n, (self.labels.shape, self.factors.shape)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class Dataset:
+    name: str  # registry name: shapes | disks | digits | folder
+    image_size: int
+    class_names: list[str]
+    factors: list[Factor]
+    train: DataSplit
+    test: DataSplit
+    config: dict = field(default_factory=dict)  # JSON-able kwargs that rebuild exactly this dataset
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def meta(self) -> dict:
+        """What a model needs to know about its data (goes into checkpoints and manifests)."""
+        return {
+            "name": self.name,
+            "image_size": self.image_size,
+            "class_names": list(self.class_names),
+            "factors": [f.to_dict() for f in self.factors],
+            "config": dict(self.config),
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+        }
+
+
+def to_model(images_u8: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [-1, 1]."""
+    return (images_u8.astype(np.float32).transpose(0, 3, 1, 2) / 127.5) - 1.0
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), clipped and rounded."""
+    x = (np.clip(images, -1.0, 1.0) + 1.0) * 127.5
+    return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)

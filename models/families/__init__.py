@@ -1,0 +1,22 @@
+"""Registry of model families: name -> Family subclass, imported lazily (torch is heavy)."""
+from __future__ import annotations
+
+import importlib
+
+from latentserve.errors import ValidationError
+
+FAMILIES = {
+    "gan": "latentserve.models.families.gan:GANFamily",
+    "vae": "latentserve.models.families.vae:VAEFamily",
+    "flow": "latentserve.models.families.flow:FlowFamily",
+    "probe": "latentserve.models.families.probe:ProbeFamily",
+}
+GENERATIVE = ("gan", "vae", "flow")
+
+
+def get_family(name: str):
+    """The Family subclass for `name` (gan | vae | flow | probe)."""
+    if name not in FAMILIES:
+        raise ValidationError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
+    module, _, attr = FAMILIES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -6,9 +6,12 @@ not apply to an image (e.g. a dataset without that factor).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from latentserve.errors import ValidationError
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Dataset:
     train: DataSplit
     test: DataSplit
     config: dict = field(default_factory=dict)  # JSON-able kwargs that rebuild exactly this dataset
+    # JSON-able facts about this build that are not kwargs (e.g. folder: skipped_files, files_per_class)
+    info: dict = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -64,6 +69,7 @@ class Dataset:
             "config": dict(self.config),
             "n_train": len(self.train),
             "n_test": len(self.test),
+            "info": dict(self.info),
         }
 
 
@@ -76,3 +82,45 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """float (N, 3, H, W) in [-1, 1] -> uint8 (N, H, W, 3), clipped and rounded."""
     x = (np.clip(images, -1.0, 1.0) + 1.0) * 127.5
     return np.rint(x).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+# -- small helpers shared by the dataset builders ---------------------------------------------------------
+
+
+def check_int(name: str, value, low: int, high: int) -> int:
+    """`value` as an int in [low, high], else ValidationError naming the allowed range (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if not low <= int(value) <= high:
+        raise ValidationError(f"{name} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def check_float(name: str, value, low: float, high: float) -> float:
+    """`value` as a finite float in [low, high], else ValidationError naming the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValidationError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or not low <= v <= high:
+        raise ValidationError(f"{name} must be in [{low}, {high}], got {value}")
+    return v
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class split of indices into (train, test), both sorted.
+
+    Each class with >= 2 items gives round(test_fraction * n) of them (at least 1, at most n - 1 when
+    test_fraction > 0) to test, chosen by a permutation seeded with (seed, class), so the split of one
+    class does not depend on the other classes.
+    """
+    labels = np.asarray(labels)
+    train, test = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n_test = int(round(test_fraction * len(idx)))
+        if test_fraction > 0 and len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        perm = np.random.default_rng([seed, int(c)]).permutation(len(idx))
+        test.append(idx[perm[:n_test]])
+        train.append(idx[perm[n_test:]])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

@@ -1,0 +1,96 @@
+"""The recipe of the bundled default models and the job that reproduces them: train, export, evaluate.
+
+`latentserve bundle` trains shapes-probe, shapes-gan, shapes-vae and shapes-flow (32x32 shapes) two at a time,
+one thread each (the reference machine has 2 cores), exports them into the model repository and evaluates
+every generative model with the probe. The probe is exported first because eval scores the others with it.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str  # repository name, e.g. shapes-gan
+    family: str
+    steps: int
+    batch_size: int = 64
+    data: str = "shapes"
+    family_args: dict = field(default_factory=dict)
+    minutes: float = 5.0  # expected wall-clock on one thread; schedules the longest first
+
+
+# Steps and batch sizes are chosen so the whole bundle takes <= 20 minutes on 2 CPU cores (figures measured
+# on the reference machine are in each manifest's training.seconds). Family configs use their defaults.
+RECIPE = [
+    Job("shapes-probe", "probe", steps=1500, batch_size=64, minutes=3),
+    Job("shapes-gan", "gan", steps=6000, batch_size=64, minutes=9),
+    Job("shapes-vae", "vae", steps=4000, batch_size=64, minutes=5),
+    Job("shapes-flow", "flow", steps=3000, batch_size=64, minutes=9),
+]
+
+
+def _train_cmd(job: Job, runs: Path, seed: int) -> list[str]:
+    cmd = [sys.executable, "-m", "latentserve", "train", "--family", job.family, "--data", job.data,
+           "--steps", str(job.steps), "--batch-size", str(job.batch_size), "--seed", str(seed),
+           "--out", str(runs / job.name), "--threads", "1", "--ckpt-every", "500"]
+    for k, v in job.family_args.items():
+        cmd += ["--set", f"{k}={v}"]
+    return cmd
+
+
+def _run_lanes(cmds: list[tuple[str, list[str]]], lanes: int, log_dir: Path) -> None:
+    """Runs commands `lanes` at a time; raises on the first failure with the tail of its log."""
+    pending = list(cmds)
+    running: list[tuple[str, subprocess.Popen, Path]] = []
+    while pending or running:
+        while pending and len(running) < lanes:
+            name, cmd = pending.pop(0)
+            log = log_dir / f"{name}.log"
+            print(f"[bundle] start {name}: {' '.join(cmd[2:])}  (log: {log})", flush=True)
+            running.append((name, subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log))
+        time.sleep(2)
+        for item in list(running):
+            name, proc, log = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            if proc.returncode != 0:
+                for _, other, _ in running:
+                    other.terminate()
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                raise RuntimeError(f"{name} failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+            print(f"[bundle] done {name}", flush=True)
+
+
+def build_bundle(repo: Path | None = None, runs: Path = Path("runs/bundle"), seed: int = 0, lanes: int = 2,
+                 only: list[str] | None = None, skip_train: bool = False) -> dict[str, dict]:
+    """Train (resumable), export and evaluate the recipe; returns {name: metrics}."""
+    from latentserve.models.evaluate import evaluate_record
+    from latentserve.models.export import export_run
+    from latentserve.models.repository import Repository, default_repository_path
+
+    repo = Path(repo) if repo else default_repository_path()
+    runs.mkdir(parents=True, exist_ok=True)
+    jobs = [j for j in RECIPE if not only or j.name in only]
+    t0 = time.time()
+    if not skip_train:
+        ordered = sorted(jobs, key=lambda j: -j.minutes)
+        _run_lanes([(j.name, _train_cmd(j, runs, seed)) for j in ordered], lanes, runs)
+    print(f"[bundle] training done in {time.time() - t0:.0f}s", flush=True)
+    probe_job = next((j for j in jobs if j.family == "probe"), None)
+    # probe first: eval of the generative models scores them with it
+    for job in sorted(jobs, key=lambda j: j.family != "probe"):
+        probe = probe_job.name if probe_job else f"{job.data}-probe"
+        record = export_run(runs / job.name, job.name, repo_root=repo, probe=probe)
+        print(f"[bundle] exported {record.name} v{record.version} -> {record.path}", flush=True)
+    results = {}
+    repository = Repository(repo)
+    for job in jobs:
+        results[job.name] = evaluate_record(repository, job.name)
+    print(f"[bundle] all done in {time.time() - t0:.0f}s", flush=True)
+    return results

@@ -1,0 +1,546 @@
+"""Latent-space math shared by training (fitting) and serving (sampling, interpolation, knob edits).
+
+Owns the prior, the factor knobs (ridge directions), the PCA directions and the per-class diagonal GMM of
+one generative model, stored as `latent_space.npz`. numpy only at import; sklearn is imported lazily inside
+`fit_latent_space`, so the serving side can use this module without torch or sklearn.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from latentserve.errors import IntegrityError, ValidationError
+
+PRIOR_TYPES = ("standard_normal", "class_gaussian")
+FORMAT_VERSION = 1
+PCA_KNOB_PREFIX = "pca_"  # PCA directions are also addressable as knobs "pca_0", "pca_1", ...
+PCA_KNOB_RANGE = 3.0  # PCA knob range advertised in the manifest, in std units: [-3, 3]
+
+
+@dataclass
+class Knob:
+    """A linear predictor of one continuous factor from the latent: factor ~= z @ weight + bias."""
+
+    name: str
+    weight: np.ndarray  # float32 (D,)
+    bias: float
+    r2: float  # R^2 of the predictor on held-out latents (NaN if it could not be measured)
+    low: float  # factor range in natural units (from the dataset's Factor)
+    high: float
+    unit: str = ""
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        self.weight = np.asarray(self.weight, dtype=np.float32).reshape(-1)
+        if not np.all(np.isfinite(self.weight)):
+            raise ValidationError(f"knob {self.name!r}: weight has non-finite values")
+        if float(self.weight @ self.weight) <= 0.0:
+            raise ValidationError(f"knob {self.name!r}: weight is zero, the knob cannot move a latent")
+        self.bias = float(self.bias)
+        self.r2 = float(self.r2)
+        self.low, self.high = float(self.low), float(self.high)
+
+
+@dataclass
+class LatentSpace:
+    """Prior, knobs, PCA and per-class GMM of one model's latent space (shapes: D latent, C classes)."""
+
+    prior_type: str  # "standard_normal" (gan, vae) | "class_gaussian" (flow)
+    latent_dim: int  # D
+    n_classes: int  # C
+    prior_mean: np.ndarray | None = None  # float32 (C, D), class_gaussian only
+    prior_logstd: np.ndarray | None = None  # float32 (C, D), class_gaussian only
+    knobs: dict[str, Knob] = field(default_factory=dict)  # factor name -> Knob (insertion = manifest order)
+    pca_components: np.ndarray | None = None  # float32 (P, D), orthonormal rows
+    pca_mean: np.ndarray | None = None  # float32 (D,)
+    pca_std: np.ndarray | None = None  # float32 (P,), std of the latents along each component
+    pca_explained: np.ndarray | None = None  # float32 (P,), explained-variance ratio of each component
+    gmm_weights: np.ndarray | None = None  # float32 (C, K), rows sum to 1
+    gmm_means: np.ndarray | None = None  # float32 (C, K, D)
+    gmm_vars: np.ndarray | None = None  # float32 (C, K, D), diagonal variances > 0
+
+    def __post_init__(self) -> None:
+        if self.prior_type not in PRIOR_TYPES:
+            raise ValidationError(f"prior_type {self.prior_type!r} is not one of {', '.join(PRIOR_TYPES)}")
+        self.latent_dim, self.n_classes = int(self.latent_dim), int(self.n_classes)
+        if self.latent_dim < 1 or self.n_classes < 1:
+            raise ValidationError(f"latent_dim ({self.latent_dim}) and n_classes ({self.n_classes}) must be >= 1")
+        d, c = self.latent_dim, self.n_classes
+
+        def arr(value, shape, what):
+            if value is None:
+                return None
+            value = np.asarray(value, dtype=np.float32)
+            if value.shape != shape:
+                raise ValidationError(f"{what} has shape {value.shape}, expected {shape}")
+            return value
+
+        if self.prior_type == "class_gaussian":
+            if self.prior_mean is None or self.prior_logstd is None:
+                raise ValidationError("prior_type 'class_gaussian' needs prior_mean and prior_logstd (C, D)")
+        self.prior_mean = arr(self.prior_mean, (c, d), "prior_mean")
+        self.prior_logstd = arr(self.prior_logstd, (c, d), "prior_logstd")
+        for name, knob in self.knobs.items():
+            if knob.name != name or knob.weight.shape != (d,):
+                raise ValidationError(f"knob {name!r}: name mismatch or weight shape {knob.weight.shape} != ({d},)")
+            if name.startswith(PCA_KNOB_PREFIX):
+                raise ValidationError(f"knob name {name!r} clashes with the PCA knob prefix {PCA_KNOB_PREFIX!r}")
+        if self.pca_components is not None:
+            p = np.asarray(self.pca_components).shape[0]
+            self.pca_components = arr(self.pca_components, (p, d), "pca_components")
+            self.pca_mean = arr(self.pca_mean, (d,), "pca_mean")
+            self.pca_std = arr(self.pca_std, (p,), "pca_std")
+            self.pca_explained = arr(self.pca_explained, (p,), "pca_explained")
+            if self.pca_mean is None or self.pca_std is None or self.pca_explained is None:
+                raise ValidationError("pca_components needs pca_mean, pca_std and pca_explained")
+        if self.gmm_weights is not None:
+            k = np.asarray(self.gmm_weights).shape[-1]
+            self.gmm_weights = arr(self.gmm_weights, (c, k), "gmm_weights")
+            self.gmm_means = arr(self.gmm_means, (c, k, d), "gmm_means")
+            self.gmm_vars = arr(self.gmm_vars, (c, k, d), "gmm_vars")
+            if self.gmm_means is None or self.gmm_vars is None:
+                raise ValidationError("gmm_weights needs gmm_means and gmm_vars")
+            if np.any(self.gmm_vars <= 0) or np.any(self.gmm_weights < 0):
+                raise ValidationError("gmm_vars must be > 0 and gmm_weights >= 0")
+            if not np.allclose(self.gmm_weights.sum(1), 1.0, atol=1e-4):
+                raise ValidationError("each row of gmm_weights must sum to 1")
+
+    # -- names --------------------------------------------------------------------------------------------
+    @property
+    def n_pca(self) -> int:
+        return 0 if self.pca_components is None else int(self.pca_components.shape[0])
+
+    @property
+    def gmm_components(self) -> int:
+        return 0 if self.gmm_weights is None else int(self.gmm_weights.shape[1])
+
+    def knob_names(self) -> list[str]:
+        """Factor knobs first (in fit order), then PCA knobs 'pca_0'.. (amounts in std units)."""
+        return list(self.knobs) + [f"{PCA_KNOB_PREFIX}{i}" for i in range(self.n_pca)]
+
+    def _pca_index(self, name: str) -> int | None:
+        if name.startswith(PCA_KNOB_PREFIX) and name[len(PCA_KNOB_PREFIX):].isdigit():
+            i = int(name[len(PCA_KNOB_PREFIX):])
+            if i < self.n_pca:
+                return i
+        return None
+
+    def _knob(self, name: str) -> Knob:
+        try:
+            return self.knobs[name]
+        except KeyError:
+            known = ", ".join(self.knob_names()) or "(none)"
+            raise ValidationError(f"unknown knob {name!r}; known knobs: {known}") from None
+
+    # -- input checks -------------------------------------------------------------------------------------
+    def _latents(self, z: Any) -> tuple[np.ndarray, bool]:
+        """z (N, D) or (D,) -> float32 (N, D) and whether the input was a single vector."""
+        z = np.asarray(z, dtype=np.float32)
+        single = z.ndim == 1
+        z2 = z[None] if single else z
+        if z2.ndim != 2 or z2.shape[1] != self.latent_dim:
+            raise ValidationError(f"latents must have shape (N, {self.latent_dim}) or ({self.latent_dim},), got {z.shape}")
+        if not np.all(np.isfinite(z2)):
+            raise ValidationError("latents contain NaN or infinity")
+        return z2, single
+
+    def _labels(self, labels: Any) -> np.ndarray:
+        labels = np.asarray(labels)
+        if labels.ndim != 1:
+            raise ValidationError(f"labels must be a 1-D array, got shape {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            if not np.all(np.equal(np.mod(labels, 1), 0)):
+                raise ValidationError("labels must be integers")
+        labels = labels.astype(np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= self.n_classes):
+            raise ValidationError(f"labels must be in [0, {self.n_classes}), got range [{labels.min()}, {labels.max()}]")
+        return labels
+
+    @staticmethod
+    def _temperature(temperature: float) -> float:
+        t = float(temperature)
+        if not np.isfinite(t) or t < 0:
+            raise ValidationError(f"temperature must be a finite number >= 0, got {temperature}")
+        return t
+
+    def _per_row(self, value: Any, n: int, what: str) -> np.ndarray:
+        """Scalar or (N,) -> float32 (N, 1) for broadcasting against (N, D)."""
+        v = np.asarray(value, dtype=np.float32)
+        if v.ndim == 0:
+            v = np.full((n,), float(v), dtype=np.float32)
+        if v.shape != (n,):
+            raise ValidationError(f"{what} must be a scalar or have shape ({n},), got {v.shape}")
+        if not np.all(np.isfinite(v)):
+            raise ValidationError(f"{what} contains NaN or infinity")
+        return v[:, None]
+
+    # -- sampling -----------------------------------------------------------------------------------------
+    def sample_prior(self, labels: Any, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        """z = mean + T * std * eps for each label -> float32 (N, D)."""
+        labels, t = self._labels(labels), self._temperature(temperature)
+        eps = rng.standard_normal((len(labels), self.latent_dim), dtype=np.float32)  # (N, D)
+        if self.prior_type == "standard_normal":
+            return (t * eps).astype(np.float32)
+        mean, std = self.prior_mean[labels], np.exp(self.prior_logstd[labels])  # (N, D) each
+        return (mean + t * std * eps).astype(np.float32)
+
+    def sample_gmm(self, labels: Any, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
+        """Draw from the per-class diagonal GMM fitted on encoded training images -> float32 (N, D).
+
+        Temperature scales each component's std (the component choice is not tempered)."""
+        if self.gmm_weights is None:
+            raise ValidationError("this latent space has no GMM; sample the prior instead")
+        labels, t = self._labels(labels), self._temperature(temperature)
+        n = len(labels)
+        # Vectorised categorical draw: first component whose cumulative weight exceeds u.
+        cum = np.cumsum(self.gmm_weights[labels], axis=1)  # (N, K)
+        u = rng.random(n)[:, None] * cum[:, -1:]  # (N, 1); scaled in case rows sum to 1 - 1e-7
+        comp = np.minimum((u >= cum).sum(1), self.gmm_components - 1)  # (N,)
+        mean = self.gmm_means[labels, comp]  # (N, D)
+        std = np.sqrt(self.gmm_vars[labels, comp])  # (N, D)
+        eps = rng.standard_normal((n, self.latent_dim), dtype=np.float32)
+        return (mean + t * std * eps).astype(np.float32)
+
+    # -- knobs --------------------------------------------------------------------------------------------
+    def predict_factor(self, z: Any, name: str) -> np.ndarray:
+        """The linear prediction of factor `name` (z @ w + b) -> float32 (N,) (scalar array for a (D,) z).
+
+        For a PCA knob 'pca_i' this is the coordinate along component i in std units."""
+        i = self._pca_index(name)
+        z2, single = self._latents(z)
+        if i is not None:
+            out = (z2 - self.pca_mean) @ self.pca_components[i] / self.pca_std[i]
+        else:
+            knob = self._knob(name)
+            out = z2 @ knob.weight + np.float32(knob.bias)
+        out = out.astype(np.float32)
+        return out[0] if single else out
+
+    def move(self, z: Any, name: str, delta: Any) -> np.ndarray:
+        """Shift z so the factor prediction changes by `delta` factor units: z + delta / ||w||^2 * w.
+
+        `delta` is a scalar or (N,). A PCA knob name 'pca_i' moves along component i by `delta` std units."""
+        i = self._pca_index(name)
+        if i is not None:
+            return self.move_pca(z, i, delta)
+        knob = self._knob(name)
+        z2, single = self._latents(z)
+        d = self._per_row(delta, len(z2), "delta")  # (N, 1)
+        w = knob.weight.astype(np.float64)
+        step = (w / (w @ w)).astype(np.float32)  # (D,): one factor unit along the minimum-norm direction
+        out = (z2 + d * step).astype(np.float32)
+        return out[0] if single else out
+
+    def set_factor(self, z: Any, name: str, target: Any) -> np.ndarray:
+        """Move z along the knob so that predict_factor(z, name) == target (scalar or (N,))."""
+        z2, single = self._latents(z)
+        t = self._per_row(target, len(z2), "target")[:, 0]  # (N,)
+        current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
+        out = self.move(z2, name, (t - current).astype(np.float32))
+        return out[0] if single else out
+
+    def move_pca(self, z: Any, index: int, amount: Any) -> np.ndarray:
+        """Move z along PCA component `index` by `amount` (scalar or (N,)) std units of that component."""
+        if self.pca_components is None:
+            raise ValidationError("this latent space has no PCA directions")
+        if not isinstance(index, (int, np.integer)) or not 0 <= int(index) < self.n_pca:
+            raise ValidationError(f"PCA index must be an integer in [0, {self.n_pca}), got {index!r}")
+        z2, single = self._latents(z)
+        a = self._per_row(amount, len(z2), "amount")  # (N, 1)
+        step = self.pca_components[int(index)] * self.pca_std[int(index)]  # (D,)
+        out = (z2 + a * step).astype(np.float32)
+        return out[0] if single else out
+
+    # -- persistence --------------------------------------------------------------------------------------
+    def meta(self) -> dict:
+        """JSON-able summary for the manifest: prior, knobs (factor + PCA) with units/ranges/R², GMM size."""
+        knobs = [
+            {"name": k.name, "kind": "factor", "unit": k.unit, "low": k.low, "high": k.high,
+             "r2_fit": None if not np.isfinite(k.r2) else round(k.r2, 6), "doc": k.doc}
+            for k in self.knobs.values()
+        ]
+        for i in range(self.n_pca):
+            knobs.append({
+                "name": f"{PCA_KNOB_PREFIX}{i}", "kind": "pca", "unit": "std", "low": -PCA_KNOB_RANGE,
+                "high": PCA_KNOB_RANGE, "r2_fit": None,
+                "doc": f"principal direction {i} of encoded training latents "
+                       f"({float(self.pca_explained[i]):.1%} of variance)",
+            })
+        return {
+            "prior": {"type": self.prior_type},
+            "latent_shape": [self.latent_dim],
+            "n_classes": self.n_classes,
+            "knobs": knobs,
+            "pca": {"components": self.n_pca,
+                    "explained_variance": [] if self.pca_explained is None
+                    else [round(float(v), 6) for v in self.pca_explained]},
+            "gmm": {"components": self.gmm_components, "covariance": "diag"},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write all arrays (+ a JSON header as a string array, no pickle) to one .npz file."""
+        path = Path(path)
+        header = {
+            "format": FORMAT_VERSION, "prior_type": self.prior_type, "latent_dim": self.latent_dim,
+            "n_classes": self.n_classes,
+            "knobs": [{"name": k.name, "bias": k.bias, "r2": k.r2, "low": k.low, "high": k.high,
+                       "unit": k.unit, "doc": k.doc} for k in self.knobs.values()],
+        }
+        arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
+        for name in ("prior_mean", "prior_logstd", "pca_components", "pca_mean", "pca_std", "pca_explained",
+                     "gmm_weights", "gmm_means", "gmm_vars"):
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = value
+        for k in self.knobs.values():
+            arrays[f"knob_{k.name}"] = k.weight
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:  # a file object keeps numpy from appending ".npz" to the name
+            np.savez(fh, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatentSpace":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"latent space file not found: {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            header = json.loads(str(arrays.pop("header")))
+        except (ValueError, KeyError, OSError) as exc:
+            raise IntegrityError(f"{path.name}: not a readable latent space file ({exc})") from exc
+        if header.get("format") != FORMAT_VERSION:
+            raise IntegrityError(f"{path.name}: unsupported latent space format {header.get('format')!r}")
+        try:
+            knobs = {
+                k["name"]: Knob(name=k["name"], weight=arrays[f"knob_{k['name']}"], bias=k["bias"], r2=k["r2"],
+                                low=k["low"], high=k["high"], unit=k.get("unit", ""), doc=k.get("doc", ""))
+                for k in header["knobs"]
+            }
+            return cls(
+                prior_type=header["prior_type"], latent_dim=header["latent_dim"], n_classes=header["n_classes"],
+                knobs=knobs, **{name: arrays.get(name) for name in (
+                    "prior_mean", "prior_logstd", "pca_components", "pca_mean", "pca_std", "pca_explained",
+                    "gmm_weights", "gmm_means", "gmm_vars")},
+            )
+        except (KeyError, ValidationError) as exc:
+            raise IntegrityError(f"{path.name}: inconsistent latent space file ({exc})") from exc
+
+
+# -- interpolation -------------------------------------------------------------------------------------------
+def _pair(a: Any, b: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValidationError(f"interpolation ends must be two (D,) vectors of equal shape, got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValidationError("interpolation ends contain NaN or infinity")
+    if not isinstance(steps, (int, np.integer)) or steps < 2:
+        raise ValidationError(f"steps must be an integer >= 2 (both ends are included), got {steps!r}")
+    t = np.linspace(0.0, 1.0, int(steps), dtype=np.float64)[:, None]  # (S, 1)
+    return a.astype(np.float64), b.astype(np.float64), t
+
+
+def lerp(a: Any, b: Any, steps: int) -> np.ndarray:
+    """Straight line from a to b: float32 (steps, D), row 0 == a, row -1 == b."""
+    a64, b64, t = _pair(a, b, steps)
+    out = ((1.0 - t) * a64 + t * b64).astype(np.float32)
+    out[0], out[-1] = np.asarray(a, np.float32), np.asarray(b, np.float32)  # exact ends despite rounding
+    return out
+
+
+def slerp(a: Any, b: Any, steps: int, eps: float = 1e-6) -> np.ndarray:
+    """Spherical interpolation: the direction moves along the great circle from a to b while the norm goes
+    linearly from |a| to |b| (so equal-norm ends keep a constant norm). float32 (steps, D) including both ends.
+
+    Falls back to `lerp` when either end is tiny or the ends are (anti)parallel, where the great circle is
+    undefined (antiparallel) or numerically unstable (parallel)."""
+    a64, b64, t = _pair(a, b, steps)
+    na, nb = float(np.linalg.norm(a64)), float(np.linalg.norm(b64))
+    if na < eps or nb < eps:
+        return lerp(a, b, steps)
+    ua, ub = a64 / na, b64 / nb
+    cos = float(np.clip(ua @ ub, -1.0, 1.0))
+    omega = float(np.arccos(cos))
+    sin = np.sin(omega)
+    if sin < 1e-4:  # parallel or antiparallel
+        return lerp(a, b, steps)
+    direction = (np.sin((1.0 - t) * omega) * ua + np.sin(t * omega) * ub) / sin  # (S, D), unit norm
+    norm = (1.0 - t) * na + t * nb  # (S, 1)
+    out = (direction * norm).astype(np.float32)
+    out[0], out[-1] = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return out
+
+
+# -- fitting --------------------------------------------------------------------------------------------------
+def _spec(spec: Any) -> dict:
+    """A Factor or a dict with name/low/high[/unit/doc] -> plain dict."""
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValidationError(f"factor spec must be a Factor or a dict with 'name', 'low', 'high'; got {spec!r}")
+    return {"name": str(spec["name"]), "low": float(spec.get("low", np.nan)), "high": float(spec.get("high", np.nan)),
+            "unit": str(spec.get("unit", "")), "doc": str(spec.get("doc", ""))}
+
+
+def _r2(y: np.ndarray, pred: np.ndarray) -> float:
+    ss_res = float(np.sum((y - pred) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+
+
+class _Ridge:
+    """Ridge regression with intercept on fixed rows: one eigendecomposition of the centred Gram matrix,
+    shared by every factor with the same known rows and every penalty tried."""
+
+    def __init__(self, x_fit: np.ndarray) -> None:
+        self.mu_x = x_fit.mean(0)  # (D,)
+        self.xc = x_fit - self.mu_x  # (N, D)
+        evals, self.evecs = np.linalg.eigh(self.xc.T @ self.xc)  # (D,), (D, D)
+        self.evals = np.maximum(evals, 0.0)
+        self.scale = max(float(self.evals.mean()), 1e-12)  # penalties are relative to it: scale-free
+
+    def fit(self, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+            alphas: Iterable[float]) -> tuple[np.ndarray, float]:
+        """The (w (D,), b) whose penalty gives the best R² on (x_val, y_val)."""
+        mu_y = y_fit.mean()
+        proj = self.evecs.T @ (self.xc.T @ (y_fit - mu_y))  # (D,)
+        best = (None, 0.0, -np.inf)
+        for alpha in alphas:
+            w = self.evecs @ (proj / (self.evals + alpha * self.scale))
+            b = mu_y - self.mu_x @ w
+            score = _r2(y_val, x_val @ w + b) if len(y_val) > 1 else -float(alpha)  # tiny: smallest penalty
+            if best[0] is None or score > best[2]:
+                best = (w, b, score)
+        return best[0], float(best[1])
+
+
+def fit_latent_space(
+    latents: np.ndarray,
+    labels: np.ndarray,
+    factors: np.ndarray,
+    factor_specs: list,
+    n_classes: int,
+    prior_type: str,
+    prior_mean: np.ndarray | None = None,
+    prior_logstd: np.ndarray | None = None,
+    n_pca: int = 8,
+    gmm_components: int = 4,
+    seed: int = 0,
+) -> LatentSpace:
+    """Fit knobs, PCA and per-class GMM on encoded training latents.
+
+    latents float (N, D); labels int (N,); factors float (N, K) in natural units, NaN = unknown; factor_specs
+    K Factors or dicts. Knobs: ridge regression per factor on 70% of the rows with a known value, penalty
+    picked on 15%, R² reported on the last 15% (never seen by the fit). A factor with fewer than 20 known
+    values or no spread gets no knob. PCA: top `n_pca` right singular vectors of the centred latents.
+    GMM: per class, sklearn GaussianMixture with diagonal covariances (reg_covar relative to the data scale,
+    so it stays stable for D=3072 flow latents); classes with too few rows fall back to fewer components
+    (zero weight padding) or, with none, to the prior."""
+    from sklearn.mixture import GaussianMixture  # lazily: serving never fits
+    from sklearn.utils.extmath import randomized_svd
+
+    x = np.asarray(latents, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValidationError(f"latents must have shape (N >= 2, D), got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValidationError("latents contain NaN or infinity")
+    n, d = x.shape
+    space_labels = np.asarray(labels)
+    if space_labels.shape != (n,):
+        raise ValidationError(f"labels must have shape ({n},), got {space_labels.shape}")
+    space_labels = space_labels.astype(np.int64)
+    if space_labels.min() < 0 or space_labels.max() >= n_classes:
+        raise ValidationError(f"labels must be in [0, {n_classes})")
+    specs = [_spec(s) for s in factor_specs]
+    f = np.asarray(factors, dtype=np.float64).reshape(n, -1) if len(specs) else np.zeros((n, 0))
+    if f.shape != (n, len(specs)):
+        raise ValidationError(f"factors must have shape ({n}, {len(specs)}) to match factor_specs, got {f.shape}")
+    if prior_type not in PRIOR_TYPES:
+        raise ValidationError(f"prior_type {prior_type!r} is not one of {', '.join(PRIOR_TYPES)}")
+    if n_pca < 0 or gmm_components < 1:
+        raise ValidationError(f"n_pca must be >= 0 and gmm_components >= 1 (got {n_pca}, {gmm_components})")
+    rng = np.random.default_rng(seed)
+
+    # Knobs ---------------------------------------------------------------------------------------------------
+    alphas = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    knobs: dict[str, Knob] = {}
+    order = rng.permutation(n)  # one shuffle for all factors, so factors known on the same rows share a fit
+    solvers: dict[bytes, _Ridge] = {}
+    for k, spec in enumerate(specs):
+        rows = order[np.isfinite(f[order, k])]
+        if len(rows) < 20 or np.ptp(f[rows, k]) <= 0:
+            continue  # nothing to learn from
+        n_fit, n_val = int(0.7 * len(rows)), int(0.15 * len(rows))
+        fit, val, test = rows[:n_fit], rows[n_fit:n_fit + n_val], rows[n_fit + n_val:]
+        key = fit.tobytes()
+        if key not in solvers:
+            solvers[key] = _Ridge(x[fit])
+        w, b = solvers[key].fit(f[fit, k], x[val], f[val, k], alphas)
+        r2 = _r2(f[test, k], x[test] @ w + b) if len(test) > 1 else float("nan")
+        if not np.any(w):
+            continue
+        knobs[spec["name"]] = Knob(name=spec["name"], weight=w.astype(np.float32), bias=b, r2=r2,
+                                   low=spec["low"], high=spec["high"], unit=spec["unit"], doc=spec["doc"])
+
+    # PCA -----------------------------------------------------------------------------------------------------
+    pca = {}
+    p = min(n_pca, d, n - 1)
+    if p > 0:
+        mean = x.mean(0)
+        xc = x - mean  # (N, D)
+        total_var = float(np.sum(xc ** 2)) / (n - 1)
+        if min(n, d) > 512:  # the full SVD of (10k, 3072) is slow; the top few directions are all we need
+            _, s, vt = randomized_svd(xc, n_components=p, n_iter=7, random_state=seed)
+        else:
+            _, s, vt = np.linalg.svd(xc, full_matrices=False)
+            s, vt = s[:p], vt[:p]
+        # Deterministic signs: the largest-magnitude coordinate of each component is positive.
+        signs = np.sign(vt[np.arange(p), np.argmax(np.abs(vt), axis=1)])
+        vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+        var = s ** 2 / (n - 1)
+        pca = {"pca_components": vt, "pca_mean": mean, "pca_std": np.sqrt(np.maximum(var, 1e-12)),
+               "pca_explained": var / total_var if total_var > 0 else np.zeros_like(var)}
+
+    # GMM per class -------------------------------------------------------------------------------------------
+    kk = int(gmm_components)
+    weights = np.zeros((n_classes, kk))
+    means = np.zeros((n_classes, kk, d))
+    variances = np.ones((n_classes, kk, d))
+    global_var = float(np.mean(x.var(0))) if n > 1 else 1.0
+    reg = 1e-3 * max(global_var, 1e-8)  # relative floor: well-conditioned even for nearly constant dims
+    for c in range(n_classes):
+        xc_rows = x[space_labels == c]
+        if len(xc_rows) == 0:
+            # No data for this class: use the prior so sampling still works.
+            weights[c, 0] = 1.0
+            if prior_type == "class_gaussian" and prior_mean is not None and prior_logstd is not None:
+                means[c, :] = np.asarray(prior_mean)[c]
+                variances[c, :] = np.exp(2.0 * np.asarray(prior_logstd)[c])
+            continue
+        m = max(1, min(kk, len(xc_rows) // 2))
+        if m == 1:
+            weights[c, 0] = 1.0
+            means[c, :] = xc_rows.mean(0)
+            variances[c, :] = xc_rows.var(0) + reg
+            continue
+        gmm = GaussianMixture(n_components=m, covariance_type="diag", reg_covar=reg, max_iter=200,
+                              n_init=1, random_state=seed + c, init_params="k-means++")
+        gmm.fit(xc_rows)
+        order = np.argsort(-gmm.weights_)  # biggest component first: stable, readable arrays
+        weights[c, :m] = gmm.weights_[order]
+        means[c, :m] = gmm.means_[order]
+        variances[c, :m] = gmm.covariances_[order]
+        means[c, m:] = gmm.means_[order[0]]  # zero-weight padding, never drawn
+        variances[c, m:] = gmm.covariances_[order[0]]
+    weights /= weights.sum(1, keepdims=True)
+
+    return LatentSpace(
+        prior_type=prior_type, latent_dim=d, n_classes=n_classes,
+        prior_mean=prior_mean, prior_logstd=prior_logstd, knobs=knobs,
+        gmm_weights=weights, gmm_means=means, gmm_vars=variances, **pca,
+    )

@@ -1,0 +1,419 @@
+"""Evaluation of exported models: what is served is what is measured (ONNX Runtime on the repository files).
+
+Owns `evaluate_model` (a generative model scored with a probe on the test split), `evaluate_probe` (the
+ruler itself), `evaluate_record` (load, evaluate, write `manifest["metrics"]`, print a table) and the metric
+functions. numpy + onnxruntime only; no torch.
+
+Metrics (all images compared in the networks' [-1,1] space unless said otherwise):
+- GAN-test: the probe's class accuracy on class-conditional samples, per class and mean, for samples from
+  the source prior (flow: at its `prior.sample_temperature`) and from the per-class latent GMM.
+- Knob R²: prior samples are moved with `LatentSpace.set_factor` to target values spread evenly over the
+  factor's [low, high] (shuffled), decoded, and the probe's factor head measures them; R² (1 - SS_res/SS_tot)
+  and MAE of measured vs requested, in the factor's natural units.
+- Coverage: precision/recall (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020) with k=5
+  nearest neighbours, in the probe's feature space, generated vs the same number of real test images (the
+  generated labels are the real images' labels, so the class mix is identical).
+- Reconstruction PSNR (vae, gan): decoder(encoder(x).latent, true label) vs x, both mapped to [0,1];
+  per-image PSNR = 10 log10(1 / MSE), averaged over images (MSE floored at 1e-10, i.e. capped at 100 dB).
+- Flow: round-trip max abs error of decoder(encoder(x)) on test images, and test bits/dim:
+      bpd = ( -(log N(z; mu_y, sigma_y) + logdet) / D + ln 127.5 ) / ln 2,  D = 3*H*W,
+  where x_m = (x_u8 + u - 1/2)/127.5 - 1 with u ~ U[0,1)^D (uniform dequantization centred on the 8-bit
+  grid, as the flow family trains; fixed seed) is the encoder's input and z, logdet are its outputs. A pixel
+  bin of width 1 is 1/127.5 wide in model space, so log P(x_u8) >= E_u[log p_m(x_m)] - D ln 127.5 (Theis et
+  al. 2016), hence the + ln 127.5 = -ln(bin width 2/255) per dim. Reported
+  conditional on the true label y (`bits_per_dim`, the model is class-conditional) and marginal over a
+  uniform class prior (`bits_per_dim_marginal`, log-sum-exp over classes).
+- For every model: the probe's accuracy on the real test split (sanity check of the ruler) and the
+  encoder's class-head accuracy.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latentserve.errors import NotFoundError, ValidationError
+from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
+from latentserve.models.repository import ModelRecord, Repository
+
+DEFAULT_N_PER_CLASS = 100
+PRDC_K = 5
+LATENT_SPACE_FILE = "latent_space.npz"
+
+
+# ----------------------------------------------------------------------------------------------- runtime
+class OnnxGraph:
+    """One exported graph on ONNX Runtime (CPU), run in chunks so memory stays bounded."""
+
+    def __init__(self, record: ModelRecord, graph: str, threads: int | None = 1, chunk: int = 256) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        self.graph = graph
+        self.path = record.graph_path(graph, "onnx")
+        self.session = ort.InferenceSession(str(self.path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.chunk = chunk
+
+    def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise ValidationError(f"graph {self.graph} needs inputs {self.input_names}; missing {missing}")
+        n = len(inputs[self.input_names[0]])
+        parts: dict[str, list[np.ndarray]] = {o: [] for o in self.output_names}
+        for i in range(0, n, self.chunk):
+            feed = {k: inputs[k][i:i + self.chunk] for k in self.input_names}
+            for name, out in zip(self.output_names, self.session.run(self.output_names, feed)):
+                parts[name].append(out)
+        if n == 0:
+            return {o: np.zeros((0,)) for o in self.output_names}
+        return {o: np.concatenate(v) for o, v in parts.items()}
+
+
+def _images(split) -> np.ndarray:
+    from latentserve.models.data.base import to_model
+
+    return to_model(split.images)  # (N,3,H,W) float32 in [-1,1]
+
+
+# ----------------------------------------------------------------------------------------------- metric functions
+def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
+    """1 - SS_res/SS_tot (NaN when y has no spread)."""
+    y, pred = np.asarray(y, np.float64), np.asarray(pred, np.float64)
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if len(y) < 2 or ss_tot <= 0:
+        return float("nan")
+    return 1.0 - float(np.sum((y - pred) ** 2)) / ss_tot
+
+
+def psnr01(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean per-image PSNR (dB) of images in [-1,1] mapped to [0,1]; MSE floored at 1e-10 (<= 100 dB)."""
+    a = (np.clip(x, -1, 1).astype(np.float64) + 1) / 2
+    b = (np.clip(y, -1, 1).astype(np.float64) + 1) / 2
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)  # (N,)
+    return float(np.mean(10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))))
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances (Na, Nb), float64, via the Gram trick (clipped at 0 against rounding)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> dict[str, float]:
+    """Precision/recall (Kynkäänniemi 2019) and density/coverage (Naeem 2020) of `fake` vs `real` features.
+
+    real (N, F), fake (M, F). Radii are the distance to the k-th nearest neighbour within the same set
+    (excluding the point itself). precision = share of fakes inside some real ball; recall = share of reals
+    inside some fake ball; density = mean over fakes of (# real balls containing it) / k; coverage = share of
+    real balls that contain at least one fake.
+    """
+    real, fake = np.asarray(real), np.asarray(fake)
+    if len(real) <= k or len(fake) <= k:
+        raise ValidationError(f"PRDC with k={k} needs more than {k} real and fake samples, got {len(real)}, {len(fake)}")
+    r_real = np.sort(_pairwise(real, real), axis=1)[:, k]  # (N,) column 0 is the point itself
+    r_fake = np.sort(_pairwise(fake, fake), axis=1)[:, k]  # (M,)
+    d = _pairwise(real, fake)  # (N, M)
+    inside_real = d <= r_real[:, None]  # fake j inside real ball i
+    return {
+        "precision": float(inside_real.any(0).mean()),
+        "recall": float((d <= r_fake[None, :]).any(1).mean()),
+        "density": float(inside_real.sum(0).mean() / k),
+        "coverage": float((d.min(1) <= r_real).mean()),
+    }
+
+
+def _log_normal(z: np.ndarray, mean: np.ndarray, logstd: np.ndarray) -> np.ndarray:
+    """log N(z; mean, diag exp(logstd)^2) summed over D -> (N,). z (N,D), mean/logstd (N,D) or (D,)."""
+    z, mean, logstd = z.astype(np.float64), mean.astype(np.float64), logstd.astype(np.float64)
+    return np.sum(-0.5 * ((z - mean) * np.exp(-logstd)) ** 2 - logstd - 0.5 * math.log(2 * math.pi), axis=1)
+
+
+def flow_bits_per_dim(latent: np.ndarray, logdet: np.ndarray, labels: np.ndarray, prior_mean: np.ndarray,
+                      prior_logstd: np.ndarray) -> tuple[float, float]:
+    """(conditional bpd, marginal bpd over a uniform class prior) for dequantized inputs; see module doc."""
+    n, d = latent.shape
+    cond = _log_normal(latent, prior_mean[labels], prior_logstd[labels]) + logdet.astype(np.float64)  # (N,)
+    per_class = np.stack([_log_normal(latent, prior_mean[c], prior_logstd[c]) for c in range(len(prior_mean))], 1)
+    mx = per_class.max(1, keepdims=True)
+    log_mix = (mx[:, 0] + np.log(np.exp(per_class - mx).sum(1))) - math.log(len(prior_mean))  # (N,)
+    marg = log_mix + logdet.astype(np.float64)
+
+    def bpd(loglik: np.ndarray) -> float:
+        return float(np.mean((-loglik / d + math.log(127.5)) / math.log(2.0)))
+
+    return bpd(cond), bpd(marg)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _nan_to_none(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_nan_to_none(x) for x in v]
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _test_split(data):
+    return data.test if hasattr(data, "test") else data
+
+
+def _check_probe(record: ModelRecord, probe: ModelRecord) -> None:
+    if probe.family != "probe":
+        raise ValidationError(f"{probe.name} v{probe.version} is a {probe.family} model, not a probe")
+    if probe.class_names != record.class_names:
+        raise ValidationError(f"probe {probe.name} classes {probe.class_names} differ from {record.name}'s {record.class_names}")
+    if tuple(probe.image_shape) != tuple(record.image_shape):
+        raise ValidationError(f"probe {probe.name} images {probe.image_shape} differ from {record.name}'s {record.image_shape}")
+
+
+def probe_factor_names(probe_record: ModelRecord) -> list[str]:
+    """Names of the probe's factor-head outputs in order (manifest "factor_names", else its data factors)."""
+    names = probe_record.manifest.get("factor_names")
+    return list(names) if names else [f["name"] for f in probe_record.factors]
+
+
+def _probe_factor_r2(pred: np.ndarray, split, names: list[str], data_factors: list[str] | None = None) -> dict:
+    """R² of the probe's factor head per factor on a real split (rows with known values)."""
+    out = {}
+    for k, name in enumerate(names):
+        j = data_factors.index(name) if data_factors and name in data_factors else k
+        if j >= split.factors.shape[1]:
+            continue
+        known = np.isfinite(split.factors[:, j])
+        if known.sum() >= 2:
+            out[name] = r2_score(split.factors[known, j], pred[known, k])
+    return out
+
+
+def _probe_outputs(probe: OnnxGraph, images: np.ndarray) -> dict[str, np.ndarray]:
+    return probe(image=images.astype(np.float32))
+
+
+def evaluate_probe(probe_record: ModelRecord, data, threads: int | None = 1) -> dict:
+    """The probe's own test figures: class accuracy, and R²/MAE of each factor head (rows with known values)."""
+    split = _test_split(data)
+    if len(split) == 0:
+        raise ValidationError("the test split is empty")
+    t0 = time.time()
+    out = _probe_outputs(OnnxGraph(probe_record, "probe", threads), _images(split))
+    acc = float((out["logits"].argmax(1) == split.labels).mean())
+    per_class = {c: float((out["logits"].argmax(1)[split.labels == i] == i).mean()) if np.any(split.labels == i) else None
+                 for i, c in enumerate(probe_record.class_names)}
+    factors = {}
+    data_factors = [f["name"] for f in probe_record.manifest["training"]["data"].get("factors", [])]
+    for k, name in enumerate(probe_factor_names(probe_record)):
+        j = data_factors.index(name) if name in data_factors else k
+        if j >= split.factors.shape[1]:
+            continue
+        known = np.isfinite(split.factors[:, j])
+        if known.sum() < 2:
+            continue
+        y, pred = split.factors[known, j], out["factors"][known, k]
+        factors[name] = {"r2": r2_score(y, pred), "mae": float(np.mean(np.abs(y - pred))), "n": int(known.sum())}
+    return {"test_accuracy": acc, "per_class_accuracy": per_class, "factors": factors, "n_test": len(split),
+            "seconds": round(time.time() - t0, 3)}
+
+
+def _balanced_labels(n_classes: int, n_per_class: int) -> np.ndarray:
+    return np.repeat(np.arange(n_classes, dtype=np.int64), n_per_class)  # (C*n,)
+
+
+def _latent_space(record: ModelRecord):
+    from latentserve.models.latent import LatentSpace
+
+    if record.has_latent_space:
+        return LatentSpace.load(record.file(LATENT_SPACE_FILE))
+    if record.manifest["prior"]["type"] == "standard_normal":  # exported without a latent fit: prior only
+        return LatentSpace(prior_type="standard_normal", latent_dim=record.latent_dim, n_classes=len(record.class_names))
+    raise NotFoundError(f"{record.name} v{record.version} has a class_gaussian prior but no latent_space.npz")
+
+
+def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_class: int = DEFAULT_N_PER_CLASS,
+                   seed: int = 0, threads: int | None = 1) -> dict:
+    """All metrics of one generative model (see the module doc) -> JSON-able dict (NaN -> None)."""
+    if record.family not in GENERATIVE:
+        raise ValidationError(f"{record.name} is a {record.family} model; evaluate it with evaluate_probe")
+    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or not 2 <= n_per_class <= 100_000:
+        raise ValidationError(f"n_per_class must be an int in 2..100000, got {n_per_class!r}")
+    _check_probe(record, probe_record)
+    split = _test_split(data)
+    if len(split) <= PRDC_K:
+        raise ValidationError(f"the test split has {len(split)} images; evaluation needs more than {PRDC_K}")
+    t0 = time.time()
+    rng = np.random.default_rng(seed)
+    classes = record.class_names
+    n_classes = len(classes)
+    space = _latent_space(record)
+    temperature = float(record.manifest["prior"].get("sample_temperature", 1.0))
+    encoder = OnnxGraph(record, "encoder", threads)
+    decoder = OnnxGraph(record, "decoder", threads)
+    probe = OnnxGraph(probe_record, "probe", threads)
+
+    def decode(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return decoder(latent=z.astype(np.float32), label=y.astype(np.int64))["image"]
+
+    metrics: dict[str, Any] = {
+        "evaluated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "probe": {"name": probe_record.name, "version": probe_record.version},
+        "n_per_class": n_per_class, "seed": seed, "n_test": len(split),
+    }
+    real = _images(split)  # (N,3,H,W)
+    real_probe = _probe_outputs(probe, real)
+    metrics["probe"]["test_accuracy"] = float((real_probe["logits"].argmax(1) == split.labels).mean())
+
+    # Samples per source: balanced labels for GAN-test.
+    labels = _balanced_labels(n_classes, n_per_class)
+    sources = {"prior": lambda y: space.sample_prior(y, rng, temperature=temperature)}
+    if space.gmm_weights is not None:
+        sources["latent_gmm"] = lambda y: space.sample_gmm(y, rng)
+    metrics["gan_test"], metrics["coverage"] = {}, {}
+    # Coverage: a real subset (same count as generated), its labels drive generation.
+    n_cov = min(len(split), n_per_class * n_classes)
+    cov_idx = np.sort(rng.choice(len(split), size=n_cov, replace=False))
+    real_feat = real_probe["features"][cov_idx]
+    for src, sample in sources.items():
+        pred = _probe_outputs(probe, decode(sample(labels), labels))["logits"].argmax(1)
+        per_class = {c: float((pred[labels == i] == i).mean()) for i, c in enumerate(classes)}
+        metrics["gan_test"][src] = {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class}
+        y_cov = split.labels[cov_idx].astype(np.int64)
+        fake_feat = _probe_outputs(probe, decode(sample(y_cov), y_cov))["features"]
+        metrics["coverage"][src] = {**prdc(real_feat, fake_feat, PRDC_K), "n": int(n_cov), "k": PRDC_K}
+    metrics["gan_test"]["prior"]["temperature"] = temperature
+
+    # Knob R²: requested vs measured factor values.
+    probe_factors = probe_factor_names(probe_record)
+    probe_r2 = _probe_factor_r2(real_probe["factors"], split, probe_factors, [f["name"] for f in record.factors])
+    metrics["knobs"] = {}
+    for f in record.factors:
+        name = f["name"]
+        if name not in space.knobs or name not in probe_factors:
+            continue
+        k = probe_factors.index(name)
+        y = labels
+        target = rng.permutation(np.linspace(f["low"], f["high"], len(y))).astype(np.float32)  # (n,)
+        z = space.set_factor(space.sample_prior(y, rng, temperature=temperature), name, target)
+        measured = _probe_outputs(probe, decode(z, y))["factors"][:, k]
+        # probe_r2: how well the ruler itself reads this factor on real test images (a knob R² is only as
+        # meaningful as this; e.g. a rotation factor with class-dependent symmetry reads poorly).
+        metrics["knobs"][name] = {"r2": r2_score(target, measured), "mae": float(np.mean(np.abs(target - measured))),
+                                  "n": int(len(y)), "unit": f.get("unit", ""), "probe_r2": probe_r2.get(name)}
+
+    # Encoder figures on real test images.
+    enc = encoder(image=real)
+    metrics["encoder_accuracy"] = float((enc["logits"].argmax(1) == split.labels).mean())
+    recon = decode(enc["latent"], split.labels)
+    if record.family == "flow":
+        roundtrip = float(np.max(np.abs(recon.astype(np.float64) - real)))
+        flow: dict[str, Any] = {"roundtrip_max_abs": roundtrip, "roundtrip_psnr_db": psnr01(recon, real)}
+        if space.prior_mean is not None:
+            u = np.random.default_rng(seed + 1).random(real.shape, dtype=np.float32)  # dequantization noise
+            x_deq = ((split.images.transpose(0, 3, 1, 2).astype(np.float32) + u - 0.5) / 127.5 - 1.0).astype(np.float32)
+            e = encoder(image=x_deq)
+            cond, marg = flow_bits_per_dim(e["latent"], e["logdet"], split.labels.astype(np.int64),
+                                           space.prior_mean, space.prior_logstd)
+            flow.update(bits_per_dim=cond, bits_per_dim_marginal=marg)
+        metrics["flow"] = flow
+    else:
+        metrics["reconstruction"] = {"psnr_db": psnr01(recon, real), "n": len(split)}
+    metrics["seconds"] = round(time.time() - t0, 3)
+    return _nan_to_none(metrics)
+
+
+# ----------------------------------------------------------------------------------------------- records
+def write_metrics(record: ModelRecord, metrics: dict) -> Path:
+    """Rewrite only manifest["metrics"] of a version (the listed files, hence their checksums, are untouched)."""
+    manifest = read_manifest(record.path)
+    manifest["metrics"] = _nan_to_none(metrics)
+    path = write_manifest(record.path, manifest)
+    record.manifest = manifest
+    return path
+
+
+def load_test_data(record: ModelRecord):
+    """The dataset a model was trained on (rebuilt from the manifest's training.data) — its test split is used."""
+    from latentserve.models.data import load_dataset
+
+    meta = record.manifest["training"]["data"]
+    return load_dataset(meta["name"], **dict(meta.get("config", {})))
+
+
+def evaluate_record(repository: Repository | str | Path | None, name: str, version: int | None = None,
+                    probe: str | None = None, probe_version: int | None = None,
+                    n_per_class: int = DEFAULT_N_PER_CLASS, seed: int = 0, data=None, write: bool = True,
+                    threads: int | None = 1, verbose: bool = True) -> dict:
+    """Load `name` (verified), evaluate it (a probe on its own test figures; a generative model with its probe,
+    `probe` overriding manifest["probe"]), write manifest["metrics"] unless write=False, print a table."""
+    repo = repository if isinstance(repository, Repository) else Repository(repository)
+    record = repo.load(name, version)
+    data = data if data is not None else load_test_data(record)
+    if record.family == "probe":
+        metrics = evaluate_probe(record, data, threads)
+        metrics["evaluated"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    else:
+        probe_name = probe or record.manifest.get("probe")
+        if not probe_name:
+            raise ValidationError(f"{record.name} names no probe; pass one (--probe NAME)")
+        probe_record = repo.load(probe_name, probe_version)
+        metrics = evaluate_model(record, probe_record, data, n_per_class=n_per_class, seed=seed, threads=threads)
+    if write:
+        write_metrics(record, metrics)
+    if verbose:
+        print(format_table(record, metrics))
+    return _nan_to_none(metrics)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.1f}"
+    return str(v)
+
+
+def format_table(record: ModelRecord, metrics: dict) -> str:
+    """A two-column text table of the headline figures (per-class details stay in the manifest)."""
+    rows: list[tuple[str, str]] = []
+    if record.family == "probe":
+        rows.append(("test accuracy", _fmt(metrics.get("test_accuracy"))))
+        for f, m in metrics.get("factors", {}).items():
+            rows.append((f"factor {f} R2 / MAE", f"{_fmt(m['r2'])} / {_fmt(m['mae'])}"))
+    else:
+        p = metrics.get("probe", {})
+        rows.append((f"probe {p.get('name')} v{p.get('version')} test accuracy", _fmt(p.get("test_accuracy"))))
+        for src, m in metrics.get("gan_test", {}).items():
+            rows.append((f"GAN-test accuracy ({src})", _fmt(m["mean"])))
+        for src, m in metrics.get("coverage", {}).items():
+            rows.append((f"P / R / D / C ({src}, k={m['k']}, n={m['n']})",
+                         " / ".join(_fmt(m[x]) for x in ("precision", "recall", "density", "coverage"))))
+        for f, m in metrics.get("knobs", {}).items():
+            rows.append((f"knob {f} R2 / MAE (probe's own R2)",
+                         f"{_fmt(m['r2'])} / {_fmt(m['mae'])} ({_fmt(m.get('probe_r2'))})"))
+        rows.append(("encoder class accuracy", _fmt(metrics.get("encoder_accuracy"))))
+        if "reconstruction" in metrics:
+            rows.append(("reconstruction PSNR (dB)", _fmt(metrics["reconstruction"]["psnr_db"])))
+        if "flow" in metrics:
+            fl = metrics["flow"]
+            rows.append(("round-trip max abs error", f"{fl['roundtrip_max_abs']:.2e}"))
+            if "bits_per_dim" in fl:
+                rows.append(("test bits/dim (cond / marginal)",
+                             f"{_fmt(fl['bits_per_dim'])} / {_fmt(fl['bits_per_dim_marginal'])}"))
+    rows.append(("seconds", _fmt(metrics.get("seconds"))))
+    width = max(len(r[0]) for r in rows)
+    head = f"{record.name} v{record.version} ({record.family})"
+    return "\n".join([head, "-" * max(len(head), width + 12)] + [f"{k:<{width}}  {v}" for k, v in rows])

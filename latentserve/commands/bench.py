@@ -1,0 +1,82 @@
+"""`latentserve bench`: decode throughput / latency of latentserve vs raw ONNX Runtime vs Triton, in one run.
+
+The harness lives in latentserve.services.bench (see its docstring for what is measured and how).
+"""
+from __future__ import annotations
+
+import argparse
+
+from latentserve.commands.models import resolve_target, resolve_token
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="serving benchmark: latentserve vs raw onnxruntime vs Triton",
+                       description="Decode throughput and p50/p99 latency over gRPC for bulk (64 images, raw "
+                                   "uint8) and single-image requests at several concurrencies, side by side with "
+                                   "raw in-process ONNX Runtime and NVIDIA Triton serving the same decoder.onnx.")
+    p.add_argument("--model", default="shapes-gan", help="model name (default shapes-gan)")
+    p.add_argument("--repo", default=None, help="model repository (default: the bundled models/repository)")
+    p.add_argument("--onnx", default=None, help="decoder.onnx for raw/Triton (default: <repo>/<model>/<newest>/)")
+    p.add_argument("--version", dest="model_version", type=int, default=None, help="model version (default newest)")
+    srv = p.add_mutually_exclusive_group()
+    srv.add_argument("-t", "--target", default=None, help="a running latentserve server host:port")
+    srv.add_argument("--start", action="store_true", help="start `latentserve serve` on a free port for the run")
+    p.add_argument("--serve-args", default="", metavar="'FLAGS'",
+                   help="extra `latentserve serve` flags for --start, "
+                        "e.g. --serve-args='--colocate --max-batch-size 64'")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="with --target: pid of the server (e.g. of `latentserve serve`) to count its CPU per image")
+    p.add_argument("--label", default="latentserve", help="name of the measured server in the table (default latentserve)")
+    p.add_argument("--token", default=None, help="API token for the latentserve server")
+    p.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
+    p.add_argument("--duration", type=float, default=10.0, help="measuring window per run, seconds (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up per run, seconds (default 2)")
+    p.add_argument("--concurrency", type=_ints, default=(8, 32, 64),
+                   help="single-image concurrencies (default 8,32,64)")
+    p.add_argument("--bulk-size", type=int, default=64, help="images per bulk request (default 64)")
+    p.add_argument("--bulk-concurrency", type=int, default=2, help="bulk requests in flight (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="ONNX Runtime intra-op threads for raw, Triton and a --start'ed server; match a running "
+                        "server's --threads (default 1, serve's default)")
+    p.add_argument("--no-triton", action="store_true", help="skip the Triton comparison")
+    p.add_argument("--triton-target", default=None, help="a running Triton host:port (model 'model') to use")
+    p.add_argument("--triton-port", type=int, default=0, help="port for the started Triton (default: a free one)")
+    p.add_argument("--triton-script", default=None, help="Triton peer run.sh (default shared/peers/triton/run.sh)")
+    p.add_argument("--triton-delay-us", type=int, default=2000, help="Triton dynamic batcher max queue delay")
+    p.add_argument("--json", dest="json_out", default="runs/bench/serving.json",
+                   help="write figures here (default runs/bench/serving.json; '' to skip)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from latentserve.services.bench import DEFAULT_REPO, BenchConfig, format_table, run_bench
+
+    cfg = BenchConfig(model=args.model, repo=args.repo or str(DEFAULT_REPO), onnx=args.onnx,
+                      version=args.model_version,
+                      target=None if args.start else resolve_target(args),
+                      start=args.start, serve_args=tuple(shlex.split(args.serve_args)), server_pid=args.server_pid,
+                      label=args.label,
+                      duration=args.duration, warmup=args.warmup,
+                      concurrency=tuple(args.concurrency), bulk_size=args.bulk_size,
+                      bulk_concurrency=args.bulk_concurrency, threads=args.threads, triton=not args.no_triton,
+                      triton_target=args.triton_target, triton_port=args.triton_port,
+                      triton_script=args.triton_script, triton_delay_us=args.triton_delay_us,
+                      token=resolve_token(args), app_name=args.app,
+                      json_out=args.json_out or None)
+    report = run_bench(cfg)
+    print(format_table(report))
+    if report.get("json_out"):
+        print(f"wrote {report['json_out']}")
+    return 0

@@ -1,0 +1,120 @@
+"""`latentserve models [NAME]`: the models a server serves (a table), or one model's details.
+
+Also owns the connection options every client command shares (--target/-t, --token, --timeout, --app) and the
+one place LATENTSERVE_TARGET / LATENTSERVE_TOKEN are read: `add_client_options(parser)` and `connect(args)`.
+Only argparse and os at module level; the gRPC client is imported inside the functions that need it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+DEFAULT_TARGET = "127.0.0.1:9000"
+TARGET_ENV = "LATENTSERVE_TARGET"
+TOKEN_ENV = "LATENTSERVE_TOKEN"
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    """The connection options of every client command."""
+    g = p.add_argument_group("connection")
+    g.add_argument("-t", "--target", default=None,
+                   help=f"server host:port (default: ${TARGET_ENV} or {DEFAULT_TARGET})")
+    g.add_argument("--token", default=None, help=f"API token, sent as 'authorization: Bearer' (default: ${TOKEN_ENV})")
+    g.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds (default 30)")
+    g.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
+
+
+def resolve_target(args: argparse.Namespace) -> str:
+    return args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    return token or None
+
+
+def connect(args: argparse.Namespace):
+    """A LatentClient for the parsed connection options."""
+    from latentserve.services.client import LatentClient
+
+    return LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app)
+
+
+def add_version_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", dest="model_version", type=int, default=None,
+                   help="model version (default: the newest the server has)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list the served models, or show one model's details",
+                       description="List the models a latentserve server serves, or show one model's classes, "
+                                   "factors, knobs, sample sources and metrics.")
+    p.add_argument("name", nargs="?", help="a model name: show its details")
+    p.add_argument("--all-versions", action="store_true", help="list every version, not only the newest")
+    add_version_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_client_options(p)
+    p.set_defaults(func=run)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def describe(info) -> str:
+    """One model's details as text (a ModelInfo from the client)."""
+    h, w = info.image_size
+    out = [f"{info.name} v{info.version}  (versions: {', '.join(map(str, info.versions)) or info.version})",
+           f"  family      {info.family}   backend {info.backend or '?'}   prior {info.prior or '?'}",
+           f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
+           f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
+           f"  sources     {', '.join(info.sample_sources) or '-'}",
+           f"  methods     {', '.join(info.interpolation_methods) or '-'}",
+           f"  limits      {info.max_images_per_request or '?'} images/request, "
+           f"{info.max_interpolation_steps or '?'} interpolation steps"]
+    if info.factors:
+        out.append("  factors")
+        for f in info.factors:
+            out.append(f"    {f.name:<12} [{_fmt(f.low)}, {_fmt(f.high)}] {f.unit}".rstrip()
+                       + (f"  - {f.doc}" if f.doc else ""))
+    if info.knobs:
+        out.append("  knobs")
+        for k in info.knobs:
+            rng = f"[{_fmt(k.low)}, {_fmt(k.high)}]" if k.kind == "factor" else "amount only"
+            out.append(f"    {k.name:<12} {k.kind:<7} {rng:<18} {k.unit:<10} r2={k.r2_fit:.3f}")
+    if info.metrics:
+        out.append("  metrics")
+        for key in sorted(info.metrics):
+            out.append(f"    {key:<32} {_fmt(info.metrics[key])}")
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    with connect(args) as client:
+        if args.name:
+            info = client.get_model(args.name, args.model_version)
+            print(json.dumps(asdict(info), indent=2) if args.json else describe(info))
+            return 0
+        models = client.list_models(all_versions=args.all_versions)
+    if args.json:
+        print(json.dumps([asdict(m) for m in models], indent=2))
+        return 0
+    if not models:
+        print(f"no models served at {resolve_target(args)}")
+        return 0
+    rows = [[m.name, str(m.version), m.family, "x".join(map(str, m.image_size)), str(m.latent_dim),
+             str(len(m.class_names)), ",".join(k.name for k in m.knobs if k.kind == "factor") or "-",
+             ",".join(m.sample_sources)] for m in models]
+    print(_table(rows, ["MODEL", "VER", "FAMILY", "IMAGE", "D", "CLASSES", "KNOBS", "SOURCES"]))
+    return 0

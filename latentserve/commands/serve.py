@@ -1,0 +1,136 @@
+"""`latentserve serve`: start local Ray + Ray Serve with the latentserve gRPC app in one command.
+
+Serves every generative model of the repository (default: the bundled one) on gRPC (default 127.0.0.1:9000),
+prints the address and blocks until Ctrl-C / SIGTERM, then shuts Serve and Ray down cleanly. Flags override
+LATENTSERVE_* environment variables (services/config.py), which override defaults. The API token is taken
+from LATENTSERVE_API_TOKEN only, never from the command line (it would show in `ps`).
+
+For a cluster use `serve deploy deploy/serve.yaml` instead (see services/app.py for rolling out versions).
+Only argparse at module level: ray and onnxruntime are imported inside run().
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve models over gRPC on Ray Serve (local, one command)",
+        description="Start local Ray + Ray Serve with the latentserve gRPC application (LatentService, "
+                    "grpc.health.v1, reflection) and block until Ctrl-C.",
+    )
+    p.add_argument("--port", type=int, default=None, help="gRPC port (default 9000; env LATENTSERVE_GRPC_PORT)")
+    p.add_argument("--host", default=None, help="address printed for clients (default 127.0.0.1); Ray Serve's "
+                                                "gRPC proxy listens on all interfaces")
+    p.add_argument("--http-port", type=int, default=None, help="Ray Serve's HTTP proxy port (default 8000; unused "
+                                                               "by latentserve but always started by Serve)")
+    p.add_argument("--repo", default=None, help="model repository (default: the bundled models/repository)")
+    p.add_argument("--models", default=None, help="comma-separated model names (default: every generative model)")
+    p.add_argument("--backend", choices=("onnxruntime", "torchscript"), default=None, help="inference backend")
+    p.add_argument("--replicas", type=int, default=None, help="model-server replicas per model (default 1)")
+    p.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                   help="autoscale model servers between MIN and MAX replicas instead of --replicas")
+    p.add_argument("--ingress-replicas", type=int, default=None, help="gRPC ingress replicas (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per replica (default 1)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved per model replica (default 1)")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="rows per model call (default 64)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="dynamic batching wait in ms (default 2)")
+    p.add_argument("--max-ongoing", type=int, default=None, help="concurrent requests per replica (default 128)")
+    p.add_argument("--max-queued", type=int, default=None,
+                   help="queued requests per caller before RESOURCE_EXHAUSTED (default 256, -1 unbounded)")
+    p.add_argument("--request-timeout", type=float, default=None, help="server-side deadline per call in s (0 = none)")
+    p.add_argument("--colocate", action="store_true", default=None,
+                   help="run the models inside the ingress replica (no model-server hop)")
+    p.add_argument("--direct-ingress", action="store_true", default=None,
+                   help="the ingress replica serves gRPC on --port itself (Ray Serve direct ingress, "
+                        "throughput-optimized); Serve's proxy moves to --proxy-port")
+    p.add_argument("--proxy-port", type=int, default=None,
+                   help="Serve's gRPC proxy port with --direct-ingress (default: port + ingress replicas + 1)")
+    p.add_argument("--fast", action="store_true",
+                   help="single-node fast path: --colocate --direct-ingress (about 6x the single-image "
+                        "throughput of the default proxy path)")
+    p.add_argument("--access-log", action="store_true", default=None,
+                   help="log one line per request in the replica logs (off by default: it costs CPU)")
+    p.add_argument("--ray-address", default="local",
+                   help="Ray cluster to use: 'local' starts a new one (default), 'auto' joins a running one")
+    p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """CLI flags -> ServeConfig overrides (None = not given, so env/defaults apply)."""
+    out = {
+        "grpc_port": args.port, "host": args.host, "http_port": args.http_port, "repository": args.repo,
+        "models": args.models, "backend": args.backend, "replicas": args.replicas,
+        "ingress_replicas": args.ingress_replicas, "intra_op_threads": args.threads, "num_cpus": args.num_cpus,
+        "num_gpus": args.num_gpus, "max_batch_size": args.max_batch_size,
+        "batch_wait_timeout_s": None if args.batch_wait_ms is None else args.batch_wait_ms / 1000.0,
+        "max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued,
+        "request_timeout_s": args.request_timeout, "colocate": args.colocate,
+        "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
+    }
+    if args.fast:
+        out.update(colocate=True, direct_ingress=True)
+    if args.autoscale:
+        lo, _, hi = args.autoscale.partition(":")
+        if not (lo.isdigit() and hi.isdigit()):
+            from latentserve.errors import ValidationError
+
+            raise ValidationError(f"--autoscale must be MIN:MAX (integers), got {args.autoscale!r}")
+        out.update(autoscaling=True, min_replicas=int(lo), max_replicas=int(hi))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import threading
+
+    from latentserve.services.app import build_app, grpc_options, ray_env, served_models
+    from latentserve.services.config import load_config
+
+    config = load_config(overrides_from_args(args))
+    models = served_models(config)  # fail before starting Ray when the repository has nothing to serve
+
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+
+    def _on_signal(signum, frame):  # Ctrl-C and SIGTERM (docker stop, systemd): the same clean shutdown
+        stop.set()
+
+    env = ray_env(config)
+    if env and args.ray_address != "local":
+        print("latentserve: warning: --direct-ingress needs these variables in the cluster's environment "
+              "when it was started: " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
+    os.environ.update(env)  # before ray.init: Ray's processes inherit the driver's environment
+    print(f"latentserve: starting Ray ({args.ray_address}) and Serve ...", flush=True)
+    ray.init(address=args.ray_address, num_cpus=args.ray_cpus if args.ray_address == "local" else None,
+             include_dashboard=False, log_to_driver=False)
+    # After ray.init, which installs its own SIGTERM handler (it would kill the driver without shutting down).
+    # SIGINT explicitly too: a server started in the background by a script inherits SIGINT as ignored.
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        serve.start(http_options={"host": config.host, "port": config.http_port}, grpc_options=grpc_options(config))
+        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+        listed = ", ".join(f"{name} v{v}" for name, v in models.items())
+        print(f"latentserve: serving {listed} ({config.backend}"
+              f"{', co-located' if config.colocate else ''}{', API token required' if config.api_token else ''})")
+        print(f"latentserve: gRPC listening on {config.host}:{config.grpc_port} "
+              f"(latentserve.v1.LatentService, grpc.health.v1.Health, reflection); Ctrl-C to stop", flush=True)
+        if config.direct_ingress:
+            print(f"latentserve: direct ingress on {config.host}:{config.grpc_port}; Serve's gRPC proxy on "
+                  f"{config.host}:{config.effective_proxy_grpc_port}", flush=True)
+        while not stop.wait(1.0):
+            pass
+        print("latentserve: shutting down ...", flush=True)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    print("latentserve: stopped")
+    return 0

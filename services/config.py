@@ -1,0 +1,266 @@
+"""Typed configuration of the serving side (Ray Serve app behind gRPC), validated once at start.
+
+Owns `ServeConfig` (every knob of services/app.py, the ingress and the model deployments) and the ONE place
+that reads environment variables (`env_overrides`). Nothing here reads the environment at import time:
+`load_config()` is called by `latentserve serve`, by `services.app.app_builder` (Serve's import path) and
+by tests, which pass explicit overrides.
+
+Environment variables (all optional; explicit arguments win over them):
+    LATENTSERVE_REPOSITORY        model repository root (default: the bundled models/repository)
+    LATENTSERVE_MODELS            comma-separated model names to serve (default: every generative model)
+    LATENTSERVE_BACKEND           onnxruntime | torchscript
+    LATENTSERVE_API_TOKEN         require `authorization: Bearer <token>` on every LatentService call
+    LATENTSERVE_REDIS_URL         latent handle store in Redis (later issue; in-process LRU when unset)
+    LATENTSERVE_GRPC_PORT, LATENTSERVE_HOST, LATENTSERVE_REPLICAS, LATENTSERVE_MAX_BATCH_SIZE, ...:
+    every other field as LATENTSERVE_<FIELD NAME IN UPPER CASE> (see `ServeConfig`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from latentserve.errors import ValidationError
+
+BACKENDS = ("onnxruntime", "torchscript")
+KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
+ENV_PREFIX = "LATENTSERVE_"
+
+
+@dataclass
+class ServeConfig:
+    """Everything the Serve app needs. Range checks run in `validate()` (called by `load_config`)."""
+
+    # -- what is served ----------------------------------------------------------------------------------
+    repository: str = ""  # model repository root; "" = the bundled models/repository
+    models: list[str] = field(default_factory=list)  # names to serve; [] = every generative model in the repo
+    backend: str = "onnxruntime"  # onnxruntime | torchscript (torch is imported only for torchscript)
+    max_loaded_versions: int = 3  # per model: newest is loaded at start, pinned older ones on demand (LRU)
+    verify_checksums: bool = True  # sha256 of every model file checked when a version is loaded
+
+    # -- inference runtime -------------------------------------------------------------------------------
+    # Ray sets OMP_NUM_THREADS=1 in every actor, so ORT/torch threads are always set explicitly from here.
+    intra_op_threads: int = 1  # ORT intra_op_num_threads / torch.set_num_threads per model replica
+    inter_op_threads: int = 1  # ORT inter_op_num_threads (graphs here are sequential chains)
+    providers: list[str] = field(default_factory=list)  # [] = auto: CUDA first when onnxruntime-gpu sees a GPU
+
+    # -- dynamic batching (per model replica, encode and decode each) ------------------------------------
+    max_batch_size: int = 64  # rows (images/latents) per model call; bigger requests are split into chunks
+    batch_wait_timeout_s: float = 0.002  # how long the first request of a batch waits for company
+    max_concurrent_batches: int = 2  # batches in flight per method: one runs while the next one forms
+
+    # -- capacity and back-pressure ------------------------------------------------------------------------
+    replicas: int = 1  # model-server replicas per model (ignored when autoscaling is on)
+    autoscaling: bool = False  # Serve autoscaling between min_replicas and max_replicas
+    min_replicas: int = 1
+    max_replicas: int = 4
+    target_ongoing_requests: float = 16.0  # autoscaling target per replica
+    num_cpus: float = 1.0  # CPUs reserved per model replica (Ray scheduling)
+    num_gpus: float = 0.0  # GPUs per model replica (needs onnxruntime-gpu or a CUDA torch)
+    ingress_replicas: int = 1
+    ingress_num_cpus: float = 0.5
+    # Concurrent requests per replica (ingress and model servers); >= max_batch_size * max_concurrent_batches
+    # lets a model replica fill its batches from single-image requests.
+    max_ongoing_requests: int = 128
+    max_queued_requests: int = 256  # queued per caller beyond that; full -> RESOURCE_EXHAUSTED; -1 unbounded
+    request_timeout_s: float = 0.0  # server-side end-to-end cap per gRPC call (0 = none; client deadlines still apply)
+    colocate: bool = False  # run ONNX Runtime inside the ingress replica (no model-server hop); one process
+    # per ingress replica then holds every model. Measured: ~2x single-image throughput.
+    direct_ingress: bool = False  # the ingress replica itself serves gRPC on grpc_port (Ray Serve direct ingress
+    # + throughput-optimized mode), skipping the proxy hop; Serve's proxy moves to proxy_grpc_port. Needs the
+    # RAY_SERVE_* variables of `services.app.ray_env(config)` in the environment before Ray starts (the
+    # `latentserve serve` command does that). Single-node: replica k listens on grpc_port + k (one spare port
+    # for a replacement replica); a port released by a dead replica is quarantined by Serve for 150 s.
+    access_log: bool = False  # Serve's per-request access log lines in replica logs (costs CPU per request)
+    proxy_grpc_port: int = 0  # Serve's gRPC proxy port when direct_ingress (0 = grpc_port + ingress_replicas + 1)
+
+    # -- per-request caps (INVALID_ARGUMENT above them) ----------------------------------------------------
+    max_images_per_request: int = 256
+    max_interpolation_steps: int = 64
+    max_image_bytes: int = 4 << 20  # one encoded PNG/JPEG; protects the decoder from decompression bombs
+
+    # -- network / security --------------------------------------------------------------------------------
+    grpc_port: int = 9000
+    http_port: int = 8000  # Serve always starts its HTTP proxy next to the gRPC one (unused by latentserve)
+    host: str = "127.0.0.1"  # address the gRPC proxy listens on (Ray Serve binds all interfaces; we print this)
+    api_token: str = ""  # "" = no auth; else LatentService calls need `authorization: Bearer <token>`
+    app_name: str = "latentserve"  # Serve application name (route prefix / gRPC `application` metadata)
+
+    # -- latent handles --------------------------------------------------------------------------------------
+    handle_store_size: int = 100_000  # latents kept by the in-process LRU store (per ingress replica)
+    redis_url: str = ""  # later issue: a Redis-backed store shared by every ingress replica
+
+    # ------------------------------------------------------------------------------------------------------
+    def validate(self) -> "ServeConfig":
+        """Range and type checks; raises ValidationError naming the field, what it was and what is allowed."""
+        def bad(name: str, why: str) -> None:
+            raise ValidationError(f"serve config: {name}={getattr(self, name)!r}: {why}")
+
+        def int_range(name: str, lo: int, hi: int | None = None) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+                bad(name, f"must be an integer in [{lo}, {hi if hi is not None else 'inf'}]")
+
+        def num_range(name: str, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+                bad(name, "must be a number")
+            if (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
+                bad(name, f"must be in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]")
+
+        if not isinstance(self.repository, str):
+            bad("repository", "must be a path string")
+        if not isinstance(self.models, list) or not all(isinstance(m, str) and m for m in self.models):
+            bad("models", "must be a list of model names")
+        if len(set(self.models)) != len(self.models):
+            bad("models", "lists a model twice")
+        if self.backend not in BACKENDS:
+            bad("backend", f"must be one of {', '.join(BACKENDS)}")
+        int_range("max_loaded_versions", 1, 64)
+        int_range("intra_op_threads", 1, 256)
+        int_range("inter_op_threads", 1, 64)
+        if not isinstance(self.providers, list) or any(p not in KNOWN_PROVIDERS for p in self.providers):
+            bad("providers", f"must be a list of {', '.join(KNOWN_PROVIDERS)} ([] = auto)")
+        int_range("max_batch_size", 1, 4096)
+        num_range("batch_wait_timeout_s", 0.0, 1.0)
+        int_range("max_concurrent_batches", 1, 16)
+        int_range("replicas", 1, 1024)
+        int_range("min_replicas", 0, 1024)
+        int_range("max_replicas", 1, 1024)
+        if self.autoscaling and self.min_replicas > self.max_replicas:
+            bad("min_replicas", f"must be <= max_replicas ({self.max_replicas})")
+        num_range("target_ongoing_requests", 0.0, 10_000, lo_open=True)
+        num_range("num_cpus", 0.0, 1024)
+        num_range("num_gpus", 0.0, 64)
+        int_range("ingress_replicas", 1, 1024)
+        num_range("ingress_num_cpus", 0.0, 1024)
+        int_range("max_ongoing_requests", 1, 100_000)
+        int_range("max_queued_requests", -1, 1_000_000)
+        if self.max_queued_requests == 0:
+            bad("max_queued_requests", "0 would reject every request that has to wait; use -1 (unbounded) or >= 1")
+        num_range("request_timeout_s", 0.0, 86_400)
+        int_range("max_images_per_request", 1, 65_536)
+        int_range("max_interpolation_steps", 2, 4096)
+        int_range("max_image_bytes", 1024, 1 << 30)
+        int_range("grpc_port", 1, 65_535)
+        int_range("http_port", 1, 65_535)
+        int_range("proxy_grpc_port", 0, 65_535)
+        if self.direct_ingress and self.effective_proxy_grpc_port in range(self.grpc_port, self.grpc_port + self.ingress_replicas + 1):
+            bad("proxy_grpc_port", f"must not be one of the direct-ingress ports {self.grpc_port}..{self.grpc_port + self.ingress_replicas}")
+        if self.direct_ingress and self.grpc_port + self.ingress_replicas + 1 > 65_535:
+            bad("grpc_port", "direct_ingress needs grpc_port + ingress_replicas + 1 <= 65535")
+        if self.http_port == self.grpc_port:
+            bad("http_port", "must differ from grpc_port")
+        if not isinstance(self.host, str) or not self.host:
+            bad("host", "must be a host name or IP address")
+        if not isinstance(self.api_token, str) or any(c.isspace() for c in self.api_token):
+            bad("api_token", "must be a string without whitespace")
+        if not isinstance(self.app_name, str) or not self.app_name or "/" in self.app_name:
+            bad("app_name", "must be a non-empty name without '/'")
+        int_range("handle_store_size", 1, 100_000_000)
+        if not isinstance(self.redis_url, str) or (self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://"))):
+            bad("redis_url", "must be empty or a redis://, rediss:// or unix:// URL")
+        if self.colocate and self.num_gpus > 0:
+            bad("colocate", "co-located inference runs in the ingress replica, which reserves no GPU; set num_gpus=0")
+        return self
+
+    # ------------------------------------------------------------------------------------------------------
+    def repository_path(self) -> Path:
+        """The repository root as an absolute path ('' -> the bundled repository)."""
+        if self.repository:
+            return Path(self.repository).expanduser().resolve()
+        from latentserve.models.repository import default_repository_path
+
+        return default_repository_path().resolve()
+
+    def with_overrides(self, **overrides: Any) -> "ServeConfig":
+        """A validated copy with some fields replaced (unknown names raise ValidationError)."""
+        return _build({**dataclasses.asdict(self), **overrides})
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (Serve `args`, logging). The token is kept: callers that print must use `redacted()`."""
+        return dataclasses.asdict(self)
+
+    def redacted(self) -> dict:
+        d = self.to_dict()
+        if d["api_token"]:
+            d["api_token"] = "***"
+        return d
+
+    @property
+    def effective_proxy_grpc_port(self) -> int:
+        """Port of Serve's gRPC proxy: grpc_port, or with direct_ingress proxy_grpc_port (0 = after the replicas)."""
+        if not self.direct_ingress:
+            return self.grpc_port
+        return self.proxy_grpc_port or self.grpc_port + self.ingress_replicas + 1
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+
+# ---------------------------------------------------------------------------------------------- loading
+_FIELDS = {f.name: f for f in fields(ServeConfig)}
+
+
+def _parse(name: str, raw: Any) -> Any:
+    """Coerce a string (env var / CLI / YAML) to the field's type; non-strings pass through."""
+    default = _FIELDS[name].default
+    if default is dataclasses.MISSING:  # list fields (default_factory)
+        if isinstance(raw, str):
+            return [p.strip() for p in raw.split(",") if p.strip()]
+        return list(raw) if isinstance(raw, (list, tuple)) else raw
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValidationError(
+            f"serve config: {name}={raw!r} is not a valid {type(default).__name__}"
+        ) from None
+    return raw
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
+    """The ONE function that reads environment variables: LATENTSERVE_<FIELD> for every ServeConfig field.
+
+    Unknown LATENTSERVE_* variables are ignored (other tools share the prefix, e.g. the client's target)."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            out[name] = _parse(name, env[key])
+    return out
+
+
+def _build(values: Mapping[str, Any]) -> ServeConfig:
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ValidationError(f"serve config: unknown field(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    parsed = {k: _parse(k, v) for k, v in values.items()}
+    return ServeConfig(**parsed).validate()
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                use_env: bool = True) -> ServeConfig:
+    """Defaults <- environment (LATENTSERVE_*) <- explicit `overrides` (None values are skipped), validated.
+
+    `overrides` may hold strings (parsed like env values), e.g. Serve's YAML `args` or CLI flags."""
+    values: dict[str, Any] = env_overrides(environ) if use_env else {}
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            values[k] = v
+    return _build(values)

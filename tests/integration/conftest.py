@@ -1,0 +1,306 @@
+"""Integration fixtures for the serving side: a tiny real model repository and one shared Serve app.
+
+`tiny_repo` (session): a repository with hand-built, deterministic ONNX + TorchScript models that follow the
+graph contract exactly (docs/architecture.md), so the service is tested on real files in seconds:
+- `tiny-flow` v1 (flow): encoder z = Q x (Q orthogonal, so the decoder Q^T x is its exact inverse),
+  class-Gaussian prior centred on per-class templates, logits = class log-likelihoods, logdet = 0.
+- `tiny-gan` v1 and v2 (gan): decoder x = clamp(0.3 A z + T[label]); encoder = its least-squares inverse
+  with a nearest-template class head. v2 has another random A, so the two versions decode differently.
+- `tiny-vae` v1 (vae): like the gan, plus logvar.
+- `tiny-probe` v1 (probe): nearest-template classifier + the `brightness` factor (mean pixel value).
+Every generative model has a `brightness` knob (exact for these linear maps), 2 PCA directions and a
+2-component GMM per class. Images are 3x8x8, classes square/ellipse/triangle.
+
+`serve_app` (session): ray.init(num_cpus=2, no dashboard) + serve.start (gRPC on a free port, Health +
+LatentService servicers) + serve.run(build_app(config)); waits for grpc.health.v1 SERVING, dumps Serve logs
+when a test failed, shuts everything down at the end. With LATENTSERVE_TEST_DIRECT=1 the same app runs on
+the single-node fast path (colocate + Ray Serve direct ingress), and tests that need a second app skip.
+Tests that deploy a second app (token/queues, real exported families, rollout) delete it before returning,
+because Serve's proxy routes requests without `application` metadata only while exactly one app runs.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import glob
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+IMAGE = (3, 8, 8)
+P = 3 * 8 * 8  # pixels per image
+CLASSES = ["square", "ellipse", "triangle"]
+FACTORS = [{"name": "brightness", "low": -0.5, "high": 0.5, "unit": "mean pixel value", "doc": "mean of the [-1,1] image"}]
+APP_NAME = "latentserve-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------- tiny repository
+def _templates(sign: float = 1.0) -> np.ndarray:
+    """(C, P) zero-mean class patterns (so brightness is carried by the latent alone)."""
+    yy, xx = np.mgrid[0:8, 0:8]
+    pats = [(-1.0) ** (yy // 2 + xx // 2), (-1.0) ** yy, (-1.0) ** (xx // 4)]  # three distinct checkerboards
+    out = np.stack([np.broadcast_to(p, (3, 8, 8)).reshape(-1) * 0.5 for p in pats]).astype(np.float32)
+    out -= out.mean(axis=1, keepdims=True)
+    return out * sign
+
+
+def _build_modules(family: str, d: int, seed: int, sign: float):
+    import torch
+    from torch import nn
+
+    rng = np.random.default_rng(seed)
+    T = torch.tensor(_templates(sign))  # (C, P)
+
+    if family == "flow":
+        q, _ = np.linalg.qr(rng.standard_normal((P, P)))
+        Q = torch.tensor(q.astype(np.float32))  # (P, P) orthogonal
+        mu = (T @ Q.T)  # class means in z: encoder(template)
+        logstd = torch.full_like(mu, float(np.log(0.1)))
+
+        class Enc(nn.Module):
+            def forward(self, image):  # (B,3,8,8) -> latent (B,P), logits (B,C), logdet (B,)
+                z = image.reshape(image.shape[0], -1) @ Q.T
+                ll = -0.5 * (((z[:, None, :] - mu[None]) / torch.exp(logstd)[None]) ** 2).sum(-1) - logstd.sum(-1)[None]
+                return z, ll, torch.zeros(image.shape[0])
+
+        class Dec(nn.Module):
+            def forward(self, latent, label):  # (B,P), (B,) -> (B,3,8,8); label unused by the exact inverse
+                x = latent @ Q + 0.0 * label.to(latent.dtype)[:, None]
+                return x.reshape(-1, *IMAGE)
+
+        space = dict(prior_mean=mu.numpy(), prior_logstd=logstd.numpy())
+        knob_w = (Q @ torch.full((P,), 1.0 / P)).numpy()  # brightness = mean(Q^T z) = (Q 1/P) . z
+        return Enc().eval(), Dec().eval(), space, knob_w
+
+    A = torch.tensor(rng.standard_normal((P, d)).astype(np.float32)) / np.sqrt(d)  # (P, D)
+    A_pinv = torch.linalg.pinv(0.3 * A)  # (D, P)
+
+    class GEnc(nn.Module):
+        def forward(self, image):
+            x = image.reshape(image.shape[0], -1)
+            logits = -4.0 * ((x[:, None, :] - T[None]) ** 2).mean(-1)  # (B, C)
+            t = torch.softmax(logits * 50.0, dim=1) @ T  # ~ template of the predicted class
+            z = (x - t) @ A_pinv.T
+            if family == "vae":
+                return z, logits, torch.full_like(z, -4.0)
+            return z, logits
+
+    class GDec(nn.Module):
+        def forward(self, latent, label):
+            x = torch.clamp(0.3 * latent @ A.T + T[label], -1.0, 1.0)
+            return x.reshape(-1, *IMAGE)
+
+    knob_w = (0.3 * A.T @ torch.full((P,), 1.0 / P)).numpy()
+    return GEnc().eval(), GDec().eval(), {}, knob_w
+
+
+def _export(module, args, path_onnx: Path, path_pt: Path, inputs: list[str], outputs: list[str]) -> None:
+    import torch
+
+    torch.onnx.export(module, args, str(path_onnx), input_names=inputs, output_names=outputs,
+                      dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=17, dynamo=False)
+    torch.jit.trace(module, args, check_trace=False).save(str(path_pt))
+
+
+def _spec(shape) -> list:
+    return ["float32", ["batch", *shape]]
+
+
+def _write_version(root: Path, name: str, version: int, family: str, d: int, seed: int, sign: float = 1.0) -> None:
+    import onnx
+    import onnxruntime
+    import torch
+
+    import latentserve
+    from latentserve.models.latent import Knob, LatentSpace
+    from latentserve.models.manifest import file_entries, write_manifest
+
+    out = root / name / str(version)
+    out.mkdir(parents=True)
+    c = len(CLASSES)
+    meta_graphs: dict = {}
+    if family == "probe":
+        T = torch.tensor(_templates())
+
+        class Probe(torch.nn.Module):
+            def forward(self, image):
+                x = image.reshape(image.shape[0], -1)
+                logits = -4.0 * ((x[:, None, :] - T[None]) ** 2).mean(-1)
+                return logits, x.mean(1, keepdim=True), x
+
+        _export(Probe().eval(), (torch.zeros(2, *IMAGE),), out / "probe.onnx", out / "probe.pt", ["image"],
+                ["logits", "factors", "features"])
+        meta_graphs["probe"] = {"onnx": "probe.onnx", "torchscript": "probe.pt", "inputs": {"image": _spec(IMAGE)},
+                                "outputs": {"logits": _spec([c]), "factors": _spec([1]), "features": _spec([P])}}
+        space = None
+    else:
+        enc, dec, prior, knob_w = _build_modules(family, d, seed, sign)
+        extra = {"vae": ["logvar"], "flow": ["logdet"]}.get(family, [])
+        _export(enc, (torch.zeros(2, *IMAGE),), out / "encoder.onnx", out / "encoder.pt", ["image"],
+                ["latent", "logits", *extra])
+        _export(dec, (torch.zeros(2, d), torch.zeros(2, dtype=torch.int64)), out / "decoder.onnx", out / "decoder.pt",
+                ["latent", "label"], ["image"])
+        enc_out = {"latent": _spec([d]), "logits": _spec([c])}
+        if family == "vae":
+            enc_out["logvar"] = _spec([d])
+        if family == "flow":
+            enc_out["logdet"] = ["float32", ["batch"]]
+        meta_graphs["encoder"] = {"onnx": "encoder.onnx", "torchscript": "encoder.pt",
+                                  "inputs": {"image": _spec(IMAGE)}, "outputs": enc_out}
+        meta_graphs["decoder"] = {"onnx": "decoder.onnx", "torchscript": "decoder.pt",
+                                  "inputs": {"latent": _spec([d]), "label": ["int64", ["batch"]]},
+                                  "outputs": {"image": _spec(IMAGE)}}
+        rng = np.random.default_rng(seed + 1)
+        comps, _ = np.linalg.qr(rng.standard_normal((d, 2)))
+        if family == "flow":
+            means = np.repeat(prior["prior_mean"][:, None, :], 2, axis=1)
+            gvars = np.full((c, 2, d), 0.01, np.float32)
+        else:
+            means = np.zeros((c, 2, d), np.float32)
+            means[:, 1] += 0.5
+            gvars = np.ones((c, 2, d), np.float32)
+        space = LatentSpace(
+            prior_type="class_gaussian" if family == "flow" else "standard_normal", latent_dim=d, n_classes=c,
+            knobs={"brightness": Knob(name="brightness", weight=knob_w, bias=0.0, r2=1.0, low=-0.5, high=0.5,
+                                      unit="mean pixel value", doc="mean of the [-1,1] image")},
+            pca_components=comps.T, pca_mean=np.zeros(d), pca_std=np.ones(2), pca_explained=np.array([0.2, 0.1]),
+            gmm_weights=np.full((c, 2), 0.5), gmm_means=means, gmm_vars=gvars, **prior,
+        )
+        space.save(out / "latent_space.npz")
+    manifest = {
+        "schema_version": 1, "name": name, "version": version, "family": family,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+        "versions": {"latentserve": latentserve.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "opset": 17},
+        "image_shape": list(IMAGE), "value_range": [-1, 1], "class_names": CLASSES, "factors": FACTORS,
+        "graphs": meta_graphs, "files": file_entries(out),
+        "parity": {g: {"onnx_max_abs": 0.0, "torchscript_max_abs": 0.0} for g in meta_graphs},
+        "training": {"family": family, "family_config": {}, "train_config": {}, "data": {"name": "tiny"},
+                     "steps": 0, "seconds": 0.0, "final_losses": {}},
+        "metrics": {"tiny": {"seed": float(seed)}},
+    }
+    if space is not None:
+        meta = space.meta()
+        manifest.update(latent_shape=[d], prior=meta["prior"], knobs=meta["knobs"], gmm=meta["gmm"],
+                        probe="tiny-probe", latent_space="latent_space.npz")
+        if family == "flow":
+            manifest["prior"]["sample_temperature"] = 1.0
+    write_manifest(out, manifest)
+
+
+def build_tiny_repository(root: Path) -> Path:
+    """Write the tiny repository described in the module docstring under `root`; returns `root`."""
+    import torch
+
+    torch.set_num_threads(1)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_version(root, "tiny-flow", 1, "flow", P, seed=1)
+    _write_version(root, "tiny-gan", 1, "gan", 8, seed=2)
+    _write_version(root, "tiny-gan", 2, "gan", 8, seed=5)
+    _write_version(root, "tiny-vae", 1, "vae", 8, seed=3)
+    _write_version(root, "tiny-probe", 1, "probe", 0, seed=4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    return build_tiny_repository(tmp_path_factory.mktemp("repo") / "repository")
+
+
+# ---------------------------------------------------------------------------------------- the Serve app
+@dataclass
+class ServeInfo:
+    target: str  # host:port of the gRPC proxy
+    config: object  # ServeConfig
+    app_name: str
+
+
+def wait_serving(target: str, timeout_s: float = 60.0, metadata=None) -> None:
+    """Poll grpc.health.v1 Check until SERVING (raises TimeoutError with the last error)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline, last = time.time() + timeout_s, None
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.time() < deadline:
+            try:
+                r = stub.Check(health_pb2.HealthCheckRequest(), timeout=5, metadata=metadata)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = f"status {r.status}"
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+            time.sleep(0.3)
+    raise TimeoutError(f"{target} not SERVING after {timeout_s}s (last: {last})")
+
+
+@pytest.fixture(name="wait_serving")
+def wait_serving_fixture():
+    """`wait_serving(target, timeout_s=60, metadata=None)` for tests (conftest is not importable as a module)."""
+    return wait_serving
+
+
+def dump_serve_logs(max_chars: int = 6000) -> None:
+    """Print the tail of every Serve log file of the current Ray session (called when a test failed)."""
+    try:
+        import ray
+
+        session_dir = ray._private.worker._global_node.get_session_dir_path()
+    except Exception:  # noqa: BLE001 - best effort diagnostics
+        session_dir = "/tmp/ray/session_latest"
+    for path in sorted(glob.glob(os.path.join(session_dir, "logs", "serve", "*.log"))):
+        text = Path(path).read_text(errors="replace")
+        print(f"\n===== {path} (last {max_chars} chars) =====\n{text[-max_chars:]}")
+
+
+@pytest.fixture(scope="session")
+def serve_app(tiny_repo, request):
+    import ray
+    from ray import serve
+
+    from latentserve.services.app import build_app, grpc_options, ray_env
+    from latentserve.services.config import load_config
+
+    # LATENTSERVE_TEST_DIRECT=1 runs the same tests against the single-node fast path (colocate + Ray Serve
+    # direct ingress: the ingress replica serves gRPC on the port itself).
+    direct = os.environ.get("LATENTSERVE_TEST_DIRECT") == "1"
+    port = free_port()
+    config = load_config({
+        # Fractional CPUs: 4 replicas fit in 1 of the 2 CPUs, leaving room for test_bad_input's second app.
+        "repository": str(tiny_repo), "grpc_port": port, "max_batch_size": 16, "batch_wait_timeout_s": 0.02,
+        "max_images_per_request": 64, "max_interpolation_steps": 16, "num_cpus": 0.25, "ingress_num_cpus": 0.25,
+        "app_name": APP_NAME, "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
+    }, use_env=False)
+    saved_env = dict(os.environ)
+    os.environ.update(ray_env(config))  # Ray's processes inherit the driver's environment
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+    failed_before = request.session.testsfailed
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, grpc_options=grpc_options(config))
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+        wait_serving(f"127.0.0.1:{port}")
+        yield ServeInfo(target=f"127.0.0.1:{port}", config=config, app_name=APP_NAME)
+    except BaseException:
+        dump_serve_logs()
+        raise
+    finally:
+        if request.session.testsfailed > failed_before:
+            dump_serve_logs()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            os.environ.clear()
+            os.environ.update(saved_env)

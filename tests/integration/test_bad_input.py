@@ -1,0 +1,221 @@
+"""A corpus of bad requests, each with its expected gRPC status and a message check, sent with raw stubs (the
+client would reject many of them before sending); afterwards a valid request still succeeds (the server stayed
+up). Then a second, token-protected app with tiny queues: UNAUTHENTICATED without/with a wrong token, OK with
+the right one, health without a token, and RESOURCE_EXHAUSTED when its bounded queue overflows.
+"""
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentserve.v1 import latent_pb2 as pb
+from latentserve.v1 import latent_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.timeout(300)
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+
+
+def _png(h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _lat(values, label=0) -> pb.Latent:
+    return pb.Latent(values=list(values), label=label)
+
+
+Z8 = [0.0] * 8
+GOOD_PNG = _png(8, 8)
+REF = pb.LatentRef(latent=_lat(Z8))
+FLOW_H = "tiny-flow:1:" + "0" * 32
+
+# (id, rpc, request, expected code, regex the details must match)
+CORPUS = [
+    ("unknown model", "Decode", pb.DecodeRequest(model="nope", latents=[_lat(Z8)]), NOT_FOUND, "unknown model 'nope'.*tiny-gan"),
+    ("missing model", "GetModel", pb.GetModelRequest(), INVALID, "model: required"),
+    ("unknown version", "GetModel", pb.GetModelRequest(model="tiny-gan", version=9), NOT_FOUND, "no version 9.*1, 2"),
+    ("negative version", "GetModel", pb.GetModelRequest(model="tiny-gan", version=-1), INVALID, "version must be >= 0"),
+    ("wrong latent size", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat([0.0] * 5)]), INVALID,
+     r"latents\[0\]: latent has 5 values.*latent size is 8"),
+    ("NaN latent", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat([math.nan] * 8)]), INVALID, "NaN or infinity"),
+    ("inf latent", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8), _lat([math.inf] + Z8[1:])]), INVALID,
+     r"latents\[1\].*NaN or infinity"),
+    ("label out of range", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8, 7)]), INVALID,
+     "class label 7 is out of range.*0..2"),
+    ("latents and handles", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)], handles=["x"]), INVALID,
+     "either latents or handles"),
+    ("nothing to decode", "Decode", pb.DecodeRequest(model="tiny-gan"), INVALID, "at least 1 required"),
+    ("too many latents", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)] * 65), INVALID,
+     "65 is over the limit of 64"),
+    ("unknown format", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)], format=42), INVALID,
+     "unknown image format 42"),
+    ("malformed handle", "Decode", pb.DecodeRequest(model="tiny-gan", handles=["bogus"]), INVALID, "malformed handle"),
+    ("unknown handle", "Decode", pb.DecodeRequest(model="tiny-flow", handles=[FLOW_H]), NOT_FOUND, "unknown handle"),
+    ("handle of another model", "Decode", pb.DecodeRequest(model="tiny-gan", handles=[FLOW_H]), INVALID,
+     "belongs to model 'tiny-flow'"),
+    ("handle version vs pin", "Decode", pb.DecodeRequest(model="tiny-flow", version=2, handles=[FLOW_H]), INVALID,
+     "belong to version 1.*pins version 2"),
+    ("undecodable image", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=b"\x89PNGnope")]), INVALID,
+     r"images\[0\]: not a decodable PNG or JPEG"),
+    ("wrong image size", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=_png(16, 12))]), INVALID,
+     "image is 12x16.*expects 8x8"),
+    ("raw image wrong shape", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(tensor=pb.Tensor(
+        shape=[8, 8, 4], dtype=pb.DTYPE_UINT8, data=b"\0" * 256))]), INVALID, r"shape \[8, 8, 3\]"),
+    ("raw image short data", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(tensor=pb.Tensor(
+        shape=[8, 8, 3], dtype=pb.DTYPE_UINT8, data=b"\0" * 10))]), INVALID, "data bytes do not match"),
+    ("raw float out of range", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(tensor=pb.Tensor(
+        shape=[3, 8, 8], dtype=pb.DTYPE_FLOAT32, data=np.full(192, 5, np.float32).tobytes()))]), INVALID, r"\[-1, 1\]"),
+    ("empty image", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image()]), INVALID, "empty Image"),
+    ("labels count", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=GOOD_PNG)], labels=[0, 1]),
+     INVALID, "2 labels for 1 images"),
+    ("posterior on gan", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=GOOD_PNG)],
+                                                    sample_posterior=True), INVALID, "only for vae"),
+    ("n zero", "Sample", pb.SampleRequest(model="tiny-gan", n=0), INVALID, "n: at least 1"),
+    ("n over cap", "Sample", pb.SampleRequest(model="tiny-gan", n=1000), INVALID, "1000 is over the limit of 64"),
+    ("unknown class name", "Sample", pb.SampleRequest(model="tiny-gan", n=1, class_name="hexagon"), INVALID,
+     "unknown class 'hexagon'.*square, ellipse, triangle"),
+    ("label over range", "Sample", pb.SampleRequest(model="tiny-gan", n=1, label=3), INVALID, "out of range"),
+    ("bad class weights", "Sample", pb.SampleRequest(model="tiny-gan", n=1, class_weights=pb.ClassWeights(
+        weights={"square": -1.0})), INVALID, "weights must be finite, >= 0"),
+    ("unknown weighted class", "Sample", pb.SampleRequest(model="tiny-gan", n=1, class_weights=pb.ClassWeights(
+        weights={"blob": 1.0})), INVALID, "unknown class"),
+    ("unknown knob", "Sample", pb.SampleRequest(model="tiny-gan", n=1, knobs={"hue": 0.2}), INVALID,
+     "unknown factor 'hue'.*brightness"),
+    ("knob out of range", "Sample", pb.SampleRequest(model="tiny-gan", n=1, knobs={"brightness": 0.9}), INVALID,
+     r"outside the factor range \[-0.5, 0.5\]"),
+    ("pca knob in sample", "Sample", pb.SampleRequest(model="tiny-gan", n=1, knobs={"pc0": 1.0}), INVALID,
+     "principal direction"),
+    ("negative temperature", "Sample", pb.SampleRequest(model="tiny-gan", n=1, temperature=-1), INVALID, "temperature"),
+    ("guided not yet", "Sample", pb.SampleRequest(model="tiny-gan", n=1, source=pb.SAMPLE_SOURCE_GUIDED), INVALID,
+     "GUIDED.*not available yet"),
+    ("steps over cap", "Interpolate", pb.InterpolateRequest(model="tiny-gan", a=REF, b=REF, steps=17), INVALID,
+     r"steps: 17 is outside \[2, 16\]"),
+    ("steps too few", "Interpolate", pb.InterpolateRequest(model="tiny-gan", a=REF, b=REF, steps=1), INVALID, "steps"),
+    ("geodesic not yet", "Interpolate", pb.InterpolateRequest(model="tiny-gan", a=REF, b=REF, steps=4,
+                                                              method=pb.INTERPOLATION_METHOD_GEODESIC), INVALID,
+     "GEODESIC.*not available yet"),
+    ("missing end", "Interpolate", pb.InterpolateRequest(model="tiny-gan", a=REF, steps=4), INVALID, "a and b are required"),
+    ("empty ref", "Interpolate", pb.InterpolateRequest(model="tiny-gan", a=REF, b=pb.LatentRef(label=1), steps=4), INVALID,
+     "empty LatentRef"),
+    ("stream unknown model", "Interpolate", pb.InterpolateRequest(model="nope", a=REF, b=REF, steps=4), NOT_FOUND,
+     "unknown model"),
+    ("edit unknown knob", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF], moves=[pb.Move(knob="hue", amount=1)]),
+     INVALID, "unknown knob 'hue'"),
+    ("edit target out of range", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF], moves=[
+        pb.Move(knob="brightness", target=2.0)]), INVALID, r"moves\[0\]\.target.*outside the factor range"),
+    ("edit pca target", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF], moves=[pb.Move(knob="pc1", target=1.0)]),
+     INVALID, "takes an amount"),
+    ("edit move without how", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF], moves=[pb.Move(knob="brightness")]),
+     INVALID, "set amount"),
+    ("edit no moves", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF]), INVALID, "at least one move"),
+    ("edit bad image ref", "Edit", pb.EditRequest(model="tiny-gan", inputs=[pb.LatentRef(image=pb.Image(
+        encoded=_png(4, 4)))], moves=[pb.Move(knob="brightness", amount=0.1)]), INVALID, r"inputs\[0\]\.image: image is 4x4"),
+]
+
+
+@pytest.fixture(scope="module")
+def stub(serve_app):
+    with grpc.insecure_channel(serve_app.target) as ch:
+        yield pb_grpc.LatentServiceStub(ch)
+
+
+def _call(stub, rpc: str, request, metadata=None, timeout=30):
+    method = getattr(stub, rpc)
+    if rpc == "Interpolate":
+        return list(method(request, timeout=timeout, metadata=metadata))
+    return method(request, timeout=timeout, metadata=metadata)
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=[c[0] for c in CORPUS])
+def test_bad_request(stub, case):
+    _, rpc, request, code, pattern = case
+    with pytest.raises(grpc.RpcError) as ei:
+        _call(stub, rpc, request)
+    assert ei.value.code() == code, ei.value.details()
+    import re
+
+    assert re.search(pattern, ei.value.details() or ""), ei.value.details()
+
+
+def test_client_deadline_is_honoured(stub):
+    with pytest.raises(grpc.RpcError) as ei:
+        stub.Sample(pb.SampleRequest(model="tiny-flow", n=64, format=pb.IMAGE_FORMAT_PNG), timeout=0.005)
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_server_still_serves_after_the_corpus(stub):
+    resp = stub.Decode(pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8, 1)], format=pb.IMAGE_FORMAT_RAW_UINT8), timeout=30)
+    assert len(resp.images) == 1 and list(resp.images[0].tensor.shape) == [8, 8, 3]
+
+
+# ------------------------------------------------------------------------------------------ auth + back-pressure
+def test_token_and_bounded_queue(serve_app, wait_serving):
+    """A second app (co-located models, API token, 1 ongoing + 1 queued request) on the same Serve instance."""
+    from ray import serve
+
+    from latentserve.services.app import build_app
+
+    if serve_app.config.direct_ingress:
+        pytest.skip("a second app needs Serve's proxy (direct-ingress replicas serve one app per port)")
+    name, token = "secure", "t0ken"
+    cfg = serve_app.config.with_overrides(api_token=token, colocate=True, models=["tiny-gan"], app_name=name,
+                                          max_ongoing_requests=1, max_queued_requests=1, batch_wait_timeout_s=0.2,
+                                          num_cpus=0.25, ingress_num_cpus=0.25)
+    serve.run(build_app(cfg), name=name, route_prefix="/secure")
+    app_md = (("application", name),)
+    good_md = app_md + (("authorization", f"Bearer {token}"),)
+    try:
+        wait_serving(serve_app.target, metadata=app_md)  # health needs no token
+        with grpc.insecure_channel(serve_app.target) as ch:
+            s = pb_grpc.LatentServiceStub(ch)
+            req = pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)], format=pb.IMAGE_FORMAT_RAW_UINT8)
+            for md, needle in ((app_md, "missing API token"), (app_md + (("authorization", "Bearer wrong"),), "wrong API token")):
+                with pytest.raises(grpc.RpcError) as ei:
+                    s.Decode(req, metadata=md, timeout=30)
+                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED and needle in ei.value.details()
+            with pytest.raises(grpc.RpcError) as ei:
+                list(s.Interpolate(pb.InterpolateRequest(model="tiny-gan", a=REF, b=REF, steps=3), metadata=app_md, timeout=30))
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert len(s.Decode(req, metadata=good_md, timeout=30).images) == 1
+
+            codes: list = []
+            lock = threading.Lock()
+
+            def one():
+                try:
+                    s.Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1), metadata=good_md, timeout=60)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as exc:
+                    code = exc.code()
+                with lock:
+                    codes.append(code)
+
+            threads = [threading.Thread(target=one) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+            assert grpc.StatusCode.OK in codes, codes
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    finally:
+        serve.delete(name)
+    # With one app left, requests without `application` metadata route to it again.
+    deadline = time.time() + 30
+    while True:
+        try:
+            with grpc.insecure_channel(serve_app.target) as ch:
+                pb_grpc.LatentServiceStub(ch).GetModel(pb.GetModelRequest(model="tiny-gan"), timeout=10)
+            break
+        except grpc.RpcError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.3)

@@ -1,0 +1,392 @@
+"""Every LatentService RPC through the client against the shared Serve app (tests/integration/conftest.py).
+
+Checks semantics, not just plumbing: exact flow round trip, conditional classes scored by the probe,
+interpolation ends = decode(ends), slerp's norm profile, seeded determinism, dynamic batching across
+concurrent requests (batch sizes > 1 observed), oversized-request splitting, version pinning vs default,
+handles, knob edits in factor units, health + reflection, and TorchScript/ONNX parity of the backends.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from latentserve.services.client import AsyncLatentClient, LatentClient
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def client(serve_app):
+    with LatentClient(serve_app.target, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def probe(tiny_repo):
+    """The tiny probe run locally with ONNX Runtime: uint8 (N,H,W,3) -> (class (N,), brightness (N,))."""
+    import onnxruntime as ort
+
+    from latentserve.models.data.base import to_model
+
+    sess = ort.InferenceSession(str(tiny_repo / "tiny-probe" / "1" / "probe.onnx"), providers=["CPUExecutionProvider"])
+
+    def run(images_u8):
+        logits, factors, _ = sess.run(None, {"image": to_model(np.asarray(images_u8))})
+        return logits.argmax(1), factors[:, 0]
+
+    return run
+
+
+def _stats(serve_app) -> dict:
+    from ray import serve
+
+    return serve.get_app_handle(serve_app.app_name).stats.remote().result(timeout_s=30)
+
+
+def test_health_and_reflection(serve_app, client):
+    assert client.health()
+    import grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(serve_app.target) as ch:
+        services = ProtoReflectionDescriptorDatabase(ch).get_services()
+    assert "latentserve.v1.LatentService" in services and "grpc.health.v1.Health" in services
+
+
+def test_list_and_get_models(client):
+    models = {m.name: m for m in client.list_models()}
+    assert sorted(models) == ["tiny-flow", "tiny-gan", "tiny-vae"]  # the probe is not a generative model
+    gan = models["tiny-gan"]
+    assert gan.version == 2 and gan.versions == (1, 2) and gan.family == "gan"
+    assert gan.image_shape == (3, 8, 8) and gan.latent_shape == (8,)
+    assert gan.class_names == ("square", "ellipse", "triangle")
+    assert [f.name for f in gan.factors] == ["brightness"]
+    knobs = {k.name: k for k in gan.knobs}
+    assert knobs["brightness"].kind == "factor" and (knobs["brightness"].low, knobs["brightness"].high) == (-0.5, 0.5)
+    assert "pca_0" in knobs and knobs["pca_0"].unit == "std"
+    assert set(gan.sample_sources) >= {"prior", "latent_gmm"} and set(gan.interpolation_methods) == {"lerp", "slerp"}
+    assert gan.max_images_per_request == 64 and gan.max_interpolation_steps == 16
+    assert gan.metrics == {"tiny.seed": 5.0} and gan.backend == "onnxruntime"
+    assert models["tiny-flow"].prior == "class_gaussian" and models["tiny-vae"].prior == "standard_normal"
+    everything = client.list_models(all_versions=True)
+    assert sorted((m.name, m.version) for m in everything) == [("tiny-flow", 1), ("tiny-gan", 1), ("tiny-gan", 2), ("tiny-vae", 1)]
+    assert client.get_model("tiny-gan", version=1).version == 1
+
+
+def test_flow_round_trip_is_exact(client):
+    x = client.sample("tiny-flow", 6, seed=3, format="uint8").images  # (6, 8, 8, 3)
+    enc = client.encode("tiny-flow", x)
+    assert enc.latents.shape == (6, 3 * 8 * 8)
+    back = client.decode("tiny-flow", enc.latents, enc.labels, format="float32")  # (6, 3, 8, 8)
+    x_model = x.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
+    assert np.abs(back - x_model).max() < 1e-4
+    again = client.decode("tiny-flow", enc.latents, enc.labels, format="uint8")
+    assert np.abs(again.astype(int) - x.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("model", ["tiny-flow", "tiny-gan", "tiny-vae"])
+def test_conditional_samples_have_the_requested_class(client, probe, model):
+    for label, name in enumerate(["square", "ellipse", "triangle"]):
+        out = client.sample(model, 8, class_name=name, seed=11 + label)
+        assert out.labels.tolist() == [label] * 8
+        predicted, _ = probe(out.images)
+        assert (predicted == label).mean() >= 0.9, (model, name, predicted)
+        enc = client.encode(model, out.images)  # the encoder's class head agrees
+        assert (enc.labels == label).mean() >= 0.9
+        assert np.all(enc.confidence > 0.3)
+
+
+def test_class_weights_and_gmm_source(client):
+    out = client.sample("tiny-gan", 40, class_weights={"square": 0.0, "triangle": 1.0}, source="latent_gmm", seed=5)
+    assert set(out.labels.tolist()) == {2}
+    mixed = client.sample("tiny-gan", 60, class_weights={"square": 1, "ellipse": 1}, seed=6)
+    assert set(mixed.labels.tolist()) == {0, 1}
+
+
+def test_same_seed_same_images(client):
+    a = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")
+    b = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")
+    c = client.sample("tiny-gan", 5, label=1, seed=43, knobs={"brightness": 0.1}, format="float32")
+    np.testing.assert_allclose(a.images, b.images, atol=1e-5)
+    np.testing.assert_array_equal(a.latents, b.latents)
+    assert np.abs(a.images - c.images).max() > 0.05
+
+
+def test_knob_targets_move_the_factor(client, probe):
+    out = client.sample("tiny-flow", 4, label=0, seed=9, knobs={"brightness": 0.25}, format="float32")
+    np.testing.assert_allclose(out.images.mean(axis=(1, 2, 3)), 0.25, atol=1e-4)  # flow decoder is linear: exact
+
+
+def test_interpolation_ends_and_step_distances(client):
+    z = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    ends = client.decode("tiny-gan", z, [0, 2], format="float32")
+    frames = list(client.interpolate("tiny-gan", (z[0], 0), (z[1], 2), steps=7, format="float32"))
+    assert [f.index for f in frames] == list(range(7))
+    assert frames[0].t == 0.0 and frames[-1].t == 1.0
+    np.testing.assert_allclose(frames[0].image, ends[0], atol=1e-5)
+    np.testing.assert_allclose(frames[-1].image, ends[1], atol=1e-5)
+    assert [f.label for f in frames] == [0, 0, 0, 2, 2, 2, 2]
+    imgs = np.stack([f.image for f in frames])
+    rms = np.sqrt(((imgs[1:] - imgs[:-1]) ** 2).mean(axis=(1, 2, 3)))
+    np.testing.assert_allclose([f.step_distance for f in frames[1:]], rms, atol=1e-5)
+    assert frames[0].step_distance == 0.0 and frames[-1].summary is not None and frames[0].summary is None
+    assert frames[-1].summary.path_length == pytest.approx(rms.sum(), rel=1e-4)
+
+
+def test_slerp_keeps_the_norm_profile(client):
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2, 8)).astype(np.float32)
+    b *= np.linalg.norm(a) / np.linalg.norm(b)  # equal norms: slerp keeps the norm constant, lerp dips
+    slerp = list(client.interpolate("tiny-gan", (a, 1), (b, 1), steps=9, method="slerp", format="uint8"))
+    lerp = list(client.interpolate("tiny-gan", (a, 1), (b, 1), steps=9, method="lerp", format="uint8"))
+    ns = np.array([np.linalg.norm(f.latent) for f in slerp])
+    nl = np.array([np.linalg.norm(f.latent) for f in lerp])
+    np.testing.assert_allclose(ns, np.linalg.norm(a), rtol=1e-4)
+    assert nl[4] < 0.95 * np.linalg.norm(a)
+    np.testing.assert_allclose(slerp[0].latent, a, atol=1e-6)
+    np.testing.assert_allclose(slerp[-1].latent, b, atol=1e-6)
+
+
+def test_interpolate_between_images_and_handles(client):
+    x = client.sample("tiny-flow", 2, label=2, seed=4, format="uint8", return_handles=True)
+    frames = list(client.interpolate("tiny-flow", x.handles[0], x.images[1], steps=3, format="uint8"))
+    assert len(frames) == 3 and frames[0].label == 2
+    assert np.abs(frames[0].image.astype(int) - x.images[0].astype(int)).max() <= 1
+    assert np.abs(frames[-1].image.astype(int) - x.images[1].astype(int)).max() <= 1
+
+
+def test_handles_round_trip(client):
+    x = client.sample("tiny-gan", 3, label=0, seed=8, format="uint8")
+    enc = client.encode("tiny-gan", x.images, return_handles=True)
+    assert len(enc.handles) == 3 and all(h.startswith("tiny-gan:2:") for h in enc.handles)
+    by_handle = client.decode("tiny-gan", handles=enc.handles, format="float32")
+    by_value = client.decode("tiny-gan", enc.latents, enc.labels, format="float32")
+    np.testing.assert_allclose(by_handle, by_value, atol=1e-6)
+    assert enc.handles == client.encode("tiny-gan", x.images, return_handles=True).handles  # content-addressed
+
+
+def test_encode_labels_and_vae_posterior(client):
+    x = client.sample("tiny-vae", 2, label=0, seed=2, format="uint8").images
+    forced = client.encode("tiny-vae", x, labels=[1, -1])
+    assert forced.labels.tolist() == [1, 0]
+    mean = client.encode("tiny-vae", x).latents
+    s1 = client.encode("tiny-vae", x, sample_posterior=True, seed=5).latents
+    s2 = client.encode("tiny-vae", x, sample_posterior=True, seed=5).latents
+    np.testing.assert_array_equal(s1, s2)
+    assert 0 < np.abs(s1 - mean).max() < 1.0  # logvar = -4: std ~0.14
+
+
+def test_edit_moves_in_factor_units(client):
+    x = client.sample("tiny-flow", 3, label=1, seed=12, format="float32", return_handles=True)
+    moved = client.edit("tiny-flow", x.handles, [("brightness", {"amount": 0.1})], format="float32")
+    np.testing.assert_allclose(moved.images.mean(axis=(1, 2, 3)) - x.images.mean(axis=(1, 2, 3)), 0.1, atol=1e-4)
+    target = client.edit("tiny-flow", x.handles, [("brightness", {"target": -0.2}), ("pc0", 0.5)], format="float32")
+    assert target.latents.shape == (3, 192) and target.labels.tolist() == [1, 1, 1]
+    pc_only = client.edit("tiny-flow", x.handles, [("pca_0", 0.0)], format="float32")
+    np.testing.assert_allclose(pc_only.latents, x.latents, atol=1e-6)
+
+
+def test_version_pinning_and_default(client):
+    z = np.ones((1, 8), np.float32)
+    newest = client.decode("tiny-gan", z, [0], format="float32")
+    pinned = client.decode("tiny-gan", z, [0], format="float32", version=1)
+    explicit = client.decode("tiny-gan", z, [0], format="float32", version=2)
+    np.testing.assert_allclose(newest, explicit, atol=1e-6)
+    assert np.abs(pinned - newest).max() > 0.1  # v1 and v2 have different decoders
+    out = client.sample("tiny-gan", 1, seed=1, version=1)
+    assert out.version == 1
+    assert client.sample("tiny-gan", 1, seed=1).version == 2
+
+
+def test_concurrent_single_requests_are_batched(serve_app):
+    before = _stats(serve_app)["models"]["tiny-flow"]["methods"].get("decode", {}).get("batches", 0)
+
+    async def burst():
+        async with AsyncLatentClient(serve_app.target, timeout=30) as c:
+            z = np.zeros((1, 192), np.float32)
+            return await asyncio.gather(*[c.decode("tiny-flow", z, [i % 3], format="uint8") for i in range(24)])
+
+    results = asyncio.run(burst())
+    assert len(results) == 24 and all(r.shape == (1, 8, 8, 3) for r in results)
+    dec = _stats(serve_app)["models"]["tiny-flow"]["methods"]["decode"]
+    recent = dec["recent"][-(dec["batches"] - before):]
+    assert sum(r for r, _ in recent) >= 24
+    assert max(r for r, _ in recent) > 1, recent  # several requests shared one model call
+
+
+def test_oversized_requests_are_split_into_max_batch_size_chunks(serve_app, client):
+    out = client.sample("tiny-vae", 40, seed=1, format="uint8")  # max_batch_size is 16 in the test app
+    assert out.images.shape == (40, 8, 8, 3)
+    dec = _stats(serve_app)["models"]["tiny-vae"]["methods"]["decode"]
+    assert [rows for _, rows in dec["recent"][-3:]] == [16, 16, 8]
+
+
+def test_torchscript_and_onnx_backends_agree(tiny_repo):
+    """The TorchScript backend (torch imported only then) gives the ONNX outputs on the same graphs."""
+    from latentserve.models.repository import Repository
+    from latentserve.services.backends import open_session
+    from latentserve.services.model_server import graph_io
+
+    rec = Repository(tiny_repo).load("tiny-vae")
+    rng = np.random.default_rng(0)
+    feeds = {"encoder": {"image": rng.uniform(-1, 1, (3, 3, 8, 8)).astype(np.float32)},
+             "decoder": {"latent": rng.standard_normal((3, 8)).astype(np.float32), "label": np.array([0, 1, 2])}}
+    for graph, feed in feeds.items():
+        ins, outs = graph_io(rec, graph)
+        a = open_session("onnxruntime", rec.graph_path(graph, "onnx"), ins, outs).run(feed)
+        b = open_session("torchscript", rec.graph_path(graph, "torchscript"), ins, outs).run(feed)
+        assert set(a) == set(b) == set(outs)
+        for k in outs:
+            np.testing.assert_allclose(a[k], b[k], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ real families
+REAL_DATA = {"image_size": 16, "n_train": 128, "n_test": 32, "seed": 0}
+REAL_TINY = {
+    "probe": {"width": 4, "depth": 2, "head_channels": 2, "feature_dim": 8},
+    "gan": {"z_dim": 8, "g_width": 4, "d_width": 4, "e_width": 4, "e_hidden": 16, "e_batch": 8},
+    "vae": {"z_dim": 8, "widths": [4, 8], "res_blocks": 0, "hidden": 16, "embed_dim": 4},
+    "flow": {"levels": 1, "steps": [2], "hidden": [8]},
+}
+
+
+def _real_repository(root) -> list[str]:
+    """Train every available family for 2 steps and export it (probe first): the real export path."""
+    import dataclasses
+    import importlib.util
+
+    torch = pytest.importorskip("torch")
+    from latentserve.models.data import load_dataset
+    from latentserve.models.export import export_run
+    from latentserve.models.families import FAMILIES, get_family
+    from latentserve.models.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    data = load_dataset("shapes", **REAL_DATA)
+    served = []
+    for fam in ("probe", "gan", "vae", "flow"):
+        if importlib.util.find_spec(FAMILIES[fam].partition(":")[0]) is None:
+            continue
+        known = {f.name for f in dataclasses.fields(get_family(fam).config_cls)}
+        cfg = TrainConfig(family=fam, data="shapes", data_args=dict(REAL_DATA), steps=2, batch_size=16,
+                          out=str(root / "runs" / fam), ckpt_every=2, eval_every=2, grid_every=10**6, threads=1,
+                          device="cpu", family_args={k: v for k, v in REAL_TINY[fam].items() if k in known},
+                          eval_size=16)
+        run = train(cfg, progress=False, dataset=data)
+        export_run(run, f"shapes-{fam}", repo_root=root / "repo", probe="shapes-probe", max_latent_fit=128, data=data)
+        if fam != "probe":
+            served.append(f"shapes-{fam}")
+    return served
+
+
+def test_real_exported_families_serve_end_to_end(serve_app, tmp_path, wait_serving):
+    """Models from models.train + models.export (not hand-built) through every RPC, in a second app."""
+    from ray import serve
+
+    from latentserve.services.app import build_app
+
+    if serve_app.config.direct_ingress:
+        pytest.skip("a second app needs Serve's proxy (direct-ingress replicas serve one app per port)")
+    served = _real_repository(tmp_path)
+    if not served:
+        pytest.skip("no generative family is built yet")
+    name = "real"
+    cfg = serve_app.config.with_overrides(repository=str(tmp_path / "repo"), models=[], app_name=name, colocate=True,
+                                          num_cpus=0.25, ingress_num_cpus=0.25)
+    serve.run(build_app(cfg), name=name, route_prefix="/real")
+    try:
+        wait_serving(serve_app.target, metadata=(("application", name),))
+        with LatentClient(serve_app.target, timeout=60, app_name=name) as c:
+            assert sorted(m.name for m in c.list_models()) == sorted(served)
+            for model in served:
+                info = c.get_model(model)
+                out = c.sample(model, 4, label=1, seed=3, format="uint8", return_handles=True)
+                assert out.images.shape == (4, 16, 16, 3) and out.labels.tolist() == [1] * 4
+                enc = c.encode(model, out.images, labels=[1] * 4)
+                back = c.decode(model, enc.latents, enc.labels, format="uint8")
+                assert back.shape == out.images.shape
+                if info.family == "flow":  # an exact bijection, up to 8-bit rounding
+                    assert np.abs(back.astype(int) - out.images.astype(int)).max() <= 2
+                frames = list(c.interpolate(model, out.handles[0], out.handles[1], steps=3, method="slerp"))
+                assert len(frames) == 3 and frames[-1].summary is not None
+                factor_knobs = [k for k in info.knobs if k.kind == "factor"]
+                if factor_knobs:
+                    k = factor_knobs[0]
+                    edited = c.edit(model, out.handles[:2], [(k.name, {"target": (k.low + k.high) / 2})])
+                    assert edited.images.shape == (2, 16, 16, 3)
+    finally:
+        serve.delete(name)
+    with LatentClient(serve_app.target, timeout=30) as c:  # the main app is routable again
+        deadline = time.time() + 30
+        while True:
+            try:
+                c.get_model("tiny-gan")
+                break
+            except Exception:  # noqa: BLE001 - routing catches up with the deleted app
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+
+
+def test_rollout_of_a_new_version_drops_no_request(serve_app, tiny_repo, tmp_path, wait_serving):
+    """A version folder appears, the app is deployed again (what `serve deploy` does: the builder re-reads the
+    repository): traffic running throughout sees the default switch from v1 to v2 and not one error."""
+    import shutil
+    import threading
+
+    import grpc
+    from ray import serve
+
+    from latentserve.services.app import build_app
+    from latentserve.v1 import latent_pb2 as pb
+    from latentserve.v1 import latent_pb2_grpc as pb_grpc
+
+    if serve_app.config.direct_ingress:
+        pytest.skip("a second app needs Serve's proxy (direct-ingress replicas serve one app per port)")
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo / "tiny-gan" / "1", repo / "tiny-gan" / "1")
+    name = "rollout"
+    cfg = serve_app.config.with_overrides(repository=str(repo), models=[], app_name=name, num_cpus=0.25,
+                                          ingress_num_cpus=0.25)
+    md = (("application", name),)
+    serve.run(build_app(cfg), name=name, route_prefix="/rollout")
+    versions: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def traffic():
+        with grpc.insecure_channel(serve_app.target) as ch:
+            stub = pb_grpc.LatentServiceStub(ch)
+            req = pb.DecodeRequest(model="tiny-gan", latents=[pb.Latent(values=[0.5] * 8)], format=pb.IMAGE_FORMAT_RAW_UINT8)
+            while not stop.is_set():
+                try:
+                    versions.append(stub.Decode(req, metadata=md, timeout=30).version)
+                except grpc.RpcError as exc:
+                    errors.append(f"{exc.code().name}: {exc.details()}")
+
+    try:
+        wait_serving(serve_app.target, metadata=md)
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        tmp = repo / "tiny-gan" / ".incoming"
+        shutil.copytree(tiny_repo / "tiny-gan" / "2", tmp)
+        tmp.rename(repo / "tiny-gan" / "2")  # a version folder appears atomically, as export writes it
+        serve.run(build_app(cfg), name=name, route_prefix="/rollout")
+        deadline = time.time() + 30
+        while (not versions or versions[-1] != 2) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+        serve.delete(name)
+    assert not errors, errors[:3]
+    assert versions[0] == 1 and versions[-1] == 2, (versions[:3], versions[-3:])
+    assert versions.index(2) > 0 and all(v == 2 for v in versions[-5:])  # old replicas drained

@@ -1,0 +1,180 @@
+"""The normalizing-flow family ("flow"): NLL training with dequantisation, tempered prior sample grids,
+bits/dim and round-trip figures, and the `encoder` / `decoder` export graphs of docs/architecture.md.
+
+The flow's map does not depend on the label; the class lives only in the prior (a learned Gaussian per
+class over z), so the encoder's `logits` are the class-conditional prior log-densities of z (Bayes rule with
+a uniform class prior) and the decoder keeps its `label` input only for the uniform graph signature.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latentserve.errors import ValidationError
+from latentserve.models.families.base import ExportGraph, Family
+from latentserve.models.families.vae import eval_mode
+from latentserve.models.nets.flow import BIN_WIDTH, Flow, FlowConfig, bits_per_dim
+
+
+class FlowEncoderGraph(nn.Module):
+    """image (B,3,H,W) -> latent z (B,D), logits = log N(z; mu_c, sigma_c) (B,C), logdet (B,)."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z, logdet = self.flow(image)
+        return z, self.flow.class_log_probs(z), logdet
+
+
+class FlowDecoderGraph(nn.Module):
+    """latent (B,D), label (B,) int64 -> image (B,3,H,W) = clamp(inverse(latent), -1, 1).
+
+    The label does not enter the map; `0 * label` is added so exporters keep it as a graph input.
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        x = self.flow.inverse(latent)  # (B,3,H,W)
+        keep = (label.to(x.dtype) * 0.0).reshape(-1, 1, 1, 1)  # (B,1,1,1) zeros, ties `label` to the graph
+        return torch.clamp(x + keep, -1.0, 1.0)
+
+
+class FlowFamily(Family):
+    name = "flow"
+    config_cls = FlowConfig
+    default_steps = 1200  # recommended steps at batch 64 (the loop's default batch size): ~9 min on one thread
+
+    def __init__(self, config: FlowConfig, data_meta: dict, device: torch.device) -> None:
+        if not isinstance(config, FlowConfig):
+            raise ValidationError(f"FlowFamily needs a FlowConfig, got {type(config).__name__}")
+        super().__init__(config, data_meta, device)
+        self.image_size = int(data_meta["image_size"])
+        self.n_classes = len(data_meta["class_names"])
+        self.flow = Flow(config, self.image_size, self.n_classes).to(device)
+        self.opt = torch.optim.Adam(self.flow.parameters(), lr=config.lr)
+
+    # -- what the loop checkpoints ------------------------------------------------------------------------
+    def modules(self) -> dict[str, nn.Module]:
+        return {"flow": self.flow}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"opt": self.opt}
+
+    # -- training -----------------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to lr*lr_final_frac (a function of the step: resume-safe)."""
+        c = self.config
+        if c.warmup_steps > 0 and step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        t = min(max(step, 0), c.lr_decay_steps) / c.lr_decay_steps
+        return c.lr * (c.lr_final_frac + (1.0 - c.lr_final_frac) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+    @staticmethod
+    def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Uniform dequantisation: x + U(-1/2, 1/2) bins, x (B,3,H,W) in [-1,1] on the 8-bit grid."""
+        noise = torch.rand(x.shape, generator=generator).to(x.device) - 0.5
+        return x + noise * BIN_WIDTH
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, step: int) -> dict[str, float]:
+        c = self.config
+        self.flow.train()
+        xd = self.dequantize(x)
+        if not bool(self.flow.initialized):  # ActNorm data init on the first batch (also a fresh resume-less run)
+            self.flow.initialize(xd)
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr_at(step)
+        z, logdet = self.flow(xd)  # (B,D), (B,)
+        class_lp = self.flow.class_log_probs(z)  # (B,C) log N(z; mu_c, sigma_c)
+        nll = -(class_lp.gather(1, y[:, None])[:, 0] + logdet).mean()  # nats / image of -log p(x | y)
+        ce = F.cross_entropy(class_lp, y)  # Bayes rule with a uniform class prior
+        # the NLL per dim keeps lr and grad_clip independent of the image size; the class term is per image
+        loss = nll / self.flow.dim + c.class_weight * ce
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = 0.0
+        if c.grad_clip > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.flow.parameters(), c.grad_clip))
+        self.opt.step()
+        with torch.no_grad():
+            acc = (class_lp.argmax(1) == y).float().mean().item()
+        return {"loss": loss.item(), "bpd": bits_per_dim(nll.detach(), self.flow.dim).item(), "ce": ce.item(),
+                "acc": acc, "grad_norm": grad_norm}
+
+    # -- figures ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_grid(self, n_per_class: int, seed: int, temperature: float | None = None) -> torch.Tensor:
+        """Tempered prior samples, class-major (n_per_class images of class 0, then class 1, ...), in [-1,1]."""
+        gen = torch.Generator().manual_seed(int(seed))
+        labels = torch.arange(self.n_classes).repeat_interleave(n_per_class).to(self.device)  # (N,)
+        t = self.config.temperature if temperature is None else float(temperature)
+        with eval_mode(self.flow):
+            return self.flow.sample(labels, t, gen).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, batch_size: int = 250) -> dict[str, float]:
+        """Test bits/dim (dequantised with a fixed seed), round-trip max abs error decode(encode(x)) - x on the
+        undequantised images, and the Bayes-rule class accuracy of the class-conditional prior."""
+        gen = torch.Generator().manual_seed(0)
+        nll_sum, rt_max, correct, n = 0.0, 0.0, 0, 0
+        with eval_mode(self.flow):
+            for i in range(0, len(x), batch_size):
+                xb = x[i : i + batch_size].to(self.device)
+                yb = y[i : i + batch_size].to(self.device)
+                nll_sum += self.flow.nll(self.dequantize(xb, gen), yb).sum().item()
+                z, _ = self.flow(xb)
+                rt_max = max(rt_max, (self.flow.inverse(z) - xb).abs().max().item())
+                correct += (self.flow.class_log_probs(z).argmax(1) == yb).sum().item()
+                n += len(xb)
+        if n == 0:
+            return {}
+        nll = nll_sum / n
+        return {
+            "bpd": float(bits_per_dim(torch.tensor(nll), self.flow.dim)),
+            "nll_nats": nll,
+            "roundtrip_max_abs": rt_max,
+            "class_acc": correct / n,
+        }
+
+    # -- export -------------------------------------------------------------------------------------------
+    def graphs(self) -> dict[str, ExportGraph]:
+        # frozen copies (one per graph): exporting must not flip the training flow's mode
+        frozen = [copy.deepcopy(self.flow).eval().requires_grad_(False) for _ in range(2)]
+        h = self.image_size
+        image = torch.zeros(2, 3, h, h, device=self.device)
+        latent = torch.zeros(2, self.flow.dim, device=self.device)
+        label = torch.zeros(2, dtype=torch.int64, device=self.device)
+        return {
+            "encoder": ExportGraph(
+                module=FlowEncoderGraph(frozen[0]).eval(),
+                example_inputs=(image,),
+                input_names=["image"],
+                output_names=["latent", "logits", "logdet"],
+                doc="exact x -> z; logits = log N(z; mu_c, sigma_c) per class; logdet = log|det dz/dx|",
+            ),
+            "decoder": ExportGraph(
+                module=FlowDecoderGraph(frozen[1]).eval(),
+                example_inputs=(latent, label),
+                input_names=["latent", "label"],
+                output_names=["image"],
+                doc="exact z -> x (label unused by the map), clamped to [-1,1]",
+            ),
+        }
+
+    def manifest_extra(self) -> dict:
+        mean, logstd = self.flow.prior_arrays()
+        return {
+            "prior": {"type": "class_gaussian"},
+            "prior_mean": mean,  # (C, D)
+            "prior_logstd": logstd,  # (C, D)
+            "sample_temperature": float(self.config.temperature),
+            "latent_shape": [self.flow.dim],
+        }

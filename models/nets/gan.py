@@ -1,0 +1,234 @@
+"""Networks of the conditional GAN family: config, generator, projection discriminator and encoder.
+
+Owns `GANConfig` (the recipe: sizes, losses, optimiser and encoder settings; its defaults ARE the recommended
+recipe for the bundled `shapes-gan`) and three modules:
+
+- `Generator`: (latent (B,Z), label (B,)) -> image (B,3,S,S) in [-1,1]. DCGAN-style transposed convolutions
+  from 4x4 up to S (16, 32 or 64) with class-conditional batch norm (a per-class gain and bias after a
+  parameter-free BatchNorm), so one network draws every class.
+- `Discriminator`: strided CNN (BatchNorm or spectral norm) with a projection head (Miyato & Koyama 2018):
+  score = psi(h) + <embed(y), h>. Training only; never exported.
+- `Encoder`: image (B,3,S,S) -> (latent (B,Z), logits (B,C)), trained to invert the generator so a real image
+  can be encoded into the generator's N(0, I) latent space, plus a class head.
+
+All forwards are straight-line tensor code (no data-dependent Python control flow), so they export with
+torch.onnx.export (dynamic batch) and torch.jit.trace/script.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.utils.parametrizations import spectral_norm
+
+from latentserve.errors import ValidationError
+
+SUPPORTED_SIZES = (16, 32, 64)
+LOSSES = ("hinge", "nonsat")
+D_NORMS = ("sn", "bn")
+
+
+@dataclass
+class GANConfig:
+    """Recipe of the conditional GAN family. Defaults are the recommended recipe for 32x32 shapes.
+
+    Image size and number of classes are not here: they come from the dataset (`Dataset.meta()`).
+    """
+
+    # -- sizes -----------------------------------------------------------------------------------------------
+    z_dim: int = 64  # latent dimension D; prior N(0, I_D) (16 measured worse: lower knob R², class accuracy). 2..512
+    g_width: int = 32  # generator channels at S/2; doubles per halving of resolution (cap 8x). 4..256
+    d_width: int = 32  # discriminator channels at S/2; doubles per stride-2 conv (cap 8x). 4..256
+    e_width: int = 32  # encoder channels at S/2; doubles per stride-2 conv (cap 4x). 4..256
+    e_hidden: int = 128  # encoder MLP width between the flattened 4x4 features and the heads. 8..2048
+    # -- GAN objective and optimisation ------------------------------------------------------------------------
+    d_norm: str = "sn"  # discriminator normalisation: "sn" (spectral norm, SNGAN) | "bn" (batch norm, DCGAN)
+    loss: str = "nonsat"  # "nonsat" (non-saturating logistic) | "hinge" (SNGAN)
+    lr_g: float = 1e-3  # Adam learning rate of the generator (high: the reconstruction term steadies it). (0, 1e-2]
+    lr_d: float = 2e-4  # Adam learning rate of the discriminator. (0, 1e-2]
+    beta1: float = 0.5  # Adam beta1 for G and D (0.0 or 0.5 are usual for GANs). [0, 1)
+    beta2: float = 0.999  # Adam beta2 for G and D. [0, 1)
+    n_dis: int = 1  # discriminator updates per generator update (each on the same real batch). 1..10
+    ema_decay: float = 0.999  # decay of the EMA copy of G used for samples, the decoder and evaluation. [0, 1)
+    ema_start: int = 0  # step from which the EMA tracks G (before it, it copies G). >= 0
+    # -- joint G+E training (mode-regularised GAN; mode_reg = 0 switches to a plain GAN + post-hoc encoder) -----
+    mode_reg: float = 10.0  # weight of ||G(E(x),y) - x||^2 on real images, trained into G and E. >= 0
+    w_latent: float = 1.0  # weight of ||E(G(z,y)) - z||^2 (mean over batch and dims). >= 0
+    # w_class 1 (not 0.1): the class head must be right early, since it is also the AC-GAN classifier of G
+    w_class: float = 1.0  # weight of the encoder's class cross-entropy on real images. >= 0
+    w_ac: float = 2.0  # weight of CE(E_frozen(G(z,y)), y) on G: the encoder's class head as AC-GAN classifier. >= 0
+    w_prior: float = 1.0  # weight of moment matching of real codes E(x) to N(0,I) (batch mean 0, variance 1). >= 0
+    lr_e: float = 1e-3  # Adam learning rate of the encoder. (0, 1e-2]
+    # -- plain-GAN path only (mode_reg = 0): encoder inverting the frozen EMA generator -------------------------
+    encoder_start: int = 0  # step from which the encoder trains (it trains on every step after). >= 0
+    e_batch: int = 64  # generated (EMA G) images per encoder step for latent regression. 1..1024
+    w_recon: float = 1.0  # weight of ||G_ema(E(x), y) - x||^2 on real images through the frozen EMA G. >= 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def rng(name: str, lo: float, hi: float, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            bad = (v <= lo if lo_open else v < lo) or v > hi
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or bad:
+                lb = "(" if lo_open else "["
+                raise ValidationError(f"GANConfig.{name}={v!r} out of range {lb}{lo}, {hi}]")
+
+        for name, lo, hi in (("z_dim", 2, 512), ("g_width", 4, 256), ("d_width", 4, 256), ("e_width", 4, 256),
+                             ("e_hidden", 8, 2048), ("n_dis", 1, 10), ("e_batch", 1, 1024)):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValidationError(f"GANConfig.{name} must be an int, got {getattr(self, name)!r}")
+            rng(name, lo, hi)
+        for name in ("lr_g", "lr_d", "lr_e"):
+            rng(name, 0.0, 1e-2, lo_open=True)
+        for name in ("beta1", "beta2", "ema_decay"):
+            rng(name, 0.0, 1.0 - 1e-12)
+        for name in ("ema_start", "encoder_start"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValidationError(f"GANConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
+        for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac"):
+            rng(name, 0.0, 1e6)
+        if self.d_norm not in D_NORMS:
+            raise ValidationError(f"GANConfig.d_norm={self.d_norm!r}; choose one of {', '.join(D_NORMS)}")
+        if self.loss not in LOSSES:
+            raise ValidationError(f"GANConfig.loss={self.loss!r}; choose one of {', '.join(LOSSES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GANConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValidationError(f"unknown GANConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _n_levels(image_size: int) -> int:
+    """Number of x2 resolution steps between 4x4 and image_size."""
+    if image_size not in SUPPORTED_SIZES:
+        raise ValidationError(f"GAN image_size={image_size} unsupported; choose one of {SUPPORTED_SIZES}")
+    return int(math.log2(image_size // 4))
+
+
+def _check_classes(n_classes: int) -> None:
+    if not isinstance(n_classes, int) or n_classes < 1:
+        raise ValidationError(f"n_classes must be an int >= 1, got {n_classes!r}")
+
+
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine, followed by a per-class gain and bias (embedding lookups)."""
+
+    def __init__(self, channels: int, n_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(n_classes, channels)
+        self.bias = nn.Embedding(n_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, h: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        # h (B,C,H,W), label (B,) -> (B,C,H,W)
+        g = self.gain(label).unsqueeze(-1).unsqueeze(-1)  # (B,C,1,1)
+        b = self.bias(label).unsqueeze(-1).unsqueeze(-1)  # (B,C,1,1)
+        return self.bn(h) * g + b
+
+
+class Generator(nn.Module):
+    """(latent (B,Z) f32, label (B,) i64) -> image (B,3,S,S) f32 in [-1,1]."""
+
+    def __init__(self, z_dim: int, n_classes: int, image_size: int = 32, width: int = 32) -> None:
+        super().__init__()
+        _check_classes(n_classes)
+        n = _n_levels(image_size)
+        self.z_dim, self.n_classes, self.image_size = z_dim, n_classes, image_size
+        # DCGAN sizing: `width` channels at S/2, doubling per halving of resolution (cap 8x) down to 4x4
+        chans = [min(width * 2 ** (n - 1 - i), width * 8) for i in range(n)]  # at 4, 8, ..., S/2
+        self.c0 = chans[0]
+        # (B,Z,1,1) -> (B,C0,4,4): a 4x4 transposed conv is a Linear layer whose output keeps a known channel
+        # count (a reshape(-1, C0, 4, 4) makes the TorchScript-based ONNX exporter lose it before BatchNorm)
+        self.fc = nn.ConvTranspose2d(z_dim, chans[0], 4, stride=1, padding=0)
+        self.norms = nn.ModuleList([ConditionalBatchNorm2d(c, n_classes) for c in chans])
+        # ConvTranspose 4x4 stride 2 doubles the resolution at ~1/2 the cost of upsample + 3x3 conv
+        outs = chans[1:] + [3]
+        self.ups = nn.ModuleList(
+            [nn.ConvTranspose2d(chans[i], outs[i], 4, stride=2, padding=1, bias=(i == n - 1)) for i in range(n)]
+        )
+
+    def forward(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        # latent (B,Z), label (B,) -> image (B,3,S,S)
+        h = self.fc(latent.unsqueeze(-1).unsqueeze(-1))  # (B,C0,4,4)
+        for norm, up in zip(self.norms, self.ups):
+            h = up(F.relu(norm(h, label)))  # (B,C_i,r,r) -> (B,C_i+1,2r,2r); last: (B,3,S,S)
+        return torch.tanh(h)  # (B,3,S,S)
+
+
+def _down_stack(chans: list[int], sn: bool, bn: bool, slope: float) -> nn.Sequential:
+    """3 -> chans[0] -> ... : one 4x4 stride-2 conv per entry, halving the resolution each time."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i, c in enumerate(chans):
+        conv = nn.Conv2d(c_in, c, 4, stride=2, padding=1, bias=not (bn and i > 0))
+        layers.append(spectral_norm(conv) if sn else conv)
+        if bn and i > 0:  # no norm on the first layer (DCGAN): keeps the input's absolute colours
+            layers.append(nn.BatchNorm2d(c))
+        layers.append(nn.LeakyReLU(slope))
+        c_in = c
+    return nn.Sequential(*layers)
+
+
+class Discriminator(nn.Module):
+    """Projection discriminator (Miyato & Koyama 2018): (image (B,3,S,S), label (B,)) -> scores (B,).
+
+    norm="sn": spectral norm on every layer (SNGAN); norm="bn": BatchNorm after each conv but the first
+    (DCGAN), with the 3x3 conv at 4x4 and the linear / projection heads kept spectrally normalised so the
+    scores and the class term stay bounded."""
+
+    def __init__(self, n_classes: int, image_size: int = 32, width: int = 32, norm: str = "sn") -> None:
+        super().__init__()
+        _check_classes(n_classes)
+        if norm not in D_NORMS:
+            raise ValidationError(f"discriminator norm {norm!r}; choose one of {', '.join(D_NORMS)}")
+        n = _n_levels(image_size)
+        chans = [min(width * 2 ** i, width * 8) for i in range(n)]  # at S/2, S/4, ..., 4
+        self.body = _down_stack(chans, sn=norm == "sn", bn=norm == "bn", slope=0.1 if norm == "sn" else 0.2)
+        # a 3x3 conv at 4x4 is cheap and lets D relate parts of the shape before pooling
+        self.top = nn.Sequential(spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.1))
+        self.psi = spectral_norm(nn.Linear(chans[-1], 1))
+        self.embed = spectral_norm(nn.Embedding(n_classes, chans[-1]))
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        # image (B,3,S,S), label (B,) -> (B,)
+        h = self.top(self.body(image)).sum(dim=(2, 3))  # (B,C) global sum pooling (SNGAN)
+        return self.psi(h).squeeze(1) + (self.embed(label) * h).sum(dim=1)  # (B,)
+
+
+class Encoder(nn.Module):
+    """image (B,3,S,S) f32 in [-1,1] -> (latent (B,Z) f32, logits (B,C) f32)."""
+
+    def __init__(self, z_dim: int, n_classes: int, image_size: int = 32, width: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        _check_classes(n_classes)
+        n = _n_levels(image_size)
+        chans = [min(width * 2 ** i, width * 4) for i in range(n)]  # at S/2, ..., 4
+        # no BatchNorm: the encoder sees real and generated batches of different statistics during training,
+        # and eval-mode running statistics of that mix mis-calibrate both codes and logits
+        self.body = _down_stack(chans, sn=False, bn=False, slope=0.2)
+        # flatten (not pool) the 4x4 map: position is what the latent must carry
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(chans[-1] * 16, hidden), nn.LeakyReLU(0.2))
+        self.to_latent = nn.Linear(hidden, z_dim)
+        self.to_logits = nn.Linear(hidden, n_classes)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # image (B,3,S,S) -> latent (B,Z), logits (B,C)
+        h = self.fc(self.body(image))  # (B,hidden)
+        return self.to_latent(h), self.to_logits(h)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

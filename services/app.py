@@ -3,18 +3,43 @@
     build_app(config) -> serve Application      (used by `latentserve serve` and the tests)
     app_builder(args) -> serve Application      (Serve's `import_path: latentserve.services.app:app_builder`
                                                  with `args:` from deploy/serve.yaml; env LATENTSERVE_* apply)
-    grpc_options(config) -> gRPCOptions          (port + the servicer functions the proxy must register)
+    start_options(config) -> dict               (serve.start kwargs: proxies and their ports for the frontend)
+    grpc_options(config) -> gRPCOptions          (Serve's gRPC proxy: port + servicer functions, or none)
 
-Graph: one `model-<name>` ModelServer deployment per served model (replicas / autoscaling, num_cpus/num_gpus
-per replica) and one `LatentIngress` deployment (the gRPC servicer) that gets their handles. With
-`colocate=True` only the ingress is deployed and it runs ONNX Runtime in-process.
+Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
+
+- "native" (default, one node and clusters): one deployment named `LatentIngress` (body
+  `grpc_server.NativeReplica`); every replica runs a serving process that holds every served model
+  (ONNX Runtime sessions, dynamic batching) in the LatentIngress handlers and its OWN grpc.aio server on
+  `host:grpc_port` with grpc.health.v1 and reflection (services/grpc_server.py explains why a child
+  process). The port is bound with SO_REUSEPORT: replicas on one node share it and the kernel spreads
+  connections over them. Ray Serve still places the replicas (`ingress_num_cpus + num_cpus` CPUs and
+  `num_gpus` GPUs each), health-checks them (`check_health` calls the replica's gRPC health service),
+  restarts, scales (`ingress_replicas`, or autoscaling between min_replicas and max_replicas on the
+  replicas' running + queued gRPC requests) and rolls them out. No Serve proxy is needed (`start_options`
+  disables them), so a request costs one grpc.aio hop and no Ray call: single-image requests are several
+  times faster than through the proxy. In a cluster, every node that hosts a replica listens on the port:
+  put a TCP (L4) load balancer in front with a gRPC health check on that port, and set `host: 0.0.0.0`.
+  Queue limits (`max_ongoing_requests`, `max_queued_requests`, RESOURCE_EXHAUSTED beyond) and
+  `request_timeout_s` apply per replica.
+- "serve": Ray Serve's gRPC proxy on every node (`grpc_options`) routes to the `LatentIngress` deployment,
+  which calls one `model-<name>` ModelServer deployment per model (replicas / autoscaling, num_cpus/num_gpus
+  per replica); `colocate=True` runs the models inside the ingress instead, and `direct_ingress=True`
+  makes the ingress replicas serve gRPC themselves through Serve's direct ingress (see `ray_env`). Use it
+  when requests must reach any node through Serve's routing, or to scale models independently.
+
+The RPC handlers are the same LatentIngress methods in both frontends (services/ingress.py).
 
 Rolling out a new model version without dropping requests: export it into the repository (a version folder
 appears atomically), then run `serve deploy deploy/serve.yaml` again. The builder re-reads the repository, so
-the ModelServer/LatentIngress init arguments name the new default version; Serve then replaces replicas one
-by one (new replica up and healthy first, old one drained: in-flight requests finish within
-`graceful_shutdown_timeout_s`). Requests pinning a version keep working throughout, because every replica
-loads any repository version on demand.
+the init arguments name the new default version, and Serve replaces the replicas. Serve frontend: Serve
+stops an old replica, then starts its replacement (20% at a time); the proxy queues requests meanwhile and
+an old replica finishes its in-flight requests within `graceful_shutdown_timeout_s`. Native frontend:
+`max_surge_percent` (default 25%) lets Serve start replacements first, so they listen on the shared port
+before old replicas stop (rollouts need room for that many extra replicas); a stopping replica reports
+NOT_SERVING, keeps serving for `drain_period_s` (and, with surge 0, until its replacement listens), then
+stops: clients get GOAWAY and reconnect to a live listener, in-flight RPCs finish. Requests pinning a
+version keep working throughout, because every replica loads any repository version on demand.
 """
 from __future__ import annotations
 
@@ -29,6 +54,7 @@ SERVICER_FUNCTIONS = [
 ]
 INGRESS_NAME = "LatentIngress"
 GRACEFUL_SHUTDOWN_S = 20.0  # in-flight requests finish on a replica being replaced
+AUTOSCALING_METRIC = "grpc_requests"  # native replicas' running + queued gRPC requests (record_autoscaling_stats)
 
 
 def model_deployment_name(model: str) -> str:
@@ -95,6 +121,8 @@ def build_app(config: ServeConfig):
     config.validate()
     models = served_models(config)
     cfg = config.to_dict()
+    if config.grpc_frontend == "native":
+        return _native_app(config, models)
     ingress = serve.deployment(LatentIngress, name=INGRESS_NAME)
     ingress_opts: dict[str, Any] = {
         "num_replicas": config.ingress_replicas,
@@ -117,6 +145,64 @@ def build_app(config: ServeConfig):
         for name, version in models.items()
     }
     return ingress.options(**ingress_opts).bind(cfg, models, handles)
+
+
+def _native_app(config: ServeConfig, models: dict[str, int]):
+    """One LatentIngress deployment whose replicas serve gRPC themselves, models in-process."""
+    from ray import serve
+
+    from latentserve.services.grpc_server import NativeReplica
+
+    if config.replicas != 1 and not config.autoscaling:
+        import logging
+
+        logging.getLogger("ray.serve").warning(
+            "grpc_frontend native: replicas=%d is ignored; every ingress replica holds all models, "
+            "set ingress_replicas (or autoscaling) instead", config.replicas)
+    opts: dict[str, Any] = {
+        "logging_config": {"enable_access_log": config.access_log},
+        # Serve's queue limits see only the handle calls (stats); the replica's gRPC server enforces the
+        # configured ones on gRPC traffic itself.
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "graceful_shutdown_timeout_s": native_shutdown_timeout_s(config),
+        "ray_actor_options": {"num_cpus": config.ingress_num_cpus + config.num_cpus, "num_gpus": config.num_gpus},
+        # make-before-break rollouts: new replicas listen on the shared port before old ones drain
+        "max_surge_percent": config.max_surge_percent,
+    }
+    if config.autoscaling:
+        opts["autoscaling_config"] = {
+            "min_replicas": config.min_replicas,
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.target_ongoing_requests,
+            "policy": {"policy_function": "latentserve.services.app:native_autoscaling_policy"},
+        }
+    else:
+        opts["num_replicas"] = config.ingress_replicas
+    replica = serve.deployment(NativeReplica, name=INGRESS_NAME)
+    return replica.options(**opts).bind(config.to_dict(), models)
+
+
+def native_shutdown_timeout_s(config: ServeConfig) -> float:
+    """Serve's force-kill deadline for a stopping native replica: its drain (services/grpc_server.py) may
+    wait for a replacement to listen, then for its connections to age out, then for calls in flight."""
+    from latentserve.services.grpc_server import NATIVE_REPLACEMENT_WAIT_S
+    from latentserve.services.ingress import LatentIngress
+
+    return (config.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.max_connection_age_s + 2.0
+            + LatentIngress.NATIVE_GRACE_S + 15.0)
+
+
+def native_autoscaling_policy(ctx) -> tuple[float, dict]:
+    """Serve autoscaling policy for native replicas: the gRPC traffic never passes Serve's handles, so the
+    built-in request counts stay 0; scale on the replicas' own running + queued gRPC requests instead
+    (`LatentIngress.record_autoscaling_stats`): desired = total / target_ongoing_requests. Serve applies
+    min/max replicas, up/down-scaling delays and factors around it."""
+    metrics = (ctx.aggregated_metrics or {}).get(AUTOSCALING_METRIC, {})
+    if ctx.current_num_replicas == 0:
+        return ctx.target_num_replicas, {}
+    total = float(sum(metrics.values())) if metrics else 0.0
+    target = ctx.config.get_target_ongoing_requests() if ctx.config is not None else 16.0
+    return total / max(target, 1e-9), {}
 
 
 def app_builder(args: dict | None = None):
@@ -147,11 +233,27 @@ def ray_env(config: ServeConfig) -> dict[str, str]:
 
 
 def grpc_options(config: ServeConfig):
-    """gRPC proxy options: the port, LatentService + Health servicers, optional server-side timeout."""
+    """Serve's gRPC proxy options: the port, LatentService + Health servicers, optional server-side timeout.
+
+    Native frontend: no servicer functions, so Serve starts no gRPC proxy (one on grpc_port would share the
+    port with the replicas through SO_REUSEPORT and take part of the connections)."""
     from ray.serve.config import gRPCOptions
 
+    if config.grpc_frontend == "native":
+        return gRPCOptions(port=config.effective_proxy_grpc_port, grpc_servicer_functions=[])
     return gRPCOptions(
         port=config.effective_proxy_grpc_port,
         grpc_servicer_functions=list(SERVICER_FUNCTIONS),
         request_timeout_s=config.request_timeout_s or None,
     )
+
+
+def start_options(config: ServeConfig) -> dict[str, Any]:
+    """`serve.start(**start_options(config))` for a Serve instance that runs this app alone: native = no
+    proxies at all (the replicas serve gRPC; an idle HTTP proxy would only cost CPU), serve = proxies with
+    the gRPC servicers on `effective_proxy_grpc_port` and HTTP on `http_port`."""
+    opts: dict[str, Any] = {"http_options": {"host": config.host, "port": config.http_port},
+                            "grpc_options": grpc_options(config)}
+    if config.grpc_frontend == "native":
+        opts["proxy_location"] = "Disabled"
+    return opts

@@ -8,6 +8,9 @@ What is measured (images/s, p50/p99 request latency):
 - single:  one-latent requests at each concurrency (8/32/64): what the server's batcher has to merge.
 latentserve and Triton are driven by the same harness (`drive`): asyncio + grpc.aio, N workers on one channel,
 pre-serialised requests (so request building costs neither side), a warm-up, then a fixed measuring window;
+every request is unique (`UniqueRequests` stamps a counter and a per-run random value into the first two
+values of every latent row of the pre-serialised bytes), so a server-side result cache can never answer from
+memory what the bench means to measure, decoding, not even across modes or repeated runs;
 every response is parsed into a uint8 (N, H, W, 3) array (Triton returns float32 (N, 3, H, W), which the
 harness converts the same way the latentserve server does) so both sides deliver the same thing. The two
 systems are interleaved mode by mode, and raw runs once before the servers start and once after they stop (the
@@ -177,7 +180,73 @@ def process_tree_cpu(root_pid: int) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------ the harness
-async def drive(call: Callable, requests: list[bytes], parse: Callable[[bytes], int], concurrency: int,
+STAMP_SENTINEL = -1.2345e-29  # the first value of latent row r is STAMP_SENTINEL * (r + 1) until stamped
+
+
+class UniqueRequests:
+    """Pre-serialised requests made unique per call: `requests[i]` (i = a running counter) is template
+    i % len(templates) with, in every latent row, the first value replaced by a value derived from i (in
+    [-2, 2), unique for 2**20 consecutive calls) and the second by a random value drawn once per instance (so
+    separate modes and runs never repeat each other), written into a copy of the bytes: no protobuf work per
+    call.
+
+    Built from templates whose row r starts with STAMP_SENTINEL * (r + 1) and, second, its negation
+    (`sentinel_latents`); the byte offsets of those floats are found once. Works for any message that carries
+    the latents as packed little-endian float32 (latentserve.v1 Latent.values, KServe raw_input_contents)."""
+
+    def __init__(self, templates: list[bytes], rows: int) -> None:
+        import struct
+
+        self._pack = struct.Struct("<f").pack_into
+        nonce = float(np.random.default_rng().uniform(-2.0, 2.0))
+        self.templates: list[bytes] = []
+        self.offsets: list[list[int]] = []
+        marks = _sentinels(rows)
+        for t in templates:
+            buf = bytearray(t)
+            offs = []
+            for r in range(rows):
+                first, second = (self._find(t, v.tobytes(), r) for v in (marks[r], -marks[r]))
+                self._pack(buf, second, nonce)
+                offs.append(first)
+            self.templates.append(bytes(buf))
+            self.offsets.append(offs)
+
+    @staticmethod
+    def _find(data: bytes, needle: bytes, row: int) -> int:
+        at = data.find(needle)
+        if at < 0 or data.find(needle, at + 1) >= 0:
+            raise ValidationError(f"bench: cannot locate latent row {row} in a serialised request")
+        return at
+
+    def __len__(self) -> int:
+        return len(self.templates)
+
+    def __getitem__(self, i: int) -> bytes:
+        k = i % len(self.templates)
+        buf = bytearray(self.templates[k])
+        value = (i % (1 << 20)) * (4.0 / (1 << 20)) - 2.0  # exact in float32: 2**-18 steps
+        for off in self.offsets[k]:
+            self._pack(buf, off, value)
+        return bytes(buf)
+
+
+def _sentinels(rows: int) -> np.ndarray:
+    return (STAMP_SENTINEL * np.arange(1, rows + 1, dtype=np.float64)).astype(np.float32)  # (rows,)
+
+
+def sentinel_latents(rng: np.random.Generator, batch: int, latent_dim: int) -> np.ndarray:
+    """(batch, latent_dim) standard normal float32 whose row r starts with STAMP_SENTINEL * (r + 1) and its
+    negation (latent_dim >= 2)."""
+    if latent_dim < 2:
+        raise ValidationError(f"bench: latents need at least 2 values to be stamped unique, got {latent_dim}")
+    z = rng.standard_normal((batch, latent_dim), dtype=np.float32)
+    z[:, 0] = _sentinels(batch)
+    z[:, 1] = -_sentinels(batch)
+    return z
+
+
+async def drive(call: Callable, requests: "list[bytes] | UniqueRequests", parse: Callable[[bytes], int], concurrency: int,
                 duration: float, warmup: float, stats: RunStats, timeout: float = 30.0,
                 metadata: tuple = (), server_cpu: Callable[[], float | None] | None = None) -> RunStats:
     """N workers send pre-serialised `requests` (round robin) through `call` (a grpc.aio unary-unary callable
@@ -204,7 +273,8 @@ async def drive(call: Callable, requests: list[bytes], parse: Callable[[bytes], 
             t0 = loop.time()
             if t0 >= t_end:
                 return
-            req = requests[next(counter) % len(requests)]
+            i = next(counter)
+            req = requests[i] if isinstance(requests, UniqueRequests) else requests[i % len(requests)]
             try:
                 resp = await call(req, timeout=timeout, metadata=metadata)
                 n = parse(resp)
@@ -262,19 +332,19 @@ def run_raw(sess, latent_dim: int, n_classes: int, batch: int, duration: float, 
 
 # ------------------------------------------------------------------------------- latentserve requests
 def latentserve_requests(model: str, version: int | None, latent_dim: int, n_classes: int, batch: int, seed: int,
-                         count: int = 16) -> list[bytes]:
+                         count: int = 16) -> UniqueRequests:
     from latentserve.v1 import latent_pb2 as pb
     from latentserve.services.client import latents_to_protos
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        z = rng.standard_normal((batch, latent_dim), dtype=np.float32)
+        z = sentinel_latents(rng, batch, latent_dim)
         y = rng.integers(0, n_classes, size=(batch,))
         req = pb.DecodeRequest(model=model, version=version or 0, latents=latents_to_protos(z, y),
                                format=pb.IMAGE_FORMAT_RAW_UINT8)
         out.append(req.SerializeToString())
-    return out
+    return UniqueRequests(out, batch)
 
 
 def latentserve_parser(expect: int, image_hw: tuple[int, int]) -> Callable[[bytes], int]:
@@ -346,12 +416,12 @@ TRITON_INFER = "/inference.GRPCInferenceService/ModelInfer"
 TRITON_MODEL_READY = "/inference.GRPCInferenceService/ModelReady"
 
 
-def triton_requests(latent_dim: int, n_classes: int, batch: int, seed: int, count: int = 16) -> list[bytes]:
+def triton_requests(latent_dim: int, n_classes: int, batch: int, seed: int, count: int = 16) -> UniqueRequests:
     M = kserve_messages()
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
-        z = rng.standard_normal((batch, latent_dim), dtype=np.float32)  # (B, D)
+        z = sentinel_latents(rng, batch, latent_dim)  # (B, D)
         y = rng.integers(0, n_classes, size=(batch, 1), dtype=np.int64)  # (B, 1): see triton_onnx
         req = M["ModelInferRequest"](model_name="model")
         req.inputs.add(name="latent", datatype="FP32", shape=[batch, latent_dim])
@@ -359,7 +429,7 @@ def triton_requests(latent_dim: int, n_classes: int, batch: int, seed: int, coun
         req.outputs.add(name="image")
         req.raw_input_contents.extend([z.tobytes(), y.tobytes()])
         out.append(req.SerializeToString())
-    return out
+    return UniqueRequests(out, batch)  # same per-call work as latentserve's requests
 
 
 def to_uint8_nhwc(x: np.ndarray) -> np.ndarray:
@@ -527,7 +597,7 @@ class System:
     name: str
     target: str
     method: str  # full gRPC method path
-    make_requests: Callable[[int], list[bytes]]  # batch size -> pre-serialised requests
+    make_requests: Callable[[int], "UniqueRequests | list[bytes]"]  # batch size -> pre-serialised requests
     make_parser: Callable[[int], Callable[[bytes], int]]  # batch size -> response parser (returns images)
     metadata: tuple = ()
     pid: int | None = None  # root of the server's process tree when we started it (for CPU accounting)

@@ -3,10 +3,12 @@ touches the generated pb2 code.
 
 Conventions (docs/architecture.md): the networks see float32 (N, 3, H, W) in [-1, 1]; the wire carries one
 `Image` per picture (PNG / JPEG bytes, raw uint8 (H, W, 3) or raw float32 (3, H, W)) and latents as a flat
-float vector plus a class label. Every check raises latentserve.errors.ValidationError naming the item
-("images[3]", "latents[0]") and what is allowed, which the ingress maps to INVALID_ARGUMENT. The hot path
-avoids copies: raw tensors are read with np.frombuffer and written with one tobytes per image; PNG is only
-produced when asked for.
+float vector plus a class label. Decoded images reach this module as float32 (N, 3, H, W), or as uint8
+(N, H, W, 3) when the model server already converted them (`float_images_to_uint8`, once per batch). Every
+check raises latentserve.errors.ValidationError naming the item ("images[3]", "latents[0]") and what is
+allowed, which the ingress maps to INVALID_ARGUMENT. The hot path avoids copies: raw tensors are read with
+np.frombuffer, a batch of raw uint8 images is serialised with one tobytes (sliced per image), latents are
+checked once per batch; PNG is only produced when asked for.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from latentserve.errors import ValidationError
-from latentserve.models.data.base import to_uint8
 from latentserve.v1 import latent_pb2 as pb
 
 # Image formats by name (the ingress passes these strings around; pb enums stay here).
@@ -32,6 +33,8 @@ _FORMATS = {
 JPEG_QUALITY = 95
 PNG_COMPRESS_LEVEL = 1  # small images: level 1 is ~3x faster than the default 6 for a few % more bytes
 FLOAT_RANGE_SLACK = 1e-3  # raw float32 images may exceed [-1, 1] by float rounding, not more
+
+DECODE_OUTPUTS = ("float32", "uint8")  # what the model server can return for decoded images
 
 SAMPLE_SOURCES = {
     pb.SAMPLE_SOURCE_UNSPECIFIED: "prior",
@@ -176,17 +179,41 @@ def image_from_pb(img: "pb.Image", image_shape: Sequence[int], max_bytes: int = 
 
 
 # ------------------------------------------------------------------------------------------------ images out
+def float_images_to_uint8(x: np.ndarray, inplace: bool = False) -> np.ndarray:
+    """float32 (N, 3, H, W) in [-1, 1] -> C-contiguous uint8 (N, H, W, 3), clipped and rounded exactly like
+    `models.data.base.to_uint8`. `inplace=True` reuses `x` (a float32 array the caller owns) as scratch, so
+    the conversion allocates only the output."""
+    y = x if (inplace and x.dtype == np.float32 and x.flags.writeable) else np.array(x, dtype=np.float32)
+    np.clip(y, -1.0, 1.0, out=y)
+    y += 1.0
+    y *= 127.5
+    np.rint(y, out=y)
+    out = np.empty((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), dtype=np.uint8)  # (N, H, W, 3)
+    np.copyto(out, y.transpose(0, 2, 3, 1), casting="unsafe")  # transpose + cast in one pass
+    return out
+
+
 def images_to_pb(images: np.ndarray, fmt: str) -> list["pb.Image"]:
-    """float32 (N, 3, H, W) in [-1, 1] -> pb Images in `fmt` ('png' | 'jpeg' | 'raw_uint8' | 'raw_float32')."""
-    if fmt == RAW_FLOAT32:
+    """Decoded images -> pb Images in `fmt` ('png' | 'jpeg' | 'raw_uint8' | 'raw_float32').
+
+    `images`: float32 (N, 3, H, W) in [-1, 1], or uint8 (N, H, W, 3) already converted by the model server
+    (not accepted for raw_float32: the 8-bit rounding cannot be undone)."""
+    if images.dtype == np.uint8:
+        if fmt == RAW_FLOAT32:
+            raise ValidationError("raw_float32 output needs float images; the model server returned uint8")
+        u8 = np.ascontiguousarray(images)  # (N, H, W, 3)
+    elif fmt == RAW_FLOAT32:
         x = np.ascontiguousarray(images, dtype="<f4")
         shape = list(x.shape[1:])
         return [pb.Image(tensor=pb.Tensor(shape=shape, dtype=pb.DTYPE_FLOAT32, data=x[i].tobytes()))
                 for i in range(len(x))]
-    u8 = np.ascontiguousarray(to_uint8(images))  # (N, H, W, 3)
+    else:
+        u8 = float_images_to_uint8(images)  # (N, H, W, 3)
     if fmt == RAW_UINT8:
-        shape = list(u8.shape[1:])
-        return [pb.Image(tensor=pb.Tensor(shape=shape, dtype=pb.DTYPE_UINT8, data=u8[i].tobytes())) for i in range(len(u8))]
+        # one bytes object for the batch, sliced per image (a slice of bytes is one memcpy, no numpy per image)
+        shape, data, step = list(u8.shape[1:]), u8.tobytes(), math.prod(u8.shape[1:])
+        tensor, image, dt = pb.Tensor, pb.Image, pb.DTYPE_UINT8
+        return [image(tensor=tensor(shape=shape, dtype=dt, data=data[i * step:(i + 1) * step])) for i in range(len(u8))]
     return [pb.Image(encoded=b) for b in encode_uint8(u8, fmt)]
 
 
@@ -215,8 +242,19 @@ def latents_from_pb(latents: Sequence["pb.Latent"], dim: int, n_classes: int,
     z = np.empty((n, dim), dtype=np.float32)
     labels = np.empty((n,), dtype=np.int64)
     for i, lat in enumerate(latents):
-        z[i] = latent_values(lat, dim, f"{field}[{i}]")
-        labels[i] = check_label(lat.label, n_classes, f"{field}[{i}].label")
+        if len(lat.values) != dim:
+            raise ValidationError(f"{field}[{i}]: latent has {len(lat.values)} values, the model's latent size is {dim}")
+        label = lat.label
+        if not 0 <= label < n_classes:
+            check_label(label, n_classes, f"{field}[{i}].label")
+        z[i] = lat.values
+        labels[i] = label
+    # finiteness once for the whole batch: one float64 sum on the hot path (float32 values cannot overflow
+    # it, so a non-finite sum means a NaN/inf value), the per-row check only to name the offending row
+    if not math.isfinite(float(z.sum(dtype=np.float64))):
+        finite = np.isfinite(z).all(axis=1)
+        if not finite.all():
+            raise ValidationError(f"{field}[{int(np.argmin(finite))}]: latent contains NaN or infinity")
     return z, labels
 
 

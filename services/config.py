@@ -10,7 +10,10 @@ Environment variables (all optional; explicit arguments win over them):
     LATENTSERVE_MODELS            comma-separated model names to serve (default: every generative model)
     LATENTSERVE_BACKEND           onnxruntime | torchscript
     LATENTSERVE_API_TOKEN         require `authorization: Bearer <token>` on every LatentService call
-    LATENTSERVE_REDIS_URL         latent handle store in Redis (later issue; in-process LRU when unset)
+    LATENTSERVE_REDIS_URL         Redis for latent handles and caches: redis://[user:password@]host:port/db or
+                                  rediss:// (TLS); unset = in-process LRUs, single-process only
+                                  (services/redis_store.py documents the deployment)
+    LATENTSERVE_REDIS_CACHE_URL   optional separate Redis (LRU eviction, no persistence) for the caches
     LATENTSERVE_GRPC_PORT, LATENTSERVE_HOST, LATENTSERVE_REPLICAS, LATENTSERVE_MAX_BATCH_SIZE, ...:
     every other field as LATENTSERVE_<FIELD NAME IN UPPER CASE> (see `ServeConfig`).
 """
@@ -26,6 +29,7 @@ from latentserve.errors import ValidationError
 
 BACKENDS = ("onnxruntime", "torchscript")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
+GRPC_FRONTENDS = ("native", "serve")  # who listens on grpc_port: see ServeConfig.grpc_frontend
 ENV_PREFIX = "LATENTSERVE_"
 
 
@@ -48,7 +52,11 @@ class ServeConfig:
 
     # -- dynamic batching (per model replica, encode and decode each) ------------------------------------
     max_batch_size: int = 64  # rows (images/latents) per model call; bigger requests are split into chunks
-    batch_wait_timeout_s: float = 0.002  # how long the first request of a batch waits for company
+    # how long the first request of a batch waits for company at most; a batch also closes once no request
+    # arrived for batch_idle_timeout_s (the burst is over, e.g. every waiting client is queued), so light load
+    # waits ~2 ms while sustained load grows batches up to this wait (services/model_server.py Batcher)
+    batch_wait_timeout_s: float = 0.01
+    batch_idle_timeout_s: float = 0.002  # capped at batch_wait_timeout_s
     max_concurrent_batches: int = 2  # batches in flight per method: one runs while the next one forms
 
     # -- capacity and back-pressure ------------------------------------------------------------------------
@@ -75,6 +83,23 @@ class ServeConfig:
     # for a replacement replica); a port released by a dead replica is quarantined by Serve for 150 s.
     access_log: bool = False  # Serve's per-request access log lines in replica logs (costs CPU per request)
     proxy_grpc_port: int = 0  # Serve's gRPC proxy port when direct_ingress (0 = grpc_port + ingress_replicas + 1)
+    # Who listens on grpc_port (services/app.py, services/grpc_server.py): "native" = every LatentIngress replica
+    # runs its own grpc.aio server with the models in-process, bound with SO_REUSEPORT so the replicas on a node
+    # share the port (the kernel spreads connections); Ray Serve keeps placement, health, scaling and rollout.
+    # "serve" = Ray Serve's gRPC proxy (or, with direct_ingress, Serve's direct ingress) in front of the
+    # ingress deployment, models in model-server deployments unless colocate. Measured (benchmarks/README.md):
+    # native serves single-image requests several times faster than the proxy path.
+    grpc_frontend: str = "native"
+    # native: a stopping replica answers health checks with NOT_SERVING and keeps serving at least this long
+    # (time for a TCP load balancer to take it out), then while its replacement is still starting.
+    drain_period_s: float = 0.0
+    # native rollouts: extra replicas Serve may start (percent of the replica count, rounded up) so new
+    # replicas serve before old ones stop; needs that much spare CPU/GPU. 0 = Serve's stop-then-start.
+    max_surge_percent: int = 25
+    # native: each client connection is closed gracefully after this long (GOAWAY; clients reconnect without
+    # failing a call), so connections rebalance over the replicas sharing the port and a draining replica
+    # sheds its clients before it stops. 0 = never (a stopping replica then cuts its connections).
+    max_connection_age_s: float = 10.0
 
     # -- per-request caps (INVALID_ARGUMENT above them) ----------------------------------------------------
     max_images_per_request: int = 256
@@ -89,8 +114,24 @@ class ServeConfig:
     app_name: str = "latentserve"  # Serve application name (route prefix / gRPC `application` metadata)
 
     # -- latent handles --------------------------------------------------------------------------------------
-    handle_store_size: int = 100_000  # latents kept by the in-process LRU store (per ingress replica)
-    redis_url: str = ""  # later issue: a Redis-backed store shared by every ingress replica
+    # Without Redis: the handle store itself (single-process only). With Redis: each replica's read-through
+    # copy of recently used handles (handles are content-addressed, so a copy is never stale).
+    handle_store_size: int = 100_000
+    # Handles (and the caches unless redis_cache_url): redis://[user:password@]host:port/db, rediss:// = TLS,
+    # unix:///path. Shared by every replica and node; see services/redis_store.py for the deployment.
+    redis_url: str = ""
+    redis_cache_url: str = ""  # separate Redis for the encode/result caches ("" = redis_url)
+    handle_ttl_s: float = 7 * 86_400.0  # handle expiry (refreshed when the same latent is issued again)
+    encode_cache: bool = True  # (model, version, image pixels) -> encoder outputs; a hit skips the encoder
+    result_cache: bool = True  # (model, version, latent, format) -> image; Decode, Edit, seeded Sample
+    cache_ttl_s: float = 86_400.0  # expiry of cache entries in Redis (and in the in-process cache)
+    cache_max_entry_bytes: int = 1 << 20  # bigger entries are not cached
+    cache_memory_bytes: int = 64 << 20  # in-process cache budget per replica (when the caches are not in Redis)
+    redis_timeout_s: float = 0.05  # cache calls: after this the cache is bypassed (the request still succeeds)
+    redis_handle_timeout_s: float = 0.5  # handle calls: after this the request fails with UNAVAILABLE
+    redis_backoff_s: float = 0.2  # circuit breaker: first window Redis is skipped after a failure ...
+    redis_backoff_max_s: float = 5.0  # ... doubling per failed probe up to this
+    redis_key_prefix: str = "ls:"  # namespace of every key (several deployments may share one Redis)
 
     # ------------------------------------------------------------------------------------------------------
     def validate(self) -> "ServeConfig":
@@ -125,6 +166,7 @@ class ServeConfig:
             bad("providers", f"must be a list of {', '.join(KNOWN_PROVIDERS)} ([] = auto)")
         int_range("max_batch_size", 1, 4096)
         num_range("batch_wait_timeout_s", 0.0, 1.0)
+        num_range("batch_idle_timeout_s", 0.0, 1.0)
         int_range("max_concurrent_batches", 1, 16)
         int_range("replicas", 1, 1024)
         int_range("min_replicas", 0, 1024)
@@ -147,6 +189,14 @@ class ServeConfig:
         int_range("grpc_port", 1, 65_535)
         int_range("http_port", 1, 65_535)
         int_range("proxy_grpc_port", 0, 65_535)
+        if self.grpc_frontend not in GRPC_FRONTENDS:
+            bad("grpc_frontend", f"must be one of {', '.join(GRPC_FRONTENDS)}")
+        if self.grpc_frontend == "native" and self.direct_ingress:
+            bad("direct_ingress", "is an option of grpc_frontend 'serve' (the native frontend already serves gRPC from the replicas)")
+        num_range("drain_period_s", 0.0, 3600)
+        int_range("max_surge_percent", 0, 100)
+        if self.max_connection_age_s != 0:
+            num_range("max_connection_age_s", 1.0, 86_400)
         if self.direct_ingress and self.effective_proxy_grpc_port in range(self.grpc_port, self.grpc_port + self.ingress_replicas + 1):
             bad("proxy_grpc_port", f"must not be one of the direct-ingress ports {self.grpc_port}..{self.grpc_port + self.ingress_replicas}")
         if self.direct_ingress and self.grpc_port + self.ingress_replicas + 1 > 65_535:
@@ -160,8 +210,22 @@ class ServeConfig:
         if not isinstance(self.app_name, str) or not self.app_name or "/" in self.app_name:
             bad("app_name", "must be a non-empty name without '/'")
         int_range("handle_store_size", 1, 100_000_000)
-        if not isinstance(self.redis_url, str) or (self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://"))):
-            bad("redis_url", "must be empty or a redis://, rediss:// or unix:// URL")
+        for name in ("redis_url", "redis_cache_url"):
+            problem = _redis_url_problem(getattr(self, name))
+            if problem:  # not via bad(): the URL may hold a password
+                raise ValidationError(f"serve config: {name}: {problem}")
+        num_range("handle_ttl_s", 1.0, 366 * 86_400.0)
+        num_range("cache_ttl_s", 1.0, 366 * 86_400.0)
+        int_range("cache_max_entry_bytes", 1024, 512 << 20)
+        int_range("cache_memory_bytes", 1 << 20, 1 << 40)
+        num_range("redis_timeout_s", 0.001, 60.0)
+        num_range("redis_handle_timeout_s", 0.001, 60.0)
+        num_range("redis_backoff_s", 0.01, 600.0)
+        num_range("redis_backoff_max_s", 0.01, 3600.0)
+        if self.redis_backoff_max_s < self.redis_backoff_s:
+            bad("redis_backoff_max_s", f"must be >= redis_backoff_s ({self.redis_backoff_s})")
+        if not isinstance(self.redis_key_prefix, str) or len(self.redis_key_prefix) > 64 or any(c.isspace() for c in self.redis_key_prefix):
+            bad("redis_key_prefix", "must be a string of at most 64 characters without whitespace")
         if self.colocate and self.num_gpus > 0:
             bad("colocate", "co-located inference runs in the ingress replica, which reserves no GPU; set num_gpus=0")
         return self
@@ -187,6 +251,8 @@ class ServeConfig:
         d = self.to_dict()
         if d["api_token"]:
             d["api_token"] = "***"
+        for name in ("redis_url", "redis_cache_url"):
+            d[name] = _redact_url_password(d[name])
         return d
 
     @property
@@ -199,6 +265,47 @@ class ServeConfig:
     @property
     def grpc_address(self) -> str:
         return f"{self.host}:{self.grpc_port}"
+
+
+def _redis_url_problem(url: Any) -> str:
+    """'' when `url` is empty or a usable Redis URL, else what is wrong (never echoes the password)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str):
+        return "must be a string"
+    if not url:
+        return ""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "must be empty or a redis://, rediss:// or unix:// URL"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a non-numeric or out-of-range port
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme == "unix":
+        return "" if parts.path else "unix:// needs a socket path, e.g. unix:///run/redis.sock"
+    if not parts.hostname:
+        return "needs a host, e.g. redis://:password@redis:6379/0"
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        return f"the path must be the db number (e.g. /0), got /{db}"
+    return ""
+
+
+def _redact_url_password(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    except ValueError:
+        return "<invalid url>"
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -1,11 +1,14 @@
 """The gRPC ingress: LatentService (+ grpc.health.v1.Health) as a Ray Serve deployment.
 
-Ray Serve's gRPC proxy calls the method named like the RPC with the request message (and `grpc_context`).
-Each method: checks the API token, validates and converts the request to numpy (services/codec.py), does the
-latent math with models/latent.py, calls the model (a ModelServer deployment handle, or a co-located
-ModelRunner) and converts back. Errors are mapped to gRPC status codes in ONE place (`status_for`); a
-request can never crash the replica: unary RPCs answer with the status set on the context, the streaming
-Interpolate raises after setting it (Serve forwards user-set codes).
+The methods named like the RPCs are THE handlers, whichever transport delivers the call (config
+`grpc_frontend`): "native" (default) = this replica's own grpc.aio server (services/grpc_server.py, started
+in `__init__`, models in-process) calls them with a grpc.aio context; "serve" = Ray Serve's gRPC proxy (or
+direct ingress) calls them with the request message and `grpc_context`. Each method: checks the API token,
+validates and converts the request to numpy (services/codec.py), does the latent math with
+models/latent.py, calls the model (a co-located ModelRunner, or a ModelServer deployment handle) and
+converts back. Errors are mapped to gRPC status codes in ONE place (`status_for`); a request can never crash
+the replica: unary RPCs answer with the status set on the context, the streaming Interpolate raises
+`_StatusSet` after setting it (Serve forwards user-set codes; the native frontend ends the stream).
 
 Semantics decided here (documented for clients):
 - version 0 = the model's default version (newest at deploy time); a pinned version is served on demand.
@@ -16,8 +19,10 @@ Semantics decided here (documented for clients):
 - Edit/knob names: factor names as listed, PCA directions as `pca_<i>` (also accepted: `pc<i>`).
 - Interpolate: the label switches from a's to b's at t = 0.5 (labels are discrete); step_distance is the
   RMS distance of consecutive decoded frames on the [-1, 1] scale, before 8-bit quantisation.
-- DEADLINE: the client's deadline cancels the call; Serve cancels the ingress task and the model call it is
-  awaiting, and a cancelled request still waiting in a batch queue is dropped before it runs.
+- DEADLINE: the client's deadline cancels the call; the frontend cancels the ingress task and the model call
+  it is awaiting, and a cancelled request still waiting in a batch queue is dropped before it runs.
+- Images: 8-bit output formats (RAW_UINT8, PNG, JPEG) ask the model for uint8 images (converted once per
+  batch in the model's worker thread); only RAW_FLOAT32 and Interpolate's step distances use float32.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import codec
 from latentserve.services.config import ServeConfig
-from latentserve.services.store import LatentStore, make_handle, make_store, parse_handle
+from latentserve.services.store import LatentStore, make_handle, open_stores, parse_handle
 from latentserve.v1 import latent_pb2 as pb
 
 logger = logging.getLogger("ray.serve")
@@ -200,11 +205,14 @@ class _RemoteModel:
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         return await self.handle.encode.remote(version, images)
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return await self.handle.decode.remote(version, latents, labels)
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
+        return await self.handle.decode.remote(version, latents, labels, out)
 
     async def stats(self) -> dict:
         return await self.handle.stats.remote()
+
+    def close(self) -> None:
+        pass
 
 
 class _LocalModel:
@@ -216,23 +224,35 @@ class _LocalModel:
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         return await self.runner.encode(version, images)
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return await self.runner.decode(version, latents, labels)
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
+        return await self.runner.decode(version, latents, labels, out)
 
     async def stats(self) -> dict:
         return self.runner.stats()
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 # ------------------------------------------------------------------------------------------- the servicer
 class LatentIngress:
     """LatentService + Health. `models`: name -> default version; `handles`: name -> ModelServer handle
-    (None when co-located: the runners are created here)."""
+    (None when co-located, always with the native frontend: the runners are created here).
+
+    Serve frontend: this class is the ingress deployment. Native frontend: each replica's serving process
+    (services/grpc_server.py) holds one instance, whose `__init__` ends by starting its gRPC server on
+    grpc_port, and `close()` drains and stops it."""
+
+    NATIVE_GRACE_S = 10.0  # native: RPCs in flight when the server stops get this long
 
     def __init__(self, config: dict, models: dict[str, int], handles: dict[str, Any] | None = None) -> None:
         self.config = ServeConfig(**config).validate()
         self.repo = Repository(self.config.repository_path())
         self.default_versions = {name: int(v) for name, v in models.items()}
-        self.store: LatentStore = make_store(self.config.redis_url, self.config.handle_store_size)
+        # Handle store + encode/result caches (services/store.py open_stores): in-process, or Redis shared by
+        # every replica; a wrong Redis password fails here, at start.
+        self.store: LatentStore
+        self.store, self.cache = open_stores(self.config)
         self._token = self.config.api_token.encode() if self.config.api_token else b""
         self._versions: dict[tuple[str, int], ServedVersion] = {}
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
@@ -240,17 +260,48 @@ class LatentIngress:
         self.requests: dict[str, int] = {}
         for name, v in self.default_versions.items():
             self._versions[(name, v)] = self._load_version(name, v)
+        self._native = None
+        native = self.config.grpc_frontend == "native"
         if handles is None:
             from latentserve.services.model_server import ModelRunner
 
-            self.models = {name: _LocalModel(ModelRunner(self.config, name, v)) for name, v in self.default_versions.items()}
+            device = "cuda" if native and self.config.num_gpus > 0 else "cpu"
+            self.models = {name: _LocalModel(ModelRunner(self.config, name, v, device=device))
+                           for name, v in self.default_versions.items()}
         else:
+            if native:
+                raise ValidationError("ingress: the native gRPC frontend runs the models in-process; pass no handles")
             missing = set(self.default_versions) - set(handles)
             if missing:
                 raise ValidationError(f"ingress: no model server handle for {', '.join(sorted(missing))}")
             self.models = {name: _RemoteModel(handles[name]) for name in self.default_versions}
-        logger.info("latentserve ingress up: models %s, backend %s, colocate=%s, auth=%s",
-                    self.default_versions, self.config.backend, self.config.colocate, bool(self._token))
+        if native:
+            self._start_native()
+        logger.info("latentserve ingress up: models %s, backend %s, frontend %s, colocate=%s, auth=%s",
+                    self.default_versions, self.config.backend, self.config.grpc_frontend,
+                    self.config.colocate or native, bool(self._token))
+
+    # -- native frontend ----------------------------------------------------------------------------------
+    def _start_native(self) -> None:
+        from latentserve.services.grpc_server import NativeGrpcServer
+
+        self._native = NativeGrpcServer(self, self.config)
+        self._native.start()
+        logger.info("latentserve native gRPC server on %s:%d (private health port %d)",
+                    self.config.host, self.config.grpc_port, self._native.private_port)
+
+    def close(self, grace_s: float | None = None, drain_s: float = 0.0) -> None:
+        """Stop the native gRPC server if any (NOT_SERVING, `drain_s`, clients handed over to the other
+        listeners of the port, in-flight RPCs get `grace_s`), then the model runners. Idempotent."""
+        native = getattr(self, "_native", None)
+        if native is not None:
+            native.stop(self.NATIVE_GRACE_S if grace_s is None else grace_s, drain_s)
+        for m in getattr(self, "models", {}).values():
+            m.close()
+
+    def __del__(self) -> None:
+        # Serve calls __del__ when it stops a replica (serve frontend); garbage collection otherwise.
+        self.close()
 
     # -- model versions -----------------------------------------------------------------------------------
     def _load_version(self, name: str, version: int) -> ServedVersion:
@@ -312,9 +363,9 @@ class LatentIngress:
         if n > cap:
             raise ValidationError(f"{what}: {n} is over the limit of {cap} per request (Limits.max_images_per_request)")
 
-    def _handles_for(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray) -> list[str]:
+    async def _handles_for(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray) -> list[str]:
         hs = [make_handle(sv.name, sv.version, z[i], int(labels[i])) for i in range(len(z))]
-        self.store.put_many([(h, z[i], int(labels[i])) for i, h in enumerate(hs)])
+        await self.store.aput_many([(h, z[i], int(labels[i])) for i, h in enumerate(hs)])
         return hs
 
     async def _model_for_handles(self, name: str, version: int, handles: list[str], where: str) -> ServedVersion:
@@ -330,8 +381,8 @@ class LatentIngress:
             raise ValidationError(f"{where}: handles belong to version {versions[0]}, the request pins version {version}")
         return await self._model(name, versions[0])
 
-    def _get_handles(self, sv: ServedVersion, handles: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        items = self.store.get_many(list(handles))
+    async def _get_handles(self, sv: ServedVersion, handles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        items = await self.store.aget_many(list(handles))
         z = np.stack([it[0] for it in items]).astype(np.float32, copy=False) if items else np.zeros((0, sv.dim), np.float32)
         labels = np.array([it[1] for it in items], dtype=np.int64)
         if z.shape[1] != sv.dim:
@@ -342,7 +393,8 @@ class LatentIngress:
                       sample_posterior: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """images (N,3,H,W) -> (latents (N,D), labels (N,), confidence of each label (N,)).
         `labels` (N,) with -1 = predict."""
-        out = await self.models[sv.name].encode(sv.version, x)
+        # Encode cache (services/cache.py): the encoder runs only for images it has not seen.
+        out = await self.cache.encoder_outputs(sv.name, sv.version, x, lambda xs: self.models[sv.name].encode(sv.version, xs))
         z = np.asarray(out["latent"], dtype=np.float32)
         if sample_posterior:
             if "logvar" not in out:
@@ -356,8 +408,27 @@ class LatentIngress:
         conf = probs[np.arange(len(chosen)), chosen].astype(np.float32)
         return z, chosen, conf
 
-    async def _decode(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return await self.models[sv.name].decode(sv.version, z, labels)
+    async def _decode(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray, fmt: str = codec.RAW_FLOAT32) -> np.ndarray:
+        """latents (N, D) + labels (N,) -> float32 (N, 3, H, W) for RAW_FLOAT32, else uint8 (N, H, W, 3)."""
+        out = "float32" if fmt == codec.RAW_FLOAT32 else "uint8"
+        return await self.models[sv.name].decode(sv.version, z, labels, out)
+
+    async def _decoded_images(self, sv: ServedVersion, fmt: str, z: np.ndarray | None = None,
+                              labels: np.ndarray | None = None, handles: list[str] | None = None,
+                              cacheable: bool = True) -> list:
+        """Output images of latents z (N, D) + labels (N,), or of handles, through the result cache
+        (services/cache.py): only the rows it misses are fetched (handles), decoded and encoded."""
+        async def run(rows: list[int] | None) -> list:
+            if handles is not None:
+                zz, ll = await self._get_handles(sv, handles if rows is None else [handles[i] for i in rows])
+            else:
+                zz, ll = (z, labels) if rows is None else (z[rows], labels[rows])
+            return await self._images_out(await self._decode(sv, zz, ll, fmt), fmt)
+
+        if handles is not None:  # a handle's digest is its latent's digest: no fetch needed for a hit
+            digests = [h.rsplit(":", 1)[1] for h in handles] if self.cache.result_enabled else None
+            return await self.cache.images(sv.name, sv.version, fmt, run, digests=digests, cacheable=cacheable)
+        return await self.cache.images(sv.name, sv.version, fmt, run, latents=(z, labels), cacheable=cacheable)
 
     async def _images_out(self, x: np.ndarray, fmt: str) -> list:
         # Big PNG/JPEG batches are encoded off the event loop (PIL releases the GIL while compressing).
@@ -404,7 +475,7 @@ class LatentIngress:
             else:
                 raise ValidationError(f"{where}[{i}]: empty LatentRef; set latent, handle or image")
         if handles:
-            got = self.store.get_many([h for h, _ in handles])
+            got = await self.store.aget_many([h for h, _ in handles])
             for i, (_, given), (vec, lab) in zip(handle_idx, handles, got):
                 z[i] = vec
                 labels[i] = given if given >= 0 else lab
@@ -469,7 +540,7 @@ class LatentIngress:
             resp = pb.EncodeResponse(model=sv.name, version=sv.version, latents=codec.latents_to_pb(z, chosen),
                                      label_confidence=conf.tolist())
             if request.return_handles:
-                resp.handles.extend(self._handles_for(sv, z, chosen))
+                resp.handles.extend(await self._handles_for(sv, z, chosen))
             return resp
 
         return await self._unary("Encode", grpc_context, body, pb.EncodeResponse())
@@ -482,13 +553,13 @@ class LatentIngress:
             if len(request.handles):
                 self._count(len(request.handles), "handles")
                 sv = await self._model_for_handles(request.model, request.version, list(request.handles), "handles")
-                z, labels = self._get_handles(sv, list(request.handles))
+                images = await self._decoded_images(sv, fmt, handles=list(request.handles))
             else:
                 sv = await self._model(request.model, request.version)
                 self._count(len(request.latents), "latents")
                 z, labels = codec.latents_from_pb(request.latents, sv.dim, sv.n_classes)
-            x = await self._decode(sv, z, labels)
-            return pb.DecodeResponse(model=sv.name, version=sv.version, images=await self._images_out(x, fmt))
+                images = await self._decoded_images(sv, fmt, z, labels)
+            return pb.DecodeResponse(model=sv.name, version=sv.version, images=images)
 
         return await self._unary("Decode", grpc_context, body, pb.DecodeResponse())
 
@@ -518,11 +589,11 @@ class LatentIngress:
                 z = sv.space.sample_prior(labels, rng, temperature)
             for name, target in targets:
                 z = sv.space.set_factor(z, name, target)
-            x = await self._decode(sv, z, labels)
-            resp = pb.SampleResponse(model=sv.name, version=sv.version, images=await self._images_out(x, fmt),
+            images = await self._decoded_images(sv, fmt, z, labels, cacheable=request.seed != 0)  # seed 0 = random
+            resp = pb.SampleResponse(model=sv.name, version=sv.version, images=images,
                                      latents=codec.latents_to_pb(z, labels))
             if request.return_handles:
-                resp.handles.extend(self._handles_for(sv, z, labels))
+                resp.handles.extend(await self._handles_for(sv, z, labels))
             return resp
 
         return await self._unary("Sample", grpc_context, body, pb.SampleResponse())
@@ -592,7 +663,7 @@ class LatentIngress:
             diffs = np.sqrt(np.mean((x[1:].astype(np.float64) - x[:-1]) ** 2, axis=(1, 2, 3)))  # (S-1,)
             dist = np.concatenate([[0.0], diffs])
             images = await self._images_out(x, fmt)
-            handles = self._handles_for(sv, path, labels) if request.return_handles else None
+            handles = await self._handles_for(sv, path, labels) if request.return_handles else None
             mean = float(diffs.mean()) if len(diffs) else 0.0
             summary = pb.PathSummary(path_length=float(diffs.sum()),
                                      evenness_cv=float(diffs.std() / mean) if mean > 0 else 0.0)
@@ -635,11 +706,11 @@ class LatentIngress:
             z, labels = await self._refs(sv, list(request.inputs), "inputs")
             for name, how, value in moves:
                 z = sv.space.set_factor(z, name, value) if how == "target" else sv.space.move(z, name, value)
-            x = await self._decode(sv, z, labels)
-            resp = pb.EditResponse(model=sv.name, version=sv.version, images=await self._images_out(x, fmt),
+            images = await self._decoded_images(sv, fmt, z, labels)
+            resp = pb.EditResponse(model=sv.name, version=sv.version, images=images,
                                    latents=codec.latents_to_pb(z, labels))
             if request.return_handles:
-                resp.handles.extend(self._handles_for(sv, z, labels))
+                resp.handles.extend(await self._handles_for(sv, z, labels))
             return resp
 
         return await self._unary("Edit", grpc_context, body, pb.EditResponse())
@@ -674,11 +745,20 @@ class LatentIngress:
     # -- operations (Serve handle only, not on the gRPC surface) ------------------------------------------
     async def stats(self) -> dict:
         """Request counts, handle store size and every model's batch statistics."""
+        if self._native is not None:  # the state belongs to the gRPC server's event loop: read it there
+            return await asyncio.wrap_future(self._native.call(self._stats()))
+        return await self._stats()
+
+    async def _stats(self) -> dict:
         models = {}
         for name, m in self.models.items():
             try:
                 models[name] = await m.stats()
             except Exception as exc:  # noqa: BLE001 - stats must not fail because one model is down
                 models[name] = {"error": f"{type(exc).__name__}: {exc}"}
-        return {"uptime_s": round(time.time() - self._started, 3), "requests": dict(self.requests),
-                "handles": len(self.store), "colocate": self.config.colocate, "models": models}
+        out = {"uptime_s": round(time.time() - self._started, 3), "requests": dict(self.requests),
+               "handles": self.store.stats(), "cache": self.cache.stats(), "frontend": self.config.grpc_frontend,
+               "colocate": self.config.colocate or self._native is not None, "models": models}
+        if self._native is not None:
+            out["grpc"] = self._native.stats()
+        return out

@@ -1,23 +1,40 @@
-"""Latent handles: content-addressed names for stored latents, and the store interface behind them.
+"""Latent handles: content-addressed names for stored latents, the store interface behind them, and the one
+function that builds the configured handle store and serving caches (`open_stores`).
 
 A handle is `"<model>:<version>:<hex>"` where `<hex>` is the first 32 hex digits of sha256(latent float32
-little-endian bytes + label int64 little-endian bytes), so the same latent of the same model version always
-gets the same handle and a handle can never point at different content. The store is a small interface
-(`put_many` / `get_many`) so a Redis-backed implementation (later issue, shared by every ingress replica) can
-replace the in-process bounded LRU used now without touching the ingress.
+little-endian bytes + label int64 little-endian bytes) (`latent_digest`), so the same latent of the same model
+version always gets the same handle and a handle can never point at different content. The same digest keys
+the result cache (services/cache.py), so a Decode by handle can be answered from the cache without fetching
+the latent.
+
+Stores (`LatentStore`):
+- `InProcessLatentStore`: a bounded LRU (+ TTL) in the ingress process. The default without Redis; handles
+  are lost on restart and NOT shared between replicas or processes (single-process deployments only).
+- `RedisLatentStore` (services/redis_store.py): shared by every replica and node, survives restarts of the
+  service (and of Redis with AOF); selected by `ServeConfig.redis_url` (LATENTSERVE_REDIS_URL).
+
+The ingress uses the async methods (`aput_many` / `aget_many`): a network store must not block the event loop.
+The in-process store also keeps sync `put_many` / `get_many` (O(1), never blocks).
 """
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from latentserve.errors import NotFoundError, ValidationError
+from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
+
+if TYPE_CHECKING:  # imported lazily at run time: the store module stays free of config/redis imports
+    from latentserve.services.cache import ServingCache
+    from latentserve.services.config import ServeConfig
 
 DIGEST_HEX = 32  # 128 bits of sha256: collisions are not a practical concern for a cache
+DEFAULT_HANDLE_TTL_S = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -32,12 +49,32 @@ class HandleRef:
         return f"{self.model}:{self.version}:{self.digest}"
 
 
-def make_handle(model: str, version: int, latent: np.ndarray, label: int) -> str:
-    """The content-addressed handle of one latent (D,) float32 with its class label."""
+def latent_digest(latent: np.ndarray, label: int) -> str:
+    """Content digest of one latent (D,) with its class label: 32 hex digits of sha256(f32 LE bytes + i64 LE)."""
     z = np.ascontiguousarray(latent, dtype="<f4").reshape(-1)
     h = hashlib.sha256(z.tobytes())
-    h.update(np.int64(label).astype("<i8").tobytes())
-    return f"{model}:{int(version)}:{h.hexdigest()[:DIGEST_HEX]}"
+    h.update(int(label).to_bytes(8, "little", signed=True))
+    return h.hexdigest()[:DIGEST_HEX]
+
+
+def latent_digests(latents: np.ndarray, labels: np.ndarray) -> list[str]:
+    """`latent_digest` of every row: latents (N, D), labels (N,); one conversion, then slices of the bytes."""
+    n = len(latents)
+    zb = memoryview(np.ascontiguousarray(latents, dtype="<f4").reshape(n, -1).tobytes())  # (N, D) f32 LE
+    lb = memoryview(np.asarray(labels, dtype="<i8").reshape(n).tobytes())  # (N,) i64 LE
+    row = len(zb) // n if n else 0
+    sha = hashlib.sha256
+    out = []
+    for i in range(n):
+        h = sha(zb[i * row:(i + 1) * row])
+        h.update(lb[i * 8:(i + 1) * 8])
+        out.append(h.hexdigest()[:DIGEST_HEX])
+    return out
+
+
+def make_handle(model: str, version: int, latent: np.ndarray, label: int) -> str:
+    """The content-addressed handle of one latent (D,) float32 with its class label."""
+    return f"{model}:{int(version)}:{latent_digest(latent, label)}"
 
 
 def parse_handle(handle: str) -> HandleRef:
@@ -51,17 +88,42 @@ def parse_handle(handle: str) -> HandleRef:
     return HandleRef(parts[0], int(parts[1]), parts[2])
 
 
-class LatentStore:
-    """Interface: maps handles to (latent float32 (D,), label). Implementations must be safe to call from
-    the ingress event loop (the in-process one is O(1) and never blocks; a network store makes these async
-    in its own subclass of the ingress wiring)."""
+def pack_latent(latent: np.ndarray, label: int) -> bytes:
+    """Wire form of a stored latent: label int64 LE (8 bytes) + latent float32 LE (4 * D bytes)."""
+    return int(label).to_bytes(8, "little", signed=True) + np.ascontiguousarray(latent, dtype="<f4").reshape(-1).tobytes()
 
-    def put_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
-        """Store (handle, latent (D,), label) triples; re-putting a handle refreshes it."""
+
+def unpack_latent(data: bytes) -> tuple[np.ndarray, int]:
+    """Inverse of `pack_latent`: (latent (D,) float32, read-only view of `data`, label)."""
+    if len(data) < 8 or (len(data) - 8) % 4:
+        raise UnrecoverableError(f"stored latent has a corrupt length of {len(data)} bytes (expected 8 + 4 * D)")
+    return np.frombuffer(data, dtype="<f4", offset=8), int.from_bytes(data[:8], "little", signed=True)
+
+
+class LatentStore:
+    """Interface: maps handles to (latent float32 (D,), label).
+
+    `aput_many` / `aget_many` are what the ingress awaits (safe on any event loop). `stats()` returns counters
+    (the metrics exporter reads them). Errors: NotFoundError naming the first unknown handle; UnavailableError
+    when a backing service cannot be reached (never a hang)."""
+
+    kind = "abstract"
+
+    async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        """Store (handle, latent (D,), label) triples; re-putting a handle refreshes it (LRU position, TTL)."""
         raise NotImplementedError
 
+    async def aget_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
+        """(latent (D,) float32, label) per handle, in order."""
+        raise NotImplementedError
+
+    def put_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        raise UnrecoverableError(f"the {self.kind} handle store is async-only: await aput_many()")
+
     def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
-        """(latent (D,) float32, label) per handle, in order; NotFoundError naming the first unknown handle."""
+        raise UnrecoverableError(f"the {self.kind} handle store is async-only: await aget_many()")
+
+    def stats(self) -> dict:
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -69,48 +131,133 @@ class LatentStore:
 
 
 class InProcessLatentStore(LatentStore):
-    """A bounded LRU in the ingress process (handles are lost on restart and not shared across replicas)."""
+    """A bounded LRU in this process, with an optional TTL per entry.
 
-    def __init__(self, max_entries: int = 100_000) -> None:
-        if not isinstance(max_entries, int) or max_entries < 1:
+    Without Redis it is THE handle store (single-process only: handles are lost on restart and unknown to
+    other replicas). With Redis it is each replica's read-through copy of recently used handles."""
+
+    kind = "memory"
+
+    def __init__(self, max_entries: int = 100_000, ttl_s: float | None = None, max_bytes: int | None = None) -> None:
+        if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1:
             raise ValidationError(f"handle store size must be an integer >= 1, got {max_entries!r}")
+        if ttl_s is not None and not (isinstance(ttl_s, (int, float)) and ttl_s > 0):
+            raise ValidationError(f"handle TTL must be > 0 seconds (or None for no expiry), got {ttl_s!r}")
+        if max_bytes is not None and not (isinstance(max_bytes, int) and max_bytes >= 1):
+            raise ValidationError(f"handle store byte budget must be an integer >= 1 (or None), got {max_bytes!r}")
         self.max_entries = max_entries
-        self._data: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
-        self._lock = threading.Lock()  # Serve may run sync methods in a thread pool
+        self.ttl_s = float(ttl_s) if ttl_s is not None else None
+        self.max_bytes = max_bytes  # optional bound on the packed latents' bytes (flow latents are large)
+        self._bytes = 0
+        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # handle -> (packed latent, deadline)
+        self._lock = threading.Lock()  # the ingress may call from several threads / event loops
+        self.counters = {"puts": 0, "hits": 0, "misses": 0}
 
     def put_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        deadline = time.monotonic() + self.ttl_s if self.ttl_s else float("inf")
+        # bytes, not the array: immutable, compact, and callers cannot mutate a stored latent.
+        packed = [(h, pack_latent(z, label)) for h, z, label in items]
         with self._lock:
-            for handle, latent, label in items:
-                # bytes, not the array: immutable, compact, and callers cannot mutate a stored latent.
-                self._data[handle] = (np.ascontiguousarray(latent, dtype="<f4").reshape(-1).tobytes(), int(label))
-                self._data.move_to_end(handle)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            for handle, data in packed:
+                old = self._data.pop(handle, None)
+                if old is not None:
+                    self._bytes -= len(old[0])
+                self._data[handle] = (data, deadline)
+                self._bytes += len(data)
+            while len(self._data) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes
+                                                         and len(self._data) > 1):
+                self._bytes -= len(self._data.popitem(last=False)[1][0])
+            self.counters["puts"] += len(packed)
 
-    def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
-        out = []
+    def lookup(self, handles: list[str]) -> list[tuple[np.ndarray, int] | None]:
+        """Like get_many, but None for unknown or expired handles instead of raising."""
+        now = time.monotonic()
+        out: list[tuple[np.ndarray, int] | None] = []
         with self._lock:
             for handle in handles:
                 entry = self._data.get(handle)
+                if entry is not None and entry[1] <= now:
+                    del self._data[handle]
+                    self._bytes -= len(entry[0])
+                    entry = None
                 if entry is None:
-                    raise NotFoundError(
-                        f"unknown handle {handle!r:.80}: not issued by this server or evicted "
-                        f"(the store keeps the {self.max_entries} most recent latents); send the latent values instead"
-                    )
+                    out.append(None)
+                    continue
                 self._data.move_to_end(handle)
-                out.append((np.frombuffer(entry[0], dtype="<f4"), entry[1]))
+                out.append(unpack_latent(entry[0]))
+            hits = sum(e is not None for e in out)
+            self.counters["hits"] += hits
+            self.counters["misses"] += len(out) - hits
         return out
+
+    def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
+        out = self.lookup(handles)
+        for handle, entry in zip(handles, out):
+            if entry is None:
+                ttl = f", expire after {self.ttl_s:g} s" if self.ttl_s else ""
+                raise NotFoundError(
+                    f"unknown handle {handle!r:.80}: not issued by this server process, expired or evicted "
+                    f"(the in-process store keeps the {self.max_entries} most recent latents{ttl}; set "
+                    f"LATENTSERVE_REDIS_URL to share handles between replicas); send the latent values instead"
+                )
+        return out  # type: ignore[return-value]
+
+    async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        self.put_many(items)
+
+    async def aget_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
+        return self.get_many(handles)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"backend": self.kind, "entries": len(self._data), "bytes": self._bytes, **self.counters}
 
     def __len__(self) -> int:
         return len(self._data)
 
 
 def make_store(redis_url: str = "", max_entries: int = 100_000) -> LatentStore:
-    """The configured store. Redis arrives in a later issue; until then a URL is a clear configuration error
-    rather than a silent fallback to per-replica handles."""
-    if redis_url:
-        raise ValidationError(
-            "serve config: redis_url is set but the Redis handle store is not part of this build; "
-            "unset LATENTSERVE_REDIS_URL to use the in-process store"
-        )
-    return InProcessLatentStore(max_entries)
+    """A handle store from a URL and size, with the other settings at their defaults (see `open_stores`)."""
+    from latentserve.services.config import ServeConfig
+
+    return open_stores(ServeConfig(redis_url=redis_url, handle_store_size=max_entries).validate(),
+                       check=bool(redis_url))[0]
+
+
+def open_stores(config: "ServeConfig", check: bool = True) -> tuple[LatentStore, "ServingCache"]:
+    """THE place that builds the handle store and the encode/result caches from the serve config.
+
+    No Redis URL: in-process LRUs (single-process only). `redis_url`: handles in Redis (each replica keeps a
+    read-through copy of `handle_store_size` recent handles); caches in `redis_cache_url`, or in the same Redis
+    when that is empty. `check=True` (the ingress constructor) connects once to each Redis: a wrong password
+    or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
+    service must come up and serve (caches bypassed, handles UNAVAILABLE) until Redis is back."""
+    from latentserve.services.cache import MemoryKV, ServingCache
+
+    if config.redis_url:
+        from latentserve.services.redis_store import RedisBackend, RedisLatentStore
+
+        backend = RedisBackend(config.redis_url, role="handles", timeout_s=config.redis_handle_timeout_s,
+                               backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
+        if check:
+            backend.check(handles=True)
+        store: LatentStore = RedisLatentStore(backend, ttl_s=config.handle_ttl_s, prefix=config.redis_key_prefix,
+                                              local_entries=config.handle_store_size)
+    else:
+        store = InProcessLatentStore(config.handle_store_size, ttl_s=config.handle_ttl_s)
+
+    cache_url = config.redis_cache_url or config.redis_url
+    enabled = config.encode_cache or config.result_cache
+    if cache_url and enabled:
+        from latentserve.services.redis_store import RedisBackend, RedisKV
+
+        cache_backend = RedisBackend(cache_url, role="cache", timeout_s=config.redis_timeout_s,
+                                     backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
+        if check and cache_url != config.redis_url:  # same URL: already checked above
+            cache_backend.check(handles=False)
+        kv = RedisKV(cache_backend, ttl_s=config.cache_ttl_s)
+    else:
+        kv = MemoryKV(config.cache_memory_bytes, ttl_s=config.cache_ttl_s)
+    cache = ServingCache(kv, encode=config.encode_cache, result=config.result_cache,
+                         max_entry_bytes=config.cache_max_entry_bytes, prefix=config.redis_key_prefix)
+    return store, cache

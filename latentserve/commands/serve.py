@@ -5,6 +5,11 @@ prints the address and blocks until Ctrl-C / SIGTERM, then shuts Serve and Ray d
 LATENTSERVE_* environment variables (services/config.py), which override defaults. The API token is taken
 from LATENTSERVE_API_TOKEN only, never from the command line (it would show in `ps`).
 
+Default frontend "native": each ingress replica runs its own gRPC server with the models in-process (no
+Serve proxy is started); `--frontend serve` puts Ray Serve's gRPC proxy in front instead (see
+services/app.py). `--colocate`, `--direct-ingress` and `--fast` are options of the serve frontend and
+select it when `--frontend` is not given.
+
 For a cluster use `serve deploy deploy/serve.yaml` instead (see services/app.py for rolling out versions).
 Only argparse at module level: ray and onnxruntime are imported inside run().
 """
@@ -20,8 +25,12 @@ def register(sub) -> None:
                     "grpc.health.v1, reflection) and block until Ctrl-C.",
     )
     p.add_argument("--port", type=int, default=None, help="gRPC port (default 9000; env LATENTSERVE_GRPC_PORT)")
-    p.add_argument("--host", default=None, help="address printed for clients (default 127.0.0.1); Ray Serve's "
-                                                "gRPC proxy listens on all interfaces")
+    p.add_argument("--host", default=None, help="address the native gRPC servers bind (default 127.0.0.1; "
+                                                "0.0.0.0 for every interface); with --frontend serve only "
+                                                "printed, Ray Serve's gRPC proxy listens on all interfaces")
+    p.add_argument("--frontend", choices=("native", "serve"), default=None,
+                   help="native (default): every ingress replica serves gRPC itself, models in-process; "
+                        "serve: Ray Serve's gRPC proxy in front (env LATENTSERVE_GRPC_FRONTEND)")
     p.add_argument("--http-port", type=int, default=None, help="Ray Serve's HTTP proxy port (default 8000; unused "
                                                                "by latentserve but always started by Serve)")
     p.add_argument("--repo", default=None, help="model repository (default: the bundled models/repository)")
@@ -30,26 +39,32 @@ def register(sub) -> None:
     p.add_argument("--replicas", type=int, default=None, help="model-server replicas per model (default 1)")
     p.add_argument("--autoscale", default=None, metavar="MIN:MAX",
                    help="autoscale model servers between MIN and MAX replicas instead of --replicas")
-    p.add_argument("--ingress-replicas", type=int, default=None, help="gRPC ingress replicas (default 1)")
+    p.add_argument("--ingress-replicas", type=int, default=None,
+                   help="gRPC ingress replicas (default 1); native frontend: serving replicas, each with every "
+                        "model (they share --port via SO_REUSEPORT)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per replica (default 1)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved per model replica (default 1)")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")
     p.add_argument("--max-batch-size", type=int, default=None, help="rows per model call (default 64)")
-    p.add_argument("--batch-wait-ms", type=float, default=None, help="dynamic batching wait in ms (default 2)")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="longest dynamic batching wait in ms (default 10; a batch "
+                                                                  "also closes 2 ms after the newest request)")
     p.add_argument("--max-ongoing", type=int, default=None, help="concurrent requests per replica (default 128)")
     p.add_argument("--max-queued", type=int, default=None,
                    help="queued requests per caller before RESOURCE_EXHAUSTED (default 256, -1 unbounded)")
     p.add_argument("--request-timeout", type=float, default=None, help="server-side deadline per call in s (0 = none)")
     p.add_argument("--colocate", action="store_true", default=None,
-                   help="run the models inside the ingress replica (no model-server hop)")
+                   help="serve frontend: run the models inside the ingress replica (no model-server hop)")
     p.add_argument("--direct-ingress", action="store_true", default=None,
-                   help="the ingress replica serves gRPC on --port itself (Ray Serve direct ingress, "
-                        "throughput-optimized); Serve's proxy moves to --proxy-port")
+                   help="serve frontend: the ingress replica serves gRPC on --port itself (Ray Serve direct "
+                        "ingress, throughput-optimized); Serve's proxy moves to --proxy-port")
     p.add_argument("--proxy-port", type=int, default=None,
                    help="Serve's gRPC proxy port with --direct-ingress (default: port + ingress replicas + 1)")
     p.add_argument("--fast", action="store_true",
-                   help="single-node fast path: --colocate --direct-ingress (about 6x the single-image "
-                        "throughput of the default proxy path)")
+                   help="serve frontend's fastest path: --colocate --direct-ingress (the native frontend, "
+                        "the default, is faster still)")
+    p.add_argument("--drain-period", type=float, default=None,
+                   help="native frontend: seconds a stopping replica keeps serving with health NOT_SERVING "
+                        "(for load balancers; default 0)")
     p.add_argument("--access-log", action="store_true", default=None,
                    help="log one line per request in the replica logs (off by default: it costs CPU)")
     p.add_argument("--ray-address", default="local",
@@ -69,9 +84,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued,
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
+        "grpc_frontend": args.frontend, "drain_period_s": args.drain_period,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)
+    if args.frontend is None and (args.fast or args.colocate or args.direct_ingress):
+        out["grpc_frontend"] = "serve"  # options of the serve frontend select it
     if args.autoscale:
         lo, _, hi = args.autoscale.partition(":")
         if not (lo.isdigit() and hi.isdigit()):
@@ -87,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from latentserve.services.app import build_app, grpc_options, ray_env, served_models
+    from latentserve.services.app import build_app, ray_env, served_models, start_options
     from latentserve.services.config import load_config
 
     config = load_config(overrides_from_args(args))
@@ -114,13 +132,16 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
-        serve.start(http_options={"host": config.host, "port": config.http_port}, grpc_options=grpc_options(config))
+        serve.start(**start_options(config))
         serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+        native = config.grpc_frontend == "native"
         listed = ", ".join(f"{name} v{v}" for name, v in models.items())
-        print(f"latentserve: serving {listed} ({config.backend}"
-              f"{', co-located' if config.colocate else ''}{', API token required' if config.api_token else ''})")
-        print(f"latentserve: gRPC listening on {config.host}:{config.grpc_port} "
-              f"(latentserve.v1.LatentService, grpc.health.v1.Health, reflection); Ctrl-C to stop", flush=True)
+        how = "native gRPC frontend" if native else "Serve gRPC proxy" + (", co-located" if config.colocate else "")
+        print(f"latentserve: serving {listed} ({config.backend}, {how}"
+              f"{', API token required' if config.api_token else ''})")
+        services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")
+        print(f"latentserve: gRPC listening on {config.host}:{config.grpc_port} ({services}); Ctrl-C to stop",
+              flush=True)
         if config.direct_ingress:
             print(f"latentserve: direct ingress on {config.host}:{config.grpc_port}; Serve's gRPC proxy on "
                   f"{config.host}:{config.effective_proxy_grpc_port}", flush=True)

@@ -11,12 +11,17 @@ graph contract exactly (docs/architecture.md), so the service is tested on real 
 Every generative model has a `brightness` knob (exact for these linear maps), 2 PCA directions and a
 2-component GMM per class. Images are 3x8x8, classes square/ellipse/triangle.
 
-`serve_app` (session): ray.init(num_cpus=2, no dashboard) + serve.start (gRPC on a free port, Health +
-LatentService servicers) + serve.run(build_app(config)); waits for grpc.health.v1 SERVING, dumps Serve logs
-when a test failed, shuts everything down at the end. With LATENTSERVE_TEST_DIRECT=1 the same app runs on
-the single-node fast path (colocate + Ray Serve direct ingress), and tests that need a second app skip.
-Tests that deploy a second app (token/queues, real exported families, rollout) delete it before returning,
-because Serve's proxy routes requests without `application` metadata only while exactly one app runs.
+`serve_app` (session): ray.init(num_cpus=2, no dashboard) + serve.start + serve.run(build_app(config)) on a
+free port; waits for grpc.health.v1 SERVING, dumps Serve logs when a test failed, shuts everything down at
+the end. The frontend under test comes from LATENTSERVE_TEST_FRONTEND:
+- `native` (default, the default frontend): the ingress replica serves gRPC itself; Serve's gRPC proxy also
+  runs, on another port (`ServeInfo.proxy_target`), so serve-frontend apps can be deployed next to it;
+- `serve`: Ray Serve's gRPC proxy -> ingress -> model-server deployments;
+- `direct` (or LATENTSERVE_TEST_DIRECT=1): colocate + Ray Serve direct ingress; tests that need a second
+  app skip (a direct-ingress replica serves one app per port).
+`extra_app` deploys further apps (token/queues, real exported families, rollout, the other frontend) and
+deletes them afterwards: native apps get their own port, serve-frontend apps are reached through the proxy
+with `application` metadata (Serve's proxy routes requests without it only while exactly one app runs).
 """
 from __future__ import annotations
 
@@ -220,9 +225,14 @@ def tiny_repo(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------- the Serve app
 @dataclass
 class ServeInfo:
-    target: str  # host:port of the gRPC proxy
+    target: str  # host:port the app's gRPC frontend listens on
     config: object  # ServeConfig
     app_name: str
+    proxy_target: str | None = None  # Serve's gRPC proxy (None when the session runs none)
+
+    @property
+    def frontend(self) -> str:
+        return "direct" if self.config.direct_ingress else self.config.grpc_frontend
 
 
 def wait_serving(target: str, timeout_s: float = 60.0, metadata=None) -> None:
@@ -272,26 +282,34 @@ def serve_app(tiny_repo, request):
     from latentserve.services.app import build_app, grpc_options, ray_env
     from latentserve.services.config import load_config
 
-    # LATENTSERVE_TEST_DIRECT=1 runs the same tests against the single-node fast path (colocate + Ray Serve
-    # direct ingress: the ingress replica serves gRPC on the port itself).
-    direct = os.environ.get("LATENTSERVE_TEST_DIRECT") == "1"
+    frontend = os.environ.get("LATENTSERVE_TEST_FRONTEND", "native")
+    if os.environ.get("LATENTSERVE_TEST_DIRECT") == "1":
+        frontend = "direct"
+    if frontend not in ("native", "serve", "direct"):
+        raise ValueError(f"LATENTSERVE_TEST_FRONTEND={frontend!r}: use native, serve or direct")
+    direct = frontend == "direct"
     port = free_port()
     config = load_config({
-        # Fractional CPUs: 4 replicas fit in 1 of the 2 CPUs, leaving room for test_bad_input's second app.
+        # Fractional CPUs: 4 replicas fit in 1 of the 2 CPUs, leaving room for the tests' extra apps.
         "repository": str(tiny_repo), "grpc_port": port, "max_batch_size": 16, "batch_wait_timeout_s": 0.02,
         "max_images_per_request": 64, "max_interpolation_steps": 16, "num_cpus": 0.25, "ingress_num_cpus": 0.25,
-        "app_name": APP_NAME, "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
+        "app_name": APP_NAME, "grpc_frontend": "native" if frontend == "native" else "serve",
+        "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
     }, use_env=False)
+    # Serve's gRPC proxy: the app's own port for the serve frontend; for native its own port, so that
+    # serve-frontend apps can run next to the native one.
+    proxy_config = config if frontend != "native" else config.with_overrides(grpc_frontend="serve", grpc_port=free_port())
     saved_env = dict(os.environ)
     os.environ.update(ray_env(config))  # Ray's processes inherit the driver's environment
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     failed_before = request.session.testsfailed
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, grpc_options=grpc_options(config))
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, grpc_options=grpc_options(proxy_config))
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         wait_serving(f"127.0.0.1:{port}")
-        yield ServeInfo(target=f"127.0.0.1:{port}", config=config, app_name=APP_NAME)
+        proxy = None if direct else f"127.0.0.1:{proxy_config.effective_proxy_grpc_port}"
+        yield ServeInfo(target=f"127.0.0.1:{port}", config=config, app_name=APP_NAME, proxy_target=proxy)
     except BaseException:
         dump_serve_logs()
         raise
@@ -304,3 +322,45 @@ def serve_app(tiny_repo, request):
             ray.shutdown()
             os.environ.clear()
             os.environ.update(saved_env)
+
+
+@pytest.fixture
+def extra_app(serve_app):
+    """`deploy(name, frontend=None, **overrides) -> (target, metadata, config)`: another app on the session's
+    Serve instance, from the session config with `overrides` (frontend: "native" | "serve", default the
+    session's). Native apps listen on a port of their own; serve-frontend apps are reached through Serve's
+    gRPC proxy with `application` metadata. Every app deployed is deleted when the test ends, then the
+    session app is checked to answer again."""
+    from ray import serve
+
+    from latentserve.services.app import build_app
+
+    if serve_app.frontend == "direct":
+        pytest.skip("extra apps need the native frontend or Serve's proxy (direct ingress serves one app per port)")
+    deployed: list[str] = []
+
+    def deploy(name: str, frontend: str | None = None, **overrides):
+        frontend = frontend or serve_app.config.grpc_frontend
+        native = frontend == "native"
+        if not native and serve_app.proxy_target is None:
+            pytest.skip("this session runs no Serve gRPC proxy")
+        port = free_port() if native else int(serve_app.proxy_target.rsplit(":", 1)[1])
+        cfg = serve_app.config.with_overrides(app_name=name, grpc_frontend=frontend, grpc_port=port,
+                                              direct_ingress=False, proxy_grpc_port=0, **overrides)
+        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
+        deployed.append(name)
+        target = f"127.0.0.1:{port}" if native else serve_app.proxy_target
+        metadata = () if native else (("application", name),)
+        wait_serving(target, metadata=metadata or None)
+        return target, metadata, cfg
+
+    try:
+        yield deploy
+    finally:
+        for name in deployed:
+            try:
+                serve.delete(name)
+            except Exception:  # noqa: BLE001 - best effort; the session teardown shuts Serve down anyway
+                pass
+        if deployed:
+            wait_serving(serve_app.target)  # with one app left, the proxy routes requests without metadata again

@@ -151,71 +151,90 @@ def test_client_deadline_is_honoured(stub):
     assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_cancelled_requests_release_their_queued_work(extra_app):
+    """Requests whose deadline passes while they wait in the batch queue are dropped before the model runs
+    (no model call, no rows), and free their admission slots; the server keeps serving."""
+    from ray import serve
+
+    name = "cancel"
+    # a batch forms for 0.6 s (no idle cut-off): the requests' deadlines pass while they wait in it
+    target, md, _ = extra_app(name, colocate=True, models=["tiny-gan"], batch_wait_timeout_s=0.6,
+                              batch_idle_timeout_s=0.6, max_ongoing_requests=4, max_queued_requests=4,
+                              num_cpus=0.25, ingress_num_cpus=0.25)
+    handle = serve.get_app_handle(name)
+
+    def decode_batches() -> int:
+        return handle.stats.remote().result(timeout_s=30)["models"]["tiny-gan"]["methods"].get("decode", {}).get("batches", 0)
+
+    before = decode_batches()
+    rng = np.random.default_rng(11)
+    with grpc.insecure_channel(target) as ch:
+        s = pb_grpc.LatentServiceStub(ch)
+        futures = [s.Decode.future(pb.DecodeRequest(model="tiny-gan", latents=[_lat(rng.standard_normal(8))],
+                                                    format=pb.IMAGE_FORMAT_RAW_UINT8), metadata=md, timeout=0.2)
+                   for _ in range(6)]  # 4 wait in the batch queue, 2 for an admission slot
+        codes = []
+        for f in futures:
+            try:
+                f.result()
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+        assert codes == [grpc.StatusCode.DEADLINE_EXCEEDED] * 6, codes
+        time.sleep(1.0)  # past the batch window: a batch of the cancelled requests would have run by now
+        assert decode_batches() == before
+        stats = handle.stats.remote().result(timeout_s=30)
+        if "grpc" in stats:  # native frontend: admission slots released
+            assert stats["grpc"]["ongoing"] == 0 and stats["grpc"]["queued"] == 0, stats["grpc"]
+        ok = s.Decode(pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)], format=pb.IMAGE_FORMAT_RAW_UINT8),
+                      metadata=md, timeout=30)
+        assert len(ok.images) == 1 and decode_batches() == before + 1
+
+
 def test_server_still_serves_after_the_corpus(stub):
     resp = stub.Decode(pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8, 1)], format=pb.IMAGE_FORMAT_RAW_UINT8), timeout=30)
     assert len(resp.images) == 1 and list(resp.images[0].tensor.shape) == [8, 8, 3]
 
 
 # ------------------------------------------------------------------------------------------ auth + back-pressure
-def test_token_and_bounded_queue(serve_app, wait_serving):
-    """A second app (co-located models, API token, 1 ongoing + 1 queued request) on the same Serve instance."""
-    from ray import serve
-
-    from latentserve.services.app import build_app
-
-    if serve_app.config.direct_ingress:
-        pytest.skip("a second app needs Serve's proxy (direct-ingress replicas serve one app per port)")
+def test_token_and_bounded_queue(serve_app, extra_app):
+    """A second app (co-located models, API token, 1 ongoing + 1 queued request) on the same Serve instance,
+    with the session's frontend (native: the replica's own admission control; serve: Serve's queues)."""
     name, token = "secure", "t0ken"
-    cfg = serve_app.config.with_overrides(api_token=token, colocate=True, models=["tiny-gan"], app_name=name,
-                                          max_ongoing_requests=1, max_queued_requests=1, batch_wait_timeout_s=0.2,
-                                          num_cpus=0.25, ingress_num_cpus=0.25)
-    serve.run(build_app(cfg), name=name, route_prefix="/secure")
-    app_md = (("application", name),)
+    # extra_app waits for health SERVING without a token: health needs none
+    target, app_md, _ = extra_app(name, api_token=token, colocate=True, models=["tiny-gan"], max_ongoing_requests=1,
+                                  max_queued_requests=1, batch_wait_timeout_s=0.2, batch_idle_timeout_s=0.2,
+                                  num_cpus=0.25, ingress_num_cpus=0.25)
     good_md = app_md + (("authorization", f"Bearer {token}"),)
-    try:
-        wait_serving(serve_app.target, metadata=app_md)  # health needs no token
-        with grpc.insecure_channel(serve_app.target) as ch:
-            s = pb_grpc.LatentServiceStub(ch)
-            req = pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)], format=pb.IMAGE_FORMAT_RAW_UINT8)
-            for md, needle in ((app_md, "missing API token"), (app_md + (("authorization", "Bearer wrong"),), "wrong API token")):
-                with pytest.raises(grpc.RpcError) as ei:
-                    s.Decode(req, metadata=md, timeout=30)
-                assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED and needle in ei.value.details()
+    with grpc.insecure_channel(target) as ch:
+        s = pb_grpc.LatentServiceStub(ch)
+        req = pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8)], format=pb.IMAGE_FORMAT_RAW_UINT8)
+        for md, needle in ((app_md, "missing API token"), (app_md + (("authorization", "Bearer wrong"),), "wrong API token")):
             with pytest.raises(grpc.RpcError) as ei:
-                list(s.Interpolate(pb.InterpolateRequest(model="tiny-gan", a=REF, b=REF, steps=3), metadata=app_md, timeout=30))
-            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert len(s.Decode(req, metadata=good_md, timeout=30).images) == 1
+                s.Decode(req, metadata=md, timeout=30)
+            assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED and needle in ei.value.details()
+        with pytest.raises(grpc.RpcError) as ei:
+            list(s.Interpolate(pb.InterpolateRequest(model="tiny-gan", a=REF, b=REF, steps=3), metadata=app_md, timeout=30))
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(s.Decode(req, metadata=good_md, timeout=30).images) == 1
 
-            codes: list = []
-            lock = threading.Lock()
+        codes: list = []
+        lock = threading.Lock()
 
-            def one():
-                try:
-                    s.Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1), metadata=good_md, timeout=60)
-                    code = grpc.StatusCode.OK
-                except grpc.RpcError as exc:
-                    code = exc.code()
-                with lock:
-                    codes.append(code)
+        def one():
+            try:
+                s.Sample(pb.SampleRequest(model="tiny-gan", n=2, seed=1), metadata=good_md, timeout=60)
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                code = exc.code()
+            with lock:
+                codes.append(code)
 
-            threads = [threading.Thread(target=one) for _ in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
-            assert grpc.StatusCode.OK in codes, codes
-            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
-    finally:
-        serve.delete(name)
-    # With one app left, requests without `application` metadata route to it again.
-    deadline = time.time() + 30
-    while True:
-        try:
-            with grpc.insecure_channel(serve_app.target) as ch:
-                pb_grpc.LatentServiceStub(ch).GetModel(pb.GetModelRequest(model="tiny-gan"), timeout=10)
-            break
-        except grpc.RpcError:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.3)
+        threads = [threading.Thread(target=one) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+        assert grpc.StatusCode.OK in codes, codes
+        assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes

@@ -206,8 +206,9 @@ def test_concurrent_single_requests_are_batched(serve_app):
 
     async def burst():
         async with AsyncLatentClient(serve_app.target, timeout=30) as c:
-            z = np.zeros((1, 192), np.float32)
-            return await asyncio.gather(*[c.decode("tiny-flow", z, [i % 3], format="uint8") for i in range(24)])
+            # distinct latents: a result cache must not answer any of them
+            z = np.random.default_rng(21).standard_normal((24, 1, 192)).astype(np.float32) * 0.1
+            return await asyncio.gather(*[c.decode("tiny-flow", z[i], [i % 3], format="uint8") for i in range(24)])
 
     results = asyncio.run(burst())
     assert len(results) == 24 and all(r.shape == (1, 8, 8, 3) for r in results)
@@ -282,58 +283,42 @@ def _real_repository(root) -> list[str]:
     return served
 
 
-def test_real_exported_families_serve_end_to_end(serve_app, tmp_path, wait_serving):
+def test_real_exported_families_serve_end_to_end(serve_app, tmp_path, extra_app):
     """Models from models.train + models.export (not hand-built) through every RPC, in a second app."""
-    from ray import serve
-
-    from latentserve.services.app import build_app
-
-    if serve_app.config.direct_ingress:
-        pytest.skip("a second app needs Serve's proxy (direct-ingress replicas serve one app per port)")
+    if serve_app.frontend == "direct":
+        pytest.skip("a second app needs the native frontend or Serve's proxy")
     served = _real_repository(tmp_path)
     if not served:
         pytest.skip("no generative family is built yet")
     name = "real"
-    cfg = serve_app.config.with_overrides(repository=str(tmp_path / "repo"), models=[], app_name=name, colocate=True,
-                                          num_cpus=0.25, ingress_num_cpus=0.25)
-    serve.run(build_app(cfg), name=name, route_prefix="/real")
-    try:
-        wait_serving(serve_app.target, metadata=(("application", name),))
-        with LatentClient(serve_app.target, timeout=60, app_name=name) as c:
-            assert sorted(m.name for m in c.list_models()) == sorted(served)
-            for model in served:
-                info = c.get_model(model)
-                out = c.sample(model, 4, label=1, seed=3, format="uint8", return_handles=True)
-                assert out.images.shape == (4, 16, 16, 3) and out.labels.tolist() == [1] * 4
-                enc = c.encode(model, out.images, labels=[1] * 4)
-                back = c.decode(model, enc.latents, enc.labels, format="uint8")
-                assert back.shape == out.images.shape
-                if info.family == "flow":  # an exact bijection, up to 8-bit rounding
-                    assert np.abs(back.astype(int) - out.images.astype(int)).max() <= 2
-                frames = list(c.interpolate(model, out.handles[0], out.handles[1], steps=3, method="slerp"))
-                assert len(frames) == 3 and frames[-1].summary is not None
-                factor_knobs = [k for k in info.knobs if k.kind == "factor"]
-                if factor_knobs:
-                    k = factor_knobs[0]
-                    edited = c.edit(model, out.handles[:2], [(k.name, {"target": (k.low + k.high) / 2})])
-                    assert edited.images.shape == (2, 16, 16, 3)
-    finally:
-        serve.delete(name)
-    with LatentClient(serve_app.target, timeout=30) as c:  # the main app is routable again
-        deadline = time.time() + 30
-        while True:
-            try:
-                c.get_model("tiny-gan")
-                break
-            except Exception:  # noqa: BLE001 - routing catches up with the deleted app
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
+    target, md, _ = extra_app(name, repository=str(tmp_path / "repo"), models=[], colocate=True,
+                              num_cpus=0.25, ingress_num_cpus=0.25)
+    with LatentClient(target, timeout=60, app_name=name if md else None) as c:
+        assert sorted(m.name for m in c.list_models()) == sorted(served)
+        for model in served:
+            info = c.get_model(model)
+            out = c.sample(model, 4, label=1, seed=3, format="uint8", return_handles=True)
+            assert out.images.shape == (4, 16, 16, 3) and out.labels.tolist() == [1] * 4
+            enc = c.encode(model, out.images, labels=[1] * 4)
+            back = c.decode(model, enc.latents, enc.labels, format="uint8")
+            assert back.shape == out.images.shape
+            if info.family == "flow":  # an exact bijection, up to 8-bit rounding
+                assert np.abs(back.astype(int) - out.images.astype(int)).max() <= 2
+            frames = list(c.interpolate(model, out.handles[0], out.handles[1], steps=3, method="slerp"))
+            assert len(frames) == 3 and frames[-1].summary is not None
+            factor_knobs = [k for k in info.knobs if k.kind == "factor"]
+            if factor_knobs:
+                k = factor_knobs[0]
+                edited = c.edit(model, out.handles[:2], [(k.name, {"target": (k.low + k.high) / 2})])
+                assert edited.images.shape == (2, 16, 16, 3)
 
 
-def test_rollout_of_a_new_version_drops_no_request(serve_app, tiny_repo, tmp_path, wait_serving):
+def test_rollout_of_a_new_version_drops_no_request(serve_app, tiny_repo, tmp_path, extra_app):
     """A version folder appears, the app is deployed again (what `serve deploy` does: the builder re-reads the
-    repository): traffic running throughout sees the default switch from v1 to v2 and not one error."""
+    repository): traffic running throughout sees the default switch from v1 to v2 and not one error.
+
+    Native frontend: Serve stops the old replica before starting the new one, so this also checks the drain
+    (the old replica serves until its replacement listens on the shared port, then sends GOAWAY)."""
     import shutil
     import threading
 
@@ -344,49 +329,78 @@ def test_rollout_of_a_new_version_drops_no_request(serve_app, tiny_repo, tmp_pat
     from latentserve.v1 import latent_pb2 as pb
     from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
-    if serve_app.config.direct_ingress:
-        pytest.skip("a second app needs Serve's proxy (direct-ingress replicas serve one app per port)")
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo / "tiny-gan" / "1", repo / "tiny-gan" / "1")
     name = "rollout"
-    cfg = serve_app.config.with_overrides(repository=str(repo), models=[], app_name=name, num_cpus=0.25,
-                                          ingress_num_cpus=0.25)
-    md = (("application", name),)
-    serve.run(build_app(cfg), name=name, route_prefix="/rollout")
-    versions: list[int] = []
+    target, md, cfg = extra_app(name, repository=str(repo), models=[], num_cpus=0.25, ingress_num_cpus=0.25)
+    per_thread: list[list[int]] = [[], [], []]
     errors: list[str] = []
     stop = threading.Event()
 
-    def traffic():
-        with grpc.insecure_channel(serve_app.target) as ch:
+    def traffic(versions: list[int]):
+        with grpc.insecure_channel(target) as ch:  # one connection per thread, kept across the rollout
             stub = pb_grpc.LatentServiceStub(ch)
-            req = pb.DecodeRequest(model="tiny-gan", latents=[pb.Latent(values=[0.5] * 8)], format=pb.IMAGE_FORMAT_RAW_UINT8)
+            rng = np.random.default_rng(len(errors) + id(versions) % 1000)
             while not stop.is_set():
+                # distinct latents: answered by a model, never by a result cache
+                req = pb.DecodeRequest(model="tiny-gan", latents=[pb.Latent(values=rng.standard_normal(8).tolist())],
+                                       format=pb.IMAGE_FORMAT_RAW_UINT8)
                 try:
                     versions.append(stub.Decode(req, metadata=md, timeout=30).version)
                 except grpc.RpcError as exc:
                     errors.append(f"{exc.code().name}: {exc.details()}")
 
+    threads = [threading.Thread(target=traffic, args=(v,)) for v in per_thread]
     try:
-        wait_serving(serve_app.target, metadata=md)
-        threads = [threading.Thread(target=traffic) for _ in range(3)]
         for t in threads:
             t.start()
         time.sleep(1.0)
         tmp = repo / "tiny-gan" / ".incoming"
         shutil.copytree(tiny_repo / "tiny-gan" / "2", tmp)
         tmp.rename(repo / "tiny-gan" / "2")  # a version folder appears atomically, as export writes it
-        serve.run(build_app(cfg), name=name, route_prefix="/rollout")
-        deadline = time.time() + 30
-        while (not versions or versions[-1] != 2) and time.time() < deadline:
+        serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
+        # every client ends up on the new replica (native: when its connection ages out of the old one)
+        deadline = time.time() + 90
+        while not all(v and v[-1] == 2 for v in per_thread) and time.time() < deadline:
             time.sleep(0.2)
-        time.sleep(0.5)
+        time.sleep(1.0)
+    finally:
         stop.set()
         for t in threads:
             t.join()
-    finally:
-        stop.set()
-        serve.delete(name)
     assert not errors, errors[:3]
-    assert versions[0] == 1 and versions[-1] == 2, (versions[:3], versions[-3:])
-    assert versions.index(2) > 0 and all(v == 2 for v in versions[-5:])  # old replicas drained
+    for versions in per_thread:
+        assert versions[0] == 1 and versions[-1] == 2, (versions[:3], versions[-3:])
+        assert all(v == 2 for v in versions[-5:])  # old replicas drained
+
+
+def test_the_other_frontend_serves_the_same_results(serve_app, extra_app):
+    """Smoke test of the frontend the session does not run (native session -> Serve's proxy -> ingress ->
+    model-server deployments; serve session -> a native app): same handlers, same images, same errors."""
+    import grpc
+
+    from latentserve.v1 import latent_pb2 as pb
+    from latentserve.v1 import latent_pb2_grpc as pb_grpc
+
+    other = "serve" if serve_app.config.grpc_frontend == "native" else "native"
+    target, md, _ = extra_app("other-frontend", frontend=other, models=["tiny-gan"], colocate=False,
+                              num_cpus=0.25, ingress_num_cpus=0.25)
+    z = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
+    # with two apps behind Serve's proxy, requests to the session app must name it too
+    main_app = serve_app.app_name if serve_app.config.grpc_frontend == "serve" else None
+    with LatentClient(target, timeout=60, app_name="other-frontend" if md else None) as c, \
+            LatentClient(serve_app.target, timeout=60, app_name=main_app) as client:
+        assert c.health()
+        assert [m.name for m in c.list_models()] == ["tiny-gan"]
+        np.testing.assert_array_equal(c.decode("tiny-gan", z, [0, 1, 2]), client.decode("tiny-gan", z, [0, 1, 2]))
+        np.testing.assert_allclose(c.decode("tiny-gan", z, [0, 1, 2], format="float32"),
+                                   client.decode("tiny-gan", z, [0, 1, 2], format="float32"), atol=1e-6)
+        s = c.sample("tiny-gan", 4, seed=3, return_handles=True)
+        assert s.images.shape == (4, 8, 8, 3) and len(s.handles) == 4
+        frames = list(c.interpolate("tiny-gan", s.handles[0], s.handles[1], steps=3))
+        assert len(frames) == 3 and frames[-1].summary is not None
+        assert c.encode("tiny-gan", s.images).latents.shape == (4, 8)
+    with grpc.insecure_channel(target) as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            pb_grpc.LatentServiceStub(ch).GetModel(pb.GetModelRequest(model="nope"), metadata=md, timeout=30)
+    assert ei.value.code() == grpc.StatusCode.NOT_FOUND and "unknown model 'nope'" in ei.value.details()

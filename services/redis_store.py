@@ -1,0 +1,455 @@
+"""Redis behind latent handles and the serving caches: shared by every ingress replica on every node.
+
+Owns `RedisBackend` (one Redis endpoint: redis.asyncio clients, short timeouts, a circuit breaker, the
+fail-fast check at start), `RedisLatentStore` (handles) and `RedisKV` (the encode/result caches of
+services/cache.py). Built by `services.store.open_stores(config)`; nothing else talks to Redis.
+
+Configuration (services/config.py, env LATENTSERVE_<FIELD>):
+    redis_url            LATENTSERVE_REDIS_URL: handles (and the caches unless redis_cache_url is set).
+                         redis://[[user]:password@]host:port/db, rediss:// for TLS (e.g.
+                         rediss://:pw@host:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem), unix:///path.
+                         Unset: in-process LRUs, single-process only (handles die with the process and are
+                         unknown to other replicas).
+    redis_cache_url      a separate Redis for the caches ("" = the handles' Redis).
+    handle_ttl_s         7 days: every handle is SET with this expiry (re-storing the same latent refreshes it).
+    cache_ttl_s          1 day: expiry of cache entries (they are also evicted by Redis' LRU, see below).
+    handle_store_size    without Redis: the in-process store's size; with Redis: each replica's read-through
+                         copy of recently used handles (capped at 10,000 entries / 32 MiB).
+    encode_cache, result_cache, cache_max_entry_bytes (1 MiB; bigger entries are not cached),
+    cache_memory_bytes   (in-process cache budget when no Redis is used),
+    redis_timeout_s      50 ms: cache calls; after it the cache is bypassed,
+    redis_handle_timeout_s 500 ms: handle calls; after it the request fails with UNAVAILABLE,
+    redis_backoff_s, redis_backoff_max_s, redis_key_prefix ("ls:").
+
+Deployment (for docker-compose / deploy/): the chosen arrangement is TWO Redis roles, because Redis applies
+one eviction policy to a whole instance (all dbs):
+  - handles: `appendonly yes`, `appendfsync everysec` (or `always` to lose nothing on a crash),
+    `maxmemory-policy noeviction`, maxmemory sized for (handles issued per day x handle_ttl_s x ~(8 + 4 D +
+    100) bytes). Handles are never evicted, they only expire; when full, issuing a handle fails with
+    UNAVAILABLE (other requests keep working). LATENTSERVE_REDIS_URL=redis://:<pw>@redis-handles:6379/0
+  - caches: `maxmemory <N>mb`, `maxmemory-policy allkeys-lru`, `save ""`, `appendonly no` (a cache needs no
+    persistence). LATENTSERVE_REDIS_CACHE_URL=redis://:<pw>@redis-cache:6379/0
+  Both with `requirepass` (or ACL users); the password goes in the URL (never logged: `ServeConfig.redacted`).
+  A single instance also works (set only LATENTSERVE_REDIS_URL; caches and handles share it, told apart by
+  key prefix): `noeviction` with maxmemory sized for both (TTLs bound memory; when full, cache writes are
+  dropped and issuing handles fails), or `volatile-ttl`, which evicts the keys nearest to expiry first: cache
+  entries (<= 1 day left) mostly go before handles (up to 7 days left), but a handle in its last day can go
+  first. Never `allkeys-*` on the handle Redis: it evicts live handles (the start check logs a warning).
+  Memory per entry: handle ~ 150 + 4 D bytes; result ~ 100 + image bytes; encode ~ 150 + 4 (D + C [+ D]) bytes.
+
+Key layout (`redis_key_prefix` = "ls:" by default): `ls:h:<handle>` -> label i64 LE + latent f32 LE;
+`ls:e:<model>:<version>:<image digest>` -> encoder outputs; `ls:r:<model>:<version>:<format>:<latent digest>`
+-> serialized latentserve.v1.Image. Versions are in every key: a new version never reads an old one's entry.
+
+Round trips: one MGET per batch for a lookup; writes are one pipeline per batch (handles: awaited, so an
+issued handle resolves everywhere at once; caches: in the background, off the response path, at most
+`MAX_PENDING_WRITES` in flight per replica). With the caches disabled nothing is sent.
+
+Faults: every call is bounded by socket timeouts (redis-py retries once, immediately, only when a pooled
+connection turned out dead, e.g. after a Redis restart). A failed call opens a circuit breaker: Redis is
+skipped for a backoff window (redis_backoff_s doubling to redis_backoff_max_s, +-20% jitter); then ONE call
+probes it while the others keep skipping (no retry storm); success closes the breaker and caching resumes
+by itself. While open, caches are bypassed (requests succeed, counted as bypasses) and handle operations
+fail at once with UnavailableError (gRPC UNAVAILABLE), never a hang. A wrong password or db index fails at
+start with a one-line ValidationError (`RedisBackend.check`, `check_redis`).
+
+Event loops: redis.asyncio connections belong to the loop that opened them, and a replica may serve from
+more than one loop (Serve's user loop, a native grpc.aio server's loop), so each loop gets its own client
+(sharing the breaker and counters).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import weakref
+from typing import Any, Awaitable, Callable, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from latentserve.errors import NotFoundError, UnavailableError, ValidationError
+from latentserve.services.cache import KV, CacheBypass
+from latentserve.services.store import InProcessLatentStore, LatentStore, pack_latent, unpack_latent
+
+logger = logging.getLogger("ray.serve")
+T = TypeVar("T")
+MAX_PENDING_WRITES = 256  # background cache writes in flight per KV; beyond that writes are dropped (counted)
+LOCAL_HANDLE_ENTRIES = 10_000  # cap of each replica's read-through copy of handles (config handle_store_size)
+LOCAL_HANDLE_BYTES = 32 << 20  # ... and of its bytes
+CHECK_TIMEOUT_S = 2.0  # the start check may wait a little longer than request-path calls
+JITTER = 0.2
+
+
+def redact_url(url: str) -> str:
+    """`scheme://host:port/db` without credentials or query (for logs and error messages)."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return f"unix://{parts.path}"
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{host}{port}{parts.path or ''}"
+    except ValueError:
+        return "<unparsable redis url>"
+
+
+# ---------------------------------------------------------------------------------------------- breaker
+class CircuitBreaker:
+    """closed -> (failure) -> open for a backoff window -> half-open: ONE probe call -> closed or open longer.
+
+    The backoff starts at `base_s`, doubles on each failed probe up to `max_s`, and is jittered by +-20% so
+    replicas do not probe in lockstep. Failures of calls that were already in flight when the breaker opened
+    do not extend the window. Thread-safe; `allow()` is one attribute read while closed."""
+
+    def __init__(self, base_s: float = 0.2, max_s: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
+        if not (0 < base_s <= max_s):
+            raise ValidationError(f"breaker backoff must satisfy 0 < base ({base_s}) <= max ({max_s})")
+        self.base_s, self.max_s = float(base_s), float(max_s)
+        self._clock, self._rand = clock, rand
+        self._lock = threading.Lock()
+        self.closed = True
+        self._open_until = 0.0
+        self._backoff = 0.0
+        self._probing = False
+        self.opened = 0  # times the breaker opened
+        self.last_error = ""
+
+    def allow(self) -> bool:
+        """May a call go to Redis now? While open: False, except for the one half-open probe."""
+        if self.closed:
+            return True
+        with self._lock:
+            if self.closed:
+                return True
+            if self._probing or self._clock() < self._open_until:
+                return False
+            self._probing = True
+            return True
+
+    def success(self) -> None:
+        if self.closed and not self._probing:
+            return
+        with self._lock:
+            was_open = not self.closed
+            self.closed, self._probing, self._backoff = True, False, 0.0
+        if was_open:
+            logger.warning("redis: reachable again; breaker closed (caching resumes)")
+
+    def failure(self, exc: BaseException | str, probe: bool) -> None:
+        """Record a failed call. `probe`: this call was let through by a half-open breaker."""
+        with self._lock:
+            self.last_error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+            if not self.closed and not probe:
+                return  # already open: a straggler from before the breaker opened
+            self._backoff = min(self.max_s, self._backoff * 2 if self._backoff else self.base_s)
+            window = self._backoff * (1.0 + JITTER * (2.0 * self._rand() - 1.0))
+            self._open_until = self._clock() + window
+            self.closed, self._probing = False, False
+            self.opened += 1
+        logger.warning("redis: %s; skipping Redis for %.2f s", self.last_error, window)
+
+    def abandon_probe(self) -> None:
+        """The probe ended without a verdict (cancelled): let the next call probe."""
+        with self._lock:
+            self._probing = False
+
+    def retry_in(self) -> float:
+        return 0.0 if self.closed else max(0.0, self._open_until - self._clock())
+
+    def snapshot(self) -> dict:
+        return {"state": "closed" if self.closed else ("half_open" if self._probing else "open"),
+                "opened": self.opened, "backoff_s": round(self._backoff, 3),
+                "retry_in_s": round(self.retry_in(), 3), "last_error": self.last_error}
+
+
+# ---------------------------------------------------------------------------------------------- backend
+def _redis_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(errors that mean 'Redis unreachable or unhealthy' -> trip the breaker, all redis errors)."""
+    from redis import exceptions as rex
+
+    trip = (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError, OSError, asyncio.TimeoutError, EOFError)
+    return trip, (rex.RedisError,) + trip
+
+
+class RedisBackend:
+    """One Redis endpoint: per-event-loop redis.asyncio clients with short timeouts, and a circuit breaker.
+
+    `role` ("handles" or "cache") only names it in logs and messages."""
+
+    def __init__(self, url: str, role: str = "cache", timeout_s: float = 0.05, backoff_s: float = 0.2,
+                 backoff_max_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValidationError(f"serve config: redis url must start with redis://, rediss:// or unix://, got {redact_url(str(url))!r}")
+        if not timeout_s > 0:
+            raise ValidationError(f"redis timeout must be > 0 s, got {timeout_s}")
+        self.url, self.role, self.timeout_s = url, role, float(timeout_s)
+        self.where = redact_url(url)
+        self.breaker = CircuitBreaker(backoff_s, backoff_max_s, clock=clock)
+        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        self._clients_lock = threading.Lock()
+        self.calls = 0
+        self.failures = 0
+        self._trip, self._all = _redis_errors()
+
+    def _make_client(self, timeout_s: float, sync: bool = False) -> Any:
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        if sync:
+            import redis
+            from redis.retry import Retry
+
+            cls: Any = redis.Redis
+            retry = Retry(NoBackoff(), 0)
+        else:
+            import redis.asyncio
+            from redis.asyncio.retry import Retry as AsyncRetry
+
+            cls = redis.asyncio.Redis
+            # One immediate retry, only for a dead pooled connection (e.g. after a Redis restart): never
+            # for timeouts, which would multiply the wait of a slow Redis.
+            retry = AsyncRetry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        return cls.from_url(self.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry,
+                            protocol=2, client_name=f"latentserve-{self.role}", health_check_interval=0)
+
+    def client(self) -> Any:
+        """The redis.asyncio client of the running event loop (created on first use; connects lazily)."""
+        loop = asyncio.get_running_loop()
+        c = self._clients.get(loop)
+        if c is None:
+            with self._clients_lock:
+                c = self._clients.get(loop)
+                if c is None:
+                    c = self._clients[loop] = self._make_client(self.timeout_s)
+        return c
+
+    async def call(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        """Run `op(client)` unless the breaker is open. Raises CacheBypass(error=False) when skipped,
+        CacheBypass(error=True) when the call failed (connectivity failures also open the breaker)."""
+        breaker = self.breaker
+        probe = not breaker.closed
+        if not breaker.allow():
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} is unavailable "
+                              f"(retrying in {breaker.retry_in():.1f} s; last error: {breaker.last_error})", error=False)
+        self.calls += 1
+        try:
+            result = await op(self.client())
+        except self._trip as exc:
+            self.failures += 1
+            breaker.failure(exc, probe)
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} failed: {type(exc).__name__}: {exc}", error=True) from None
+        except self._all as exc:  # the server answered with an error (e.g. OOM): not a connectivity problem
+            self.failures += 1
+            if probe:
+                breaker.success()
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} refused the command: {exc}", error=True) from None
+        except BaseException:
+            if probe:
+                breaker.abandon_probe()
+            raise
+        breaker.success()
+        return result
+
+    def check(self, handles: bool = False, timeout_s: float = CHECK_TIMEOUT_S) -> str:
+        """Connect once (sync; for constructors and the CLI). Wrong credentials or db: ValidationError, one
+        line. Unreachable: a warning is logged and returned (the service starts and keeps retrying). With
+        `handles`, warns when the server's eviction policy could evict live handles. Returns '' when fine."""
+        from redis import exceptions as rex
+
+        client = self._make_client(timeout_s, sync=True)
+        try:
+            client.ping()
+            if handles:
+                try:
+                    policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "")
+                except rex.RedisError:  # CONFIG is often disabled on managed Redis: nothing to check then
+                    policy = ""
+                if policy.startswith("allkeys"):
+                    msg = (f"redis: the handle Redis at {self.where} has maxmemory-policy {policy}: it may evict live "
+                           f"handles; use noeviction (or volatile-ttl with a separate cache Redis)")
+                    logger.warning(msg)
+                    return msg
+            return ""
+        except rex.AuthenticationError as exc:
+            raise ValidationError(
+                f"serve config: Redis ({self.role}) at {self.where} rejected the credentials: {exc} "
+                f"(set the password in the URL: redis://:<password>@host:port/db)") from None
+        except rex.ResponseError as exc:
+            raise ValidationError(f"serve config: Redis ({self.role}) at {self.where} refused the connection setup: {exc}") from None
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            msg = (f"redis: {self.role} Redis at {self.where} is not reachable at start ({type(exc).__name__}: {exc}); "
+                   f"serving without it until it is (caches bypassed, handles UNAVAILABLE)")
+            logger.warning(msg)
+            return msg
+        finally:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the current loop's client (its pooled connections)."""
+        c = self._clients.pop(asyncio.get_running_loop(), None)
+        if c is not None:
+            await c.aclose()
+
+    def stats(self) -> dict:
+        return {"where": self.where, "calls": self.calls, "failures": self.failures, **self.breaker.snapshot()}
+
+
+# ---------------------------------------------------------------------------------------------- handles
+class RedisLatentStore(LatentStore):
+    """Handles in Redis (`SET ... PX ttl`, `MGET`), with a per-replica read-through LRU in front."""
+
+    kind = "redis"
+
+    def __init__(self, backend: RedisBackend, ttl_s: float = 7 * 86_400.0, prefix: str = "ls:",
+                 local_entries: int = 10_000) -> None:
+        if not ttl_s > 0:
+            raise ValidationError(f"handle TTL must be > 0 s, got {ttl_s}")
+        self.backend, self.ttl_s, self.prefix = backend, float(ttl_s), prefix
+        self._ttl_ms = max(1, int(round(self.ttl_s * 1000)))
+        # Handles are content-addressed (immutable), so a local copy can never be stale; it expires with the TTL
+        # and is bounded in entries and bytes (LOCAL_HANDLE_BYTES: flow latents are D = 3 H W floats).
+        self.local = (InProcessLatentStore(min(local_entries, LOCAL_HANDLE_ENTRIES), ttl_s=self.ttl_s,
+                                           max_bytes=LOCAL_HANDLE_BYTES) if local_entries else None)
+        self.counters = {"puts": 0, "gets": 0, "hits": 0, "local_hits": 0, "misses": 0, "bypasses": 0, "errors": 0}
+        self._lock = threading.Lock()
+
+    def _add(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                self.counters[k] += v
+
+    def _unavailable(self, exc: CacheBypass, what: str) -> UnavailableError:
+        self._add(bypasses=1, errors=int(exc.error))
+        return UnavailableError(f"latent handle store unavailable, cannot {what}: {exc}; retry later"
+                                + (", or send latent values instead of handles" if what.startswith("resolve") else
+                                   ", or call without return_handles"))
+
+    async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        if not items:
+            return
+        packed = [(self.prefix + "h:" + h, pack_latent(z, label)) for h, z, label in items]
+        ttl_ms = self._ttl_ms
+
+        async def op(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            for key, value in packed:
+                pipe.set(key, value, px=ttl_ms)
+            return await pipe.execute()
+
+        try:
+            await self.backend.call(op)
+        except CacheBypass as exc:
+            raise self._unavailable(exc, f"store {len(items)} handle(s)") from None
+        self._add(puts=len(items))
+        if self.local is not None:
+            self.local.put_many(items)
+
+    async def aget_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
+        n = len(handles)
+        self._add(gets=n)
+        found = self.local.lookup(handles) if self.local is not None else [None] * n
+        todo = [i for i, e in enumerate(found) if e is None]
+        if n - len(todo):
+            self._add(local_hits=n - len(todo))
+        if todo:
+            keys = [self.prefix + "h:" + handles[i] for i in todo]
+            try:
+                values = await self.backend.call(lambda r: r.mget(keys))
+            except CacheBypass as exc:
+                raise self._unavailable(exc, f"resolve {len(todo)} handle(s)") from None
+            fetched = []
+            for i, v in zip(todo, values):
+                if v is None:
+                    self._add(hits=len(fetched), misses=1)
+                    raise NotFoundError(
+                        f"unknown handle {handles[i]!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after "
+                        f"they were last issued) or never issued by this service; send the latent values instead")
+                found[i] = unpack_latent(v)
+                fetched.append((handles[i], found[i][0], found[i][1]))
+            self._add(hits=len(fetched))
+            if self.local is not None:
+                self.local.put_many(fetched)
+        return found  # type: ignore[return-value]
+
+    def stats(self) -> dict:
+        with self._lock:
+            out = {"backend": self.kind, **self.counters}
+        out["local_entries"] = len(self.local) if self.local is not None else 0
+        out["redis"] = self.backend.stats()
+        return out
+
+    def __len__(self) -> int:
+        """Handles held locally by this replica (Redis holds them all; see `stats()`)."""
+        return len(self.local) if self.local is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------- caches
+class RedisKV(KV):
+    """Cache entries in Redis: MGET per batch; writes pipelined in background tasks with `SET ... PX ttl`."""
+
+    kind = "redis"
+
+    def __init__(self, backend: RedisBackend, ttl_s: float = 86_400.0, max_pending: int = MAX_PENDING_WRITES) -> None:
+        if not ttl_s > 0:
+            raise ValidationError(f"cache TTL must be > 0 s, got {ttl_s}")
+        self.backend = backend
+        self._ttl_ms = max(1, int(round(float(ttl_s) * 1000)))
+        self.max_pending = max_pending
+        self._pending: set[asyncio.Task] = set()  # strong refs: the loop keeps only weak ones
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return await self.backend.call(lambda r: r.mget(keys))
+
+    def put_many(self, items: list[tuple[str, bytes]], on_drop: Callable[[int, bool], None]) -> None:
+        if not self.backend.breaker.closed and self.backend.breaker.retry_in() > 0:
+            on_drop(len(items), False)  # open breaker: do not even schedule
+            return
+        if len(self._pending) >= self.max_pending:
+            on_drop(len(items), False)
+            return
+        ttl_ms = self._ttl_ms
+
+        async def op(r: Any) -> Any:
+            pipe = r.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(key, value, px=ttl_ms)
+            return await pipe.execute()
+
+        async def write() -> None:
+            try:
+                await self.backend.call(op)
+            except CacheBypass as exc:
+                on_drop(len(items), exc.error)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        mine = [t for t in list(self._pending) if t.get_loop() is loop]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+
+    def stats(self) -> dict:
+        return {"pending_writes": len(self._pending), "redis": self.backend.stats()}
+
+
+# ---------------------------------------------------------------------------------------------- start check
+def check_redis(config: Any) -> list[str]:
+    """Connect once to each configured Redis (for `latentserve serve` before Ray starts): ValidationError for
+    wrong credentials / db; returns warning lines (unreachable, risky eviction policy), [] when all is well."""
+    out = []
+    if config.redis_url:
+        msg = RedisBackend(config.redis_url, role="handles").check(handles=True)
+        if msg:
+            out.append(msg)
+    if config.redis_cache_url and config.redis_cache_url != config.redis_url and (config.encode_cache or config.result_cache):
+        msg = RedisBackend(config.redis_cache_url, role="cache").check(handles=False)
+        if msg:
+            out.append(msg)
+    return out

@@ -214,6 +214,19 @@ def _response_type(rpc: str):
 
 
 # -------------------------------------------------------------------------------------------- the server
+def check_serving(channel: grpc.Channel, port: int, timeout_s: float) -> None:
+    """grpc.health.v1 Check ("") over `channel` must answer SERVING; UnavailableError otherwise."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        raise UnavailableError(f"gRPC health check on port {port} failed: {exc.code().name}: {exc.details()}") from None
+    if resp.status != health_pb2.HealthCheckResponse.SERVING:
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+        raise UnavailableError(f"gRPC server on port {port} reports {status}")
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop's event loop when it is installed (Ray Serve's dependencies bring it), else asyncio's."""
     try:
@@ -387,20 +400,13 @@ class NativeGrpcServer:
     def probe(self, timeout_s: float = 5.0) -> None:
         """Serve's replica health check: grpc.health.v1 Check through this replica's private port must
         answer SERVING (so the thread, the event loop and the server all work); UnavailableError otherwise."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         if self._stopped:
             return  # draining: Serve is already replacing this replica
         if self._thread is None or not self._thread.is_alive():
             raise UnavailableError(f"the gRPC server thread of port {self.port} is not running")
         if self._probe_channel is None:
             self._probe_channel = grpc.insecure_channel(f"127.0.0.1:{self.private_port}")
-        try:
-            resp = health_pb2_grpc.HealthStub(self._probe_channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-        except grpc.RpcError as exc:
-            raise UnavailableError(f"gRPC health check on port {self.port} failed: {exc.code().name}: {exc.details()}") from None
-        if resp.status != health_pb2.HealthCheckResponse.SERVING:
-            raise UnavailableError(f"gRPC server on port {self.port} reports {health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}")
+        check_serving(self._probe_channel, self.port, timeout_s)
 
     def stats(self) -> dict:
         return {"port": self.port, "ongoing": self.admission.ongoing, "queued": self.admission.queued,
@@ -645,21 +651,13 @@ class ServingProcess:
     def probe(self, timeout_s: float = 5.0) -> None:
         """Serve's health check of the replica: the child is alive and its gRPC health service (through the
         private port, so exactly this replica's server) answers SERVING."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         if self._stopped:
             return  # draining: Serve is already replacing this replica
         if self.proc is None or self.proc.poll() is not None:
             raise UnavailableError(f"the serving process exited (code {getattr(self.proc, 'returncode', None)})")
         if self._probe_channel is None:
             self._probe_channel = grpc.insecure_channel(f"127.0.0.1:{self.private_port}")
-        try:
-            resp = health_pb2_grpc.HealthStub(self._probe_channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
-        except grpc.RpcError as exc:
-            raise UnavailableError(f"gRPC health check on port {self.port} failed: {exc.code().name}: {exc.details()}") from None
-        if resp.status != health_pb2.HealthCheckResponse.SERVING:
-            raise UnavailableError(f"gRPC server on port {self.port} reports "
-                                   f"{health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)}")
+        check_serving(self._probe_channel, self.port, timeout_s)
 
     def stop(self, grace_s: float, replacement_state: Callable[[], str] | None = None,
              replacement_wait_s: float = NATIVE_REPLACEMENT_WAIT_S) -> None:

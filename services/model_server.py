@@ -10,17 +10,19 @@ yet) loads it on demand, once, into a small LRU (`max_loaded_versions`), so old 
 used and a canary can be tried before `serve deploy` makes it the default.
 
 Batching: a `Batcher` per runner and method (encode, decode) collects concurrent requests on the event loop
-the runner is used from, for up to `batch_wait_timeout_s` after the oldest waiting request arrived (or until
-none arrived for `batch_idle_timeout_s`) and up to `max_batch_size` rows; at most `max_concurrent_batches` batches are in flight, but a batch only runs beside
+the runner is used from, up to `max_batch_size` rows, for at most `batch_wait_timeout_s` after the oldest
+waiting request arrived and only while requests keep coming (it closes once none arrived for
+`batch_idle_timeout_s`). At most `max_concurrent_batches` batches are in flight, but a batch only runs beside
 another one when it has at least half of `max_batch_size` rows: bulk requests use several cores at once,
-while single-image requests keep gathering behind the running batch (measured: bigger batches and ~15%
-less CPU per image than starting every small batch at once). A batch is grouped by version, concatenated and run on a small thread pool (ONNX Runtime releases the
-GIL, so the event loop keeps serving). A request whose caller was cancelled (client deadline, disconnect)
-while it waited is dropped before its batch runs. A request with more rows than `max_batch_size` skips the
-queue and runs in chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="uint8"`),
-converted once per batch in the worker thread, so callers that send 8-bit images never see float32 (a
-model-server deployment then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()`
-reports how many requests and rows each batch had.
+while single-image requests keep gathering behind the running batch (measured on the dev decoder: fewer,
+bigger batches and less CPU per image than starting every small batch at once). A batch is grouped by
+version, concatenated and run on a small thread pool (ONNX Runtime releases the GIL, so the event loop
+keeps serving). A request whose caller was cancelled (client deadline, disconnect) while it waited is
+dropped before its batch runs. A request with more rows than `max_batch_size` skips the queue and runs in
+chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="uint8"`), converted once per
+batch in the worker thread, so callers that send 8-bit images never see float32 (a model-server deployment
+then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()` reports how many requests
+and rows each batch had.
 """
 from __future__ import annotations
 
@@ -124,9 +126,10 @@ class Batcher:
     `submit(item)` queues an item and awaits its result. A background task forms batches: it waits for a free
     slot (`max_concurrent` batches in flight), then for queued work (while another batch runs: for at least
     `max_rows // 2` queued rows, or for that batch to end), then for company: until `max_rows` rows wait, or
-    `wait_s` after the oldest queued item arrived, or `idle_s` after the newest; and hands the batch (items whose callers were not
-    cancelled, at most `max_rows` rows, at least one item) to `run_batch(items) -> results` as a task. An
-    exception fails every request of its batch, never the batcher."""
+    `wait_s` after the oldest queued item arrived, or `idle_s` (default: `wait_s`) after both the newest
+    arrival and the start of this wait. It hands the batch (items whose callers were not cancelled, at most
+    `max_rows` rows, at least one item) to `run_batch(items) -> results` as a task. An exception fails every
+    request of its batch, never the batcher."""
 
     def __init__(self, run_batch: Callable[[list[_Item]], Awaitable[list[Any]]], max_rows: int, wait_s: float,
                  max_concurrent: int, name: str = "batch", idle_s: float | None = None) -> None:

@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(overrides_from_args(args))
     models = served_models(config)  # fail before starting Ray when the repository has nothing to serve
+    from latentserve.services.redis_store import check_redis
+
+    for warning in check_redis(config):  # wrong Redis password/db: one-line ValidationError before Ray starts
+        print(f"latentserve: warning: {warning}", flush=True)
 
     import ray
     from ray import serve

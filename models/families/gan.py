@@ -15,8 +15,9 @@ Owns `GANFamily`. The recommended step (`mode_reg > 0`, the default) is a mode-r
    - `w_prior` * moment matching of E(x) to N(0, I)                (real codes live where the prior samples);
 3. the EMA copy of G (`g_ema`) is updated; it is what samples, the exported decoder and evaluation use, because
    averaged weights give visibly cleaner samples than the raw G.
-Measured on the 32x32 shapes this converges in ~2k steps of batch 64, where the plain GAN recipe below was
-still collapsed (see the shapes-gan report in the PR / GANConfig docs).
+Measured on 32x32 shapes with one CPU thread: 1800 steps of batch 64 (~8 min) give recognisable
+reconstructions, knob R^2 >= 0.84 for scale/x/y/hue and class-faithful squares/ellipses, while the plain-GAN
+recipes tried (hinge or non-saturating, SN or BN critic) collapsed to z-independent patterns in that budget.
 
 `mode_reg = 0` is a plain conditional GAN (`n_dis` D steps, one G step) with the encoder trained afterwards
 (from `encoder_start`) to invert the frozen EMA generator: latent regression on its samples, class CE and
@@ -76,7 +77,7 @@ class _EncoderGraph(nn.Module):
 class GANFamily(Family):
     name = "gan"
     config_cls = GANConfig
-    # recommended steps at batch 64 for 32x32 shapes (~8.5 min on one CPU thread, measured)
+    # recommended steps at batch 64 for 32x32 shapes: ~495 CPU-seconds on one thread (measured, with evals)
     default_steps = 1800
 
     def __init__(self, config: GANConfig | dict, data_meta: dict, device: torch.device | str = "cpu") -> None:

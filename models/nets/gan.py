@@ -59,7 +59,7 @@ class GANConfig:
     w_latent: float = 1.0  # weight of ||E(G(z,y)) - z||^2 (mean over batch and dims). >= 0
     # w_class 1 (not 0.1): the class head must be right early, since it is also the AC-GAN classifier of G
     w_class: float = 1.0  # weight of the encoder's class cross-entropy on real images. >= 0
-    w_ac: float = 2.0  # weight of CE(E_frozen(G(z,y)), y) on G: the encoder's class head as AC-GAN classifier. >= 0
+    w_ac: float = 5.0  # weight of CE(E_frozen(G(z,y)), y) on G: the encoder's class head as AC-GAN classifier. >= 0
     w_prior: float = 1.0  # weight of moment matching of real codes E(x) to N(0,I) (batch mean 0, variance 1). >= 0
     lr_e: float = 1e-3  # Adam learning rate of the encoder. (0, 1e-2]
     # -- plain-GAN path only (mode_reg = 0): encoder inverting the frozen EMA generator -------------------------

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from latentserve.errors import ValidationError
+
 
 @dataclass
 class ExportGraph:
@@ -33,9 +35,16 @@ class Family:
     config_cls: type = object
 
     def __init__(self, config: Any, data_meta: dict, device: torch.device) -> None:
+        if not isinstance(config, self.config_cls):
+            raise ValidationError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         self.config = config
         self.data_meta = data_meta  # Dataset.meta(): image_size, class_names, factors, ...
         self.device = device
+        try:
+            self.image_size = int(data_meta["image_size"])
+            self.n_classes = len(data_meta["class_names"])
+        except (KeyError, TypeError) as exc:
+            raise ValidationError(f"data_meta needs 'image_size' and 'class_names' (Dataset.meta()): {exc}") from exc
 
     # -- what the loop checkpoints ------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family
 from latentserve.models.families.vae import eval_mode
 from latentserve.models.nets.flow import BIN_WIDTH, Flow, FlowConfig, bits_per_dim
@@ -54,11 +53,7 @@ class FlowFamily(Family):
     default_steps = 1200  # recommended steps at batch 64 (the loop's default batch size): ~9 min on one thread
 
     def __init__(self, config: FlowConfig, data_meta: dict, device: torch.device) -> None:
-        if not isinstance(config, FlowConfig):
-            raise ValidationError(f"FlowFamily needs a FlowConfig, got {type(config).__name__}")
-        super().__init__(config, data_meta, device)
-        self.image_size = int(data_meta["image_size"])
-        self.n_classes = len(data_meta["class_names"])
+        super().__init__(config, data_meta, device)  # type check, image_size, n_classes
         self.flow = Flow(config, self.image_size, self.n_classes).to(device)
         self.opt = torch.optim.Adam(self.flow.parameters(), lr=config.lr)
 

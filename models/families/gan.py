@@ -83,15 +83,8 @@ class GANFamily(Family):
     def __init__(self, config: GANConfig | dict, data_meta: dict, device: torch.device | str = "cpu") -> None:
         if isinstance(config, dict):
             config = GANConfig.from_dict(config)
-        if not isinstance(config, GANConfig):
-            raise ValidationError(f"GANFamily needs a GANConfig, got {type(config).__name__}")
+        super().__init__(config, data_meta, torch.device(device))  # type check, image_size, n_classes
         config.validate()
-        super().__init__(config, data_meta, torch.device(device))
-        try:
-            self.image_size = int(data_meta["image_size"])
-            self.n_classes = len(data_meta["class_names"])
-        except (KeyError, TypeError) as exc:
-            raise ValidationError(f"data_meta needs 'image_size' and 'class_names' (Dataset.meta()): {exc}") from exc
         c = config
         self.g = Generator(c.z_dim, self.n_classes, self.image_size, c.g_width).to(self.device)
         self.d = Discriminator(self.n_classes, self.image_size, c.d_width, c.d_norm).to(self.device)

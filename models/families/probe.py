@@ -84,12 +84,9 @@ class ProbeFamily(Family):
     def __init__(self, config: ProbeConfig | dict, data_meta: dict, device: torch.device | str = "cpu") -> None:
         if isinstance(config, dict):
             config = ProbeConfig.from_dict(config)
-        if not isinstance(config, ProbeConfig):
-            raise ValidationError(f"ProbeFamily needs a ProbeConfig, got {type(config).__name__}")
+        super().__init__(config, data_meta, torch.device(device))  # type check, image_size, n_classes
         config.validate()
-        super().__init__(config, data_meta, torch.device(device))
         try:
-            self.image_size = int(data_meta["image_size"])
             self.class_names = list(data_meta["class_names"])
             self.factors = [dict(f) for f in data_meta.get("factors", [])]
         except (KeyError, TypeError) as exc:

@@ -74,11 +74,7 @@ class VAEFamily(Family):
     default_steps = 1400  # recommended steps at batch 64 (the loop's default batch size): ~5 min on one thread
 
     def __init__(self, config: VAEConfig, data_meta: dict, device: torch.device) -> None:
-        if not isinstance(config, VAEConfig):
-            raise ValidationError(f"VAEFamily needs a VAEConfig, got {type(config).__name__}")
-        super().__init__(config, data_meta, device)
-        self.image_size = int(data_meta["image_size"])
-        self.n_classes = len(data_meta["class_names"])
+        super().__init__(config, data_meta, device)  # type check, image_size, n_classes
         if self.n_classes < 1:
             raise ValidationError("VAEFamily: data_meta has no class_names")
         self.encoder = VAEEncoder(config, self.image_size, self.n_classes).to(device)

@@ -52,6 +52,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import grpc
 
 from latentserve.errors import OverloadedError, UnavailableError
+from latentserve.services import metrics
 from latentserve.services.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -154,20 +155,34 @@ class LatentServicer:
         empty = _response_type(rpc)
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # This wrapper owns the request's metrics record (the ingress handler fills it in), so calls
+            # refused here (RESOURCE_EXHAUSTED) or timed out (DEADLINE_EXCEEDED) are counted too.
+            rec, token = metrics.begin_request(rpc)
             try:
-                await admission.acquire()
-            except OverloadedError as exc:
-                fail(context, exc, rpc)
-                return empty()
-            try:
-                if timeout is None:
-                    return await method(request, context)
-                return await asyncio.wait_for(method(request, context), timeout)
-            except asyncio.TimeoutError as exc:  # request_timeout_s passed (the handler was cancelled)
-                fail(context, exc, rpc)
-                return empty()
+                try:
+                    await admission.acquire()
+                except OverloadedError as exc:
+                    code = fail(context, exc, rpc)
+                    if rec is not None:
+                        rec.code = code.name
+                    return empty()
+                try:
+                    if timeout is None:
+                        return await method(request, context)
+                    return await asyncio.wait_for(method(request, context), timeout)
+                except asyncio.TimeoutError as exc:  # request_timeout_s passed (the handler was cancelled)
+                    code = fail(context, exc, rpc)
+                    if rec is not None:
+                        rec.code, rec.images = code.name, 0
+                    return empty()
+                finally:
+                    admission.release()
+            except asyncio.CancelledError:
+                if rec is not None:
+                    rec.code, rec.images = "CANCELLED", 0
+                raise
             finally:
-                admission.release()
+                metrics.end_request(rec, token)
 
         handler.__name__ = rpc
         return handler
@@ -176,30 +191,42 @@ class LatentServicer:
         admission, timeout, fail, status_set = self._admission, self._timeout, self._fail, self._status_set
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            rec, token = metrics.begin_request(rpc)  # as in _unary: this wrapper owns the metrics record
             try:
-                await admission.acquire()
-            except OverloadedError as exc:
-                fail(context, exc, rpc)
-                return
-            t_end = None if timeout is None else time.monotonic() + timeout
-            try:
-                stream = method(request, context)
-                while True:
-                    try:
-                        if t_end is None:
-                            item = await stream.__anext__()
-                        else:
-                            item = await asyncio.wait_for(stream.__anext__(), max(0.0, t_end - time.monotonic()))
-                    except StopAsyncIteration:
-                        return
-                    yield item
-            except status_set:  # the ingress already put the status on the context
-                return
-            except asyncio.TimeoutError as exc:
-                fail(context, exc, rpc)
-                return
+                try:
+                    await admission.acquire()
+                except OverloadedError as exc:
+                    code = fail(context, exc, rpc)
+                    if rec is not None:
+                        rec.code = code.name
+                    return
+                t_end = None if timeout is None else time.monotonic() + timeout
+                try:
+                    stream = method(request, context)
+                    while True:
+                        try:
+                            if t_end is None:
+                                item = await stream.__anext__()
+                            else:
+                                item = await asyncio.wait_for(stream.__anext__(), max(0.0, t_end - time.monotonic()))
+                        except StopAsyncIteration:
+                            return
+                        yield item
+                except status_set:  # the ingress already put the status on the context
+                    return
+                except asyncio.TimeoutError as exc:
+                    code = fail(context, exc, rpc)
+                    if rec is not None:
+                        rec.code = code.name
+                    return
+                finally:
+                    admission.release()
+            except (asyncio.CancelledError, GeneratorExit):
+                if rec is not None:
+                    rec.code = "CANCELLED"
+                raise
             finally:
-                admission.release()
+                metrics.end_request(rec, token)
 
         handler.__name__ = rpc
         return handler

@@ -23,6 +23,9 @@ still comes from `ingress.status_for`. Pieces:
   `max_queued_requests` more wait (-1 = unbounded), the rest get RESOURCE_EXHAUSTED; `request_timeout_s`
   caps each call (DEADLINE_EXCEEDED); a client deadline or cancel cancels the handler task, which drops its
   work still waiting in a batch queue (services/model_server.py).
+- metrics (services/metrics.py): the servicer's wrapper owns each call's metrics record, so calls refused by
+  admission or cut by `request_timeout_s` are counted with their status code like every other call; the
+  serving process records into `metrics_dir`, which the node's exporter reads (no port per replica).
 - connection ageing (`max_connection_age_s`): grpc closes every client connection gracefully after that
   long (GOAWAY; the client reconnects and no call fails), so connections rebalance over the replicas that
   share the port;

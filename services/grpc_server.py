@@ -23,7 +23,7 @@ still comes from `ingress.status_for`. Pieces:
   `max_queued_requests` more wait (-1 = unbounded), the rest get RESOURCE_EXHAUSTED; `request_timeout_s`
   caps each call (DEADLINE_EXCEEDED); a client deadline or cancel cancels the handler task, which drops its
   work still waiting in a batch queue (services/model_server.py).
-- metrics (services/metrics.py): the servicer's wrapper owns each call's metrics record, so calls refused by
+- metrics (services/metrics.py): the servicer's wrappers own each call's metrics record, so calls refused by
   admission or cut by `request_timeout_s` are counted with their status code like every other call; the
   serving process records into `metrics_dir`, which the node's exporter reads (no port per replica).
 - connection ageing (`max_connection_age_s`): grpc closes every client connection gracefully after that
@@ -157,35 +157,22 @@ class LatentServicer:
         admission, timeout, fail = self._admission, self._timeout, self._fail
         empty = _response_type(rpc)
 
+        @metrics.owns_record(rpc)  # so refused and timed-out calls are counted too (`fail` records the code)
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            # This wrapper owns the request's metrics record (the ingress handler fills it in), so calls
-            # refused here (RESOURCE_EXHAUSTED) or timed out (DEADLINE_EXCEEDED) are counted too.
-            rec, token = metrics.begin_request(rpc)
             try:
-                try:
-                    await admission.acquire()
-                except OverloadedError as exc:
-                    code = fail(context, exc, rpc)
-                    if rec is not None:
-                        rec.code = code.name
-                    return empty()
-                try:
-                    if timeout is None:
-                        return await method(request, context)
-                    return await asyncio.wait_for(method(request, context), timeout)
-                except asyncio.TimeoutError as exc:  # request_timeout_s passed (the handler was cancelled)
-                    code = fail(context, exc, rpc)
-                    if rec is not None:
-                        rec.code, rec.images = code.name, 0
-                    return empty()
-                finally:
-                    admission.release()
-            except asyncio.CancelledError:
-                if rec is not None:
-                    rec.code, rec.images = "CANCELLED", 0
-                raise
+                await admission.acquire()
+            except OverloadedError as exc:
+                fail(context, exc, rpc)
+                return empty()
+            try:
+                if timeout is None:
+                    return await method(request, context)
+                return await asyncio.wait_for(method(request, context), timeout)
+            except asyncio.TimeoutError as exc:  # request_timeout_s passed (the handler was cancelled)
+                fail(context, exc, rpc)
+                return empty()
             finally:
-                metrics.end_request(rec, token)
+                admission.release()
 
         handler.__name__ = rpc
         return handler
@@ -193,43 +180,32 @@ class LatentServicer:
     def _stream(self, rpc: str, method: Callable[..., AsyncIterator[Any]]):
         admission, timeout, fail, status_set = self._admission, self._timeout, self._fail, self._status_set
 
+        @metrics.counted_stream(rpc, images=False)  # as in _unary; the ingress handler counts the frames
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            rec, token = metrics.begin_request(rpc)  # as in _unary: this wrapper owns the metrics record
             try:
-                try:
-                    await admission.acquire()
-                except OverloadedError as exc:
-                    code = fail(context, exc, rpc)
-                    if rec is not None:
-                        rec.code = code.name
-                    return
-                t_end = None if timeout is None else time.monotonic() + timeout
-                try:
-                    stream = method(request, context)
-                    while True:
-                        try:
-                            if t_end is None:
-                                item = await stream.__anext__()
-                            else:
-                                item = await asyncio.wait_for(stream.__anext__(), max(0.0, t_end - time.monotonic()))
-                        except StopAsyncIteration:
-                            return
-                        yield item
-                except status_set:  # the ingress already put the status on the context
-                    return
-                except asyncio.TimeoutError as exc:
-                    code = fail(context, exc, rpc)
-                    if rec is not None:
-                        rec.code = code.name
-                    return
-                finally:
-                    admission.release()
-            except (asyncio.CancelledError, GeneratorExit):
-                if rec is not None:
-                    rec.code = "CANCELLED"
-                raise
+                await admission.acquire()
+            except OverloadedError as exc:
+                fail(context, exc, rpc)
+                return
+            t_end = None if timeout is None else time.monotonic() + timeout
+            try:
+                stream = method(request, context)
+                while True:
+                    try:
+                        if t_end is None:
+                            item = await stream.__anext__()
+                        else:
+                            item = await asyncio.wait_for(stream.__anext__(), max(0.0, t_end - time.monotonic()))
+                    except StopAsyncIteration:
+                        return
+                    yield item
+            except status_set:  # the ingress already put the status on the context
+                return
+            except asyncio.TimeoutError as exc:
+                fail(context, exc, rpc)
+                return
             finally:
-                metrics.end_request(rec, token)
+                admission.release()
 
         handler.__name__ = rpc
         return handler

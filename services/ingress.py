@@ -96,8 +96,7 @@ class _StatusSet(Exception):
     """Raised out of a streaming method after the status was set on the context (Serve forwards it)."""
 
 
-def _set_status(grpc_context: Any, exc: BaseException, rpc: str) -> grpc.StatusCode:
-    """Put the status for `exc` on the context (and log what deserves it); returns the code."""
+def _set_status(grpc_context: Any, exc: BaseException, rpc: str) -> None:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         logger.error("%s failed", rpc, exc_info=(type(exc), exc, exc.__traceback__))
@@ -106,7 +105,7 @@ def _set_status(grpc_context: Any, exc: BaseException, rpc: str) -> grpc.StatusC
     if grpc_context is not None:
         grpc_context.set_code(code)
         grpc_context.set_details(message[:4000])
-    return code
+    metrics.note_status(code.name)  # the code of the call being recorded, if any (services/metrics.py)
 
 
 # ------------------------------------------------------------------------------------------- model state
@@ -493,7 +492,8 @@ class LatentIngress:
         return z, labels
 
     async def _unary(self, rpc: str, grpc_context: Any, fn, empty):
-        """Run one unary RPC: auth, body, error mapping, metrics. Never raises to Serve."""
+        """Run one unary RPC: auth, body, error mapping, metrics (`_set_status` records the code). Never
+        raises to Serve."""
         self.requests[rpc] = self.requests.get(rpc, 0) + 1
         rec, token = metrics.begin_request(rpc)  # token None: the native server's wrapper records the call
         try:
@@ -503,13 +503,10 @@ class LatentIngress:
                 rec.images = len(getattr(resp, "images", ()))
             return resp
         except asyncio.CancelledError:
-            if rec is not None:
-                rec.code = "CANCELLED"
+            metrics.note_status("CANCELLED")
             raise  # the client went away or its deadline passed: Serve reports it; nothing to answer
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crashed replica
-            code = _set_status(grpc_context, exc, rpc)
-            if rec is not None:
-                rec.code = code.name
+            _set_status(grpc_context, exc, rpc)
             return empty
         finally:
             metrics.end_request(rec, token)
@@ -659,21 +656,9 @@ class LatentIngress:
             unit = f" {knob.unit}" if knob.unit else ""
             raise ValidationError(f"{where}: target {target} is outside the factor range [{knob.low}, {knob.high}]{unit}")
 
+    @metrics.counted_stream("Interpolate")  # one image per frame
     async def Interpolate(self, request: pb.InterpolateRequest, grpc_context: Any = None) -> AsyncIterator[pb.InterpolateFrame]:
         self.requests["Interpolate"] = self.requests.get("Interpolate", 0) + 1
-        rec, token = metrics.begin_request("Interpolate")
-        try:
-            async for frame in self._interpolate(request, grpc_context, rec):
-                yield frame
-        except asyncio.CancelledError:
-            if rec is not None:
-                rec.code = "CANCELLED"
-            raise
-        finally:
-            metrics.end_request(rec, token)
-
-    async def _interpolate(self, request: pb.InterpolateRequest, grpc_context: Any,
-                           rec: "metrics.RequestRecord | None") -> AsyncIterator[pb.InterpolateFrame]:
         try:
             self._authorize(grpc_context)
             sv = await self._model_for_refs(request.model, request.version, [request.a, request.b], "ends")
@@ -701,13 +686,9 @@ class LatentIngress:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
-            code = _set_status(grpc_context, exc, "Interpolate")
-            if rec is not None:
-                rec.code = code.name
+            _set_status(grpc_context, exc, "Interpolate")
             raise _StatusSet(status_for(exc)[1]) from None
         for i in range(steps):
-            if rec is not None:
-                rec.images += 1
             yield pb.InterpolateFrame(
                 index=i, t=float(t[i]), image=images[i], latent=codec.latent_to_pb(path[i], labels[i]),
                 handle=handles[i] if handles else "", step_distance=float(dist[i]),

@@ -30,7 +30,9 @@ Without `metrics_dir` (unit tests, library use) nothing is recorded: every recor
 """
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import logging
 import os
 import threading
@@ -223,8 +225,56 @@ def end_request(rec: RequestRecord | None, token: Any) -> None:
         return
     m.child("requests", rec.rpc, rec.model, rec.version, rec.code).inc()
     m.child("latency", rec.rpc, rec.model).observe(time.perf_counter() - rec.t0)
-    if rec.images:
+    if rec.images and rec.code == "OK":
         m.child("images", rec.rpc, rec.model, rec.version).inc(rec.images)
+
+
+def note_status(code: str) -> None:
+    """The current request ends with this gRPC status code name (`ingress._set_status` calls it)."""
+    rec = _current.get()
+    if rec is not None:
+        rec.code = code
+
+
+def owns_record(rpc: str):
+    """Decorator of a unary handler coroutine function: it begins and emits the record of each call (an
+    outer layer, e.g. the native server's wrapper around the ingress handler)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec, token = begin_request(rpc)
+            try:
+                return await fn(*args, **kwargs)
+            except asyncio.CancelledError:
+                if rec is not None:
+                    rec.code = "CANCELLED"
+                raise
+            finally:
+                end_request(rec, token)
+        return wrapper
+    return deco
+
+
+def counted_stream(rpc: str, images: bool = True):
+    """Decorator of a server-streaming handler (an async generator function): records each call like
+    `owns_record` (or fills in an outer layer's record), each message counting as one image if `images`."""
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec, token = begin_request(rpc)
+            try:
+                async for item in fn(*args, **kwargs):
+                    if images and rec is not None:
+                        rec.images += 1
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):
+                if rec is not None:
+                    rec.code = "CANCELLED"
+                raise
+            finally:
+                end_request(rec, token)
+        return wrapper
+    return deco
 
 
 def note_model(name: str, version: int) -> None:

@@ -135,6 +135,11 @@ def test_counters_are_exact_through_prometheus(serve_app, prometheus):
                                                 format=pb.IMAGE_FORMAT_RAW_UINT8), timeout=30, metadata=md)
             assert len(resp.images) == 1
             sent += 1
+        ref = pb.LatentRef(latent=pb.Latent(values=[0.1] * 8, label=0))
+        frames = list(stub.Interpolate(pb.InterpolateRequest(model=MODEL, a=ref, b=ref, steps=4,
+                                                             format=pb.IMAGE_FORMAT_RAW_UINT8),
+                                       timeout=30, metadata=md))
+        assert len(frames) == 4
         bad_requests = [
             (pb.DecodeRequest(model=MODEL, latents=[pb.Latent(values=[0.0] * 3, label=0)]), "INVALID_ARGUMENT"),
             (pb.DecodeRequest(model=MODEL, latents=[pb.Latent(values=[0.0] * 8, label=7)]), "INVALID_ARGUMENT"),
@@ -154,6 +159,9 @@ def test_counters_are_exact_through_prometheus(serve_app, prometheus):
     not_found = prometheus.value(_delta("latentserve_requests_total", 'rpc="Decode",model="",code="NOT_FOUND"', t0))
     images = prometheus.value(_delta("latentserve_images_total", f'rpc="Decode",model="{MODEL}"', t0))
     assert (ok, errors, invalid, not_found, images) == (sent, bad, 2, 1, sent)
+    streamed = prometheus.value(_delta("latentserve_requests_total", f'rpc="Interpolate",model="{MODEL}",code="OK"', t0))
+    frames_counted = prometheus.value(_delta("latentserve_images_total", 'rpc="Interpolate"', t0))
+    assert (streamed, frames_counted) == (1, 4)
 
     hits = _delta("latentserve_cache_hits_total", f'cache="result",model="{MODEL}"', t0)
     misses = _delta("latentserve_cache_misses_total", f'cache="result",model="{MODEL}"', t0)

@@ -101,8 +101,8 @@ def test_live_gauges_count_running_replicas(tmp_path):
 
 
 def test_outermost_layer_owns_the_request_record(tmp_path):
-    """The native server's wrapper begins the record; the ingress handler inside (another task: wait_for)
-    fills it in; it is emitted once, with the wrapper's final code."""
+    """The native server's wrapper (`owns_record`) begins the record; the ingress handler inside (another task:
+    wait_for) fills it in; it is emitted once, with the final code; streams count one image per message."""
     code = """
         async def inner():
             rec, token = metrics.begin_request("Decode")
@@ -112,24 +112,34 @@ def test_outermost_layer_owns_the_request_record(tmp_path):
             rec.images = 2
             metrics.end_request(rec, token)  # no-op for a non-owner
 
+        @metrics.owns_record("Decode")
         async def outer(fail):
-            rec, token = metrics.begin_request("Decode")
-            try:
-                await asyncio.wait_for(inner(), 5)
-                if fail:
-                    rec.code, rec.images = "DEADLINE_EXCEEDED", 0
-            finally:
-                metrics.end_request(rec, token)
+            await asyncio.wait_for(inner(), 5)
+            if fail:
+                metrics.note_status("DEADLINE_EXCEEDED")  # images of a failed call are not counted
+
+        @metrics.counted_stream("Interpolate")
+        async def frames(n):
+            metrics.note_model("m-gan", 1)
+            for i in range(n):
+                yield i
+
+        async def stream():
+            return [f async for f in frames(3)]
 
         asyncio.run(outer(False))
         asyncio.run(outer(True))
+        assert asyncio.run(stream()) == [0, 1, 2]
+
     """
     _run(code, tmp_path)
     snap = snapshot(str(tmp_path))
-    assert total(snap, "latentserve_requests_total") == 2
-    assert total(snap, "latentserve_requests_total", model="m-gan", version="1", code="OK") == 1
+    assert total(snap, "latentserve_requests_total", rpc="Decode") == 2
+    assert total(snap, "latentserve_requests_total", model="m-gan", version="1", code="OK", rpc="Decode") == 1
     assert total(snap, "latentserve_requests_total", model="m-gan", code="DEADLINE_EXCEEDED") == 1
-    assert total(snap, "latentserve_images_total") == 2
+    assert total(snap, "latentserve_images_total", rpc="Decode") == 2
+    assert total(snap, "latentserve_requests_total", rpc="Interpolate", model="m-gan", code="OK") == 1
+    assert total(snap, "latentserve_images_total", rpc="Interpolate") == 3
 
 
 def test_exporter_serves_ours_and_rays_metrics(tmp_path):

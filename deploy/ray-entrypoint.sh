@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Entrypoint of the latentserve serving image (deploy/Dockerfile.serve): one Ray node of the compose cluster.
 #
-#   ray-entrypoint.sh head     Ray head: GCS :6379, dashboard :8265 and Ray metrics :8080 (compose network
-#                              only), the Serve controller and gRPC proxy :9000. Once the dashboard answers it
+#   ray-entrypoint.sh head     Ray head: GCS :6379, dashboard :8265 and the node's metrics :8080 (compose
+#                              network only), the Serve controller and gRPC proxy :9000. Once the dashboard answers it
 #                              deploys $LATENTSERVE_SERVE_CONFIG (deploy/serve_deploy.py = `serve deploy` + wait
 #                              for RUNNING) and then stays on the Ray process. A failed first deploy stops the
 #                              container (non-zero exit; the restart policy retries and the logs say why).
 #   ray-entrypoint.sh worker   joins $RAY_HEAD_ADDRESS (default ray-head:6379) with `ray start --block`.
 #   ray-entrypoint.sh CMD...   anything else runs as given (e.g. `latentserve models --repo /models`, bash).
+#
+# Metrics: head and workers both start the node's metrics exporter (services/metrics_exporter.py) on
+# :$LATENTSERVE_METRICS_PORT (8080), which serves the latentserve_* series every replica process of this node
+# records into $LATENTSERVE_METRICS_DIR, plus Ray's own metrics from Ray's export port (8090, container-local
+# use only): Prometheus scrapes one endpoint per node (deploy/prometheus.yml).
 #
 # Ray token authentication stays on: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (the compose secret) are
 # checked here so a missing token fails with instructions instead of an "InvalidAuthToken" later. On SIGTERM
@@ -19,14 +24,16 @@
 # default: Ray's, capped at 90% of /dev/shm = the container's shm_size, so the store stays in shared memory), LATENTSERVE_DEPLOY_TIMEOUT_S (600), LATENTSERVE_ALLOW_NO_API_TOKEN=1 to
 # serve without LATENTSERVE_API_TOKEN (not for a published port). Ports (change them together with
 # docker-compose.yml and deploy/prometheus.yml): RAY_GCS_PORT 6379, RAY_DASHBOARD_PORT 8265,
-# RAY_DASHBOARD_AGENT_PORT 52365, RAY_METRICS_EXPORT_PORT 8080; RAY_TEMP_DIR (head only, default /tmp/ray).
+# RAY_DASHBOARD_AGENT_PORT 52365, RAY_METRICS_EXPORT_PORT 8090, LATENTSERVE_METRICS_PORT 8080; RAY_TEMP_DIR
+# (head only, default /tmp/ray).
 set -euo pipefail
 
 MODE="${1:-head}"
 GCS_PORT="${RAY_GCS_PORT:-6379}"
 DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 AGENT_PORT="${RAY_DASHBOARD_AGENT_PORT:-52365}"  # Ray's default agent port; deploy/healthcheck.py probes it
-METRICS_PORT="${RAY_METRICS_EXPORT_PORT:-8080}"
+METRICS_PORT="${RAY_METRICS_EXPORT_PORT:-8090}"  # Ray's own; the node exporter re-serves it
+NODE_METRICS_PORT="${LATENTSERVE_METRICS_PORT:-8080}"  # the node's /metrics (latentserve_* + Ray's)
 SERVE_CONFIG="${LATENTSERVE_SERVE_CONFIG:-/app/deploy/serve.yaml}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -89,6 +96,20 @@ PY
   fi
 }
 
+# The node's metrics endpoint, in the background for the container's life (tini reaps it). The directory is
+# emptied first: files of processes from before a container restart would otherwise be summed again.
+start_metrics_exporter() {
+  if [ "$NODE_METRICS_PORT" = "0" ] || [ -z "${LATENTSERVE_METRICS_DIR:-}" ]; then
+    log "metrics exporter off (LATENTSERVE_METRICS_PORT=0 or LATENTSERVE_METRICS_DIR unset)"
+    return 0
+  fi
+  rm -rf "$LATENTSERVE_METRICS_DIR"
+  mkdir -p "$LATENTSERVE_METRICS_DIR"
+  LATENTSERVE_METRICS_PORT="$NODE_METRICS_PORT" python -m latentserve.services.metrics_exporter \
+      --ray-metrics-port "$METRICS_PORT" &
+  log "metrics exporter on :$NODE_METRICS_PORT/metrics (Ray's metrics from :$METRICS_PORT)"
+}
+
 # Wait until an auth-exempt Ray health URL answers 200, while the Ray process is still alive.
 wait_http_ok() {
   local url="$1" timeout_s="$2" pid="$3" start=$SECONDS
@@ -110,7 +131,8 @@ run_head() {
   if [ -n "${RAY_TEMP_DIR:-}" ]; then
     RAY_ARGS+=(--temp-dir="$RAY_TEMP_DIR")  # head only: workers take the head's
   fi
-  log "starting the Ray head (GCS :$GCS_PORT, dashboard :$DASHBOARD_PORT, metrics :$METRICS_PORT)"
+  start_metrics_exporter
+  log "starting the Ray head (GCS :$GCS_PORT, dashboard :$DASHBOARD_PORT, Ray metrics :$METRICS_PORT)"
   ray start --head --port="$GCS_PORT" --dashboard-host=0.0.0.0 --dashboard-port="$DASHBOARD_PORT" \
       "${RAY_ARGS[@]}" &
   local ray_pid=$!
@@ -172,6 +194,7 @@ run_worker() {
     fi
     sleep 2
   done
+  start_metrics_exporter
   log "joining the Ray cluster at $head"
   # exec: tini delivers SIGTERM straight to `ray start --block` (drain, then stop).
   exec ray start --address="$head" "${RAY_ARGS[@]}"

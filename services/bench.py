@@ -704,8 +704,10 @@ def run_bench(cfg: BenchConfig) -> dict:
             target = f"127.0.0.1:{port}"
             _log(f"starting latentserve on {target} (repo {cfg.repo})")
             # --http-port: Serve always starts an HTTP proxy; a free port avoids clashing with other servers
+            # its metrics endpoint on a free port too (metrics stay on: they are part of the measured cost)
             ls_proc = Proc("latentserve", [sys.executable, "-m", "latentserve", "serve", "--port", str(port),
-                                           "--http-port", str(free_port()), "--repo", str(cfg.repo),
+                                           "--http-port", str(free_port()), "--metrics-port", str(free_port()),
+                                           "--repo", str(cfg.repo),
                                            "--models", cfg.model, "--threads", str(cfg.threads), *cfg.serve_args])
             procs.append(ls_proc)
         if not target:

@@ -23,6 +23,8 @@ bypassed (the request computes everything) and counted; see services/redis_store
 
 Counters (`stats()`), per cache, counted per image: hits, misses, bypasses (lookup skipped or failed), errors
 (failed Redis calls), writes, write_drops (not written: Redis unavailable, too many pending writes), too_large.
+The same increments go to the Prometheus counters `latentserve_cache_<counter>_total{cache, model}`
+(services/metrics.py), so hit ratios and bypasses are visible per model on the node's /metrics.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from typing import Awaitable, Callable, Sequence
 import numpy as np
 
 from latentserve.errors import ValidationError
+from latentserve.services import metrics
 from latentserve.services.store import latent_digests
 from latentserve.v1 import latent_pb2 as pb
 
@@ -199,11 +202,12 @@ class ServingCache:
         self._lock = threading.Lock()
 
     # -- counters ---------------------------------------------------------------------------------------------
-    def _add(self, cache: str, **deltas: int) -> None:
+    def _add(self, cache: str, model: str, **deltas: int) -> None:
         with self._lock:  # several event loops (threads) may share one cache object
             c = self.counters[cache]
             for k, v in deltas.items():
                 c[k] += v
+        metrics.cache(cache, model, deltas)
 
     def stats(self) -> dict:
         with self._lock:
@@ -217,28 +221,28 @@ class ServingCache:
         return out
 
     # -- plumbing -------------------------------------------------------------------------------------------------
-    async def _lookup(self, cache: str, keys: list[str]) -> tuple[list[bytes | None], bool]:
+    async def _lookup(self, cache: str, model: str, keys: list[str]) -> tuple[list[bytes | None], bool]:
         """(values, bypassed). A bypass counts every key as bypassed (and one error if a call failed)."""
         try:
             values = await self.kv.get_many(keys)
         except CacheBypass as exc:
-            self._add(cache, bypasses=len(keys), errors=int(exc.error))
+            self._add(cache, model, bypasses=len(keys), errors=int(exc.error))
             return [None] * len(keys), True
         hits = sum(v is not None for v in values)
-        self._add(cache, hits=hits, misses=len(keys) - hits)
+        self._add(cache, model, hits=hits, misses=len(keys) - hits)
         return values, False
 
-    def _write(self, cache: str, items: list[tuple[str, bytes]]) -> None:
+    def _write(self, cache: str, model: str, items: list[tuple[str, bytes]]) -> None:
         small = [(k, v) for k, v in items if len(v) <= self.max_entry_bytes]
         if len(small) < len(items):
-            self._add(cache, too_large=len(items) - len(small))
+            self._add(cache, model, too_large=len(items) - len(small))
         if not small:
             return
 
         def on_drop(n: int, error: bool) -> None:
-            self._add(cache, write_drops=n, errors=int(error), writes=-n)
+            self._add(cache, model, write_drops=n, errors=int(error), writes=-n)
 
-        self._add(cache, writes=len(small))
+        self._add(cache, model, writes=len(small))
         self.kv.put_many(small, on_drop)
 
     async def flush(self) -> None:
@@ -256,14 +260,14 @@ class ServingCache:
         digests = [image_digest(x[i], options) for i in range(n)]
         base = f"{self.prefix}e:{model}:{int(version)}:"
         keys = [base + d for d in digests]
-        values, bypassed = await self._lookup("encode", keys)
+        values, bypassed = await self._lookup("encode", model, keys)
         rows: list[dict[str, np.ndarray] | None] = []
         for v in values:
             try:
                 rows.append(unpack_row(v) if v is not None else None)
             except (ValueError, KeyError, TypeError, struct.error) as exc:  # corrupt entry: recompute it
                 logger.warning("encode cache: ignoring a corrupt entry (%s)", exc)
-                self._add("encode", errors=1)
+                self._add("encode", model, errors=1)
                 rows.append(None)
         miss = [i for i, r in enumerate(rows) if r is None]
         if not miss:
@@ -273,7 +277,7 @@ class ServingCache:
             miss = list(range(n))  # entries disagree (cannot happen for one version): recompute them all
         out_m = await run(x if len(miss) == n else x[miss])
         if not bypassed:
-            self._write("encode", [(keys[i], pack_row({k: a[j] for k, a in out_m.items()})) for j, i in enumerate(miss)])
+            self._write("encode", model, [(keys[i], pack_row({k: a[j] for k, a in out_m.items()})) for j, i in enumerate(miss)])
         if len(miss) == n:
             return out_m
         hit_rows = [r for r in rows if r is not None]
@@ -307,7 +311,7 @@ class ServingCache:
         n = len(digests)
         base = f"{self.prefix}r:{model}:{int(version)}:{fmt}:"
         keys = [base + d for d in digests]
-        values, bypassed = await self._lookup("result", keys)
+        values, bypassed = await self._lookup("result", model, keys)
         miss = [i for i, v in enumerate(values) if v is None]
         if not miss:
             return [pb.Image.FromString(v) for v in values]
@@ -315,7 +319,7 @@ class ServingCache:
         if len(got) != len(miss):
             raise ValueError(f"result cache: run() returned {len(got)} images for {len(miss)} rows")
         if not bypassed:
-            self._write("result", [(keys[i], img.SerializeToString()) for i, img in zip(miss, got)])
+            self._write("result", model, [(keys[i], img.SerializeToString()) for i, img in zip(miss, got)])
         if len(miss) == n:
             return got
         out = [pb.Image.FromString(v) if v is not None else None for v in values]

@@ -14,6 +14,8 @@ Environment variables (all optional; explicit arguments win over them):
                                   rediss:// (TLS); unset = in-process LRUs, single-process only
                                   (services/redis_store.py documents the deployment)
     LATENTSERVE_REDIS_CACHE_URL   optional separate Redis (LRU eviction, no persistence) for the caches
+    LATENTSERVE_METRICS_DIR       per-node directory where replicas record metrics (services/metrics.py)
+    LATENTSERVE_METRICS_PORT      the node's /metrics endpoint (default 8080; 0 = none)
     LATENTSERVE_GRPC_PORT, LATENTSERVE_HOST, LATENTSERVE_REPLICAS, LATENTSERVE_MAX_BATCH_SIZE, ...:
     every other field as LATENTSERVE_<FIELD NAME IN UPPER CASE> (see `ServeConfig`).
 """
@@ -133,6 +135,14 @@ class ServeConfig:
     redis_backoff_max_s: float = 5.0  # ... doubling per failed probe up to this
     redis_key_prefix: str = "ls:"  # namespace of every key (several deployments may share one Redis)
 
+    # -- metrics (services/metrics.py, services/metrics_exporter.py) ---------------------------------------
+    # Directory (one per node) where every replica process records its metrics (prometheus_client
+    # multiprocess files); the node's exporter sums them. "" = nothing recorded. `latentserve serve` uses a
+    # fresh temporary directory; the compose nodes set LATENTSERVE_METRICS_DIR.
+    metrics_dir: str = ""
+    # The node's /metrics endpoint (latentserve_* + Ray's own metrics) on host:metrics_port; 0 = none.
+    metrics_port: int = 8080
+
     # ------------------------------------------------------------------------------------------------------
     def validate(self) -> "ServeConfig":
         """Range and type checks; raises ValidationError naming the field, what it was and what is allowed."""
@@ -226,6 +236,11 @@ class ServeConfig:
             bad("redis_backoff_max_s", f"must be >= redis_backoff_s ({self.redis_backoff_s})")
         if not isinstance(self.redis_key_prefix, str) or len(self.redis_key_prefix) > 64 or any(c.isspace() for c in self.redis_key_prefix):
             bad("redis_key_prefix", "must be a string of at most 64 characters without whitespace")
+        if not isinstance(self.metrics_dir, str):
+            bad("metrics_dir", "must be a directory path string (\"\" = no metrics)")
+        int_range("metrics_port", 0, 65_535)
+        if self.metrics_port and self.metrics_port in (self.grpc_port, self.http_port):
+            bad("metrics_port", "must differ from grpc_port and http_port")
         if self.colocate and self.num_gpus > 0:
             bad("colocate", "co-located inference runs in the ingress replica, which reserves no GPU; set num_gpus=0")
         return self

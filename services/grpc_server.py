@@ -23,6 +23,9 @@ still comes from `ingress.status_for`. Pieces:
   `max_queued_requests` more wait (-1 = unbounded), the rest get RESOURCE_EXHAUSTED; `request_timeout_s`
   caps each call (DEADLINE_EXCEEDED); a client deadline or cancel cancels the handler task, which drops its
   work still waiting in a batch queue (services/model_server.py).
+- metrics (services/metrics.py): the servicer's wrappers own each call's metrics record, so calls refused by
+  admission or cut by `request_timeout_s` are counted with their status code like every other call; the
+  serving process records into `metrics_dir`, which the node's exporter reads (no port per replica).
 - connection ageing (`max_connection_age_s`): grpc closes every client connection gracefully after that
   long (GOAWAY; the client reconnects and no call fails), so connections rebalance over the replicas that
   share the port;
@@ -52,6 +55,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import grpc
 
 from latentserve.errors import OverloadedError, UnavailableError
+from latentserve.services import metrics
 from latentserve.services.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -153,6 +157,7 @@ class LatentServicer:
         admission, timeout, fail = self._admission, self._timeout, self._fail
         empty = _response_type(rpc)
 
+        @metrics.owns_record(rpc)  # so refused and timed-out calls are counted too (`fail` records the code)
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 await admission.acquire()
@@ -175,6 +180,7 @@ class LatentServicer:
     def _stream(self, rpc: str, method: Callable[..., AsyncIterator[Any]]):
         admission, timeout, fail, status_set = self._admission, self._timeout, self._fail, self._status_set
 
+        @metrics.counted_stream(rpc, images=False)  # as in _unary; the ingress handler counts the frames
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 await admission.acquire()

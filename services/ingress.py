@@ -40,7 +40,7 @@ import numpy as np
 from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, ValidationError
 from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
-from latentserve.services import codec
+from latentserve.services import codec, metrics
 from latentserve.services.config import ServeConfig
 from latentserve.services.store import LatentStore, make_handle, open_stores, parse_handle
 from latentserve.v1 import latent_pb2 as pb
@@ -105,6 +105,7 @@ def _set_status(grpc_context: Any, exc: BaseException, rpc: str) -> None:
     if grpc_context is not None:
         grpc_context.set_code(code)
         grpc_context.set_details(message[:4000])
+    metrics.note_status(code.name)  # the code of the call being recorded, if any (services/metrics.py)
 
 
 # ------------------------------------------------------------------------------------------- model state
@@ -247,6 +248,7 @@ class LatentIngress:
 
     def __init__(self, config: dict, models: dict[str, int], handles: dict[str, Any] | None = None) -> None:
         self.config = ServeConfig(**config).validate()
+        metrics.setup(self.config)  # before the stores and runners: they record into it too
         self.repo = Repository(self.config.repository_path())
         self.default_versions = {name: int(v) for name, v in models.items()}
         # Handle store + encode/result caches (services/store.py open_stores): in-process, or Redis shared by
@@ -275,6 +277,8 @@ class LatentIngress:
             if missing:
                 raise ValidationError(f"ingress: no model server handle for {', '.join(sorted(missing))}")
             self.models = {name: _RemoteModel(handles[name]) for name in self.default_versions}
+        # after the models loaded: a replica that failed to start is not counted as live
+        metrics.replica_up("LatentIngress", self.default_versions)
         if native:
             self._start_native()
         logger.info("latentserve ingress up: models %s, backend %s, frontend %s, colocate=%s, auth=%s",
@@ -322,6 +326,7 @@ class LatentIngress:
         key = (name, int(version) or self.default_versions[name])
         sv = self._versions.get(key)
         if sv is not None:
+            metrics.note_model(name, key[1])
             return sv
         lock = self._load_locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -332,6 +337,7 @@ class LatentIngress:
                     raise NotFoundError(f"model {name!r} has no version {key[1]}; versions: {', '.join(map(str, versions))}")
                 sv = await asyncio.get_running_loop().run_in_executor(None, self._load_version, *key)
                 self._versions[key] = sv
+        metrics.note_model(name, key[1])
         return sv
 
     def _info_pb(self, sv: ServedVersion) -> pb.ModelInfo:
@@ -486,16 +492,24 @@ class LatentIngress:
         return z, labels
 
     async def _unary(self, rpc: str, grpc_context: Any, fn, empty):
-        """Run one unary RPC: auth, body, error mapping. Never raises to Serve."""
+        """Run one unary RPC: auth, body, error mapping, metrics (`_set_status` records the code). Never
+        raises to Serve."""
         self.requests[rpc] = self.requests.get(rpc, 0) + 1
+        rec, token = metrics.begin_request(rpc)  # token None: the native server's wrapper records the call
         try:
             self._authorize(grpc_context)
-            return await fn()
+            resp = await fn()
+            if rec is not None:
+                rec.images = len(getattr(resp, "images", ()))
+            return resp
         except asyncio.CancelledError:
+            metrics.note_status("CANCELLED")
             raise  # the client went away or its deadline passed: Serve reports it; nothing to answer
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crashed replica
             _set_status(grpc_context, exc, rpc)
             return empty
+        finally:
+            metrics.end_request(rec, token)
 
     # -- LatentService ------------------------------------------------------------------------------------
     async def ListModels(self, request: pb.ListModelsRequest, grpc_context: Any = None) -> pb.ListModelsResponse:
@@ -510,6 +524,7 @@ class LatentIngress:
                             logger.warning("ListModels: skipping %s v%d: %s", name, v, exc)
                 else:
                     out.append(self._info_pb(await self._model(name)))
+            metrics.clear_model()
             return pb.ListModelsResponse(models=out)
 
         return await self._unary("ListModels", grpc_context, body, pb.ListModelsResponse())
@@ -641,6 +656,7 @@ class LatentIngress:
             unit = f" {knob.unit}" if knob.unit else ""
             raise ValidationError(f"{where}: target {target} is outside the factor range [{knob.low}, {knob.high}]{unit}")
 
+    @metrics.counted_stream("Interpolate")  # one image per frame
     async def Interpolate(self, request: pb.InterpolateRequest, grpc_context: Any = None) -> AsyncIterator[pb.InterpolateFrame]:
         self.requests["Interpolate"] = self.requests.get("Interpolate", 0) + 1
         try:

@@ -40,6 +40,7 @@ import numpy as np
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
 from latentserve.models.manifest import GRAPH_INPUTS, GRAPH_OUTPUTS
 from latentserve.models.repository import ModelRecord, Repository
+from latentserve.services import metrics
 from latentserve.services.backends import Session, open_session
 from latentserve.services.codec import DECODE_OUTPUTS, float_images_to_uint8
 from latentserve.services.config import ServeConfig
@@ -132,8 +133,10 @@ class Batcher:
     request of its batch, never the batcher."""
 
     def __init__(self, run_batch: Callable[[list[_Item]], Awaitable[list[Any]]], max_rows: int, wait_s: float,
-                 max_concurrent: int, name: str = "batch", idle_s: float | None = None) -> None:
+                 max_concurrent: int, name: str = "batch", idle_s: float | None = None,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self._run_batch = run_batch
+        self._on_wait = on_wait  # called with each item's queue wait (seconds) when its batch is taken
         self.max_rows, self.wait_s, self.max_concurrent = int(max_rows), float(wait_s), int(max_concurrent)
         self.parallel_rows = max(1, self.max_rows // 2)  # rows a batch needs to run beside another one
         # A forming batch also closes when no request arrived for idle_s: under load requests keep arriving
@@ -183,8 +186,10 @@ class Batcher:
 
     def _take(self) -> list[tuple[_Item, asyncio.Future]]:
         batch, rows = [], 0
+        on_wait = self._on_wait
+        now = self._loop.time() if on_wait is not None and self._loop is not None else 0.0
         while self._queue:
-            item, fut, _ = self._queue[0]
+            item, fut, arrived = self._queue[0]
             if fut.done():  # cancelled while waiting: dropped without running
                 self._queue.popleft()
                 self._rows -= item.rows
@@ -195,6 +200,8 @@ class Batcher:
             self._rows -= item.rows
             batch.append((item, fut))
             rows += item.rows
+            if on_wait is not None:
+                on_wait(now - arrived)
         return batch
 
     async def _form_batches(self) -> None:
@@ -284,12 +291,14 @@ class ModelRunner:
         self._executor = ThreadPoolExecutor(max_workers=config.max_concurrent_batches,
                                             thread_name_prefix=f"infer-{name}")
         self.stats_ = BatchStats()
+        metrics.setup(config)
         # One batcher per method and runner (co-located runners of different models never mix), bound to the
         # event loop the runner is used from.
         kw = dict(max_rows=config.max_batch_size, wait_s=config.batch_wait_timeout_s,
                   max_concurrent=config.max_concurrent_batches, idle_s=config.batch_idle_timeout_s)
-        self._encode_batcher = Batcher(self._encode_batch, name=f"{name}-encode", **kw)
-        self._decode_batcher = Batcher(self._decode_batch, name=f"{name}-decode", **kw)
+        wait = (lambda method: (lambda s: metrics.queue_wait(name, method, s))) if metrics.enabled() else (lambda m: None)
+        self._encode_batcher = Batcher(self._encode_batch, name=f"{name}-encode", on_wait=wait("encode"), **kw)
+        self._decode_batcher = Batcher(self._decode_batch, name=f"{name}-decode", on_wait=wait("decode"), **kw)
         # Fail fast at start: a broken default version must not deploy.
         self._install(self._open(self.default_version))
 
@@ -383,7 +392,9 @@ class ModelRunner:
             if "uint8" in outs:
                 # in place when nobody needs the floats: saves a (B, 3, H, W) temporary
                 out["uint8"] = float_images_to_uint8(x, inplace="float32" not in outs)  # (B, H, W, 3)
-        self.stats_.record(method, n_requests, int(arrays[0].shape[0]), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.stats_.record(method, n_requests, int(arrays[0].shape[0]), seconds)
+        metrics.batch(self.name, method, int(arrays[0].shape[0]), seconds)
         return out
 
     async def _run(self, method: str, loaded: LoadedVersion, arrays: tuple[np.ndarray, ...],
@@ -439,6 +450,10 @@ class ModelServer:
         cfg = ServeConfig(**config).validate()
         device = "cuda" if cfg.num_gpus > 0 else "cpu"
         self.runner = ModelRunner(cfg, name, default_version, device=device)
+        metrics.setup(cfg)
+        from latentserve.services.app import model_deployment_name
+
+        metrics.replica_up(model_deployment_name(name), {name: self.runner.default_version})
 
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         return await self.runner.encode(version, images)

@@ -71,6 +71,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
+from latentserve.services import metrics
 from latentserve.services.cache import KV, CacheBypass
 from latentserve.services.store import InProcessLatentStore, LatentStore, pack_latent, unpack_latent
 
@@ -233,17 +234,21 @@ class RedisBackend:
         breaker = self.breaker
         probe = not breaker.closed
         if not breaker.allow():
+            metrics.redis_call(self.role, None, skipped=True)
             raise CacheBypass(f"Redis ({self.role}) at {self.where} is unavailable "
                               f"(retrying in {breaker.retry_in():.1f} s; last error: {breaker.last_error})", error=False)
         self.calls += 1
+        t0 = time.perf_counter()
         try:
             result = await op(self.client())
         except self._trip as exc:
             self.failures += 1
+            metrics.redis_call(self.role, time.perf_counter() - t0, error=True)
             breaker.failure(exc, probe)
             raise CacheBypass(f"Redis ({self.role}) at {self.where} failed: {type(exc).__name__}: {exc}", error=True) from None
         except self._all as exc:  # the server answered with an error (e.g. OOM): not a connectivity problem
             self.failures += 1
+            metrics.redis_call(self.role, time.perf_counter() - t0, error=True)
             if probe:
                 breaker.success()
             raise CacheBypass(f"Redis ({self.role}) at {self.where} refused the command: {exc}", error=True) from None
@@ -251,6 +256,7 @@ class RedisBackend:
             if probe:
                 breaker.abandon_probe()
             raise
+        metrics.redis_call(self.role, time.perf_counter() - t0)
         breaker.success()
         return result
 
@@ -322,8 +328,12 @@ class RedisLatentStore(LatentStore):
             for k, v in deltas.items():
                 self.counters[k] += v
 
-    def _unavailable(self, exc: CacheBypass, what: str) -> UnavailableError:
+    def _unavailable(self, exc: CacheBypass, what: str, n: int) -> UnavailableError:
         self._add(bypasses=1, errors=int(exc.error))
+        if what.startswith("resolve"):
+            metrics.handle_lookups("unavailable", n)
+        else:
+            metrics.handle_stores("unavailable", n)
         return UnavailableError(f"latent handle store unavailable, cannot {what}: {exc}; retry later"
                                 + (", or send latent values instead of handles" if what.startswith("resolve") else
                                    ", or call without return_handles"))
@@ -343,8 +353,9 @@ class RedisLatentStore(LatentStore):
         try:
             await self.backend.call(op)
         except CacheBypass as exc:
-            raise self._unavailable(exc, f"store {len(items)} handle(s)") from None
+            raise self._unavailable(exc, f"store {len(items)} handle(s)", len(items)) from None
         self._add(puts=len(items))
+        metrics.handle_stores("ok", len(items))
         if self.local is not None:
             self.local.put_many(items)
 
@@ -355,22 +366,26 @@ class RedisLatentStore(LatentStore):
         todo = [i for i, e in enumerate(found) if e is None]
         if n - len(todo):
             self._add(local_hits=n - len(todo))
+            metrics.handle_lookups("local_hit", n - len(todo))
         if todo:
             keys = [self.prefix + "h:" + handles[i] for i in todo]
             try:
                 values = await self.backend.call(lambda r: r.mget(keys))
             except CacheBypass as exc:
-                raise self._unavailable(exc, f"resolve {len(todo)} handle(s)") from None
+                raise self._unavailable(exc, f"resolve {len(todo)} handle(s)", len(todo)) from None
             fetched = []
             for i, v in zip(todo, values):
                 if v is None:
                     self._add(hits=len(fetched), misses=1)
+                    metrics.handle_lookups("hit", len(fetched))
+                    metrics.handle_lookups("miss")
                     raise NotFoundError(
                         f"unknown handle {handles[i]!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after "
                         f"they were last issued) or never issued by this service; send the latent values instead")
                 found[i] = unpack_latent(v)
                 fetched.append((handles[i], found[i][0], found[i][1]))
             self._add(hits=len(fetched))
+            metrics.handle_lookups("hit", len(fetched))
             if self.local is not None:
                 self.local.put_many(fetched)
         return found  # type: ignore[return-value]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
+from latentserve.services import metrics
 
 if TYPE_CHECKING:  # imported lazily at run time: the store module stays free of config/redis imports
     from latentserve.services.cache import ServingCache
@@ -191,7 +192,10 @@ class InProcessLatentStore(LatentStore):
         return out
 
     def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
-        out = self.lookup(handles)
+        return self._checked(handles, self.lookup(handles))
+
+    def _checked(self, handles: list[str], out: list) -> list[tuple[np.ndarray, int]]:
+        """`out` (from `lookup`) or NotFoundError naming the first unknown handle."""
         for handle, entry in zip(handles, out):
             if entry is None:
                 ttl = f", expire after {self.ttl_s:g} s" if self.ttl_s else ""
@@ -203,10 +207,16 @@ class InProcessLatentStore(LatentStore):
         return out  # type: ignore[return-value]
 
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        # the async API is the ingress's (this is THE store); the Redis store's local copy uses the sync one
         self.put_many(items)
+        metrics.handle_stores("ok", len(items))
 
     async def aget_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
-        return self.get_many(handles)
+        out = self.lookup(handles)
+        found = sum(e is not None for e in out)
+        metrics.handle_lookups("hit", found)
+        metrics.handle_lookups("miss", len(out) - found)
+        return self._checked(handles, out)
 
     def stats(self) -> dict:
         with self._lock:

@@ -1,6 +1,8 @@
-"""`latentserve bench`: decode throughput / latency of latentserve vs raw ONNX Runtime vs Triton, in one run.
+"""`latentserve bench`: decode throughput / latency of latentserve vs raw ONNX Runtime vs Triton, in one run;
+`latentserve bench --cache`: Decode latency on a result-cache hit vs a miss, per cache backend.
 
-The harness lives in latentserve.services.bench (see its docstring for what is measured and how).
+The harnesses live in latentserve.services.bench and latentserve.services.cache_bench (see their docstrings
+for what is measured and how).
 """
 from __future__ import annotations
 
@@ -53,13 +55,26 @@ def register(sub) -> None:
     p.add_argument("--triton-port", type=int, default=0, help="port for the started Triton (default: a free one)")
     p.add_argument("--triton-script", default=None, help="Triton peer run.sh (default shared/peers/triton/run.sh)")
     p.add_argument("--triton-delay-us", type=int, default=2000, help="Triton dynamic batcher max queue delay")
-    p.add_argument("--json", dest="json_out", default="runs/bench/serving.json",
-                   help="write figures here (default runs/bench/serving.json; '' to skip)")
+    p.add_argument("--json", dest="json_out", default=None,
+                   help="write figures here (default runs/bench/serving.json, with --cache runs/bench/cache.json; "
+                        "'' to skip)")
+    cache = p.add_argument_group("cache benchmark (--cache)")
+    cache.add_argument("--cache", action="store_true",
+                       help="instead: Decode latency p50/p99 on a result-cache hit vs a miss, side by side with "
+                            "the ratio; starts `latentserve serve` once per --cache-modes (or measures --target)")
+    cache.add_argument("--cache-modes", default="redis,memory,off",
+                       help="comma-separated: redis (throw-away redis-server), memory (in-process LRU), off "
+                            "(cache disabled) (default: all three)")
+    cache.add_argument("--requests", type=int, default=400, help="measured sequential requests per phase (default 400)")
+    cache.add_argument("--format", choices=("png", "raw_uint8"), default="png", help="output image format (default png)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import shlex
+
+    if args.cache:
+        return _run_cache(args)
 
     from latentserve.services.bench import DEFAULT_REPO, BenchConfig, format_table, run_bench
 
@@ -74,9 +89,31 @@ def run(args: argparse.Namespace) -> int:
                       triton_target=args.triton_target, triton_port=args.triton_port,
                       triton_script=args.triton_script, triton_delay_us=args.triton_delay_us,
                       token=resolve_token(args), app_name=args.app,
-                      json_out=args.json_out or None)
+                      json_out="runs/bench/serving.json" if args.json_out is None else args.json_out or None)
     report = run_bench(cfg)
     print(format_table(report))
+    if report.get("json_out"):
+        print(f"wrote {report['json_out']}")
+    return 0
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    import shlex
+
+    from latentserve.errors import ValidationError
+    from latentserve.services.bench import DEFAULT_REPO
+    from latentserve.services.cache_bench import CacheBenchConfig, format_cache_table, run_cache_bench
+
+    if args.start:
+        raise ValidationError("--cache starts its servers itself (one per --cache-modes); drop --start")
+    cfg = CacheBenchConfig(model=args.model, repo=args.repo or str(DEFAULT_REPO), version=args.model_version,
+                           target=resolve_target(args) if args.target else None,
+                           modes=tuple(m.strip() for m in args.cache_modes.split(",") if m.strip()),
+                           requests=args.requests, format=args.format, serve_args=tuple(shlex.split(args.serve_args)),
+                           token=resolve_token(args), app_name=args.app,
+                           json_out="runs/bench/cache.json" if args.json_out is None else args.json_out or None)
+    report = run_cache_bench(cfg)
+    print(format_cache_table(report))
     if report.get("json_out"):
         print(f"wrote {report['json_out']}")
     return 0

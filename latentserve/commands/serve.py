@@ -10,6 +10,10 @@ Serve proxy is started); `--frontend serve` puts Ray Serve's gRPC proxy in front
 services/app.py). `--colocate`, `--direct-ingress` and `--fast` are options of the serve frontend and
 select it when `--frontend` is not given.
 
+Metrics: `http://127.0.0.1:8080/metrics` (`--metrics-port`, 0 = off; bound on --host): latentserve_* series
+of every replica process plus Ray's own metrics (ray_serve_*, ...), see services/metrics.py. The replicas
+record into a fresh temporary directory (or LATENTSERVE_METRICS_DIR), removed at exit when temporary.
+
 For a cluster use `serve deploy deploy/serve.yaml` instead (see services/app.py for rolling out versions).
 Only argparse at module level: ray and onnxruntime are imported inside run().
 """
@@ -65,6 +69,9 @@ def register(sub) -> None:
     p.add_argument("--drain-period", type=float, default=None,
                    help="native frontend: seconds a stopping replica keeps serving with health NOT_SERVING "
                         "(for load balancers; default 0)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="Prometheus endpoint http://HOST:PORT/metrics with latentserve_* and Ray's metrics "
+                        "(default 8080; 0 = none; env LATENTSERVE_METRICS_PORT)")
     p.add_argument("--access-log", action="store_true", default=None,
                    help="log one line per request in the replica logs (off by default: it costs CPU)")
     p.add_argument("--ray-address", default="local",
@@ -84,7 +91,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued,
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
-        "grpc_frontend": args.frontend, "drain_period_s": args.drain_period,
+        "grpc_frontend": args.frontend, "drain_period_s": args.drain_period, "metrics_port": args.metrics_port,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)
@@ -103,6 +110,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     import os
     import signal
+    import tempfile
     import threading
 
     from latentserve.services.app import build_app, ray_env, served_models, start_options
@@ -114,6 +122,15 @@ def run(args: argparse.Namespace) -> int:
 
     for warning in check_redis(config):  # wrong Redis password/db: one-line ValidationError before Ray starts
         print(f"latentserve: warning: {warning}", flush=True)
+    exporter, temp_metrics = None, None
+    if config.metrics_port:
+        from latentserve.services.metrics_exporter import MetricsExporter
+
+        if not config.metrics_dir:  # a fresh directory: counts of an earlier run must not show up
+            temp_metrics = tempfile.mkdtemp(prefix="latentserve-metrics-")
+            config = config.with_overrides(metrics_dir=temp_metrics)
+        # bound before Ray starts: a taken port is a one-line error, not a half-started server
+        exporter = MetricsExporter(config.metrics_dir, config.metrics_port, config.host).start()
 
     import ray
     from ray import serve
@@ -129,13 +146,21 @@ def run(args: argparse.Namespace) -> int:
               "when it was started: " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     os.environ.update(env)  # before ray.init: Ray's processes inherit the driver's environment
     print(f"latentserve: starting Ray ({args.ray_address}) and Serve ...", flush=True)
-    ray.init(address=args.ray_address, num_cpus=args.ray_cpus if args.ray_address == "local" else None,
-             include_dashboard=False, log_to_driver=False)
+    try:
+        ray.init(address=args.ray_address, num_cpus=args.ray_cpus if args.ray_address == "local" else None,
+                 include_dashboard=False, log_to_driver=False)
+    except BaseException:
+        _stop_metrics(exporter, temp_metrics)
+        raise
     # After ray.init, which installs its own SIGTERM handler (it would kill the driver without shutting down).
     # SIGINT explicitly too: a server started in the background by a script inherits SIGINT as ignored.
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:
+        if exporter is not None:
+            from latentserve.services.metrics_exporter import ray_metrics_port
+
+            exporter.ray_metrics_port = ray_metrics_port()
         serve.start(**start_options(config))
         serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
         native = config.grpc_frontend == "native"
@@ -146,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")
         print(f"latentserve: gRPC listening on {config.host}:{config.grpc_port} ({services}); Ctrl-C to stop",
               flush=True)
+        if exporter is not None:
+            print(f"latentserve: metrics at {exporter.url} (latentserve_* and Ray's ray_* series)", flush=True)
         if config.direct_ingress:
             print(f"latentserve: direct ingress on {config.host}:{config.grpc_port}; Serve's gRPC proxy on "
                   f"{config.host}:{config.effective_proxy_grpc_port}", flush=True)
@@ -157,5 +184,15 @@ def run(args: argparse.Namespace) -> int:
             serve.shutdown()
         finally:
             ray.shutdown()
+            _stop_metrics(exporter, temp_metrics)
     print("latentserve: stopped")
     return 0
+
+
+def _stop_metrics(exporter, temp_dir: str | None) -> None:
+    import shutil
+
+    if exporter is not None:
+        exporter.stop()
+    if temp_dir:
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -12,7 +12,7 @@ Every generative model has a `brightness` knob (exact for these linear maps), 2 
 2-component GMM per class. Images are 3x8x8, classes square/ellipse/triangle.
 
 `serve_app` (session): ray.init(num_cpus=2, no dashboard) + serve.start + serve.run(build_app(config)) on a
-free port; waits for grpc.health.v1 SERVING, dumps Serve logs when a test failed, shuts everything down at
+free port, metrics recorded into a session directory (`config.metrics_dir`); waits for grpc.health.v1 SERVING, dumps Serve logs when a test failed, shuts everything down at
 the end. The frontend under test comes from LATENTSERVE_TEST_FRONTEND:
 - `native` (default, the default frontend): the ingress replica serves gRPC itself; Serve's gRPC proxy also
   runs, on another port (`ServeInfo.proxy_target`), so serve-frontend apps can be deployed next to it;
@@ -275,7 +275,7 @@ def dump_serve_logs(max_chars: int = 6000) -> None:
 
 
 @pytest.fixture(scope="session")
-def serve_app(tiny_repo, request):
+def serve_app(tiny_repo, request, tmp_path_factory):
     import ray
     from ray import serve
 
@@ -295,6 +295,9 @@ def serve_app(tiny_repo, request):
         "max_images_per_request": 64, "max_interpolation_steps": 16, "num_cpus": 0.25, "ingress_num_cpus": 0.25,
         "app_name": APP_NAME, "grpc_frontend": "native" if frontend == "native" else "serve",
         "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
+        # every replica process records its metrics here (services/metrics.py); tests read it directly
+        # (metrics_exporter.snapshot) or through an exporter + Prometheus (test_metrics.py)
+        "metrics_dir": str(tmp_path_factory.mktemp("metrics")),
     }, use_env=False)
     # Serve's gRPC proxy: the app's own port for the serve frontend; for native its own port, so that
     # serve-frontend apps can run next to the native one.

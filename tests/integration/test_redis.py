@@ -282,12 +282,18 @@ def _app_stats(name: str) -> dict:
     return serve.get_app_handle(name).stats.remote().result(timeout_s=30)
 
 
-def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps):
+def _bypasses(stats_a: dict, stats_b: dict) -> int:
+    return stats_a["cache"]["result"]["bypasses"] + stats_b["cache"]["result"]["bypasses"]
+
+
+def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps, serve_app):
     import grpc
 
+    from latentserve.services.metrics_exporter import snapshot, total
     from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
-    server, ((ta, mda, name_a), (tb, mdb, _)) = two_apps
+    server, ((ta, mda, name_a), (tb, mdb, name_b)) = two_apps
+    metrics_dir = serve_app.config.metrics_dir  # the apps' replicas record their metrics there (services/metrics.py)
     z, labels, _ = latents(3, seed=7)
     lat = [pb.Latent(values=z[i].tolist(), label=int(labels[i])) for i in range(3)]
     with grpc.insecure_channel(ta) as cha, grpc.insecure_channel(tb) as chb:
@@ -301,6 +307,7 @@ def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps):
 
         req = pb.DecodeRequest(model="tiny-gan", latents=lat, format=pb.IMAGE_FORMAT_PNG)
         first = a.Decode(req, metadata=mda, timeout=30)
+        m0, s0 = snapshot(metrics_dir), _bypasses(_app_stats(name_a), _app_stats(name_b))
         failures: list = []
         done = threading.Event()
         sent = [0]
@@ -338,6 +345,13 @@ def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps):
         assert not failures, failures[:3]
         assert sent[0] > 20
         assert down["bypasses"] > 0 and after["hits"] > down["hits"], (down, after)
+        # the same bypasses, exactly, through the Prometheus metrics of the node (what dashboards and alerts see)
+        m1, s1 = snapshot(metrics_dir), _bypasses(_app_stats(name_a), _app_stats(name_b))
+        grew = lambda name, **lab: total(m1, name, **lab) - total(m0, name, **lab)  # noqa: E731
+        assert grew("latentserve_cache_bypasses_total", cache="result", model="tiny-gan") == s1 - s0 > 0
+        assert grew("latentserve_redis_errors_total", role="cache") >= 1
+        assert grew("latentserve_redis_skipped_total", role="cache") >= 1  # the breaker kept requests off Redis
+        assert grew("latentserve_cache_hits_total", cache="result", model="tiny-gan") > 0  # hits resumed
         # handles issued before the kill -9 still work on the other app (persistence itself: the store-level test)
         dec2 = b.Decode(pb.DecodeRequest(model="tiny-gan", handles=list(enc.handles), format=pb.IMAGE_FORMAT_RAW_UINT8),
                         metadata=mdb, timeout=30)

@@ -28,7 +28,7 @@ RAY_SERVICES = ("ray-head", "ray-worker")
 # service -> container ports it may publish on the host; every other service publishes nothing
 # gRPC 9000 is published by the load balancer in front of every Ray node's :9000, never by a Ray node itself
 ALLOWED_PUBLISHED = {"lb": {9000}, "prometheus": {9090}, "grafana": {3000}}
-NEVER_PUBLISHED = {8265, 6379, 8080, 8000, 8404, 52365, 10001}
+NEVER_PUBLISHED = {8265, 6379, 8080, 8090, 8000, 8404, 52365, 10001}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")
 
 
@@ -590,16 +590,28 @@ def test_healthcheck_head_reads_serve_status(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- monitoring
-def test_prometheus_scrapes_ray_nodes_and_latentserve(compose):
+def test_prometheus_scrapes_each_ray_node_once(compose):
+    """One job scrapes every Ray node's exporter, which serves latentserve_* and Ray's series (ray_serve_*): the
+    exporter's port is the compose LATENTSERVE_METRICS_PORT, it re-serves Ray's export port, and no second job
+    scrapes Ray's port directly (every Ray series would be stored twice)."""
     prom = load_yaml(DEPLOY / "prometheus.yml")
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
     entry = (DEPLOY / "ray-entrypoint.sh").read_text()
-    metrics_port = int(re.search(r'METRICS_PORT="\$\{RAY_METRICS_EXPORT_PORT:-(\d+)\}"', entry).group(1))
-    for job in ("ray", "latentserve"):
-        assert job in jobs
-        sd = jobs[job]["dns_sd_configs"]
-        assert {n for c in sd for n in c["names"]} == set(RAY_SERVICES), f"job {job} must scrape head and workers"
-    assert {c["port"] for c in jobs["ray"]["dns_sd_configs"]} == {metrics_port}
+    ray_port = int(re.search(r'METRICS_PORT="\$\{RAY_METRICS_EXPORT_PORT:-(\d+)\}"', entry).group(1))
+    node_port = int(re.search(r'NODE_METRICS_PORT="\$\{LATENTSERVE_METRICS_PORT:-(\d+)\}"', entry).group(1))
+    assert "--metrics-export-port=\"$METRICS_PORT\"" in entry
+    assert re.search(r"latentserve\.services\.metrics_exporter \\\n\s*--ray-metrics-port \"\$METRICS_PORT\"", entry)
+    assert entry.count("start_metrics_exporter\n") == 2, "head and workers both start the node exporter"
+    env = environment(compose["services"]["ray-head"])
+    assert int(env["LATENTSERVE_METRICS_PORT"]) == node_port and env["LATENTSERVE_METRICS_DIR"].startswith("/")
+    assert environment(compose["services"]["ray-worker"])["LATENTSERVE_METRICS_DIR"] == env["LATENTSERVE_METRICS_DIR"]
+    sd = jobs["latentserve"]["dns_sd_configs"]
+    assert {n for c in sd for n in c["names"]} == set(RAY_SERVICES), "the job must scrape head and workers"
+    assert {c["port"] for c in sd} == {node_port}
+    scraped = {c.get("port") for j in jobs.values() for c in j.get("dns_sd_configs", [])}
+    assert ray_port not in scraped and ray_port != node_port
+    for name in RAY_SERVICES:
+        assert not {node_port, ray_port} & {t for _, t in published_ports(compose["services"][name])}
     mount = [m for m in mounts(compose["services"]["prometheus"]) if m["target"] == "/etc/prometheus/prometheus.yml"]
     assert mount and mount[0]["source"] == "./deploy/prometheus.yml"
     promtool = shutil.which("promtool")
@@ -622,6 +634,16 @@ def test_grafana_provisioning(compose):
                for d in sources)
     providers = [p for f in db_files for p in load_yaml(f)["providers"]]
     assert any(p["type"] == "file" and p["options"]["path"] == dash_target for p in providers)
+    dashboards = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+    assert dashboards, "compose provisions the dashboards of deploy/grafana/dashboards"
+    import json
+
+    for path in dashboards:
+        doc = json.loads(path.read_text())
+        assert doc["uid"] and doc["panels"]
+        for panel in doc["panels"]:
+            for ds in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
+                assert ds is None or ds["uid"] in {d["uid"] for d in sources}, f"{path.name}: unknown datasource {ds}"
     env = environment(grafana)
     assert env["GF_SECURITY_ADMIN_PASSWORD"].startswith("${GRAFANA_ADMIN_PASSWORD:?")
 

@@ -1,0 +1,355 @@
+"""latentserve's Prometheus metrics: what is recorded, where, and how every process's counts reach one endpoint.
+
+Design (also in docs/architecture.md, "Metrics"): prometheus_client in **multiprocess mode with one directory
+per node** (`ServeConfig.metrics_dir`). Every process that handles requests (the native frontend's serving
+processes, the serve frontend's ingress and model-server replicas) calls `setup(config)`, after which each
+metric update is a write into that process's memory-mapped file in the directory
+(`counter_<pid>.db`, `histogram_<pid>.db`, `gauge_live*_<pid>.db`). The node's exporter
+(services/metrics_exporter.py: inside `latentserve serve`, or `python -m latentserve.services.metrics_exporter`
+next to `ray start` on every compose node) sums all files of the directory at scrape time and serves the
+result together with Ray's own metrics (Ray's metrics export port: `ray_serve_*`, `ray_node_*`, ...) on one
+`/metrics` endpoint. Why this and not the alternatives:
+- `ray.util.metrics` (Ray's agent would export our series beside Ray's) is not available in the native
+  frontend's serving processes, which are plain child processes, not Ray workers;
+- a registry per process with an HTTP port each would need a port per replica and service discovery;
+- periodic snapshots pushed to an aggregator lag behind and lose the last interval when a process dies.
+Here every count is in the file the moment the request ends (exact, nothing to flush), a scrape reads the
+files without talking to the serving processes, and a replica restart is handled sensibly: the files of a
+dead process stay, so counters and histograms keep their totals (sums over every process that ever ran on
+the node since the directory was created: monotonic, no reset at all), while the `live*` gauges
+(`latentserve_replicas`, `latentserve_model_info`) drop a dead process's file (the exporter prunes files of
+pids that no longer exist). Cost: one mmap write per counter increment, two per histogram observation
+(~1-2 us each); label children are cached so the hot path does no label lookup.
+
+Metric names carry the `latentserve_` prefix and their unit; labels are few and fixed (`rpc`, `model`,
+`version`, `code`, plus `cache`, `method`, `role`, `result`, `deployment` with small fixed value sets).
+Label values never come from a request: `model`/`version` are only set from a model the server resolved
+(an unknown model counts under model=""), `code` is the gRPC status name.
+
+Without `metrics_dir` (unit tests, library use) nothing is recorded: every recording function is a no-op.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+logger = logging.getLogger("ray.serve")
+
+PREFIX = "latentserve_"
+# Request latencies: single-image decodes take ~1-5 ms, bulk and gradient ops up to seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+REDIS_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+CACHE_COUNTERS = ("hits", "misses", "bypasses", "errors", "writes", "write_drops", "too_large")
+
+_lock = threading.Lock()
+_metrics: "_Metrics | None" = None  # set by setup(); None = recording disabled in this process
+_directory = ""
+
+
+# ---------------------------------------------------------------------------------------------- definitions
+def _define(registry: Any = None) -> dict[str, Any]:
+    """Every latentserve metric, created in `registry` (None: prometheus_client's default registry). The one
+    list of what is exported: `exported_names()` derives the scrape names from it."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    kw = {"registry": registry} if registry is not None else {}
+    return {
+        "requests": Counter(PREFIX + "requests", "gRPC requests of LatentService by RPC, model, version and status "
+                            "code (model/version empty when the request named no served model)",
+                            ["rpc", "model", "version", "code"], **kw),
+        "latency": Histogram(PREFIX + "request_duration_seconds", "Server-side duration of LatentService RPCs "
+                             "(all status codes)", ["rpc", "model"], buckets=LATENCY_BUCKETS, **kw),
+        "images": Counter(PREFIX + "images", "Images returned to clients (Decode, Sample, Edit, Interpolate "
+                          "frames)", ["rpc", "model", "version"], **kw),
+        "batch_rows": Histogram(PREFIX + "batch_size_rows", "Rows (images or latents) per model call of the "
+                                "dynamic batcher", ["model", "method"], buckets=BATCH_BUCKETS, **kw),
+        "batch_seconds": Histogram(PREFIX + "batch_duration_seconds", "Duration of one model call (inference on "
+                                   "a batch)", ["model", "method"], buckets=LATENCY_BUCKETS, **kw),
+        "queue_wait": Histogram(PREFIX + "queue_wait_seconds", "Time a request waited in the batcher's queue "
+                                "before its batch started", ["model", "method"], buckets=QUEUE_BUCKETS, **kw),
+        **{f"cache_{c}": Counter(PREFIX + f"cache_{c}", _CACHE_HELP[c], ["cache", "model"], **kw)
+           for c in CACHE_COUNTERS},
+        "handle_lookups": Counter(PREFIX + "handle_lookups", "Latent handles resolved, per handle: "
+                                  "result=hit (Redis or the in-process store), local_hit (the replica's copy), "
+                                  "miss (NOT_FOUND), unavailable (Redis down: UNAVAILABLE)", ["result"], **kw),
+        "handle_stores": Counter(PREFIX + "handle_stores", "Latent handles issued, per handle: result=ok | "
+                                 "unavailable (Redis down: UNAVAILABLE)", ["result"], **kw),
+        "redis_latency": Histogram(PREFIX + "redis_command_duration_seconds", "Duration of Redis round trips "
+                                   "(one MGET or one pipeline), role=handles | cache", ["role"],
+                                   buckets=REDIS_BUCKETS, **kw),
+        "redis_errors": Counter(PREFIX + "redis_errors", "Failed Redis calls (timeouts, connection errors, "
+                                "error replies)", ["role"], **kw),
+        "redis_skipped": Counter(PREFIX + "redis_skipped", "Redis calls not made because the circuit breaker "
+                                 "was open (Redis recently failed)", ["role"], **kw),
+        "model_info": Gauge(PREFIX + "model_info", "1 for each model and default version served by a live "
+                            "replica", ["model", "version"], multiprocess_mode="livemax", **kw),
+        "replicas": Gauge(PREFIX + "replicas", "Live replica processes on this node (native: serving "
+                          "processes; serve: ingress and model-server replicas)", ["deployment"],
+                          multiprocess_mode="livesum", **kw),
+    }
+
+
+_CACHE_HELP = {
+    "hits": "Cache lookups answered from the cache, per image (cache=encode | result)",
+    "misses": "Cache lookups the cache did not have, per image",
+    "bypasses": "Cache lookups skipped or failed (Redis down or slow), per image; the request computed instead",
+    "errors": "Failed cache calls (Redis errors, corrupt entries)",
+    "writes": "Entries sent to the cache to be written (write_drops of them were then dropped)",
+    "write_drops": "Cache writes dropped (Redis unavailable, too many writes pending)",
+    "too_large": "Entries not cached because they exceed cache_max_entry_bytes",
+}
+# Series the exporter itself adds to every scrape (services/metrics_exporter.py).
+EXPORTER_GAUGES = {PREFIX + "ray_metrics_up": "1 when Ray's metrics export port answered this scrape"}
+
+
+def exported_names() -> set[str]:
+    """Every sample name a scrape can contain for latentserve's own metrics (counter `x` -> `x_total`,
+    histogram `x` -> `x_bucket`, `x_sum`, `x_count`), derived from the metric definitions."""
+    from prometheus_client import CollectorRegistry
+
+    reg = CollectorRegistry()
+    out = set(EXPORTER_GAUGES)
+    for m in _define(reg).values():
+        for family in m.describe():
+            t = family.type
+            if t == "counter":
+                out.add(family.name + "_total")
+            elif t == "histogram":
+                out.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+            else:
+                out.add(family.name)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def setup(config: Any) -> bool:
+    """Turn recording on in this process, into `config.metrics_dir` (no-op when it is ""). Idempotent; a
+    process records into one directory only (a second, different one is ignored with a warning)."""
+    global _metrics, _directory
+    directory = getattr(config, "metrics_dir", "") or ""
+    if not directory:
+        return False
+    with _lock:
+        if _metrics is not None:
+            if os.path.abspath(directory) != os.path.abspath(_directory):
+                logger.warning("metrics: this process already records into %s; ignoring %s", _directory, directory)
+            return True
+        os.makedirs(directory, exist_ok=True)
+        from prometheus_client import values
+
+        # prometheus_client picks its value class at import time from PROMETHEUS_MULTIPROC_DIR; a Ray worker
+        # may have imported it before we knew the directory, so switch the class here (the metrics below are
+        # created after this line, and label children are created lazily with the same class). The process
+        # id names this process's files; prometheus_client calls os.getpid() on every update to notice a
+        # fork (a syscall: ~20% of an update's cost), so it gets the pid from a cell that a fork refreshes.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        pid = [os.getpid()]
+        os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))
+        values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid[0])
+        from prometheus_client import CollectorRegistry
+
+        _metrics = _Metrics(_define(CollectorRegistry(auto_describe=True)))
+        _directory = directory
+    return True
+
+
+def enabled() -> bool:
+    return _metrics is not None
+
+
+class _Metrics:
+    """The metric objects plus caches of their label children (labels() costs a lock and a dict build)."""
+
+    def __init__(self, m: dict[str, Any]) -> None:
+        self.m = m
+        self._children: dict[tuple, Any] = {}
+
+    def child(self, key: str, *labels: str) -> Any:
+        k = (key, *labels)
+        c = self._children.get(k)
+        if c is None:
+            c = self._children[k] = self.m[key].labels(*labels)
+        return c
+
+
+# ---------------------------------------------------------------------------------------------- requests
+class RequestRecord:
+    """What one RPC did, filled in by whichever layers handle it and emitted once by the outermost one."""
+
+    __slots__ = ("rpc", "model", "version", "code", "images", "t0", "model_fixed")
+
+    def __init__(self, rpc: str) -> None:
+        self.rpc = rpc
+        self.model = ""
+        self.version = ""
+        self.code = "OK"
+        self.images = 0
+        self.model_fixed = False
+        self.t0 = time.perf_counter()
+
+
+_current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar("latentserve_request", default=None)
+
+
+def begin_request(rpc: str) -> tuple[RequestRecord | None, Any]:
+    """(record, token): token is not None when this call started the record (the caller must `end_request`).
+    An inner layer (the ingress handler under the native server's wrapper) gets the outer record and None.
+    (None, None) when recording is off."""
+    if _metrics is None:
+        return None, None
+    rec = _current.get()
+    if rec is not None:
+        return rec, None
+    rec = RequestRecord(rpc)
+    return rec, _current.set(rec)
+
+
+def end_request(rec: RequestRecord | None, token: Any) -> None:
+    """Emit the record (only the layer that began it, i.e. got a token)."""
+    if token is None or rec is None:
+        return
+    try:
+        _current.reset(token)
+    except ValueError:  # an async generator finished in another context (e.g. closed by the GC)
+        pass
+    m = _metrics
+    if m is None:
+        return
+    m.child("requests", rec.rpc, rec.model, rec.version, rec.code).inc()
+    m.child("latency", rec.rpc, rec.model).observe(time.perf_counter() - rec.t0)
+    if rec.images and rec.code == "OK":
+        m.child("images", rec.rpc, rec.model, rec.version).inc(rec.images)
+
+
+def note_status(code: str) -> None:
+    """The current request ends with this gRPC status code name (`ingress._set_status` calls it)."""
+    rec = _current.get()
+    if rec is not None:
+        rec.code = code
+
+
+def owns_record(rpc: str):
+    """Decorator of a unary handler coroutine function: it begins and emits the record of each call (an
+    outer layer, e.g. the native server's wrapper around the ingress handler)."""
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec, token = begin_request(rpc)
+            try:
+                return await fn(*args, **kwargs)
+            except asyncio.CancelledError:
+                if rec is not None:
+                    rec.code = "CANCELLED"
+                raise
+            finally:
+                end_request(rec, token)
+        return wrapper
+    return deco
+
+
+def counted_stream(rpc: str, images: bool = True):
+    """Decorator of a server-streaming handler (an async generator function): records each call like
+    `owns_record` (or fills in an outer layer's record), each message counting as one image if `images`."""
+    def deco(fn):
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec, token = begin_request(rpc)
+            try:
+                async for item in fn(*args, **kwargs):
+                    if images and rec is not None:
+                        rec.images += 1
+                    yield item
+            except (asyncio.CancelledError, GeneratorExit):
+                if rec is not None:
+                    rec.code = "CANCELLED"
+                raise
+            finally:
+                end_request(rec, token)
+        return wrapper
+    return deco
+
+
+def note_model(name: str, version: int) -> None:
+    """The current request uses this served model version (its labels; the first model named wins)."""
+    rec = _current.get()
+    if rec is not None and not rec.model_fixed:
+        rec.model, rec.version, rec.model_fixed = name, str(int(version)), True
+
+
+def clear_model() -> None:
+    """The current request is about no single model (ListModels touches each of them)."""
+    rec = _current.get()
+    if rec is not None:
+        rec.model, rec.version, rec.model_fixed = "", "", True
+
+
+# ---------------------------------------------------------------------------------------------- batches
+def batch(model: str, method: str, rows: int, seconds: float) -> None:
+    m = _metrics
+    if m is not None:
+        m.child("batch_rows", model, method).observe(rows)
+        m.child("batch_seconds", model, method).observe(seconds)
+
+
+def queue_wait(model: str, method: str, seconds: float) -> None:
+    m = _metrics
+    if m is not None:
+        m.child("queue_wait", model, method).observe(seconds)
+
+
+# ---------------------------------------------------------------------------------------------- caches, Redis
+def cache(cache_name: str, model: str, deltas: dict[str, int]) -> None:
+    """Cache counter increments (services/cache.py ServingCache._add); negative deltas (a scheduled write that
+    was then dropped) are not counters: they show as write_drops instead."""
+    m = _metrics
+    if m is None:
+        return
+    for name, n in deltas.items():
+        if n > 0:
+            m.child("cache_" + name, cache_name, model).inc(n)
+
+
+def handle_lookups(result: str, n: int = 1) -> None:
+    m = _metrics
+    if m is not None and n > 0:
+        m.child("handle_lookups", result).inc(n)
+
+
+def handle_stores(result: str, n: int = 1) -> None:
+    m = _metrics
+    if m is not None and n > 0:
+        m.child("handle_stores", result).inc(n)
+
+
+def redis_call(role: str, seconds: float | None, error: bool = False, skipped: bool = False) -> None:
+    """One Redis round trip of `role` (handles | cache): its duration, whether it failed; or, `skipped`,
+    a call the breaker did not let through."""
+    m = _metrics
+    if m is None:
+        return
+    if skipped:
+        m.child("redis_skipped", role).inc()
+        return
+    if seconds is not None:
+        m.child("redis_latency", role).observe(seconds)
+    if error:
+        m.child("redis_errors", role).inc()
+
+
+# ---------------------------------------------------------------------------------------------- gauges
+def replica_up(deployment: str, models: dict[str, int]) -> None:
+    """This process is a live replica of `deployment` serving these {model: default version}."""
+    m = _metrics
+    if m is None:
+        return
+    m.child("replicas", deployment).set(1)
+    for name, version in models.items():
+        m.child("model_info", name, str(int(version))).set(1)

@@ -58,6 +58,9 @@ TRACE_BATCH = 3  # example batch for tracing/export: neither of the parity batch
 PARITY_BATCHES = (1, 7)
 
 
+KNOB_SOURCES = ("auto", "encoded", "samples")
+
+
 class ExportError(UnrecoverableError):
     """An exported graph does not match its eager module, or an exporter produced an unusable file."""
 
@@ -76,6 +79,12 @@ class ExportConfig:
     parity_rtol: float = 1e-5  # parity tolerance, relative to |eager| (large outputs like log-dets). [0, 1e-3]
     seed: int = 0  # seeds the latent-fit subset, the GMM init and parity-input selection. >= 0
     batch_size: int = 256  # encoder batch while fitting the latent space. 1..4096
+    # Where the factor knobs are fitted: "encoded" = encoded training images with their true factors;
+    # "samples" = prior samples labelled by the probe (InterFaceGAN's recipe: the directions are calibrated
+    # where Sample draws from, which matters when the encoder's codes and the prior occupy different regions,
+    # as for the GAN); "auto" = "samples" for families that ask for it (`Family.knobs_from_samples`) when the
+    # probe is in the repository, else "encoded".
+    knob_source: str = "auto"
 
     def __post_init__(self) -> None:
         def ck(name: str, ok: bool, allowed: str) -> None:
@@ -95,6 +104,7 @@ class ExportConfig:
         ck("parity_rtol", isinstance(self.parity_rtol, (int, float)) and 0 <= self.parity_rtol <= 1e-3, "in [0, 1e-3]")
         ck("seed", is_int(self.seed) and self.seed >= 0, "an int >= 0")
         ck("batch_size", is_int(self.batch_size) and 1 <= self.batch_size <= 4096, "an int in 1..4096")
+        ck("knob_source", self.knob_source in KNOB_SOURCES, f"one of {', '.join(KNOB_SOURCES)}")
         self.fit_latents = bool(self.fit_latents)
 
 
@@ -446,6 +456,44 @@ def fit_space(graphs: dict, data, n_classes: int, prior_type: str, prior_arrays:
     return space, meta
 
 
+def _probe_record(repo: Repository, probe: str, required: bool):
+    try:
+        return repo.load(probe)
+    except NotFoundError:
+        if required:
+            raise NotFoundError(f"knob_source 'samples' needs the probe {probe!r} in {repo.root}; export it first")
+        return None
+
+
+def fit_knobs_on_samples(decoder, space, probe_record, data, cfg: ExportConfig) -> tuple[dict, dict]:
+    """InterFaceGAN's recipe: decode `max_latent_fit` prior samples (balanced classes), measure their factors
+    with the probe, fit the knobs on (z, measured factor) -> ({name: Knob}, fit meta)."""
+    import torch
+
+    from latentserve.models.evaluate import OnnxGraph, probe_factor_names
+    from latentserve.models.latent import fit_knobs
+
+    t0 = time.time()
+    n = cfg.max_latent_fit
+    labels = np.arange(n, dtype=np.int64) % space.n_classes  # (N,)
+    z = space.sample_prior(labels, np.random.default_rng(cfg.seed)).astype(np.float32)  # (N, D)
+    images = []
+    with torch.no_grad():
+        for i in range(0, n, cfg.batch_size):
+            out = decoder(torch.from_numpy(z[i:i + cfg.batch_size]), torch.from_numpy(labels[i:i + cfg.batch_size]))
+            images.append((out[0] if isinstance(out, (tuple, list)) else out).cpu().numpy())  # (b,3,H,W)
+    measured = OnnxGraph(probe_record, "probe", threads=None)(image=np.concatenate(images))["factors"]  # (N, Kp)
+    names = probe_factor_names(probe_record)
+    factors = np.full((n, len(data.factors)), np.nan)  # (N, K) in the dataset's factor order; NaN = unmeasured
+    for k, fac in enumerate(data.factors):
+        if fac.name in names:
+            factors[:, k] = measured[:, names.index(fac.name)]
+    knobs = fit_knobs(z, factors, list(data.factors), cfg.seed)
+    meta = {"source": "prior_samples", "probe": {"name": probe_record.name, "version": probe_record.version},
+            "n_samples": n, "seconds": round(time.time() - t0, 3)}
+    return knobs, meta
+
+
 # --------------------------------------------------------------------------------------------- export
 def _versions(opset: int, exporter: str) -> dict:
     import onnx
@@ -612,6 +660,14 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
             manifest["probe"] = probe or f"{meta['name']}-probe"
             if cfg.fit_latents:
                 space, fit_meta = fit_space(graphs, data, n_classes, prior["type"], extra_arrays, cfg)
+                fit_meta["knobs"] = {"source": "encoded_training_images"}
+                wants_samples = cfg.knob_source == "samples" or (
+                    cfg.knob_source == "auto" and getattr(family, "knobs_from_samples", False))
+                probe_record = (_probe_record(repo, manifest["probe"], required=cfg.knob_source == "samples")
+                                if wants_samples else None)
+                if probe_record is not None:
+                    space.knobs, fit_meta["knobs"] = fit_knobs_on_samples(graphs["decoder"].module, space,
+                                                                          probe_record, data, cfg)
                 manifest["latent_fit"] = fit_meta
             else:
                 # Prior only (no knobs / PCA / GMM), so a flow's class-conditional prior is still shipped.
@@ -644,7 +700,7 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
 def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: str | os.PathLike | None = None,
                version: int | None = None, opset: int = 17, fit_latents: bool = True, max_latent_fit: int = 5000,
                probe: str | None = None, exporter: str = "auto", seed: int = 0, data=None,
-               device: str = "cpu") -> ModelRecord:
+               device: str = "cpu", knob_source: str = "auto") -> ModelRecord:
     """Export a training run (its checkpoint.pt, or a checkpoint file) as `<repo>/<name>/<version>/`.
 
     version None = next free version; probe = the probe model named in a generative manifest (default
@@ -654,7 +710,7 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
     from latentserve.models.train import load_checkpoint
 
     cfg = ExportConfig(opset=opset, fit_latents=fit_latents, max_latent_fit=max_latent_fit, exporter=exporter,
-                       seed=seed)
+                       seed=seed, knob_source=knob_source)
     path = Path(run_dir_or_checkpoint)
     if not path.exists():
         raise NotFoundError(f"no training run or checkpoint at {path}")

@@ -419,6 +419,43 @@ class _Ridge:
         return best[0], float(best[1])
 
 
+def fit_knobs(latents: Any, factors: Any, factor_specs: list, seed: int = 0) -> dict[str, Knob]:
+    """Knobs only: ridge regression of each continuous factor on the latents.
+
+    latents (N, D); factors (N, K) in natural units, NaN = unknown; factor_specs K Factors or dicts. Per factor:
+    fit on 70% of the rows with a known value, penalty picked on 15%, R² reported on the last 15% (never seen
+    by the fit). A factor with fewer than 20 known values or no spread gets no knob. Used on encoded training
+    latents (`fit_latent_space`) and on prior samples labelled by a probe (InterFaceGAN's recipe, see
+    `models/export.py`)."""
+    x = np.asarray(latents, dtype=np.float64)
+    specs = [_spec(s) for s in factor_specs]
+    n = x.shape[0]
+    f = np.asarray(factors, dtype=np.float64).reshape(n, -1) if len(specs) else np.zeros((n, 0))
+    if f.shape != (n, len(specs)):
+        raise ValidationError(f"factors must have shape ({n}, {len(specs)}) to match factor_specs, got {f.shape}")
+    rng = np.random.default_rng(seed)
+    alphas = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    knobs: dict[str, Knob] = {}
+    order = rng.permutation(n)  # one shuffle for all factors, so factors known on the same rows share a fit
+    solvers: dict[bytes, _Ridge] = {}
+    for k, spec in enumerate(specs):
+        rows = order[np.isfinite(f[order, k])]
+        if len(rows) < 20 or np.ptp(f[rows, k]) <= 0:
+            continue  # nothing to learn from
+        n_fit, n_val = int(0.7 * len(rows)), int(0.15 * len(rows))
+        fit, val, test = rows[:n_fit], rows[n_fit:n_fit + n_val], rows[n_fit + n_val:]
+        key = fit.tobytes()
+        if key not in solvers:
+            solvers[key] = _Ridge(x[fit])
+        w, b = solvers[key].fit(f[fit, k], x[val], f[val, k], alphas)
+        r2 = _r2(f[test, k], x[test] @ w + b) if len(test) > 1 else float("nan")
+        if not np.any(w):
+            continue
+        knobs[spec["name"]] = Knob(name=spec["name"], weight=w.astype(np.float32), bias=b, r2=r2,
+                                   low=spec["low"], high=spec["high"], unit=spec["unit"], doc=spec["doc"])
+    return knobs
+
+
 def fit_latent_space(
     latents: np.ndarray,
     labels: np.ndarray,
@@ -464,28 +501,7 @@ def fit_latent_space(
         raise ValidationError(f"prior_type {prior_type!r} is not one of {', '.join(PRIOR_TYPES)}")
     if n_pca < 0 or gmm_components < 1:
         raise ValidationError(f"n_pca must be >= 0 and gmm_components >= 1 (got {n_pca}, {gmm_components})")
-    rng = np.random.default_rng(seed)
-
-    # Knobs ---------------------------------------------------------------------------------------------------
-    alphas = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    knobs: dict[str, Knob] = {}
-    order = rng.permutation(n)  # one shuffle for all factors, so factors known on the same rows share a fit
-    solvers: dict[bytes, _Ridge] = {}
-    for k, spec in enumerate(specs):
-        rows = order[np.isfinite(f[order, k])]
-        if len(rows) < 20 or np.ptp(f[rows, k]) <= 0:
-            continue  # nothing to learn from
-        n_fit, n_val = int(0.7 * len(rows)), int(0.15 * len(rows))
-        fit, val, test = rows[:n_fit], rows[n_fit:n_fit + n_val], rows[n_fit + n_val:]
-        key = fit.tobytes()
-        if key not in solvers:
-            solvers[key] = _Ridge(x[fit])
-        w, b = solvers[key].fit(f[fit, k], x[val], f[val, k], alphas)
-        r2 = _r2(f[test, k], x[test] @ w + b) if len(test) > 1 else float("nan")
-        if not np.any(w):
-            continue
-        knobs[spec["name"]] = Knob(name=spec["name"], weight=w.astype(np.float32), bias=b, r2=r2,
-                                   low=spec["low"], high=spec["high"], unit=spec["unit"], doc=spec["doc"])
+    knobs = fit_knobs(x, f, specs, seed)
 
     # PCA -----------------------------------------------------------------------------------------------------
     pca = {}

@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-latents", action="store_true", help="skip fitting the latent space (no knobs/GMM)")
     p.add_argument("--max-latent-fit", type=_positive_int, default=5000,
                    help="at most this many training images are encoded for the latent fit (default 5000)")
+    p.add_argument("--knob-source", choices=("auto", "encoded", "samples"), default="auto",
+                   help="fit factor knobs on encoded training images, or on prior samples labelled by the probe "
+                        "(InterFaceGAN); auto = samples for the GAN when its probe is in the repository")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent-fit subset and GMM init (default 0)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="device to load the checkpoint on (default cpu)")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     record = export_run(args.run, args.name, repo_root=args.repo, version=args.version, opset=args.opset,
                         fit_latents=not args.no_latents, max_latent_fit=args.max_latent_fit, probe=args.probe,
-                        exporter=args.exporter, seed=args.seed, device=args.device)
+                        exporter=args.exporter, seed=args.seed, device=args.device, knob_source=args.knob_source)
     m = record.manifest
     print(f"exported {record.name} v{record.version} ({record.family}) -> {record.path}  [{time.time() - t0:.1f}s]")
     for g, spec in sorted(m["graphs"].items()):

@@ -37,11 +37,16 @@ class VAEConfig:
     embed_dim: int = 32  # size of the class embedding fed to the decoder
     beta: float = 1.0  # weight of KL(q(z|x) || N(0,I)); 0..100
     likelihood: str = "gaussian"  # "gaussian" | "laplace" output distribution per pixel
-    recon_scale: float = 0.1  # std (gaussian) / scale (laplace) of the output distribution, [-1,1] units; (0, 1]
+    # recon_scale measured on shapes (1400 steps, probe-scored): 0.1 -> PSNR 24.4 dB but prior samples in the
+    # "prior hole" and a class head stuck at 48%; 0.25 -> PSNR 19.2, near-identical prior samples; 0.12 with
+    # class_weight 5 -> PSNR 24.2, latent-GMM samples precision/recall 0.76/0.78, encoder class accuracy 99.9%
+    recon_scale: float = 0.12  # std (gaussian) / scale (laplace) of the output distribution, [-1,1] units; (0, 1]
     learn_scale: bool = False  # learn one global log-scale instead of fixing `recon_scale` (its init)
     kl_warmup_steps: int = 400  # KL weight ramps linearly 0 -> beta over this many steps; 0 = no warm-up
     free_bits: float = 0.0  # nats per latent dim below which the KL of that dim is not penalised; 0..2
-    class_weight: float = 1.0  # weight of the class-head cross-entropy (nats/image; the ELBO term is per pixel); >= 0
+    # 5, not 1: with the sharp recon_scale the per-pixel ELBO gradients swamp the shared trunk and the class
+    # head (also the judge of the consistency term below) stalled at chance (measured ce 0.90 after 1400 steps)
+    class_weight: float = 5.0  # weight of the class-head cross-entropy (nats/image; the ELBO term is per pixel); >= 0
     # class consistency: images decoded from a real image's z with a random label y' must be classified as
     # y' by the (frozen for this term) class head. Without it the unconditional encoder keeps the shape in z
     # and the decoder ignores its label, so prior samples get the wrong class (measured ~40%).

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from latentserve.errors import ValidationError
+from latentserve.errors import NotFoundError, ValidationError
 from latentserve.models.data.base import DataSplit, Dataset, Factor
 from latentserve.models.export import (
     ExportConfig,
@@ -322,3 +322,42 @@ def test_export_config_ranges():
 def test_legacy_exporter_is_detected():
     # torch 2.13 still ships dynamo=False (deprecated); export_onnx falls back to dynamo when it disappears.
     assert legacy_exporter_available() in (True, False)
+
+
+def test_knobs_fitted_on_probe_labelled_prior_samples(tmp_path):
+    """knob_source="samples" (InterFaceGAN): the knob predicts what the probe measures on decoded prior samples."""
+    from latentserve.models.evaluate import OnnxGraph
+    from latentserve.models.latent import LatentSpace
+
+    data = toy_dataset()
+    export_family(_from("probe")(data), "toy-probe", data, TRAINING, repo_root=tmp_path, config=FAST)
+    enc = export_family(_from("gan")(data), "toy-gan", data, TRAINING, repo_root=tmp_path, probe="toy-probe",
+                        config=FAST)  # auto: the toy family does not ask for samples
+    assert enc.manifest["latent_fit"]["knobs"] == {"source": "encoded_training_images"}
+    cfg = ExportConfig(max_latent_fit=400, n_pca=2, gmm_components=2, knob_source="samples")
+    rec = export_family(_from("gan")(data), "toy-gan", data, TRAINING, repo_root=tmp_path, probe="toy-probe",
+                        config=cfg)
+    fit = rec.manifest["latent_fit"]["knobs"]
+    assert fit["source"] == "prior_samples" and fit["probe"] == {"name": "toy-probe", "version": 1}
+    assert fit["n_samples"] == 400
+    space = LatentSpace.load(rec.file("latent_space.npz"))
+    rng = np.random.default_rng(123)  # fresh samples, not the fit's
+    y = np.arange(200) % C
+    z = space.sample_prior(y, rng)
+    img = OnnxGraph(rec, "decoder")(latent=z, label=y.astype(np.int64))["image"]
+    measured = OnnxGraph(Repository(tmp_path).load("toy-probe"), "probe")(image=img)["factors"][:, 0]
+    corr = np.corrcoef(measured, space.predict_factor(z, "scale"))[0, 1]
+    # the encoded-image knob (fitted on other latents against true factors) predicts the probe less well here
+    enc_space = LatentSpace.load(enc.file("latent_space.npz"))
+    corr_enc = np.corrcoef(measured, enc_space.predict_factor(z, "scale"))[0, 1]
+    assert corr > 0.8 and corr > corr_enc, (corr, corr_enc)
+
+
+def test_knob_source_samples_needs_the_probe(tmp_path):
+    data = toy_dataset()
+    cfg = ExportConfig(max_latent_fit=100, n_pca=2, gmm_components=2, knob_source="samples")
+    with pytest.raises(NotFoundError, match="needs the probe 'toy-probe'"):
+        export_family(_from("gan")(data), "toy-gan", data, TRAINING, repo_root=tmp_path, probe="toy-probe", config=cfg)
+    assert not (tmp_path / "toy-gan" / "1").exists()
+    with pytest.raises(ValidationError, match="knob_source"):
+        ExportConfig(knob_source="nope")

@@ -2,14 +2,16 @@
 
 The ingress handler (services/ingress.py `Augment`) checks the request (services/augment_spec.py) and
 iterates `generate(...)`, turning each `GeneratedBatch` into a protobuf message. Generation runs in a
-producer task one step ahead of the sender: it computes the batch's latents (one image at a time, off the
+producer task ahead of the sender: it computes the batch's latents (one image at a time, off the
 event loop: `augment_spec.sample_latent`), decodes them through the model's batcher (so concurrent jobs and
 ordinary requests share model batches) and renders the output images, then waits for room in a queue of
-`prefetch` batches. The handler takes a batch from the queue only after gRPC accepted the previous message,
-and grpc.aio accepts a message only when HTTP/2 flow control lets it go out, i.e. when the client reads. So
-at most `prefetch` + 1 batches exist per stream beyond what the client has read (+ the transport's flow
-control window): a slow consumer slows generation down, nothing buffers without bound. `AugmentStats` counts
-streams and generated batches (part of the ingress's stats) so tests and operators can see it.
+`prefetch` batches; `parallel` batches are made at once (in index order into the queue), so one job keeps
+two cores busy. The handler takes a batch from the queue only after gRPC accepted the previous message, and
+grpc.aio accepts a message only when HTTP/2 flow control lets it go out, i.e. when the client reads. So at
+most `prefetch` + `parallel` batches exist per stream beyond what the client has read (+ the transport's
+flow-control window, a few MB): a slow consumer slows generation down, nothing buffers without bound.
+`AugmentStats` counts streams and generated batches (part of the ingress's stats) so tests and operators
+can see it.
 
 Batches never straddle shards: each shard is cut into batches of `batch_size` from its own start, so a
 resumed job (a subset of the shards) produces exactly the rows of an uninterrupted run.
@@ -17,6 +19,7 @@ resumed job (a subset of the shards) produces exactly the rows of an uninterrupt
 from __future__ import annotations
 
 import asyncio
+import collections
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -24,7 +27,10 @@ import numpy as np
 
 from latentserve.services.augment_spec import AugmentPlan, AugmentSpec, sample_latent
 
-AUGMENT_PREFETCH = 2  # batches generated ahead of the one being sent, per stream
+AUGMENT_PREFETCH = 2  # finished batches waiting to be sent, per stream
+# Batches being made at once per stream: two full batches run side by side in the model's batcher (it runs a
+# second batch beside the first when it is at least half full), so one job uses two cores like bulk Decode.
+AUGMENT_PARALLEL = 2
 
 
 @dataclass
@@ -67,34 +73,46 @@ def latents_for(space: Any, spec: AugmentSpec, labels: np.ndarray, seeds: np.nda
 async def generate(spec: AugmentSpec, plan: AugmentPlan, shards: Sequence[int], space: Any, temperature: float,
                    render: Callable[[np.ndarray, np.ndarray], Awaitable[list]], batch_size: int,
                    store: Callable[[np.ndarray, np.ndarray], Awaitable[list[str]]] | None = None,
-                   stats: AugmentStats | None = None, prefetch: int = AUGMENT_PREFETCH) -> AsyncIterator[GeneratedBatch]:
+                   stats: AugmentStats | None = None, prefetch: int = AUGMENT_PREFETCH,
+                   parallel: int = AUGMENT_PARALLEL) -> AsyncIterator[GeneratedBatch]:
     """The batches of `shards` in order. `render(latents, labels)` decodes and returns output images;
-    `store(latents, labels)` returns handles (None: no handles). Closing the iterator (client gone, deadline)
-    cancels the producer and whatever model call it awaits."""
+    `store(latents, labels)` returns handles (None: no handles). At most `parallel` batches are being made at
+    once and `prefetch` wait to be sent. Closing the iterator (client gone, deadline) cancels the producer and
+    whatever model calls it awaits."""
     stats = stats or AugmentStats()
     queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, prefetch))
     loop = asyncio.get_running_loop()
 
+    async def make(shard: int, b: int, e: int, stop: int) -> GeneratedBatch:
+        labels, seeds, factors = plan.images(b, e)
+        z = await loop.run_in_executor(None, latents_for, space, spec, labels, seeds, factors, temperature)
+        y = labels.astype(np.int64)
+        images = await render(z, y)
+        handles = await store(z, y) if store is not None else []
+        stats.batches += 1
+        stats.images += e - b
+        return GeneratedBatch(shard, b, images, labels, seeds, factors, handles, e == stop)
+
     async def produce() -> None:
+        pending: collections.deque[asyncio.Task] = collections.deque()
         try:
             for shard in shards:
                 start, stop = spec.shard_range(shard)
                 for b in range(start, stop, batch_size):
-                    e = min(b + batch_size, stop)
-                    labels, seeds, factors = plan.images(b, e)
-                    z = await loop.run_in_executor(None, latents_for, space, spec, labels, seeds, factors, temperature)
-                    y = labels.astype(np.int64)
-                    images = await render(z, y)
-                    handles = await store(z, y) if store is not None else []
-                    stats.batches += 1
-                    stats.images += e - b
-                    await queue.put(GeneratedBatch(shard, b, images, labels, seeds, factors, handles, e == stop))
-                    stats.max_queued = max(stats.max_queued, queue.qsize())
+                    pending.append(loop.create_task(make(shard, b, min(b + batch_size, stop), stop)))
+                    if len(pending) >= parallel:
+                        await queue.put(await pending.popleft())  # in order; waits while the queue is full
+                        stats.max_queued = max(stats.max_queued, queue.qsize())
+            while pending:
+                await queue.put(await pending.popleft())
             await queue.put(None)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - handed to the sender, which maps it to a status
             await queue.put(exc)
+        finally:
+            for task in pending:
+                task.cancel()
 
     stats.streams_active += 1
     stats.streams_total += 1

@@ -95,7 +95,8 @@ def reference(serve_app, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def standalone(serve_app, tiny_repo):
     """start() -> a serving process (the one a native replica runs) on a fixed port of its own, serving
-    tiny-gan like the session app; stops whatever is still running at the end."""
+    tiny-gan like the session app; the one started before is stopped first (SO_REUSEPORT would let both
+    listen), the last one at the end."""
     from latentserve.services.config import load_config
     from latentserve.services.grpc_server import ServingProcess
 
@@ -104,6 +105,8 @@ def standalone(serve_app, tiny_repo):
     started: list = []
 
     def start() -> ServingProcess:
+        while started:
+            started.pop().stop(1.0)  # returns at once for one that was killed
         proc = ServingProcess(config, {"tiny-gan": 2})
         proc.start()
         started.append(proc)

@@ -817,12 +817,15 @@ class LatentClient:
             call = self._stub.Interpolate(req, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
-        return self._frames(call, format)
+        return self._stream(call, lambda f: frame_from_proto(f, format))
 
-    def _frames(self, call, fmt: str) -> Iterator[Frame]:
+    @staticmethod
+    def _stream(call, convert) -> Iterator[Any]:
+        """The converted messages of a server-streaming call; errors as latentserve errors; closing the
+        iterator early cancels the call."""
         try:
-            for f in call:
-                yield frame_from_proto(f, fmt)
+            for message in call:
+                yield convert(message)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
@@ -844,16 +847,7 @@ class LatentClient:
             call = self._stub.Augment(req, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
-        return self._chunks(call, fmt)
-
-    def _chunks(self, call, fmt: str) -> Iterator[AugmentChunk]:
-        try:
-            for m in call:
-                yield augment_chunk(m, fmt)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from exc
-        finally:
-            call.cancel()
+        return self._stream(call, lambda m: augment_chunk(m, fmt))
 
 
 class AsyncLatentClient:
@@ -932,13 +926,20 @@ class AsyncLatentClient:
         """`async for frame in client.interpolate(...)`; arguments are checked at the call, not at the first
         iteration. Leaving the loop early cancels the call."""
         req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic)
-        return self._frames(req, format)
+        return self._stream(self._stub.Interpolate, req, self.timeout, lambda f: frame_from_proto(f, format))
 
-    async def _frames(self, req: pb.InterpolateRequest, format: str) -> AsyncIterator[Frame]:
-        call = self._stub.Interpolate(req, timeout=self.timeout, metadata=self._metadata)
+    def augment(self, spec: Any, shards: Sequence[int] | None = None,
+                timeout: float | None = None) -> AsyncIterator[AugmentChunk]:
+        """`async for chunk in client.augment(spec)`: as LatentClient.augment."""
+        req = build_augment_request(spec, shards)
+        fmt = {v: k for k, v in IMAGE_FORMATS.items()}[req.spec.format]
+        return self._stream(self._stub.Augment, req, timeout, lambda m: augment_chunk(m, fmt))
+
+    async def _stream(self, method, req: Any, timeout: float | None, convert) -> AsyncIterator[Any]:
+        call = method(req, timeout=timeout, metadata=self._metadata)
         try:
-            async for f in call:
-                yield frame_from_proto(f, format)
+            async for message in call:
+                yield convert(message)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:

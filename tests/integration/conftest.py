@@ -325,6 +325,21 @@ def serve_app(tiny_repo, request):
 
 
 @pytest.fixture
+def cli(serve_app, capsys):
+    """run(*argv) -> (exit code, stdout, stderr) of a `latentserve` command (in-process, through
+    `latentserve.cli.main`) against the session app."""
+    from latentserve.cli import main
+
+    def run(*argv: str):
+        capsys.readouterr()
+        rc = main([*argv, "-t", serve_app.target, "--timeout", "60"])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
 def extra_app(serve_app):
     """`deploy(name, frontend=None, **overrides) -> (target, metadata, config)`: another app on the session's
     Serve instance, from the session config with `overrides` (frontend: "native" | "serve", default the

@@ -71,17 +71,6 @@ def wait_for_shards(out: Path, n: int, proc: subprocess.Popen, timeout_s: float 
         time.sleep(0.02)
 
 
-@pytest.fixture
-def cli(serve_app, capsys):
-    def run(*argv: str):
-        capsys.readouterr()
-        rc = main([*argv, "-t", serve_app.target, "--timeout", "60"])
-        out = capsys.readouterr()
-        return rc, out.out, out.err
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def reference(serve_app, tmp_path_factory) -> Path:
     """An uninterrupted run of SPEC."""
@@ -237,6 +226,28 @@ def test_dataset_with_two_workers_yields_every_image_once(serve_app):
                 np.testing.assert_array_equal(image, chunk.images[j])
                 assert (label, seed) == (int(chunk.labels[j]), int(chunk.seeds[j]))
     assert {label for _, label, _ in got.values()} == {0, 2}
+
+
+def test_async_client_streams_the_same_chunks(serve_app):
+    import asyncio
+
+    from latentserve.services.client import AsyncLatentClient, LatentClient
+
+    spec = {"model": "tiny-gan", "count": 40, "seed": 9, "shard_size": 16, "format": "uint8",
+            "factors": {"brightness": {"values": [-0.2, 0.2]}}}
+
+    async def read():
+        async with AsyncLatentClient(serve_app.target) as client:
+            return [chunk async for chunk in client.augment(spec, shards=[1, 2])]
+
+    got = asyncio.run(read())
+    with LatentClient(serve_app.target) as client:
+        want = list(client.augment(spec, shards=[1, 2]))
+    assert [(c.shard, c.start, c.shard_end) for c in got] == [(1, 16, True), (2, 32, True)]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.factors["brightness"], b.factors["brightness"])
+        assert a.handles == b.handles and len(a.handles) == len(a.labels)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from latentserve.errors import OverloadedError, UnavailableError
+from latentserve.errors import DeadlineExceededError, OverloadedError, UnavailableError
 from latentserve.services.augment_spec import AugmentSpec, parse_spec
 
 try:  # torch is optional: the class works as a plain iterable without it
@@ -38,7 +38,8 @@ except ImportError:  # pragma: no cover - exercised only where torch is missing
     torch = None
     _Base = object
 
-RETRYABLE = (UnavailableError, OverloadedError)
+# server restarting / draining / overloaded, or its request_timeout_s cut a long stream: resume where it stopped
+RETRYABLE = (UnavailableError, OverloadedError, DeadlineExceededError)
 _END = object()
 
 

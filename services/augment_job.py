@@ -15,9 +15,10 @@ Resumption: running the same spec again with the same DIR skips the committed sh
 the others only; images of a half-written shard are written again with the same bytes (image i depends only
 on (spec, i): services/augment_spec.py). Every file appears under its final name by an atomic rename, so an
 interruption at any point (Ctrl-C, SIGKILL, a server restart) leaves no partial file and no duplicate; the
-finished DIR is byte-identical to an uninterrupted run's. Mid-stream, UNAVAILABLE / RESOURCE_EXHAUSTED
-(a server restarting, a replica draining, overload) make the client reconnect with exponential backoff and
-ask for the remaining shards, for up to `retry_s` without progress. A DIR with another spec, or with files
+finished DIR is byte-identical to an uninterrupted run's. Mid-stream, UNAVAILABLE / RESOURCE_EXHAUSTED /
+DEADLINE_EXCEEDED (a server restarting, a replica draining, overload, a server-side request_timeout_s) make
+the client reconnect with exponential backoff and ask for the remaining shards, for up to `retry_s` without
+progress. A DIR with another spec, or with files
 but no manifest, is refused before any work.
 """
 from __future__ import annotations
@@ -33,14 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from latentserve.errors import OverloadedError, UnavailableError, ValidationError
+from latentserve.errors import DeadlineExceededError, OverloadedError, UnavailableError, ValidationError
 from latentserve.services.augment_spec import AugmentSpec, ModelFacts, check_spec
 
 MANIFEST = "augment.json"
 LABELS = "labels.csv"
 WORK = ".augment"
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
-RETRYABLE = (UnavailableError, OverloadedError)
+# server restarting / draining / overloaded, or its request_timeout_s cut a long stream: resume where it stopped
+RETRYABLE = (UnavailableError, OverloadedError, DeadlineExceededError)
 BACKOFF_S = (0.25, 8.0)  # first and largest wait between reconnects
 # Small files cost a create + write + rename each: mostly waiting on the file system, not CPU. Parallel writers
 # (measured on this machine's ext4: ~1.5 ms per atomic write from one thread, ~0.15 ms with 8) keep the

@@ -45,7 +45,7 @@ import numpy as np
 from latentserve.errors import ValidationError
 
 DEFAULT_SHARD_SIZE = 256
-MAX_COUNT = 100_000_000
+MAX_COUNT = 10_000_000  # the plan holds a label (and a grid rank) per image: <= ~120 MB
 MAX_SHARD_SIZE = 65_536
 MAX_GRID_POINTS = 1_000_000
 MAX_TEMPERATURE = 10.0

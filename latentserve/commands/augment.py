@@ -12,12 +12,26 @@ from latentserve.commands.models import add_client_options, resolve_target, reso
 RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000))
 
 
+EXAMPLE = """example spec (every field: docs/architecture.md "Augmentation jobs"):
+  model: shapes-gan
+  class_counts: {square: 400, ellipse: 300, triangle: 300}   # or count: N + class_weights: {...}
+  factors:
+    scale: {range: [0.35, 0.55]}      # uniform per image; also a number, {grid: [lo, hi, steps]}, {values: [...]}
+    hue: {grid: [0.0, 0.8, 5]}
+  source: latent_gmm                  # or prior
+  seed: 7
+  format: png                         # or jpeg
+  shard_size: 256                     # images per resumable unit
+"""
+
+
 def register(sub) -> None:
     p = sub.add_parser("augment", help="generate a labelled synthetic dataset (ImageFolder + labels.csv)",
                        description="Generate a labelled synthetic dataset from a served model: class subfolders of "
                                    "images plus labels.csv (path, class, factors, seed, handle, model version). "
                                    "Re-running the same command finishes an interrupted job; the result is "
-                                   "byte-identical to an uninterrupted run.")
+                                   "byte-identical to an uninterrupted run.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, metavar="SPEC.yaml",
                    help="job spec (YAML or JSON): model, count or class_counts, class_weights, factors, source, "
                         "seed, temperature, format, shard_size, handles")

@@ -7,7 +7,7 @@ serving process (services/grpc_server.ServingProcess: the process a native repli
   the images really have, handles that decode to the written images;
 - the client SIGKILLed mid-run, then the same command again -> byte-identical to the reference;
 - the server SIGKILLed mid-stream and started again -> the running command reconnects and finishes,
-  byte-identical to the reference;
+  byte-identical to the reference, and the handles issued before the restart still resolve (Redis);
 - backpressure: a consumer that stops reading stops generation (bounded server-side work);
 - AugmentDataset with 2 DataLoader workers -> every image exactly once;
 - invalid specs and a folder holding another job -> one-line errors naming the field, before any work.
@@ -15,6 +15,7 @@ serving process (services/grpc_server.ServingProcess: the process a native repli
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -29,6 +30,14 @@ import pytest
 import yaml
 
 from latentserve.cli import main
+
+_name = "latentserve_tests_redis_fixture"
+if _name not in sys.modules:  # tests/integration is not a package: load the fixture module by path, once
+    _spec = importlib.util.spec_from_file_location(_name, Path(__file__).with_name("redis_fixture.py"))
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules[_name] = _mod
+    _spec.loader.exec_module(_mod)
+redis_factory, redis_server = sys.modules[_name].redis_factory, sys.modules[_name].redis_server
 
 SPEC = {"model": "tiny-gan", "class_counts": {"square": 1200, "ellipse": 1000, "triangle": 800},
         "factors": {"brightness": {"range": [-0.3, 0.3]}}, "seed": 11, "shard_size": 100}
@@ -82,15 +91,16 @@ def reference(serve_app, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def standalone(serve_app, tiny_repo):
+def standalone(serve_app, tiny_repo, redis_server):
     """start() -> a serving process (the one a native replica runs) on a fixed port of its own, serving
-    tiny-gan like the session app; the one started before is stopped first (SO_REUSEPORT would let both
-    listen), the last one at the end."""
+    tiny-gan like the session app, handles in a real Redis (so they outlive the process); the one started
+    before is stopped first (SO_REUSEPORT would let both listen), the last one at the end."""
     from latentserve.services.config import load_config
     from latentserve.services.grpc_server import ServingProcess
 
     config = load_config({"repository": str(tiny_repo), "grpc_port": _free_port(), "max_batch_size": 16,
-                          "max_images_per_request": 64}, use_env=False)
+                          "max_images_per_request": 64, "redis_url": redis_server.url(db=5),
+                          "redis_key_prefix": "augment-test:"}, use_env=False)
     started: list = []
 
     def start() -> ServingProcess:
@@ -169,6 +179,14 @@ def test_the_job_survives_a_server_restart(reference, standalone, tmp_path):
     assert proc.returncode == 0, stderr
     assert done_at_kill < COUNT // 100 and "reconnect" in stdout
     assert tree(out) == tree(reference)
+    # handles issued before the restart still resolve (Redis), to the images written
+    from latentserve.services.client import LatentClient, decode_image_bytes
+
+    rows = [line.split(",") for line in (out / "labels.csv").read_text().splitlines()[1:4]]
+    with LatentClient(standalone.target) as client:
+        images = client.decode("tiny-gan", handles=[r[6] for r in rows])
+    for r, image in zip(rows, images):
+        np.testing.assert_array_equal(image, decode_image_bytes((out / r[0]).read_bytes()))
 
 
 def test_generation_follows_a_slow_consumer(standalone):

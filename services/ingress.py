@@ -722,9 +722,14 @@ class LatentIngress:
 
     AUGMENT_PLANS_KEPT = 8
 
-    def _augment_plan(self, spec: augment_spec.AugmentSpec, sv: ServedVersion) -> augment_spec.AugmentPlan:
+    async def _augment_plan(self, spec: augment_spec.AugmentSpec, sv: ServedVersion) -> augment_spec.AugmentPlan:
+        """The job's plan (O(count) to build: off the event loop), kept for a few recent jobs (resumes and
+        dataset workers ask for the same job again). The cache is only touched on the event loop."""
         key = (sv.name, sv.version, spec.digest())
-        plan = self._augment_plans.pop(key, None) or augment_spec.AugmentPlan(spec, sv.record.class_names)
+        plan = self._augment_plans.pop(key, None)
+        if plan is None:
+            plan = await asyncio.get_running_loop().run_in_executor(
+                None, augment_spec.AugmentPlan, spec, sv.record.class_names)
         self._augment_plans[key] = plan  # most recent last
         while len(self._augment_plans) > self.AUGMENT_PLANS_KEPT:
             self._augment_plans.pop(next(iter(self._augment_plans)))
@@ -747,7 +752,7 @@ class LatentIngress:
             shards = augment_spec.check_shards(list(request.shards), spec.num_shards)
             fmt = codec.AUGMENT_WIRE_FORMATS[spec.format]
             temperature = spec.temperature or float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))
-            plan = await asyncio.get_running_loop().run_in_executor(None, self._augment_plan, spec, sv)
+            plan = await self._augment_plan(spec, sv)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -187,3 +187,19 @@ def test_generator_stays_a_bounded_distance_ahead_of_a_slow_consumer():
     assert all(b[3] == ((b[1] + 5) % 10 == 0) for b in seen)
     assert 3 <= max(ahead) <= 4  # prefetch (2) + parallel (2) at most, and it does run ahead
     assert stats.streams_active == 0 and stats.images == 200
+
+
+def test_dataset_shards_cover_the_job_once_over_ranks_and_workers():
+    from latentserve.services.augment_dataset import AugmentDataset
+
+    s = spec(count=1000, shard_size=30)  # 34 shards
+    seen = []
+    for rank in range(3):
+        ds = AugmentDataset("127.0.0.1:1", s, rank=rank, world_size=3)  # no connection until iterated
+        for worker in range(2):
+            seen += ds.shards(worker, 2)
+    assert sorted(seen) == list(range(s.num_shards))
+    with pytest.raises(ValueError, match="rank must be in"):
+        AugmentDataset("127.0.0.1:1", s, rank=3, world_size=3)
+    with pytest.raises(ValidationError, match="spec.count: -1 is negative"):
+        AugmentDataset("127.0.0.1:1", {"model": "m", "count": -1})

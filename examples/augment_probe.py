@@ -76,7 +76,8 @@ def main() -> int:
     p.add_argument("--test", type=int, default=2000, help="real test images (default 2000)")
     p.add_argument("--steps", type=int, default=600, help="training steps per setting (default 600)")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--source", default=None, help="prior | latent_gmm (default: latent_gmm when the model has it)")
+    p.add_argument("--source", default=None,
+                   help="prior | latent_gmm (default: the one with the better GAN-test accuracy in the manifest)")
     p.add_argument("--seed", type=int, default=1, help="job seed of the synthetic data and the training seed")
     p.add_argument("--data-seed", type=int, default=123, help="seed of the real shapes draw")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -94,7 +95,8 @@ def main() -> int:
     data = load_dataset("shapes", image_size=info.image_size[0], n_train=a.real, n_test=a.test, seed=a.data_seed)
     if list(info.class_names) != list(data.class_names):
         raise SystemExit(f"{a.model} classes {list(info.class_names)} are not the shapes classes {data.class_names}")
-    source = a.source or ("latent_gmm" if "latent_gmm" in info.sample_sources else "prior")
+    # default: the source whose samples the probe recognises best (the manifest's GAN-test accuracy)
+    source = a.source or max(info.sample_sources, key=lambda s: info.metrics.get(f"gan_test.{s}.mean", -1.0))
     t0 = time.time()
     syn_x, syn_y = load_synthetic(a.target, a.model, a.synthetic, a.seed, source, list(info.class_names), a.token)
     fetch_s = time.time() - t0

@@ -15,7 +15,6 @@ serving process (services/grpc_server.ServingProcess: the process a native repli
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -30,14 +29,6 @@ import pytest
 import yaml
 
 from latentserve.cli import main
-
-_name = "latentserve_tests_redis_fixture"
-if _name not in sys.modules:  # tests/integration is not a package: load the fixture module by path, once
-    _spec = importlib.util.spec_from_file_location(_name, Path(__file__).with_name("redis_fixture.py"))
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules[_name] = _mod
-    _spec.loader.exec_module(_mod)
-redis_factory, redis_server = sys.modules[_name].redis_factory, sys.modules[_name].redis_server
 
 SPEC = {"model": "tiny-gan", "class_counts": {"square": 1200, "ellipse": 1000, "triangle": 800},
         "factors": {"brightness": {"range": [-0.3, 0.3]}}, "seed": 11, "shard_size": 100}

@@ -12,7 +12,7 @@ import sys
 # name -> module under latentserve.commands. Order is the order shown in --help.
 COMMANDS = [
     "train", "export", "eval", "bundle",
-    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "bench",
+    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "augment", "bench",
 ]
 
 

@@ -187,6 +187,28 @@ class SampleResult:
 EditResult = SampleResult
 
 
+@dataclass
+class AugmentChunk:
+    """Consecutive images of one shard of an augmentation job (global indices start .. start + n - 1)."""
+
+    shard: int
+    start: int
+    images: Any  # by the spec's format: list of PNG/JPEG bytes | uint8 (n, H, W, 3) | float32 (n, 3, H, W)
+    labels: np.ndarray  # int64 (n,)
+    seeds: np.ndarray  # uint64 (n,): per-image seeds
+    factors: dict[str, np.ndarray]  # the requested factor values, float64 (n,) each, spec order
+    handles: list[str]  # empty unless the spec asks for handles
+    shard_end: bool  # the last chunk of its shard
+    num_shards: int
+    count: int  # images in the whole job
+    model: str = ""
+    version: int = 0
+
+    @property
+    def indices(self) -> range:
+        return range(self.start, self.start + len(self.labels))
+
+
 @dataclass(frozen=True)
 class PathSummary:
     path_length: float  # sum of step distances
@@ -589,6 +611,44 @@ def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: st
 
 
 # ----------------------------------------------------------------------------------- response parsers
+def build_augment_request(spec: Any, shards: Sequence[int] | None = None) -> pb.AugmentRequest:
+    """An AugmentSpec (services/augment_spec.py) or its dict form + shard indices (None = all) -> request.
+    The spec is parsed (so every local check runs) before anything is sent."""
+    from latentserve.services.augment_spec import AugmentSpec, parse_spec
+
+    if not isinstance(spec, AugmentSpec):
+        spec = parse_spec(spec)
+    msg = pb.AugmentSpec(model=spec.model, version=spec.version, count=spec.count, seed=spec.seed,
+                         source=SAMPLE_SOURCES[spec.source], temperature=spec.temperature,
+                         format=IMAGE_FORMATS[spec.format], shard_size=spec.shard_size,
+                         return_handles=spec.handles)
+    if spec.class_counts is not None:
+        msg.class_counts.update(spec.class_counts)
+    if spec.class_weights is not None:
+        msg.class_weights.update(spec.class_weights)
+    for f in spec.factors:
+        fm = msg.factors.add(name=f.name)
+        if f.kind == "value":
+            fm.value = f.values[0]
+        elif f.kind == "range":
+            fm.range.low, fm.range.high = f.values
+        elif f.kind == "grid":
+            fm.grid.low, fm.grid.high = f.values
+            fm.grid.steps = f.steps
+        else:
+            fm.list.values.extend(f.values)
+    return pb.AugmentRequest(spec=msg, shards=[int(k) for k in (shards or [])])
+
+
+def augment_chunk(m: pb.AugmentBatch, fmt: str) -> AugmentChunk:
+    return AugmentChunk(
+        shard=m.shard, start=m.start, images=images_from_protos(m.images, fmt),
+        labels=np.fromiter(m.labels, dtype=np.int64, count=len(m.labels)),
+        seeds=np.fromiter(m.seeds, dtype=np.uint64, count=len(m.seeds)),
+        factors={c.name: np.array(c.values, dtype=np.float64) for c in m.factors}, handles=list(m.handles),
+        shard_end=m.shard_end, num_shards=m.num_shards, count=m.count, model=m.model, version=m.version)
+
+
 def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
     return ModelInfo(
         name=m.name, version=m.version, versions=tuple(m.versions), family=m.family,
@@ -757,12 +817,15 @@ class LatentClient:
             call = self._stub.Interpolate(req, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
-        return self._frames(call, format)
+        return self._stream(call, lambda f: frame_from_proto(f, format))
 
-    def _frames(self, call, fmt: str) -> Iterator[Frame]:
+    @staticmethod
+    def _stream(call, convert) -> Iterator[Any]:
+        """The converted messages of a server-streaming call; errors as latentserve errors; closing the
+        iterator early cancels the call."""
         try:
-            for f in call:
-                yield frame_from_proto(f, fmt)
+            for message in call:
+                yield convert(message)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
@@ -772,6 +835,19 @@ class LatentClient:
              return_handles: bool = False, version: int | None = None) -> EditResult:
         req = build_edit_request(model, inputs, moves, format, return_handles, version)
         return images_result(self._call(self._stub.Edit, req), format)
+
+    def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None) -> Iterator[AugmentChunk]:
+        """The chunks of an augmentation job (an AugmentSpec or its dict form), shard by shard in index order;
+        `shards`: only these shard indices (ascending; None = all). The server generates only as fast as this
+        iterator is read. `timeout`: a deadline for the whole stream (default none: bulk jobs run long; the
+        client's own timeout is for unary calls). Stopping the iteration early cancels the call."""
+        req = build_augment_request(spec, shards)
+        fmt = {v: k for k, v in IMAGE_FORMATS.items()}[req.spec.format]
+        try:
+            call = self._stub.Augment(req, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return self._stream(call, lambda m: augment_chunk(m, fmt))
 
 
 class AsyncLatentClient:
@@ -850,13 +926,20 @@ class AsyncLatentClient:
         """`async for frame in client.interpolate(...)`; arguments are checked at the call, not at the first
         iteration. Leaving the loop early cancels the call."""
         req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic)
-        return self._frames(req, format)
+        return self._stream(self._stub.Interpolate, req, self.timeout, lambda f: frame_from_proto(f, format))
 
-    async def _frames(self, req: pb.InterpolateRequest, format: str) -> AsyncIterator[Frame]:
-        call = self._stub.Interpolate(req, timeout=self.timeout, metadata=self._metadata)
+    def augment(self, spec: Any, shards: Sequence[int] | None = None,
+                timeout: float | None = None) -> AsyncIterator[AugmentChunk]:
+        """`async for chunk in client.augment(spec)`: as LatentClient.augment."""
+        req = build_augment_request(spec, shards)
+        fmt = {v: k for k, v in IMAGE_FORMATS.items()}[req.spec.format]
+        return self._stream(self._stub.Augment, req, timeout, lambda m: augment_chunk(m, fmt))
+
+    async def _stream(self, method, req: Any, timeout: float | None, convert) -> AsyncIterator[Any]:
+        call = method(req, timeout=timeout, metadata=self._metadata)
         try:
-            async for f in call:
-                yield frame_from_proto(f, format)
+            async for message in call:
+                yield convert(message)
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
         finally:
@@ -992,7 +1075,7 @@ def parse_weights(text: str, what: str = "weights") -> dict[str, float]:
 
 __all__ = [
     "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "EncodeResult", "SampleResult",
-    "EditResult", "Frame", "PathSummary", "DEFAULT_TARGET", "IMAGE_FORMATS", "SAMPLE_SOURCES",
+    "EditResult", "Frame", "PathSummary", "AugmentChunk", "DEFAULT_TARGET", "IMAGE_FORMATS", "SAMPLE_SOURCES",
     "INTERPOLATION_METHODS", "image_to_proto", "images_to_protos", "image_from_proto", "images_from_protos",
     "latents_to_protos", "latents_from_protos", "latent_ref", "error_from_rpc", "make_grid", "save_png",
     "load_image", "save_latents", "load_latents", "parse_weights", "parse_ref", "decode_image_bytes",

@@ -309,3 +309,38 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         limits=pb.Limits(max_images_per_request=int(info["limits"]["max_images_per_request"]),
                          max_interpolation_steps=int(info["limits"]["max_interpolation_steps"])),
     )
+
+
+# ------------------------------------------------------------------------------------------------ augment
+# Augment specs name formats like the client does (uint8/float32 for the raw tensors).
+AUGMENT_FORMATS = {PNG: PNG, JPEG: JPEG, RAW_UINT8: "uint8", RAW_FLOAT32: "float32"}
+AUGMENT_WIRE_FORMATS = {v: k for k, v in AUGMENT_FORMATS.items()}
+
+
+def augment_spec_from_pb(msg: "pb.AugmentSpec") -> Any:
+    """AugmentSpec proto -> the checked plain spec (services/augment_spec.py parses it: one set of checks
+    and messages for YAML specs and the wire)."""
+    from latentserve.services.augment_spec import parse_spec
+
+    factors: dict[str, Any] = {}
+    for i, f in enumerate(msg.factors):
+        kind = f.WhichOneof("values")
+        if kind is None:
+            raise ValidationError(f"spec.factors.{f.name or i}: set value, range, grid or list")
+        if f.name in factors:
+            raise ValidationError(f"spec.factors.{f.name}: given twice")
+        if kind == "value":
+            factors[f.name] = f.value
+        elif kind == "range":
+            factors[f.name] = {"range": [f.range.low, f.range.high]}
+        elif kind == "grid":
+            factors[f.name] = {"grid": [f.grid.low, f.grid.high, f.grid.steps]}
+        else:
+            factors[f.name] = {"values": list(f.list.values)}
+    return parse_spec({
+        "model": msg.model, "version": msg.version, "count": msg.count,
+        "class_counts": dict(msg.class_counts) or None, "class_weights": dict(msg.class_weights) or None,
+        "factors": factors, "source": sample_source(msg.source), "seed": msg.seed,
+        "temperature": float(msg.temperature), "format": AUGMENT_FORMATS[image_format(msg.format)],
+        "shard_size": msg.shard_size, "handles": bool(msg.return_handles),
+    })

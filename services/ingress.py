@@ -21,6 +21,9 @@ Semantics decided here (documented for clients):
   RMS distance of consecutive decoded frames on the [-1, 1] scale, before 8-bit quantisation.
 - DEADLINE: the client's deadline cancels the call; the frontend cancels the ingress task and the model call
   it is awaiting, and a cancelled request still waiting in a batch queue is dropped before it runs.
+- Augment (services/augment_stream.py, spec semantics in services/augment_spec.py): the request is checked
+  completely before the first image is generated; images flow at the client's pace (bounded prefetch); the
+  result cache is bypassed (bulk jobs would only evict interactive results).
 - Images: 8-bit output formats (RAW_UINT8, PNG, JPEG) ask the model for uint8 images (converted once per
   batch in the model's worker thread); only RAW_FLOAT32 and Interpolate's step distances use float32.
 """
@@ -40,7 +43,7 @@ import numpy as np
 from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, ValidationError
 from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
-from latentserve.services import codec, metrics
+from latentserve.services import augment_spec, augment_stream, codec, metrics
 from latentserve.services.config import ServeConfig
 from latentserve.services.store import LatentStore, make_handle, open_stores, parse_handle
 from latentserve.v1 import latent_pb2 as pb
@@ -260,6 +263,8 @@ class LatentIngress:
         self._load_locks: dict[tuple[str, int], asyncio.Lock] = {}
         self._started = time.time()
         self.requests: dict[str, int] = {}
+        self.augment_stats = augment_stream.AugmentStats()
+        self._augment_plans: dict[tuple, augment_spec.AugmentPlan] = {}  # a few recent jobs (resumes, workers)
         for name, v in self.default_versions.items():
             self._versions[(name, v)] = self._load_version(name, v)
         self._native = None
@@ -731,6 +736,72 @@ class LatentIngress:
 
         return await self._unary("Edit", grpc_context, body, pb.EditResponse())
 
+    AUGMENT_PLANS_KEPT = 8
+
+    async def _augment_plan(self, spec: augment_spec.AugmentSpec, sv: ServedVersion) -> augment_spec.AugmentPlan:
+        """The job's plan (O(count) to build: off the event loop), kept for a few recent jobs (resumes and
+        dataset workers ask for the same job again). The cache is only touched on the event loop."""
+        key = (sv.name, sv.version, spec.digest())
+        plan = self._augment_plans.pop(key, None)
+        if plan is None:
+            plan = await asyncio.get_running_loop().run_in_executor(
+                None, augment_spec.AugmentPlan, spec, sv.record.class_names)
+        self._augment_plans[key] = plan  # most recent last
+        while len(self._augment_plans) > self.AUGMENT_PLANS_KEPT:
+            self._augment_plans.pop(next(iter(self._augment_plans)))
+        return plan
+
+    @staticmethod
+    def augment_facts(sv: ServedVersion) -> augment_spec.ModelFacts:
+        return augment_spec.ModelFacts(
+            name=sv.name, version=sv.version, class_names=tuple(sv.record.class_names),
+            knobs={k.name: (k.low, k.high, k.unit) for k in sv.space.knobs.values()},
+            sources=tuple(s for s in sv.info["sample_sources"] if s in augment_spec.SOURCES))
+
+    @metrics.counted_stream("Augment", images=False)  # a batch message carries many images: counted below
+    async def Augment(self, request: pb.AugmentRequest, grpc_context: Any = None) -> AsyncIterator[pb.AugmentBatch]:
+        self.requests["Augment"] = self.requests.get("Augment", 0) + 1
+        try:
+            self._authorize(grpc_context)
+            spec = codec.augment_spec_from_pb(request.spec)
+            sv = await self._model(spec.model, spec.version)
+            augment_spec.check_spec(spec, self.augment_facts(sv))
+            shards = augment_spec.check_shards(list(request.shards), spec.num_shards)
+            fmt = codec.AUGMENT_WIRE_FORMATS[spec.format]
+            temperature = spec.temperature or float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))
+            plan = await self._augment_plan(spec, sv)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            _set_status(grpc_context, exc, "Augment")
+            raise _StatusSet(status_for(exc)[1]) from None
+
+        async def render(z: np.ndarray, labels: np.ndarray) -> list:
+            return await self._images_out(await self._decode(sv, z, labels, fmt), fmt)
+
+        async def store(z: np.ndarray, labels: np.ndarray) -> list[str]:
+            return await self._handles_for(sv, z, labels)
+
+        batch_size = max(1, min(spec.shard_size, self.config.max_batch_size))
+        stream = augment_stream.generate(spec, plan, shards, sv.space, temperature, render, batch_size,
+                                         store if spec.handles else None, self.augment_stats)
+        names = [f.name for f in spec.factors]
+        try:
+            async for b in stream:
+                metrics.add_images(len(b.images))
+                yield pb.AugmentBatch(
+                    model=sv.name, version=sv.version, shard=b.shard, start=b.start, images=b.images,
+                    labels=b.labels.tolist(), seeds=b.seeds.tolist(), handles=b.handles, shard_end=b.shard_end,
+                    factors=[pb.FactorColumn(name=n, values=b.factors[n].tolist()) for n in names],
+                    num_shards=spec.num_shards, count=spec.count)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failure mid-stream ends the stream with its status
+            _set_status(grpc_context, exc, "Augment")
+            raise _StatusSet(status_for(exc)[1]) from None
+        finally:
+            await stream.aclose()
+
     # -- grpc.health.v1.Health ----------------------------------------------------------------------------
     def _health(self, service: str):
         from grpc_health.v1 import health_pb2
@@ -774,7 +845,8 @@ class LatentIngress:
                 models[name] = {"error": f"{type(exc).__name__}: {exc}"}
         out = {"uptime_s": round(time.time() - self._started, 3), "requests": dict(self.requests),
                "handles": self.store.stats(), "cache": self.cache.stats(), "frontend": self.config.grpc_frontend,
-               "colocate": self.config.colocate or self._native is not None, "models": models}
+               "colocate": self.config.colocate or self._native is not None, "models": models,
+               "augment": self.augment_stats.snapshot()}
         if self._native is not None:
             out["grpc"] = self._native.stats()
         return out

@@ -277,6 +277,13 @@ def counted_stream(rpc: str, images: bool = True):
     return deco
 
 
+def add_images(n: int) -> None:
+    """The current request returned `n` more images (streams whose messages carry many, e.g. Augment)."""
+    rec = _current.get()
+    if rec is not None:
+        rec.images += int(n)
+
+
 def note_model(name: str, version: int) -> None:
     """The current request uses this served model version (its labels; the first model named wins)."""
     rec = _current.get()

@@ -19,6 +19,7 @@ the end. The frontend under test comes from LATENTSERVE_TEST_FRONTEND:
 - `serve`: Ray Serve's gRPC proxy -> ingress -> model-server deployments;
 - `direct` (or LATENTSERVE_TEST_DIRECT=1): colocate + Ray Serve direct ingress; tests that need a second
   app skip (a direct-ingress replica serves one app per port).
+`redis_factory` / `redis_server` (session): real redis-server processes (redis_fixture.py), for any module.
 `extra_app` deploys further apps (token/queues, real exported families, rollout, the other frontend) and
 deletes them afterwards: native apps get their own port, serve-frontend apps are reached through the proxy
 with `application` metadata (Serve's proxy routes requests without it only while exactly one app runs).
@@ -27,14 +28,29 @@ from __future__ import annotations
 
 import datetime as _dt
 import glob
+import importlib.util
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+def _redis_fixture_module():
+    """redis_fixture.py, loaded by path once under the name test_redis.py uses (this folder is no package)."""
+    name = "latentserve_tests_redis_fixture"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("redis_fixture.py"))
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+# the real-redis-server fixtures (redis_fixture.py), for every test module of this folder
+redis_factory, redis_server = _redis_fixture_module().redis_factory, _redis_fixture_module().redis_server
 
 IMAGE = (3, 8, 8)
 P = 3 * 8 * 8  # pixels per image
@@ -325,6 +341,21 @@ def serve_app(tiny_repo, request, tmp_path_factory):
             ray.shutdown()
             os.environ.clear()
             os.environ.update(saved_env)
+
+
+@pytest.fixture
+def cli(serve_app, capsys):
+    """run(*argv) -> (exit code, stdout, stderr) of a `latentserve` command (in-process, through
+    `latentserve.cli.main`) against the session app."""
+    from latentserve.cli import main
+
+    def run(*argv: str):
+        capsys.readouterr()
+        rc = main([*argv, "-t", serve_app.target, "--timeout", "60"])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+
+    return run
 
 
 @pytest.fixture

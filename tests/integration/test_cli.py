@@ -25,19 +25,6 @@ def grid_size(rows: int, cols: int) -> tuple[int, int]:
     return cols * (W + 2) + 2, rows * (H + 2) + 2
 
 
-@pytest.fixture
-def cli(serve_app, capsys):
-    """run(*argv) -> (exit code, stdout, stderr) against the test server."""
-
-    def run(*argv: str):
-        capsys.readouterr()
-        rc = main([*argv, "-t", serve_app.target, "--timeout", "60"])
-        out = capsys.readouterr()
-        return rc, out.out, out.err
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def samples(serve_app, tmp_path_factory):
     """6 ellipse samples from tiny-gan: (folder with grid.png + s.npz)."""

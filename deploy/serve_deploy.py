@@ -44,6 +44,8 @@ ENV_PREFIX = "LATENTSERVE_"
 # every URL field (Redis URLs carry the password). `is_secret` also catches fields added later.
 SECRET_FIELDS = frozenset({"api_token", "redis_url", "redis_cache_url"})
 ROLLOUT_ENV_VAR = "LATENTSERVE_ROLLOUT"  # runtime_env marker: "name=version,..." of the newest versions
+# The `serve` CLI of this interpreter's Ray (a `serve` script on PATH may belong to another Python).
+SERVE_CLI = (sys.executable, "-c", "from ray.serve.scripts import cli; cli()")
 DEFAULT_CONFIG = "/app/deploy/serve.yaml"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL_FAILURES = ("DEPLOY_FAILED",)
@@ -159,7 +161,7 @@ def stamp_rollout(doc: dict, models: Mapping[str, int]) -> dict:
 
 def app_status(address: str, app_name: str) -> dict | None:
     """The app's entry of `serve status` ({status, message, last_deployed_time_s, ...}); None if absent."""
-    proc = subprocess.run(["serve", "status", "--address", address], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*SERVE_CLI, "status", "--address", address], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise RuntimeError(f"`serve status` failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
     status = yaml.safe_load(proc.stdout) or {}
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         since = time.time()
         print(f"serve_deploy: deploying {app_name!r} ({listed}) to {args.address}", flush=True)
-        proc = subprocess.run(["serve", "deploy", "--address", args.address, rendered])
+        proc = subprocess.run([*SERVE_CLI, "deploy", "--address", args.address, rendered])
         if proc.returncode != 0:
             print(f"serve_deploy: error: `serve deploy` exited {proc.returncode}", file=sys.stderr)
             return 1

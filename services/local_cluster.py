@@ -1,0 +1,483 @@
+"""A real multi-node Ray cluster on one host (loopback): `latentserve cluster-demo` and the cluster test.
+
+    cluster = LocalCluster(workdir, env={"LATENTSERVE_REDIS_URL": url})
+    head = cluster.start_head(num_cpus=2)                 # `ray start --head --block`
+    worker = cluster.add_node(num_cpus=2)                 # `ray start --address=<head> --block`
+    cluster.deploy(serve_config)                          # deploy/serve_deploy.py -> `serve deploy` via the dashboard
+    cluster.replica_nodes("latentserve")                  # {replica id: node id} from Serve's status
+    cluster.kill_node(worker)                             # SIGKILL every process of that node
+    cluster.stop()                                        # every node (also on errors: use `with`)
+
+Each node is `ray start --block` run by this interpreter (`sys.executable`: the nodes import the same
+latentserve as the caller; a `ray` script on PATH may belong to another Python) in its own process session,
+so all of a node's processes (raylet, agents, Serve replicas and their serving processes) are found by
+session id and killed together, as a machine failure would. Every port Ray would otherwise take from a
+fixed default (GCS 6379, dashboard 8265, dashboard agent 52365, client server 10001, ...) is a free loopback
+port chosen here, worker ports are random (0), and every node has its own --temp-dir under `workdir`, so
+this cluster never collides with another Ray on the host. Ray's cluster token authentication stays on, as
+in docker-compose.yml: a fresh random token in a 0600 file under `workdir`, given to every node and to the
+serve CLI as RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH (~/.ray/auth_token is never read or written).
+
+`serve_config_for` writes the Serve config the cluster deploys: deploy/serve.yaml with only the repository,
+the ports, the bind address (127.0.0.1) and the replica count changed, plus `max_replicas_per_node: 1` for
+the ingress deployment so that its replicas land on different nodes. With the native frontend every node's
+replica binds the same gRPC port (SO_REUSEPORT); the kernel spreads connections over the nodes and
+`ClientPool` tells them apart by the `latentserve-node` trailing metadata (services/identity.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from latentserve.errors import UnavailableError, ValidationError
+
+RAY_CLI = (sys.executable, "-c", "from ray.scripts.scripts import main; main()")
+LOOPBACK = "127.0.0.1"
+INGRESS_DEPLOYMENT = "LatentIngress"
+OBJECT_STORE_BYTES = 128 * 1024 * 1024  # per node; Ray's default (30% of RAM) is far more than a demo needs
+START_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 20.0
+
+
+def free_ports(n: int, host: str = LOOPBACK) -> list[int]:
+    """`n` distinct ports free on `host` right now (all held open while choosing, so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def node_marker(name: str) -> str:
+    """The custom resource (amount 1) that identifies the node started as `name` in Ray's node table."""
+    return f"latentserve_demo_{name.replace('-', '_')}"
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status == 200
+    except OSError:  # URLError and refused connections
+        return False
+
+
+def session_pids(sid: int) -> list[int]:
+    """Every process of the process session `sid` (Linux /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+        if len(fields) > 3 and int(fields[3]) == sid:
+            out.append(int(entry))
+    return out
+
+
+@dataclass
+class RayNode:
+    """One `ray start --block` process and what the cluster learned about it."""
+
+    name: str  # "head", "worker-1", ...
+    proc: subprocess.Popen
+    temp_dir: Path
+    log_path: Path
+    ports: dict[str, int]
+    node_id: str = ""  # Ray node id (hex), known once the node registered
+    killed: bool = False
+
+    @property
+    def sid(self) -> int:
+        return self.proc.pid  # started with start_new_session: the session id is its pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class LocalCluster:
+    """Ray nodes on this host (see the module docstring). `env`: extra environment for every node (e.g.
+    LATENTSERVE_REDIS_URL, which the app reads on each node), the deploy step and the serve CLI."""
+
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    log: Callable[[str], None] = lambda msg: None
+    nodes: list[RayNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.token_path = self.workdir / "ray_auth_token"
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        self.gcs_port = 0
+        self.dashboard_port = 0
+
+    # -- addresses ------------------------------------------------------------------------------------------
+    @property
+    def gcs_address(self) -> str:
+        return f"{LOOPBACK}:{self.gcs_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    @property
+    def head(self) -> RayNode:
+        return self.nodes[0]
+
+    def node_env(self) -> dict[str, str]:
+        """The environment of every Ray process and of the serve CLI: token auth on, our token file."""
+        env = dict(os.environ)
+        for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):  # never join or authenticate against another cluster
+            env.pop(key, None)
+        env.update(self.env)
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
+                    "RAY_USAGE_STATS_ENABLED": "0",
+                    # a stopping node drains its replicas for at most this long (Ray's default is minutes)
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"})
+        return env
+
+    # -- nodes ----------------------------------------------------------------------------------------------
+    def start_head(self, num_cpus: int, wait: bool = True) -> RayNode:
+        """Start the head (GCS, dashboard with Serve's REST API, a raylet with `num_cpus` CPUs); returns once
+        its GCS accepts connections (workers may join from then on) or, with `wait`, once it is registered."""
+        if self.nodes:
+            raise ValidationError("the head is already started")
+        names = ("gcs", "dashboard", "agent_http", "agent_grpc", "runtime_env_agent", "metrics_export",
+                 "client_server", "node_manager", "object_manager")
+        ports = dict(zip(names, free_ports(len(names))))
+        self.gcs_port, self.dashboard_port = ports["gcs"], ports["dashboard"]
+        args = ["--head", f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
+                f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client_server']}"]
+        node = self._start("head", num_cpus, args, ports)
+        self._wait_until(node, f"GCS port {self.gcs_port}", lambda: _accepts(LOOPBACK, self.gcs_port))
+        if wait:
+            self.wait_registered()
+        return node
+
+    def add_node(self, num_cpus: int, wait: bool = True) -> RayNode:
+        """Start a worker node joining the head with the cluster token; with `wait`, until the head lists it."""
+        if not self.nodes:
+            raise ValidationError("start the head first")
+        names = ("agent_http", "agent_grpc", "runtime_env_agent", "metrics_export", "node_manager", "object_manager")
+        ports = dict(zip(names, free_ports(len(names))))
+        node = self._start(f"worker-{len(self.nodes)}", num_cpus, [f"--address={self.gcs_address}"], ports)
+        if wait:
+            self.wait_registered()
+        return node
+
+    def _start(self, name: str, num_cpus: int, args: list[str], ports: dict[str, int]) -> RayNode:
+        temp_dir = self.workdir / name
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        # A custom resource names the node, so its node id can be found in the GCS's node table.
+        marker = {node_marker(name): 1}
+        cmd = [*RAY_CLI, "start", "--block", *args, f"--temp-dir={temp_dir}", f"--node-ip-address={LOOPBACK}",
+               f"--num-cpus={int(num_cpus)}", f"--resources={json.dumps(marker)}",
+               f"--object-store-memory={OBJECT_STORE_BYTES}",
+               f"--dashboard-agent-listen-port={ports['agent_http']}",
+               f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+               f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+               f"--metrics-export-port={ports['metrics_export']}", f"--node-manager-port={ports['node_manager']}",
+               f"--object-manager-port={ports['object_manager']}", "--min-worker-port=0", "--max-worker-port=0",
+               "--disable-usage-stats"]
+        log_path = self.workdir / f"{name}.log"
+        self.log(f"starting Ray {name}: {num_cpus} CPUs, temp dir {temp_dir}, log {log_path}")
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=self.node_env(), start_new_session=True)
+        node = RayNode(name=name, proc=proc, temp_dir=temp_dir, log_path=log_path, ports=ports)
+        self.nodes.append(node)
+        return node
+
+    def _wait_until(self, node: RayNode, what: str, ready: Callable[[], bool],
+                    timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            if not node.alive():
+                raise UnavailableError(f"Ray {node.name} exited with code {node.proc.returncode}:\n{node.log_tail()}")
+            if time.monotonic() > deadline:
+                raise UnavailableError(f"Ray {node.name}: no {what} after {timeout_s:.0f}s:\n{node.log_tail()}")
+            time.sleep(0.3)
+
+    def wait_registered(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait until the dashboard answers and every started node is ALIVE in the GCS; sets their node_id."""
+        self._wait_until(self.head, f"dashboard on port {self.dashboard_port}",
+                         lambda: _http_ok(f"{self.dashboard_url}/api/gcs_healthz"), timeout_s)
+        for node in self.nodes:
+            if node.node_id:
+                continue
+
+            def registered(node: RayNode = node) -> bool:
+                try:
+                    nodes = self.list_nodes()
+                except (OSError, ValueError, KeyError):
+                    return False
+                for n in nodes:
+                    if n.get("state") == "ALIVE" and node_marker(node.name) in (n.get("resources_total") or {}):
+                        node.node_id = n["node_id"]
+                        return True
+                return False
+
+            self._wait_until(node, "registration with the head", registered, timeout_s)
+            self.log(f"Ray {node.name} is up: node {node.node_id[:12]}")
+
+    def kill_node(self, node: RayNode) -> int:
+        """SIGKILL every process of `node` at once (raylet, agents, replicas, their serving processes), as a
+        crash of that machine would; returns how many were killed."""
+        pids = session_pids(node.sid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        node.proc.wait(10)
+        node.killed = True
+        self.log(f"killed Ray {node.name} ({len(pids)} processes, SIGKILL)")
+        return len(pids)
+
+    def stop(self) -> None:
+        """Stop every node: SIGTERM to each `ray start --block` (workers first; each stops its processes),
+        then SIGKILL whatever of a node's session is still running after STOP_TIMEOUT_S."""
+        for node in reversed(self.nodes):
+            if node.alive():
+                node.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for node in reversed(self.nodes):
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for node in self.nodes:
+            for pid in session_pids(node.sid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if node.alive():
+                node.proc.wait(10)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- the dashboard API (token auth) ---------------------------------------------------------------------
+    def _get(self, path: str) -> Any:
+        req = urllib.request.Request(self.dashboard_url + path,
+                                     headers={"Authorization": f"Bearer {self.token_path.read_text().strip()}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def list_nodes(self) -> list[dict]:
+        """Ray's state API: every node the GCS knows ({node_id, state, is_head_node, resources_total, ...})."""
+        return self._get("/api/v0/nodes")["data"]["result"]["result"]
+
+    def serve_details(self) -> dict:
+        """Serve's status (what `serve status` shows, with per-replica node ids)."""
+        return self._get("/api/serve/applications/")
+
+    def replica_nodes(self, app: str, deployment: str = INGRESS_DEPLOYMENT, state: str = "RUNNING") -> dict[str, str]:
+        """{replica id: node id} of the deployment's replicas in `state`, from Serve's status."""
+        app_details = (self.serve_details().get("applications") or {}).get(app) or {}
+        dep = (app_details.get("deployments") or {}).get(deployment) or {}
+        return {r["replica_id"]: r["node_id"] for r in dep.get("replicas") or [] if r.get("state") == state}
+
+    def deploy(self, config_path: Path, deploy_script: Path, timeout_s: float = 300.0) -> None:
+        """Run deploy/serve_deploy.py (the compose head's deploy step: validate, `serve deploy` through the
+        head's dashboard, wait for RUNNING) against this cluster."""
+        cmd = [sys.executable, str(deploy_script), "--config", str(config_path), "--address", self.dashboard_url,
+               "--timeout", str(timeout_s)]
+        self.log(f"deploying {config_path} ({deploy_script.name} -> serve deploy --address {self.dashboard_url})")
+        proc = subprocess.run(cmd, env=self.node_env(), capture_output=True, text=True, timeout=timeout_s + 120)
+        if proc.returncode != 0:
+            raise UnavailableError(f"{deploy_script.name} exited {proc.returncode}:\n{(proc.stderr or proc.stdout)[-4000:]}")
+
+    def serve_log_tail(self, chars: int = 4000) -> str:
+        """The tail of every Serve log of every node (for failure reports)."""
+        out = []
+        for node in self.nodes:
+            for path in sorted(node.temp_dir.glob("session_*/logs/serve/*.log")):
+                out.append(f"===== {node.name}: {path.name}\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(out)
+
+
+def serve_config_for(base: Mapping[str, Any], repository: str, grpc_port: int, http_port: int,
+                     replicas: int) -> dict:
+    """deploy/serve.yaml (parsed) for a loopback cluster: only the repository, the ports, the bind address
+    and the ingress replica count change; `max_replicas_per_node: 1` spreads the replicas over the nodes."""
+    import copy
+
+    doc = copy.deepcopy(dict(base))
+    apps = [a for a in doc.get("applications") or [] if a.get("import_path") == "latentserve.services.app:app_builder"]
+    if len(apps) != 1:
+        raise ValidationError("the Serve config must have exactly one latentserve application")
+    app = apps[0]
+    app["args"] = {**(app.get("args") or {}), "repository": str(repository), "host": LOOPBACK,
+                   "grpc_port": int(grpc_port), "http_port": int(http_port), "ingress_replicas": int(replicas)}
+    doc["grpc_options"] = {**(doc.get("grpc_options") or {}), "port": int(grpc_port)}
+    doc["http_options"] = {**(doc.get("http_options") or {}), "host": LOOPBACK, "port": int(http_port)}
+    deployments = [d for d in app.get("deployments") or [] if d.get("name") != INGRESS_DEPLOYMENT]
+    app["deployments"] = deployments + [{"name": INGRESS_DEPLOYMENT, "max_replicas_per_node": 1}]
+    return doc
+
+
+# ------------------------------------------------------------------------------------------ clients by node
+class ClientPool:
+    """LatentClients to one gRPC target that several nodes serve (SO_REUSEPORT or a TCP load balancer), each
+    with its own connection (a channel-local subchannel pool), grouped by the node that answers them.
+
+    `call(fn)` runs `fn(client)` on the next client in turn; `call_on(node, fn)` keeps trying clients (and
+    opening new ones, up to `max_clients`) until `node` answered, which turns the kernel's random choice of a
+    listener into a deterministic test. Each result comes with the `ServerInfo` of the call."""
+
+    def __init__(self, target: str, token: str | None = None, max_clients: int = 64, timeout: float = 30.0) -> None:
+        self.target, self.token, self.max_clients, self.timeout = target, token, int(max_clients), timeout
+        self.clients: list[Any] = []
+        self._next = 0
+
+    def _new_client(self):
+        from latentserve.services.client import LatentClient
+
+        client = LatentClient(self.target, token=self.token, timeout=self.timeout,
+                              options=[("grpc.use_local_subchannel_pool", 1)])
+        self.clients.append(client)
+        return client
+
+    def grow(self, n: int) -> None:
+        while len(self.clients) < min(n, self.max_clients):
+            self._new_client()
+
+    def call(self, fn: Callable[[Any], Any]) -> tuple[Any, Any]:
+        """(fn(client), ServerInfo) on the next client in round-robin order."""
+        if not self.clients:
+            self._new_client()
+        client = self.clients[self._next % len(self.clients)]
+        self._next += 1
+        result = fn(client)
+        return result, client.last_server
+
+    def call_on(self, node_id: str, fn: Callable[[Any], Any]) -> Any:
+        """fn(client) answered by `node_id` (other answers are discarded: use idempotent calls)."""
+        seen: set[str] = set()
+        for i in range(self.max_clients):
+            client = self.clients[i] if i < len(self.clients) else self._new_client()
+            result = fn(client)
+            info = client.last_server
+            if info is not None and info.node == node_id:
+                return result
+            seen.add(info.node[:12] if info else "(no identity)")
+        raise UnavailableError(f"no connection to {self.target} reached node {node_id[:12]} in {self.max_clients} "
+                               f"tries (answered by: {', '.join(sorted(seen))})")
+
+    def nodes_reached(self, expected: Iterable[str]) -> dict[str, int]:
+        """Open clients until every node in `expected` answered one (ListModels); {node: clients answered}."""
+        want = set(expected)
+        counts: dict[str, int] = {}
+        for i in range(self.max_clients):
+            client = self.clients[i] if i < len(self.clients) else self._new_client()
+            client.list_models()
+            node = client.last_server.node if client.last_server else ""
+            counts[node] = counts.get(node, 0) + 1
+            if want <= set(counts) and i + 1 >= len(self.clients):
+                break
+        return counts
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.clients.clear()
+
+
+# ------------------------------------------------------------------------------------ what the demo checks
+@dataclass
+class Issued:
+    """Handles one Sample call issued, the images it returned and the node that answered."""
+
+    handles: list[str]
+    images: Any  # uint8 (N, H, W, 3)
+    node: str
+
+
+def sample_issue(client: Any, model: str, seed: int, n: int = 2) -> Issued:
+    """A seeded Sample with handles (idempotent: the same seed gives the same latents and handles)."""
+    out = client.sample(model, n, seed=seed, return_handles=True)
+    return Issued(handles=list(out.handles), images=out.images, node=client.last_server.node if client.last_server else "")
+
+
+def resolve(client: Any, model: str, issued: Issued) -> float:
+    """Decode `issued`'s handles; the largest uint8 difference to the images Sample returned."""
+    import numpy as np
+
+    images = client.decode(model, handles=issued.handles)
+    return float(np.abs(images.astype(np.int16) - issued.images.astype(np.int16)).max())
+
+
+class RequestStream:
+    """A background thread sending seeded Sample-with-handles calls round-robin over a ClientPool's clients
+    until stopped: the load running while a node dies. `issued` / `failures` / `by_node` record the outcome
+    (every failure is kept with its message)."""
+
+    def __init__(self, pool: ClientPool, model: str, first_seed: int) -> None:
+        import threading
+
+        self.pool, self.model, self.seed = pool, model, int(first_seed)
+        self.issued: list[Issued] = []
+        self.failures: list[str] = []
+        self.by_node: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="latentserve-request-stream", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seed += 1
+            try:
+                item, _ = self.pool.call(lambda c: sample_issue(c, self.model, self.seed))
+            except Exception as exc:  # noqa: BLE001 - recorded: the caller asserts there are none
+                self.failures.append(f"seed {self.seed}: {type(exc).__name__}: {exc}")
+                continue
+            self.issued.append(item)
+            self.by_node[item.node] = self.by_node.get(item.node, 0) + 1
+
+    def __enter__(self) -> "RequestStream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(120)

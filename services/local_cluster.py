@@ -357,6 +357,68 @@ def serve_config_for(base: Mapping[str, Any], repository: str, grpc_port: int, h
     return doc
 
 
+def deploy_files(config: str | None = None) -> tuple[Path, Path]:
+    """(Serve config, deploy/serve_deploy.py) of this source tree; `config` replaces the first. Both live in
+    the repository's deploy/ folder, which a source checkout (`pip install -e .`) has and a wheel does not."""
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    script = deploy / "serve_deploy.py"
+    if not script.is_file():
+        raise ValidationError(f"{script} not found: the cluster demo needs the deploy/ folder of a latentserve "
+                              f"source checkout (installed with `pip install -e .`)")
+    path = Path(config) if config else deploy / "serve.yaml"
+    if not path.is_file():
+        raise ValidationError(f"Serve config {path} not found")
+    return path, script
+
+
+class PrivateRedis:
+    """A password-protected redis-server on a free loopback port with its data in `workdir` (no persistence):
+    the demo's handle store when no --redis-url is given."""
+
+    def __init__(self, workdir: Path) -> None:
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise ValidationError("redis-server not found on PATH: install it (e.g. apt-get install redis-server) "
+                                  "or pass --redis-url")
+        self.workdir = Path(workdir)
+        self.password = secrets.token_hex(16)
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://:{self.password}@{LOOPBACK}:{self.port}/0"
+
+    def start(self, timeout_s: float = 15.0) -> "PrivateRedis":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "redis.conf"  # the password in a 0600 file, not on the command line (`ps`)
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"port {self.port}\nbind {LOOPBACK}\ndir {self.workdir}\nsave \"\"\nappendonly no\n"
+                    f"requirepass {self.password}\nlogfile {self.workdir / 'redis.log'}\n")
+        self.proc = subprocess.Popen([self.binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while not _accepts(LOOPBACK, self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise UnavailableError(f"redis-server did not start on port {self.port} (log: {self.workdir / 'redis.log'})")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
 # ------------------------------------------------------------------------------------------ clients by node
 class ClientPool:
     """LatentClients to one gRPC target that several nodes serve (SO_REUSEPORT or a TCP load balancer), each

@@ -493,7 +493,7 @@ class LatentIngress:
     def _identify(self, grpc_context: Any) -> None:
         """Name the answering replica and node in the response's trailing metadata (services/identity.py)."""
         if self._identity and grpc_context is not None:
-            grpc_context.set_trailing_metadata(self._identity)
+            grpc_context.set_trailing_metadata(list(self._identity))  # Serve's context concatenates lists
 
     async def _unary(self, rpc: str, grpc_context: Any, fn, empty):
         """Run one unary RPC: auth, body, error mapping. Never raises to Serve."""

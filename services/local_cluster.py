@@ -425,46 +425,47 @@ class ClientPool:
     with its own connection (a channel-local subchannel pool), grouped by the node that answers them.
 
     `call(fn)` runs `fn(client)` on the next client in turn; `call_on(node, fn)` keeps trying clients (and
-    opening new ones, up to `max_clients`) until `node` answered, which turns the kernel's random choice of a
-    listener into a deterministic test. Each result comes with the `ServerInfo` of the call."""
+    opening new ones, up to `max_clients`) until `node` answered (or, `by="replica"`, that replica), which
+    turns the kernel's (or a proxy's) choice of a server into a deterministic test. `app_name`: the
+    `application` metadata Serve's gRPC proxy routes on when several apps run."""
 
-    def __init__(self, target: str, token: str | None = None, max_clients: int = 64, timeout: float = 30.0) -> None:
+    def __init__(self, target: str, token: str | None = None, max_clients: int = 64, timeout: float = 30.0,
+                 app_name: str | None = None) -> None:
         self.target, self.token, self.max_clients, self.timeout = target, token, int(max_clients), timeout
+        self.app_name = app_name
         self.clients: list[Any] = []
         self._next = 0
 
-    def _new_client(self):
+    def new_client(self):
+        """Open one more client (its own connection) and add it to the pool."""
         from latentserve.services.client import LatentClient
 
-        client = LatentClient(self.target, token=self.token, timeout=self.timeout,
+        client = LatentClient(self.target, token=self.token, timeout=self.timeout, app_name=self.app_name,
                               options=[("grpc.use_local_subchannel_pool", 1)])
         self.clients.append(client)
         return client
 
-    def grow(self, n: int) -> None:
-        while len(self.clients) < min(n, self.max_clients):
-            self._new_client()
-
     def call(self, fn: Callable[[Any], Any]) -> tuple[Any, Any]:
         """(fn(client), ServerInfo) on the next client in round-robin order."""
         if not self.clients:
-            self._new_client()
+            self.new_client()
         client = self.clients[self._next % len(self.clients)]
         self._next += 1
         result = fn(client)
         return result, client.last_server
 
-    def call_on(self, node_id: str, fn: Callable[[Any], Any]) -> Any:
-        """fn(client) answered by `node_id` (other answers are discarded: use idempotent calls)."""
+    def call_on(self, wanted: str, fn: Callable[[Any], Any], by: str = "node") -> Any:
+        """fn(client) answered by the node (`by="node"`) or replica (`by="replica"`) `wanted`; other answers
+        are discarded, so use idempotent calls."""
         seen: set[str] = set()
         for i in range(self.max_clients):
-            client = self.clients[i] if i < len(self.clients) else self._new_client()
+            client = self.clients[i] if i < len(self.clients) else self.new_client()
             result = fn(client)
-            info = client.last_server
-            if info is not None and info.node == node_id:
+            got = getattr(client.last_server, by, None) if client.last_server else None
+            if got == wanted:
                 return result
-            seen.add(info.node[:12] if info else "(no identity)")
-        raise UnavailableError(f"no connection to {self.target} reached node {node_id[:12]} in {self.max_clients} "
+            seen.add(got[:12] if got else "(no identity)")
+        raise UnavailableError(f"no call to {self.target} reached {by} {wanted[:12]} in {self.max_clients} "
                                f"tries (answered by: {', '.join(sorted(seen))})")
 
     def nodes_reached(self, expected: Iterable[str]) -> dict[str, int]:
@@ -472,7 +473,7 @@ class ClientPool:
         want = set(expected)
         counts: dict[str, int] = {}
         for i in range(self.max_clients):
-            client = self.clients[i] if i < len(self.clients) else self._new_client()
+            client = self.clients[i] if i < len(self.clients) else self.new_client()
             client.list_models()
             node = client.last_server.node if client.last_server else ""
             counts[node] = counts.get(node, 0) + 1

@@ -13,6 +13,8 @@ still comes from `ingress.status_for`. Pieces:
   then detours through Ray's loop thread (measured +13-50% CPU per single-image request, up to 40% less
   throughput); the child also keeps Ray's threads off the serving GIL. The child exits when its replica's
   control channel closes, so it never outlives the replica.
+  The replica hands the child its identity (Ray node id, Serve replica id), which the handlers return as
+  trailing metadata (services/identity.py): the child is no Ray actor and cannot look it up.
 - `NativeGrpcServer`: a grpc.aio server on its own thread and event loop (uvloop when installed: measured
   ~10-25% less CPU per single-image request than the stdlib loop), bound to `host:grpc_port` with
   SO_REUSEPORT (grpc's default on Linux, set explicitly here): every replica on a node binds the same port and

@@ -537,6 +537,17 @@ class RequestStream:
             self.issued.append(item)
             self.by_node[item.node] = self.by_node.get(item.node, 0) + 1
 
+    def wait_for(self, calls: int, nodes: Iterable[str], timeout_s: float = 60.0) -> bool:
+        """Block until at least `calls` calls succeeded and each of `nodes` answered one (connections move
+        between nodes as they age out), a call failed, or `timeout_s` passed; True when the first."""
+        want = set(nodes)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.failures:
+            if len(self.issued) >= calls and want <= set(self.by_node):
+                return True
+            time.sleep(0.05)
+        return False
+
     def __enter__(self) -> "RequestStream":
         self._thread.start()
         return self

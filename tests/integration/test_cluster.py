@@ -136,3 +136,30 @@ def test_two_node_cluster_serves_shares_handles_and_survives_a_node_kill(tiny_re
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_cluster_demo_command_passes_its_checks_and_leaves_nothing_running(tiny_repo, redis_server):
+    """`latentserve cluster-demo` end to end (the same steps as above, as a user runs them), then no process
+    of its cluster is left."""
+    import subprocess
+
+    workdir = Path(tempfile.mkdtemp(prefix="lscl-demo-", dir="/tmp"))
+    cmd = [sys.executable, "-m", "latentserve", "cluster-demo", "--repo", str(tiny_repo), "--redis-url",
+           redis_server.url(), "--requests", "16", "--after-kill", "1", "--workdir", str(workdir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    print(proc.stdout[-6000:], proc.stderr[-3000:])
+    assert proc.returncode == 0
+    checks = [line.strip() for line in proc.stdout.splitlines() if line.startswith("  ok") or "FAIL" in line]
+    assert len(checks) == 6 and all(c.startswith("ok") for c in checks), checks
+    assert "0 failed" in proc.stdout
+    leftovers = []
+    for pid in Path("/proc").iterdir():
+        try:
+            if str(workdir) in (pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                leftovers.append(pid.name)
+        except OSError:
+            continue
+    assert not leftovers, leftovers
+    import shutil
+
+    shutil.rmtree(workdir, ignore_errors=True)

@@ -12,11 +12,14 @@ Each node is `ray start --block` run by this interpreter (`sys.executable`: the 
 latentserve as the caller; a `ray` script on PATH may belong to another Python) in its own process session,
 so all of a node's processes (raylet, agents, Serve replicas and their serving processes) are found by
 session id and killed together, as a machine failure would. Every port Ray would otherwise take from a
-fixed default (GCS 6379, dashboard 8265, dashboard agent 52365, client server 10001, ...) is a free loopback
-port chosen here, worker ports are random (0), and every node has its own --temp-dir under `workdir`, so
-this cluster never collides with another Ray on the host. Ray's cluster token authentication stays on, as
-in docker-compose.yml: a fresh random token in a 0600 file under `workdir`, given to every node and to the
-serve CLI as RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH (~/.ray/auth_token is never read or written).
+fixed default (GCS 6379, dashboard 8265, dashboard agent 52365, client server 10001, ...) is a port chosen
+here that is free right now, worker ports are random (0), and every node has its own --temp-dir under
+`workdir`, so this cluster never collides with another Ray on the host. The gRPC port, the dashboard and
+Redis listen on 127.0.0.1 only; Ray's own node-to-node ports are advertised on the host's address (Ray maps
+127.0.0.1 to it, `ray._private.services.resolve_ip_for_localhost`) and need the cluster token. Token
+authentication stays on, set up as in docker-compose.yml: a fresh random token in a 0600 file under
+`workdir`, given to every node and to the serve CLI as RAY_AUTH_MODE=token + RAY_AUTH_TOKEN_PATH
+(~/.ray/auth_token is never read or written).
 
 `serve_config_for` writes the Serve config the cluster deploys: deploy/serve.yaml with only the repository,
 the ports, the bind address (127.0.0.1) and the replica count changed, plus `max_replicas_per_node: 1` for
@@ -206,7 +209,7 @@ class LocalCluster:
         temp_dir.mkdir(parents=True, exist_ok=True)
         # A custom resource names the node, so its node id can be found in the GCS's node table.
         marker = {node_marker(name): 1}
-        cmd = [*RAY_CLI, "start", "--block", *args, f"--temp-dir={temp_dir}", f"--node-ip-address={LOOPBACK}",
+        cmd = [*RAY_CLI, "start", "--block", *args, f"--temp-dir={temp_dir}",
                f"--num-cpus={int(num_cpus)}", f"--resources={json.dumps(marker)}",
                f"--object-store-memory={OBJECT_STORE_BYTES}",
                f"--dashboard-agent-listen-port={ports['agent_http']}",

@@ -171,7 +171,7 @@ class LocalCluster:
         env.update(self.env)
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path),
                     "RAY_USAGE_STATS_ENABLED": "0",
-                    # a stopping node drains its replicas for at most this long (Ray's default is minutes)
+                    # a stopping node drains its replicas for at most this long (Ray's default: 30 s)
                     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"})
         return env
 

@@ -76,8 +76,16 @@ def run(args: argparse.Namespace) -> int:
     if args.after_kill < 0:
         raise ValidationError("--after-kill must be >= 0")
     config_path, deploy_script = lc.deploy_files(args.config)
+    base = yaml.safe_load(Path(config_path).read_text())
     repo = args.repo or ""
-    models = served_models(load_config({"repository": repo}, use_env=False))  # a clear error before Ray starts
+    # clear errors before Ray starts: the repository has models, a node has room for one replica
+    app_args = lc.serve_config_for(base, repo, 9000, 8000, 1)["applications"][0]["args"]
+    config = load_config(app_args, use_env=False)
+    need = config.ingress_num_cpus + config.num_cpus
+    if args.cpus_per_node < need:
+        raise ValidationError(f"--cpus-per-node {args.cpus_per_node}: a replica of {config_path} reserves "
+                              f"ingress_num_cpus + num_cpus = {need:g} CPUs")
+    models = served_models(config)
     model = sorted(models)[0]
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lscl-", dir="/tmp"))
@@ -127,7 +135,6 @@ def run(args: argparse.Namespace) -> int:
         # 3. deploy
         replicas = len(cluster.nodes)
         demo_config = workdir / "serve.yaml"
-        base = yaml.safe_load(Path(config_path).read_text())
         demo_config.write_text(yaml.safe_dump(lc.serve_config_for(base, repo, grpc_port, http_port, replicas),
                                               sort_keys=False))
         _say(f"[3/7] deploy {config_path} as {demo_config} (repository, ports, host 127.0.0.1, "

@@ -172,5 +172,8 @@ def test_cluster_demo_fails_early_with_one_line(tmp_path, capsys):
     assert main(["cluster-demo", "--repo", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no generative model" in err[0], err
+    assert main(["cluster-demo", "--repo", str(tmp_path / "empty"), "--cpus-per-node", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reserves ingress_num_cpus + num_cpus = 1.5 CPUs" in err[0], err
     with pytest.raises(SystemExit):
         main(["cluster-demo", "--workers", "0"])

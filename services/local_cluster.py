@@ -49,6 +49,8 @@ LOOPBACK = "127.0.0.1"
 INGRESS_DEPLOYMENT = "LatentIngress"
 OBJECT_STORE_BYTES = 128 * 1024 * 1024  # per node; Ray's default (30% of RAM) is far more than a demo needs
 START_TIMEOUT_S = 120.0
+START_ATTEMPTS = 3  # `ray start` of one node, see LocalCluster._start
+RUNTIME_STARTED = b"Ray runtime started."  # what `ray start` prints once the node registered with the GCS
 STOP_TIMEOUT_S = 20.0
 
 
@@ -178,54 +180,87 @@ class LocalCluster:
     # -- nodes ----------------------------------------------------------------------------------------------
     def start_head(self, num_cpus: int, wait: bool = True) -> RayNode:
         """Start the head (GCS, dashboard with Serve's REST API, a raylet with `num_cpus` CPUs); returns once
-        its GCS accepts connections (workers may join from then on) or, with `wait`, once it is registered."""
+        its Ray runtime started (workers may join from then on) or, with `wait`, once it is registered."""
         if self.nodes:
             raise ValidationError("the head is already started")
-        names = ("gcs", "dashboard", "agent_http", "agent_grpc", "runtime_env_agent", "metrics_export",
-                 "client_server", "node_manager", "object_manager")
-        ports = dict(zip(names, free_ports(len(names))))
-        self.gcs_port, self.dashboard_port = ports["gcs"], ports["dashboard"]
-        args = ["--head", f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
-                f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client_server']}"]
-        node = self._start("head", num_cpus, args, ports)
-        self._wait_until(node, f"GCS port {self.gcs_port}", lambda: _accepts(LOOPBACK, self.gcs_port))
+
+        def args() -> tuple[list[str], dict[str, int]]:  # fresh ports for every attempt
+            names = ("gcs", "dashboard", "agent_http", "agent_grpc", "runtime_env_agent", "metrics_export",
+                     "client_server", "node_manager", "object_manager")
+            ports = dict(zip(names, free_ports(len(names))))
+            self.gcs_port, self.dashboard_port = ports["gcs"], ports["dashboard"]
+            return ["--head", f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
+                    f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client_server']}"], ports
+
+        node = self._start("head", num_cpus, args)
         if wait:
             self.wait_registered()
         return node
 
     def add_node(self, num_cpus: int, wait: bool = True) -> RayNode:
-        """Start a worker node joining the head with the cluster token; with `wait`, until the head lists it."""
+        """Start a worker node joining the head with the cluster token; returns once its Ray runtime started
+        or, with `wait`, once the head lists it."""
         if not self.nodes:
             raise ValidationError("start the head first")
-        names = ("agent_http", "agent_grpc", "runtime_env_agent", "metrics_export", "node_manager", "object_manager")
-        ports = dict(zip(names, free_ports(len(names))))
-        node = self._start(f"worker-{len(self.nodes)}", num_cpus, [f"--address={self.gcs_address}"], ports)
+
+        def args() -> tuple[list[str], dict[str, int]]:
+            names = ("agent_http", "agent_grpc", "runtime_env_agent", "metrics_export", "node_manager",
+                     "object_manager")
+            return [f"--address={self.gcs_address}"], dict(zip(names, free_ports(len(names))))
+
+        node = self._start(f"worker-{len(self.nodes)}", num_cpus, args)
         if wait:
             self.wait_registered()
         return node
 
-    def _start(self, name: str, num_cpus: int, args: list[str], ports: dict[str, int]) -> RayNode:
+    def _start(self, name: str, num_cpus: int, make_args: Callable[[], tuple[list[str], dict[str, int]]]) -> RayNode:
+        """`ray start --block` for one node, restarted (at most START_ATTEMPTS times in all) when it exits
+        before its runtime started, as compose's restart policy does for a container. On an overloaded host
+        a raylet aborts when its dashboard agent has not written its port file within Ray's fixed wait
+        (~15 s; "Timed out waiting for file .../dashboard_agent_listen_port_..."), and `ray start` exits."""
         temp_dir = self.workdir / name
         temp_dir.mkdir(parents=True, exist_ok=True)
-        # A custom resource names the node, so its node id can be found in the GCS's node table.
-        marker = {node_marker(name): 1}
-        cmd = [*RAY_CLI, "start", "--block", *args, f"--temp-dir={temp_dir}",
-               f"--num-cpus={int(num_cpus)}", f"--resources={json.dumps(marker)}",
-               f"--object-store-memory={OBJECT_STORE_BYTES}",
-               f"--dashboard-agent-listen-port={ports['agent_http']}",
-               f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
-               f"--runtime-env-agent-port={ports['runtime_env_agent']}",
-               f"--metrics-export-port={ports['metrics_export']}", f"--node-manager-port={ports['node_manager']}",
-               f"--object-manager-port={ports['object_manager']}", "--min-worker-port=0", "--max-worker-port=0",
-               "--disable-usage-stats"]
         log_path = self.workdir / f"{name}.log"
-        self.log(f"starting Ray {name}: {num_cpus} CPUs, temp dir {temp_dir}, log {log_path}")
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                    env=self.node_env(), start_new_session=True)
-        node = RayNode(name=name, proc=proc, temp_dir=temp_dir, log_path=log_path, ports=ports)
-        self.nodes.append(node)
-        return node
+        for attempt in range(1, START_ATTEMPTS + 1):
+            args, ports = make_args()
+            # A custom resource names the node, so its node id can be found in the GCS's node table.
+            marker = {node_marker(name): 1}
+            cmd = [*RAY_CLI, "start", "--block", *args, f"--temp-dir={temp_dir}",
+                   f"--num-cpus={int(num_cpus)}", f"--resources={json.dumps(marker)}",
+                   f"--object-store-memory={OBJECT_STORE_BYTES}",
+                   f"--dashboard-agent-listen-port={ports['agent_http']}",
+                   f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
+                   f"--runtime-env-agent-port={ports['runtime_env_agent']}",
+                   f"--metrics-export-port={ports['metrics_export']}", f"--node-manager-port={ports['node_manager']}",
+                   f"--object-manager-port={ports['object_manager']}", "--min-worker-port=0", "--max-worker-port=0",
+                   "--disable-usage-stats"]
+            self.log(f"starting Ray {name}: {num_cpus} CPUs, temp dir {temp_dir}, log {log_path}")
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            with open(log_path, "ab") as logf:
+                proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                        env=self.node_env(), start_new_session=True)
+            node = RayNode(name=name, proc=proc, temp_dir=temp_dir, log_path=log_path, ports=ports)
+            self.nodes.append(node)
+
+            def started() -> bool:
+                with open(log_path, "rb") as f:
+                    f.seek(offset)
+                    return RUNTIME_STARTED in f.read()
+
+            try:
+                self._wait_until(node, "Ray runtime", started)
+                return node
+            except UnavailableError:
+                if node.alive() or attempt == START_ATTEMPTS:
+                    raise  # a timeout, or the last attempt: report it
+                self.nodes.remove(node)
+                self._kill_session(node)
+                with open(log_path, "rb") as f:
+                    f.seek(offset)
+                    lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+                self.log(f"Ray {name} exited while starting (attempt {attempt} of {START_ATTEMPTS}: "
+                         f"{lines[-1][:200] if lines else 'no output'}); starting it again")
+        raise AssertionError("unreachable")
 
     def _wait_until(self, node: RayNode, what: str, ready: Callable[[], bool],
                     timeout_s: float = START_TIMEOUT_S) -> None:
@@ -259,19 +294,26 @@ class LocalCluster:
             self._wait_until(node, "registration with the head", registered, timeout_s)
             self.log(f"Ray {node.name} is up: node {node.node_id[:12]}")
 
-    def kill_node(self, node: RayNode) -> int:
-        """SIGKILL every process of `node` at once (raylet, agents, replicas, their serving processes), as a
-        crash of that machine would; returns how many were killed."""
+    @staticmethod
+    def _kill_session(node: RayNode) -> int:
+        """SIGKILL every process of the node's session; how many there were."""
         pids = session_pids(node.sid)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        node.proc.wait(10)
-        node.killed = True
-        self.log(f"killed Ray {node.name} ({len(pids)} processes, SIGKILL)")
+        if node.alive():
+            node.proc.wait(10)
         return len(pids)
+
+    def kill_node(self, node: RayNode) -> int:
+        """SIGKILL every process of `node` at once (raylet, agents, replicas, their serving processes), as a
+        crash of that machine would; returns how many were killed."""
+        n = self._kill_session(node)
+        node.killed = True
+        self.log(f"killed Ray {node.name} ({n} processes, SIGKILL)")
+        return n
 
     def stop(self) -> None:
         """Stop every node: SIGTERM to each `ray start --block` (workers first; each stops its processes),
@@ -286,13 +328,7 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
         for node in self.nodes:
-            for pid in session_pids(node.sid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if node.alive():
-                node.proc.wait(10)
+            self._kill_session(node)
 
     def __enter__(self) -> "LocalCluster":
         return self

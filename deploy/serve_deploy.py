@@ -22,7 +22,8 @@ Run by deploy/ray-entrypoint.sh when the head starts, and by operators for a rol
    runs the builder again and replaces the replicas gradually (services/app.py: no request dropped).
 5. Write the effective config (no secrets in it) to a temp file, run `serve deploy` on it, and poll
    Serve's status (what `serve status` shows, fetched in-process) until the app is RUNNING with a
-   deployment time after ours (DEPLOY_FAILED or the timeout exits non-zero with Serve's message). Exit codes: 0 RUNNING, 1 deploy failed, 2 invalid config.
+   deployment time after ours (DEPLOY_FAILED or the timeout exits non-zero with Serve's message).
+   Exit codes: 0 RUNNING, 1 deploy failed, 2 invalid config.
 """
 from __future__ import annotations
 

@@ -23,11 +23,11 @@ Conventions
   (uint8 (H, W, 3) array, PIL image or encoded bytes) or `(image, label)` to force the class.
 
 Retries: calls that fail with UNAVAILABLE (the server went away: a replica stopped or its node died, a
-connection was reset) are retried by gRPC itself, on a new connection, up to `retries` more times (default 3,
-at most 4) with a randomized exponential backoff (0.1 s doubling, at most 1 s per wait), and gRPC's retry
-throttling stops retrying after ~50 failures in a row, so a dead service sees no retry storm. Every RPC is safe to
-repeat (handles are content-addressed; seeded samples are deterministic). A stream is retried only before its
-first frame arrived. `retries=0` turns this off.
+connection was reset) are retried by gRPC itself, on a new connection, up to `retries` more times (default
+3, at most 4) with a randomized exponential backoff (0.1 s doubling, at most 1 s per wait), and gRPC's retry
+throttling stops retrying after ~50 failures in a row, so a dead service sees no retry storm. Every RPC is
+safe to repeat (handles are content-addressed; seeded samples are deterministic). A stream is retried only
+before its first frame arrived. `retries=0` turns this off.
 
 Which server answered: `client.last_server` is the `ServerInfo(node, replica)` (Ray node id and Serve
 replica id, services/identity.py) from the trailing metadata of the last call that finished (None when the

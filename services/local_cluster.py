@@ -189,8 +189,9 @@ class LocalCluster:
                      "client_server", "node_manager", "object_manager")
             ports = dict(zip(names, free_ports(len(names))))
             self.gcs_port, self.dashboard_port = ports["gcs"], ports["dashboard"]
-            return ["--head", f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
-                    f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client_server']}"], ports
+            args = ["--head", f"--port={ports['gcs']}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}",
+                    f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client_server']}"]
+            return args, ports
 
         node = self._start("head", num_cpus, args)
         if wait:
@@ -365,7 +366,8 @@ class LocalCluster:
         self.log(f"deploying {config_path} ({deploy_script.name} -> serve deploy --address {self.dashboard_url})")
         proc = subprocess.run(cmd, env=self.node_env(), capture_output=True, text=True, timeout=timeout_s + 120)
         if proc.returncode != 0:
-            raise UnavailableError(f"{deploy_script.name} exited {proc.returncode}:\n{(proc.stderr or proc.stdout)[-4000:]}")
+            out = (proc.stderr or proc.stdout)[-4000:]
+            raise UnavailableError(f"{deploy_script.name} exited {proc.returncode}:\n{out}")
 
     def serve_log_tail(self, chars: int = 4000) -> str:
         """The tail of every Serve log of every node (for failure reports)."""
@@ -443,7 +445,8 @@ class PrivateRedis:
         while not _accepts(LOOPBACK, self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise UnavailableError(f"redis-server did not start on port {self.port} (log: {self.workdir / 'redis.log'})")
+                raise UnavailableError(f"redis-server did not start on port {self.port} "
+                                       f"(log: {self.workdir / 'redis.log'})")
             time.sleep(0.1)
         return self
 
@@ -539,7 +542,8 @@ class Issued:
 def sample_issue(client: Any, model: str, seed: int, n: int = 2) -> Issued:
     """A seeded Sample with handles (idempotent: the same seed gives the same latents and handles)."""
     out = client.sample(model, n, seed=seed, return_handles=True)
-    return Issued(handles=list(out.handles), images=out.images, node=client.last_server.node if client.last_server else "")
+    node = client.last_server.node if client.last_server else ""
+    return Issued(handles=list(out.handles), images=out.images, node=node)
 
 
 def resolve(client: Any, model: str, issued: Issued) -> float:

@@ -141,13 +141,15 @@ def run(args: argparse.Namespace) -> int:
              f"{replicas} ingress replicas, at most 1 per node)")
         t = time.monotonic()
         cluster.deploy(demo_config, deploy_script)
-        _say(f"      RUNNING after {time.monotonic() - t:.0f} s; serving {', '.join(f'{n} v{v}' for n, v in sorted(models.items()))} "
-             f"on {target} (every node's replica listens there)")
+        served = ", ".join(f"{n} v{v}" for n, v in sorted(models.items()))
+        _say(f"      RUNNING after {time.monotonic() - t:.0f} s; serving {served} on {target} (every node's replica "
+             f"listens there)")
 
         # 4. placement
         placed = cluster.replica_nodes("latentserve")
-        _say("[4/7] placement (Serve's status): " + ", ".join(
-            f"replica {r} -> {names.get(n, n[:12])}" for r, n in sorted(placed.items(), key=lambda kv: kv[1] != cluster.head.node_id)))
+        head_first = sorted(placed.items(), key=lambda kv: kv[1] != cluster.head.node_id)
+        _say("[4/7] placement (Serve's status): " + ", ".join(f"replica {r} -> {names.get(n, n[:12])}"
+                                                             for r, n in head_first))
         checks = {"one replica on every node": sorted(placed.values()) == sorted(names)}
 
         # 5. traffic
@@ -201,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
         _say(f"      {len(everything) - len(unresolved)} of {len(everything)} handle batches issued before/during the "
              f"kill resolve on the surviving nodes")
         checks["no request failed during the kill"] = not stream.failures
-        checks["only surviving nodes answer after the kill"] = bool(late) and victim.node_id not in {it.node for it in late}
+        late_nodes = {it.node for it in late}
+        checks["only surviving nodes answer after the kill"] = bool(late) and victim.node_id not in late_nodes
         checks["no handle lost"] = not unresolved
 
         failed = [name for name, good in checks.items() if not good]

@@ -21,8 +21,9 @@ Run by deploy/ray-entrypoint.sh when the head starts, and by operators for a rol
    stamp, re-deploying an unchanged serve.yaml after exporting version N+1 would be a no-op. With it, Serve
    runs the builder again and replaces the replicas gradually (services/app.py: no request dropped).
 5. Write the effective config (no secrets in it) to a temp file, run `serve deploy` on it, and poll
-   `serve status` until the app is RUNNING with a deployment time after ours (DEPLOY_FAILED or the timeout
-   exits non-zero with Serve's message). Exit codes: 0 RUNNING, 1 deploy failed, 2 invalid config.
+   Serve's status (what `serve status` shows, fetched in-process) until the app is RUNNING with a
+   deployment time after ours (DEPLOY_FAILED or the timeout exits non-zero with Serve's message).
+   Exit codes: 0 RUNNING, 1 deploy failed, 2 invalid config.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ ENV_PREFIX = "LATENTSERVE_"
 # every URL field (Redis URLs carry the password). `is_secret` also catches fields added later.
 SECRET_FIELDS = frozenset({"api_token", "redis_url", "redis_cache_url"})
 ROLLOUT_ENV_VAR = "LATENTSERVE_ROLLOUT"  # runtime_env marker: "name=version,..." of the newest versions
+# The `serve` CLI of this interpreter's Ray (a `serve` script on PATH may belong to another Python).
+SERVE_CLI = (sys.executable, "-c", "from ray.serve.scripts import cli; cli()")
 DEFAULT_CONFIG = "/app/deploy/serve.yaml"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL_FAILURES = ("DEPLOY_FAILED",)
@@ -157,16 +160,30 @@ def stamp_rollout(doc: dict, models: Mapping[str, int]) -> dict:
     return doc
 
 
+_status_clients: dict[str, Any] = {}
+
+
 def app_status(address: str, app_name: str) -> dict | None:
-    """The app's entry of `serve status` ({status, message, last_deployed_time_s, ...}); None if absent."""
-    proc = subprocess.run(["serve", "status", "--address", address], capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`serve status` failed: {(proc.stderr or proc.stdout).strip()[-2000:]}")
-    status = yaml.safe_load(proc.stdout) or {}
-    return (status.get("applications") or {}).get(app_name)
+    """The app's entry of Serve's status ({status, message, last_deployed_time_s, ...}); None if absent.
+
+    The same request `serve status` makes (GET /api/serve/applications/ with the Ray token when token auth
+    is on), made in this process: a `serve status` subprocess per poll costs seconds of imports each time."""
+    client = _status_clients.get(address)
+    if client is None:
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        try:
+            client = _status_clients[address] = ServeSubmissionClient(address)
+        except Exception as exc:  # noqa: BLE001 - connection refused / version check: retried by the caller
+            raise RuntimeError(f"Serve status at {address}: {type(exc).__name__}: {exc}") from None
+    try:
+        details = client.get_serve_details()
+    except Exception as exc:  # noqa: BLE001 - the dashboard is busy or restarting: retried by the caller
+        raise RuntimeError(f"Serve status at {address}: {type(exc).__name__}: {exc}") from None
+    return (details.get("applications") or {}).get(app_name)
 
 
-def wait_running(address: str, app_name: str, since: float, timeout_s: float, poll_s: float = 2.0) -> dict:
+def wait_running(address: str, app_name: str, since: float, timeout_s: float, poll_s: float = 1.0) -> dict:
     """Poll until the app was (re)deployed after `since` and is RUNNING; raise with Serve's message otherwise."""
     deadline = time.monotonic() + timeout_s
     last: dict | None = None
@@ -176,7 +193,7 @@ def wait_running(address: str, app_name: str, since: float, timeout_s: float, po
         time.sleep(poll_s)
         try:
             last = app_status(address, app_name)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # dashboard busy during a rollout: retry
+        except RuntimeError as exc:  # dashboard busy during a rollout: retry
             print(f"serve_deploy: {exc}", file=sys.stderr, flush=True)
             last = None
         if last:
@@ -224,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         since = time.time()
         print(f"serve_deploy: deploying {app_name!r} ({listed}) to {args.address}", flush=True)
-        proc = subprocess.run(["serve", "deploy", "--address", args.address, rendered])
+        proc = subprocess.run([*SERVE_CLI, "deploy", "--address", args.address, rendered])
         if proc.returncode != 0:
             print(f"serve_deploy: error: `serve deploy` exited {proc.returncode}", file=sys.stderr)
             return 1

@@ -13,6 +13,7 @@ import sys
 COMMANDS = [
     "train", "export", "eval", "bundle",
     "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "augment", "bench",
+    "cluster_demo",
 ]
 
 

@@ -22,6 +22,17 @@ Conventions
 - References to a latent (interpolate ends, edit inputs): a handle string, a `(vector, label)` tuple, an image
   (uint8 (H, W, 3) array, PIL image or encoded bytes) or `(image, label)` to force the class.
 
+Retries: calls that fail with UNAVAILABLE (the server went away: a replica stopped or its node died, a
+connection was reset) are retried by gRPC itself, on a new connection, up to `retries` more times (default
+3, at most 4) with a randomized exponential backoff (0.1 s doubling, at most 1 s per wait), and gRPC's retry
+throttling stops retrying after ~50 failures in a row, so a dead service sees no retry storm. Every RPC is
+safe to repeat (handles are content-addressed; seeded samples are deterministic). A stream is retried only
+before its first frame arrived. `retries=0` turns this off.
+
+Which server answered: `client.last_server` is the `ServerInfo(node, replica)` (Ray node id and Serve
+replica id, services/identity.py) from the trailing metadata of the last call that finished (None when the
+server sent none), for debugging placement behind a load balancer.
+
 Errors: every grpc.RpcError is re-raised as the latentserve.errors class of its status code (INVALID_ARGUMENT,
 OUT_OF_RANGE, FAILED_PRECONDITION -> ValidationError; NOT_FOUND -> NotFoundError; RESOURCE_EXHAUSTED ->
 OverloadedError; DEADLINE_EXCEEDED -> DeadlineExceededError; UNAVAILABLE -> UnavailableError; UNAUTHENTICATED,
@@ -32,6 +43,7 @@ PERMISSION_DENIED -> UnauthenticatedError; anything else -> UnrecoverableError),
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,6 +62,7 @@ from latentserve.errors import (
     UnrecoverableError,
     ValidationError,
 )
+from latentserve.services.identity import ServerInfo, server_info
 from latentserve.v1 import latent_pb2 as pb
 from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
@@ -64,6 +77,29 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
+DEFAULT_RETRIES = 3
+MAX_RETRIES = 4  # gRPC caps a retry policy at 5 attempts
+
+
+def retry_options(retries: int) -> list[tuple[str, str]]:
+    """Channel options with gRPC's retry policy for LatentService: `retries` more attempts on UNAVAILABLE
+    (see the module docstring); [] for retries=0."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise ValidationError(f"retries must be an integer in [0, {MAX_RETRIES}], got {retries!r}")
+    if retries == 0:
+        return []
+    config = {
+        "methodConfig": [{
+            "name": [{"service": "latentserve.v1.LatentService"}],
+            "retryPolicy": {"maxAttempts": retries + 1, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                            "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+        }],
+        # gRPC's token bucket per channel: each failed attempt takes a token, each success gives back 0.1, and
+        # no retry is made while half of them are gone. 100 tokens: a node failure that fails every call in
+        # flight on the channel at once (up to ~50) is still retried; a service that stays down is not.
+        "retryThrottling": {"maxTokens": 100, "tokenRatio": 0.1},
+    }
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
 
 IMAGE_FORMATS = {
     "uint8": pb.IMAGE_FORMAT_RAW_UINT8,
@@ -696,6 +732,15 @@ def error_from_rpc(exc: grpc.RpcError) -> LatentServeError:
     return err
 
 
+def _answered_by(exc: grpc.RpcError) -> ServerInfo | None:
+    """The server identity on a failed call, if a server answered it at all."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    try:
+        return server_info(trailing()) if callable(trailing) else None
+    except Exception:  # noqa: BLE001 - an aio error raised before the call started has no metadata
+        return None
+
+
 # --------------------------------------------------------------------------------------------- clients
 def _metadata(token: str | None, app_name: str | None) -> tuple[tuple[str, str], ...]:
     md = []
@@ -717,13 +762,16 @@ class LatentClient:
     """Synchronous client. Thread-safe (one HTTP/2 channel); use as a context manager or call close()."""
 
     def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float | None = 30.0,
-                 app_name: str | None = None, options: Sequence[tuple[str, Any]] = ()) -> None:
+                 app_name: str | None = None, options: Sequence[tuple[str, Any]] = (),
+                 retries: int = DEFAULT_RETRIES) -> None:
         _check_client_args(target, timeout)
         self.target, self.timeout = target, timeout
         self._metadata = _metadata(token, app_name)
-        self._channel = grpc.insecure_channel(target, options=list(CHANNEL_OPTIONS) + list(options))
+        self._channel = grpc.insecure_channel(
+            target, options=list(CHANNEL_OPTIONS) + retry_options(retries) + list(options))
         self._stub = pb_grpc.LatentServiceStub(self._channel)
         self._models: dict[tuple[str, int], ModelInfo] = {}
+        self.last_server: ServerInfo | None = None  # who answered the last finished call (module docstring)
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def close(self) -> None:
@@ -737,9 +785,12 @@ class LatentClient:
 
     def _call(self, method, request):
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            response, call = method.with_call(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
+            self.last_server = _answered_by(exc)
             raise error_from_rpc(exc) from exc
+        self.last_server = server_info(call.trailing_metadata())
+        return response
 
     # -- health ---------------------------------------------------------------------------------------------
     def health(self, service: str = "", timeout: float = 5.0) -> bool:
@@ -819,14 +870,15 @@ class LatentClient:
             raise error_from_rpc(exc) from exc
         return self._stream(call, lambda f: frame_from_proto(f, format))
 
-    @staticmethod
-    def _stream(call, convert) -> Iterator[Any]:
+    def _stream(self, call, convert) -> Iterator[Any]:
         """The converted messages of a server-streaming call; errors as latentserve errors; closing the
         iterator early cancels the call."""
         try:
             for message in call:
                 yield convert(message)
+            self.last_server = server_info(call.trailing_metadata())
         except grpc.RpcError as exc:
+            self.last_server = _answered_by(exc)
             raise error_from_rpc(exc) from exc
         finally:
             call.cancel()  # no-op when the stream completed
@@ -855,12 +907,15 @@ class AsyncLatentClient:
     async iterator. Create it inside the running event loop; `async with` or `await close()`."""
 
     def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float | None = 30.0,
-                 app_name: str | None = None, options: Sequence[tuple[str, Any]] = ()) -> None:
+                 app_name: str | None = None, options: Sequence[tuple[str, Any]] = (),
+                 retries: int = DEFAULT_RETRIES) -> None:
         _check_client_args(target, timeout)
         self.target, self.timeout = target, timeout
         self._metadata = _metadata(token, app_name)
-        self._channel = grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS) + list(options))
+        self._channel = grpc.aio.insecure_channel(
+            target, options=list(CHANNEL_OPTIONS) + retry_options(retries) + list(options))
         self._stub = pb_grpc.LatentServiceStub(self._channel)
+        self.last_server: ServerInfo | None = None
 
     async def close(self) -> None:
         await self._channel.close()
@@ -872,10 +927,14 @@ class AsyncLatentClient:
         await self.close()
 
     async def _call(self, method, request):
+        call = method(request, timeout=self.timeout, metadata=self._metadata)
         try:
-            return await method(request, timeout=self.timeout, metadata=self._metadata)
+            response = await call
         except grpc.RpcError as exc:
+            self.last_server = _answered_by(exc)
             raise error_from_rpc(exc) from exc
+        self.last_server = server_info(await call.trailing_metadata())
+        return response
 
     async def health(self, service: str = "", timeout: float = 5.0) -> bool:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -940,7 +999,9 @@ class AsyncLatentClient:
         try:
             async for message in call:
                 yield convert(message)
+            self.last_server = server_info(await call.trailing_metadata())
         except grpc.RpcError as exc:
+            self.last_server = _answered_by(exc)
             raise error_from_rpc(exc) from exc
         finally:
             call.cancel()

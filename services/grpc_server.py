@@ -13,6 +13,8 @@ still comes from `ingress.status_for`. Pieces:
   then detours through Ray's loop thread (measured +13-50% CPU per single-image request, up to 40% less
   throughput); the child also keeps Ray's threads off the serving GIL. The child exits when its replica's
   control channel closes, so it never outlives the replica.
+  The replica hands the child its identity (Ray node id, Serve replica id), which the handlers return as
+  trailing metadata (services/identity.py): the child is no Ray actor and cannot look it up.
 - `NativeGrpcServer`: a grpc.aio server on its own thread and event loop (uvloop when installed: measured
   ~10-25% less CPU per single-image request than the stdlib loop), bound to `host:grpc_port` with
   SO_REUSEPORT (grpc's default on Linux, set explicitly here): every replica on a node binds the same port and
@@ -592,9 +594,11 @@ class ServingProcess:
     Control channel: a socketpair carrying pickled dicts (multiprocessing.connection). The child exits when
     the channel closes, so it never outlives its replica, even one killed with SIGKILL."""
 
-    def __init__(self, config: ServeConfig, models: dict[str, int]) -> None:
+    def __init__(self, config: ServeConfig, models: dict[str, int],
+                 identity: tuple[tuple[str, str], ...] = ()) -> None:
         self.config = config
         self.models = dict(models)
+        self.identity = tuple(identity)  # trailing metadata naming the replica (services/identity.py)
         self.proc: Any = None
         self.port = config.grpc_port
         self.private_port = 0
@@ -619,7 +623,7 @@ class ServingProcess:
         finally:
             theirs.close()
         self._conn = Connection(ours.detach())
-        self._conn.send({"config": self.config.to_dict(), "models": self.models})
+        self._conn.send({"config": self.config.to_dict(), "models": self.models, "identity": self.identity})
         t_end = time.monotonic() + timeout_s
         while not self._conn.poll(1.0):
             if self.proc.poll() is not None:
@@ -713,7 +717,7 @@ def serving_process_main(argv: list[str] | None = None) -> int:
     try:
         from latentserve.services.ingress import LatentIngress
 
-        ingress = LatentIngress(spec["config"], spec["models"], None)
+        ingress = LatentIngress(spec["config"], spec["models"], None, identity=spec.get("identity", ()))
     except BaseException as exc:  # noqa: BLE001 - reported to the replica, which fails its start
         logger.exception("serving process failed to start")
         conn.send({"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__})
@@ -761,7 +765,9 @@ class NativeReplica:
             self._replacement = serve_replacement_state(ctx.app_name, ctx.deployment)
         except Exception:  # noqa: BLE001 - outside a Serve replica (tools, tests): no rollouts to wait for
             pass
-        self.process = ServingProcess(self.config, models)
+        from latentserve.services.identity import replica_identity
+
+        self.process = ServingProcess(self.config, models, identity=replica_identity())
         self.process.start()
 
     def check_health(self) -> None:

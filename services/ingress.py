@@ -45,6 +45,7 @@ from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import augment_spec, augment_stream, codec, metrics
 from latentserve.services.config import ServeConfig
+from latentserve.services.identity import replica_identity
 from latentserve.services.store import LatentStore, make_handle, open_stores, parse_handle
 from latentserve.v1 import latent_pb2 as pb
 
@@ -249,9 +250,13 @@ class LatentIngress:
 
     NATIVE_GRACE_S = 10.0  # native: RPCs in flight when the server stops get this long
 
-    def __init__(self, config: dict, models: dict[str, int], handles: dict[str, Any] | None = None) -> None:
+    def __init__(self, config: dict, models: dict[str, int], handles: dict[str, Any] | None = None,
+                 identity: tuple[tuple[str, str], ...] | None = None) -> None:
         self.config = ServeConfig(**config).validate()
         metrics.setup(self.config)  # before the stores and runners: they record into it too
+        # trailing metadata naming this replica and its Ray node (services/identity.py); the native serving
+        # process is no Ray actor, so its replica passes it in
+        self._identity = tuple(tuple(kv) for kv in identity) if identity is not None else replica_identity()
         self.repo = Repository(self.config.repository_path())
         self.default_versions = {name: int(v) for name, v in models.items()}
         # Handle store + encode/result caches (services/store.py open_stores): in-process, or Redis shared by
@@ -496,11 +501,17 @@ class LatentIngress:
             labels[image_idx] = elab
         return z, labels
 
+    def _identify(self, grpc_context: Any) -> None:
+        """Name the answering replica and node in the response's trailing metadata (services/identity.py)."""
+        if self._identity and grpc_context is not None:
+            grpc_context.set_trailing_metadata(list(self._identity))  # Serve's context concatenates lists
+
     async def _unary(self, rpc: str, grpc_context: Any, fn, empty):
         """Run one unary RPC: auth, body, error mapping, metrics (`_set_status` records the code). Never
         raises to Serve."""
         self.requests[rpc] = self.requests.get(rpc, 0) + 1
         rec, token = metrics.begin_request(rpc)  # token None: the native server's wrapper records the call
+        self._identify(grpc_context)
         try:
             self._authorize(grpc_context)
             resp = await fn()
@@ -664,6 +675,7 @@ class LatentIngress:
     @metrics.counted_stream("Interpolate")  # one image per frame
     async def Interpolate(self, request: pb.InterpolateRequest, grpc_context: Any = None) -> AsyncIterator[pb.InterpolateFrame]:
         self.requests["Interpolate"] = self.requests.get("Interpolate", 0) + 1
+        self._identify(grpc_context)
         try:
             self._authorize(grpc_context)
             sv = await self._model_for_refs(request.model, request.version, [request.a, request.b], "ends")
@@ -761,6 +773,7 @@ class LatentIngress:
     @metrics.counted_stream("Augment", images=False)  # a batch message carries many images: counted below
     async def Augment(self, request: pb.AugmentRequest, grpc_context: Any = None) -> AsyncIterator[pb.AugmentBatch]:
         self.requests["Augment"] = self.requests.get("Augment", 0) + 1
+        self._identify(grpc_context)
         try:
             self._authorize(grpc_context)
             spec = codec.augment_spec_from_pb(request.spec)

@@ -356,3 +356,30 @@ def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps, serve_
         dec2 = b.Decode(pb.DecodeRequest(model="tiny-gan", handles=list(enc.handles), format=pb.IMAGE_FORMAT_RAW_UINT8),
                         metadata=mdb, timeout=30)
         assert len(dec2.images) == 2
+
+
+def test_handle_round_trip_through_two_replicas_of_one_app(serve_app, redis_server, extra_app):
+    """Issue #4: a handle issued by one ingress replica of an app resolves on the other replica of the SAME
+    app (Redis shared by both). The replica that answered each call is read from the `latentserve-replica`
+    trailing metadata; ClientPool retries on fresh connections until the wanted replica answers."""
+    from latentserve.services.local_cluster import ClientPool, resolve, sample_issue
+
+    target, md, _ = extra_app("two-replicas", models=["tiny-gan"], colocate=True, ingress_replicas=2,
+                              num_cpus=0.25, ingress_num_cpus=0.25, redis_url=redis_server.url(), **FAST_BREAKER)
+    pool = ClientPool(target, app_name=dict(md).get("application"))
+    try:
+        seen: set[str] = set()
+        for _ in range(64):  # new connections until both replicas answered one
+            client = pool.new_client()
+            client.list_models()
+            seen.add(client.last_server.replica)
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2, seen
+        first, second = sorted(seen)
+        for seed, (src, dst) in enumerate([(first, second), (second, first)], start=31):
+            item = pool.call_on(src, lambda c, s=seed: sample_issue(c, "tiny-gan", s), by="replica")
+            diff = pool.call_on(dst, lambda c, it=item: resolve(c, "tiny-gan", it), by="replica")
+            assert diff <= 2.0, (src, dst, diff)
+    finally:
+        pool.close()

@@ -38,7 +38,9 @@ class FlowConfig:
 
     levels: int = 3  # squeeze levels; image_size must be divisible by 2**levels; 1..5
     steps: tuple[int, ...] = (6, 6, 6)  # flow steps per level (one entry per level); each 1..32
-    hidden: tuple[int, ...] = (64, 96, 96)  # coupling-net width per level; each 8..512
+    # (64, 80, 80), not (64, 96, 96): the bundle must fit in 30 MB; measured on shapes (1200 steps) the same
+    # train bits/dim (0.915 vs 0.916) with 3.5 MB less in the repository
+    hidden: tuple[int, ...] = (64, 80, 80)  # coupling-net width per level; each 8..512
     # Glow's learned split prior, written as part of the bijection: each factored-out half z_l is whitened by
     # an affine map conditioned on the half that continues, eps_l = (z_l - mu(h)) * exp(-log_sigma(h)), so the
     # manifest's fixed class-Gaussian prior over the flattened eps only has to model what is left
@@ -139,13 +141,15 @@ class ActNorm(nn.Module):
         return y * torch.exp(-self.log_scale) - self.loc
 
 
-def _unit_triangular_inverse(n: torch.Tensor, size: int) -> torch.Tensor:
+def _unit_triangular_inverse(n: torch.Tensor, size: int, eye: torch.Tensor | None = None) -> torch.Tensor:
     """(I + n)^-1 for a strictly triangular (hence nilpotent) n, exactly, with matmuls only.
 
     (I - m)(I + m)(I + m^2)(I + m^4)... = I - m^(2^k), and m^size = 0, so with m = -n the product of
     the factors (I + m^(2^j)), j < ceil(log2(size)), is the exact inverse.
     """
-    eye = torch.eye(size, dtype=n.dtype, device=n.device)
+    # `eye`: pass a registered identity buffer when tracing for export; a fresh torch.eye per call becomes
+    # one float64 constant per use in the ONNX graph (measured: 1.3 MB of the flow decoder's 4.8 MB)
+    eye = torch.eye(size, dtype=n.dtype, device=n.device) if eye is None else eye.to(n.dtype)
     m = -n
     inv = eye + m
     for _ in range(max(0, math.ceil(math.log2(max(size, 2)))) - 1):  # static loop count: traces fine
@@ -186,9 +190,10 @@ class InvConv1x1(nn.Module):
     def inverse_weight(self) -> torch.Tensor:
         """W^-1 = (U)^-1 (I + N_L)^-1 P^T with U = diag(d) (I + diag(1/d) N_U); computed in float64."""
         n_lower, n_upper, diag = (t.double() for t in self._factors())
-        inv_lower = _unit_triangular_inverse(n_lower, self.channels)
+        eye = self.eye.double()
+        inv_lower = _unit_triangular_inverse(n_lower, self.channels, eye)
         inv_d = 1.0 / diag
-        inv_upper = _unit_triangular_inverse(inv_d[:, None] * n_upper, self.channels) * inv_d[None, :]
+        inv_upper = _unit_triangular_inverse(inv_d[:, None] * n_upper, self.channels, eye) * inv_d[None, :]
         return (inv_upper @ inv_lower @ self.perm.double().t()).to(self.log_s.dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -320,6 +320,10 @@ def serve_app(tiny_repo, request, tmp_path_factory):
     proxy_config = config if frontend != "native" else config.with_overrides(grpc_frontend="serve", grpc_port=free_port())
     saved_env = dict(os.environ)
     os.environ.update(ray_env(config))  # Ray's processes inherit the driver's environment
+    # Serve's controller kills a proxy that does not answer its readiness check within 5 s, three times in a
+    # row, and serve.start then fails: seen on an overloaded 2-core host (load 10-20). Startup only; no
+    # request-path timeout changes.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     failed_before = request.session.testsfailed

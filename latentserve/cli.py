@@ -12,7 +12,7 @@ import sys
 # name -> module under latentserve.commands. Order is the order shown in --help.
 COMMANDS = [
     "train", "export", "eval", "bundle",
-    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "bench",
+    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "bench", "latent-report",
 ]
 
 
@@ -21,10 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        module = f"latentserve.commands.{name.replace('-', '_')}"  # latent-report -> latent_report
         try:
-            mod = importlib.import_module(f"latentserve.commands.{name}")
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name == f"latentserve.commands.{name}":
+            if exc.name == module:
                 continue  # command not built yet
             raise
         mod.register(sub)

@@ -99,6 +99,35 @@ def load_graphs(decoder_path: str, probe_path: str | None = None, prior_mean: np
     return Graphs(load(decoder_path), load(probe_path) if probe_path else None, mean, std, list(factor_names), device)
 
 
+def graphs_for_record(repo: Any, record: Any, verify: bool = True, device: str = "cpu") -> tuple[Graphs, str]:
+    """(Graphs of a generative model version with the probe its manifest names, '' or why there is no probe).
+
+    `repo` is a models.repository.Repository; the newest version of the probe is used."""
+    from latentserve.errors import NotFoundError
+    from latentserve.models.evaluate import probe_factor_names
+
+    space = repo.latent_space(record)
+    probe_path, factor_names, problem = None, [], ""
+    probe_name = record.manifest.get("probe")
+    if not probe_name:
+        problem = f"model {record.name} v{record.version} names no probe in its manifest"
+    else:
+        try:
+            probe = repo.load(probe_name, None, verify=verify)
+        except NotFoundError:
+            problem = f"model {record.name} v{record.version} names probe {probe_name!r}, which is not in the repository"
+        else:
+            if probe.family != "probe" or probe.class_names != record.class_names:
+                problem = f"probe {probe_name!r} is not a probe for {record.name}'s classes"
+            else:
+                probe_path, factor_names = probe.graph_path("probe", "torchscript"), probe_factor_names(probe)
+    class_gaussian = space.prior_type == "class_gaussian"
+    graphs = load_graphs(str(record.graph_path("decoder", "torchscript")), str(probe_path) if probe_path else None,
+                         space.prior_mean if class_gaussian else None, space.prior_logstd if class_gaussian else None,
+                         factor_names, device)
+    return graphs, problem
+
+
 # ------------------------------------------------------------------------------------------- helpers
 def rms_steps(f: torch.Tensor) -> torch.Tensor:
     """(S, F) consecutive points -> (S-1,) RMS distances."""

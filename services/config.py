@@ -120,7 +120,7 @@ class ServeConfig:
     geodesic_learning_rate: float = 0.05  # Adam step in latent units
     guidance_steps: int = 50
     guidance_step_size: float = 0.02  # Langevin step eta
-    guidance_class_weight: float = 4.0  # weight of log p(label | decode(z)) (1 = the plain posterior)
+    guidance_class_weight: float = 10.0  # weight of log p(label | decode(z)) (1 = the plain posterior)
     guidance_noise: float = 1.0  # Langevin noise scale (1 = sqrt(2 eta) N(0, I), the exact Langevin noise)
     guidance_factor_weight: float = 200.0  # weight of the factor term ((r - target) / range)^2
     refine_learning_rate: float = 0.05  # Adam step in latent units

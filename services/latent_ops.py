@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from latentserve.errors import DeadlineExceededError, NotFoundError, UnsupportedError, ValidationError
+from latentserve.errors import DeadlineExceededError, UnsupportedError, ValidationError
 from latentserve.models.repository import Repository
 from latentserve.services.config import ServeConfig
 
@@ -209,32 +209,12 @@ class LatentOpsEngine:
         graphs = self._graphs.get(version)
         if graphs is not None:
             return graphs
-        from latentserve.models.evaluate import probe_factor_names
-
         record = self.repo.load(self.name, version, verify=self.config.verify_checksums)
-        space = self.repo.latent_space(record)
-        probe_path, factor_names, problem = None, [], ""
-        probe_name = record.manifest.get("probe")
-        if not probe_name:
-            problem = f"model {self.name} v{version} names no probe in its manifest"
-        else:
-            try:
-                probe = self.repo.load(probe_name, None, verify=self.config.verify_checksums)
-            except NotFoundError:
-                problem = f"model {self.name} v{version} names probe {probe_name!r}, which is not in the repository"
-            else:
-                if probe.family != "probe" or probe.class_names != record.class_names:
-                    problem = f"probe {probe_name!r} is not a probe for {self.name}'s classes"
-                else:
-                    probe_path, factor_names = probe.graph_path("probe", "torchscript"), probe_factor_names(probe)
-        graphs = self._ops.load_graphs(
-            str(record.graph_path("decoder", "torchscript")), str(probe_path) if probe_path else None,
-            space.prior_mean if space.prior_type == "class_gaussian" else None,
-            space.prior_logstd if space.prior_type == "class_gaussian" else None, factor_names, self.device)
+        graphs, problem = self._ops.graphs_for_record(self.repo, record, self.config.verify_checksums, self.device)
         self._graphs[version] = graphs
         self._probe_problem[version] = problem
         logger.info("latent ops: %s v%d TorchScript graphs loaded (probe: %s)", self.name, version,
-                    probe_name if probe_path else f"none: {problem}")
+                    record.manifest.get("probe") if graphs.probe is not None else f"none: {problem}")
         return graphs
 
     async def graphs(self, version: int) -> Any:

@@ -23,6 +23,10 @@ chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="u
 batch in the worker thread, so callers that send 8-bit images never see float32 (a model-server deployment
 then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()` reports how many requests
 and rows each batch had.
+
+Gradient latent ops (geodesic paths, guided sampling, encode refinement): `latent_op(job)` hands the job to the
+runner's LatentOpsEngine (services/latent_ops.py), created with its torch import on the first such job (or
+at start with `latent_ops_preload`), so runners that never see one never import torch.
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import sys
 # name -> module under latentserve.commands. Order is the order shown in --help.
 COMMANDS = [
     "train", "export", "eval", "bundle",
-    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "augment", "bench",
-    "cluster_demo",
+    "serve", "models", "sample", "encode", "decode", "interpolate", "edit", "augment", "bench", "latent-report",
+    "cluster-demo",
 ]
 
 
@@ -22,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        module = f"latentserve.commands.{name.replace('-', '_')}"  # latent-report -> latent_report
         try:
-            mod = importlib.import_module(f"latentserve.commands.{name}")
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name == f"latentserve.commands.{name}":
+            if exc.name == module:
                 continue  # command not built yet
             raise
         mod.register(sub)

@@ -48,6 +48,12 @@ class UnauthenticatedError(LatentServeError):
     kind = "unauthenticated"
 
 
+class UnsupportedError(LatentServeError):
+    """This server cannot do the operation (a feature switched off, or an optional extra not installed)."""
+
+    kind = "unsupported"
+
+
 class UnrecoverableError(LatentServeError):
     """Corrupt artefact, broken invariant: nothing the caller can fix by changing the request."""
 

@@ -36,7 +36,8 @@ server sent none), for debugging placement behind a load balancer.
 Errors: every grpc.RpcError is re-raised as the latentserve.errors class of its status code (INVALID_ARGUMENT,
 OUT_OF_RANGE, FAILED_PRECONDITION -> ValidationError; NOT_FOUND -> NotFoundError; RESOURCE_EXHAUSTED ->
 OverloadedError; DEADLINE_EXCEEDED -> DeadlineExceededError; UNAVAILABLE -> UnavailableError; UNAUTHENTICATED,
-PERMISSION_DENIED -> UnauthenticatedError; anything else -> UnrecoverableError), with the message
+PERMISSION_DENIED -> UnauthenticatedError; UNIMPLEMENTED -> UnsupportedError; anything else ->
+UnrecoverableError), with the message
 "<CODE>: <details>" and the original status in `exc.status` (a grpc.StatusCode); the RpcError is chained as
 `__cause__`. Client-side argument checks raise ValidationError before anything is sent.
 """
@@ -60,6 +61,7 @@ from latentserve.errors import (
     UnauthenticatedError,
     UnavailableError,
     UnrecoverableError,
+    UnsupportedError,
     ValidationError,
 )
 from latentserve.services.identity import ServerInfo, server_info
@@ -132,7 +134,11 @@ _STATUS_ERRORS: dict[grpc.StatusCode, type[LatentServeError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: UnauthenticatedError,
+    grpc.StatusCode.UNIMPLEMENTED: UnsupportedError,  # e.g. gradient latent ops on a server without torch
 }
+GUIDANCE_OPTIONS = ("steps", "step_size", "class_weight", "noise", "factor_targets", "factor_weight", "start")
+GEODESIC_OPTIONS = ("iterations", "learning_rate", "space", "init")
+REFINE_OPTIONS = ("learning_rate", "feature_weight")
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -175,6 +181,9 @@ class ModelInfo:
     prior: str
     max_images_per_request: int  # 0 = the server did not say
     max_interpolation_steps: int
+    max_geodesic_iterations: int = 0  # gradient latent ops caps (0 = not available on the server)
+    max_guidance_steps: int = 0
+    max_refine_steps: int = 0
 
     @property
     def latent_dim(self) -> int:
@@ -207,6 +216,10 @@ class EncodeResult:
     confidence: np.ndarray  # float32 (N,): encoder's probability of the returned label
     model: str = ""
     version: int = 0
+    # refine_steps > 0: reconstruction MSE ([-1, 1] scale) per image, encoder alone vs refined
+    mse_before: np.ndarray | None = None
+    mse_after: np.ndarray | None = None
+    refine_steps: int = 0
 
 
 @dataclass
@@ -251,6 +264,8 @@ class PathSummary:
     evenness_cv: float  # coefficient of variation of step distances (0 = perfectly even)
     lerp_path_length: float  # the same for lerp between the same ends (geodesic only, else 0)
     lerp_evenness_cv: float
+    space: str = "pixel"  # where distances are measured: pixel | probe
+    iterations: int = 0  # geodesic optimisation iterations
 
 
 @dataclass
@@ -263,7 +278,7 @@ class Frame:
     latent: np.ndarray  # float32 (D,)
     label: int
     handle: str
-    step_distance: float  # RMS image distance to the previous frame, [-1, 1] scale (0 for the first)
+    step_distance: float  # RMS distance to the previous frame in summary.space (pixel: [-1, 1] scale; 0 first)
     summary: PathSummary | None = None  # set on the last frame only
 
 
@@ -528,12 +543,34 @@ def _move(move: Any) -> pb.Move:
 
 
 # ------------------------------------------------------------------------------------ request builders
+def _options(values: Mapping[str, Any] | None, allowed: Sequence[str], what: str) -> dict:
+    """Checked option names; enum options given by name ('lerp', 'latent_gmm') become enum values."""
+    out = dict(values or {})
+    unknown = set(out) - set(allowed)
+    if unknown:
+        raise ValidationError(f"unknown {what} options {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    if isinstance(out.get("init"), str):
+        if out["init"] not in ("lerp", "slerp"):
+            raise ValidationError(f"geodesic init must be lerp or slerp, got {out['init']!r}")
+        out["init"] = INTERPOLATION_METHODS[out["init"]]
+    if isinstance(out.get("start"), str):
+        if out["start"] not in ("prior", "latent_gmm"):
+            raise ValidationError(f"guidance start must be prior or latent_gmm, got {out['start']!r}")
+        out["start"] = SAMPLE_SOURCES[out["start"]]
+    return out
+
+
 def build_encode_request(model: str, images: Any, labels: Any = None, return_handles: bool = False,
-                         sample_posterior: bool = False, seed: int = 0, version: int | None = None) -> pb.EncodeRequest:
+                         sample_posterior: bool = False, seed: int = 0, version: int | None = None,
+                         refine_steps: int = 0, refine: Mapping[str, Any] | None = None) -> pb.EncodeRequest:
     protos = images_to_protos(images)
+    if int(refine_steps) < 0:
+        raise ValidationError(f"refine_steps must be >= 0, got {refine_steps}")
     req = pb.EncodeRequest(model=_check_model(model), version=_version(version), images=protos,
                            sample_posterior=bool(sample_posterior), seed=_seed(seed),
-                           return_handles=bool(return_handles))
+                           return_handles=bool(return_handles), refine_steps=int(refine_steps))
+    if refine:
+        req.refine.CopyFrom(pb.RefineOptions(**_options(refine, REFINE_OPTIONS, "refine")))
     if labels is not None:
         y = np.asarray(labels)
         y = np.full((len(protos),), int(y)) if y.ndim == 0 else y
@@ -597,11 +634,8 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
             raise ValidationError("class_weights must be non-negative with a positive sum")
         req.class_weights.weights.update(weights)
     if guidance:
-        g = dict(guidance)
+        g = _options(guidance, GUIDANCE_OPTIONS, "guidance")
         targets = _float_map(g.pop("factor_targets", None), "guidance.factor_targets")
-        unknown = set(g) - {"steps", "step_size", "class_weight", "noise"}
-        if unknown:
-            raise ValidationError(f"unknown guidance options {sorted(unknown)}")
         req.guidance.CopyFrom(pb.GuidanceOptions(factor_targets=targets, **g))
     return req
 
@@ -619,10 +653,7 @@ def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method
                                 b=latent_ref(b, "b"), steps=steps, method=INTERPOLATION_METHODS[method],
                                 format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles))
     if geodesic:
-        unknown = set(geodesic) - {"iterations", "learning_rate", "space"}
-        if unknown:
-            raise ValidationError(f"unknown geodesic options {sorted(unknown)}")
-        req.geodesic.CopyFrom(pb.GeodesicOptions(**geodesic))
+        req.geodesic.CopyFrom(pb.GeodesicOptions(**_options(geodesic, GEODESIC_OPTIONS, "geodesic")))
     return req
 
 
@@ -696,14 +727,20 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         interpolation_methods=tuple(_METHOD_NAMES.get(s, str(s)) for s in m.interpolation_methods),
         metrics=dict(m.metrics), backend=m.backend, prior=m.prior,
         max_images_per_request=m.limits.max_images_per_request,
-        max_interpolation_steps=m.limits.max_interpolation_steps)
+        max_interpolation_steps=m.limits.max_interpolation_steps,
+        max_geodesic_iterations=m.limits.max_geodesic_iterations, max_guidance_steps=m.limits.max_guidance_steps,
+        max_refine_steps=m.limits.max_refine_steps)
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:
     z, y = latents_from_protos(resp.latents)
+    refined = resp.HasField("refine")
     return EncodeResult(latents=z, labels=y, handles=list(resp.handles),
                         confidence=np.asarray(resp.label_confidence, dtype=np.float32),
-                        model=resp.model, version=resp.version)
+                        model=resp.model, version=resp.version,
+                        mse_before=np.asarray(resp.refine.mse_before, np.float32) if refined else None,
+                        mse_after=np.asarray(resp.refine.mse_after, np.float32) if refined else None,
+                        refine_steps=resp.refine.steps if refined else 0)
 
 
 def images_result(resp: pb.SampleResponse | pb.EditResponse, fmt: str) -> SampleResult:
@@ -716,7 +753,8 @@ def frame_from_proto(f: pb.InterpolateFrame, fmt: str) -> Frame:
     summary = None
     if f.HasField("summary"):
         s = f.summary
-        summary = PathSummary(s.path_length, s.evenness_cv, s.lerp_path_length, s.lerp_evenness_cv)
+        summary = PathSummary(s.path_length, s.evenness_cv, s.lerp_path_length, s.lerp_evenness_cv,
+                              s.space or "pixel", s.iterations)
     return Frame(index=f.index, t=f.t, image=_image_out(f.image, fmt) if f.HasField("image") else None,
                  latent=np.asarray(f.latent.values, dtype=np.float32), label=f.latent.label, handle=f.handle,
                  step_distance=f.step_distance, summary=summary)
@@ -841,8 +879,12 @@ class LatentClient:
 
     # -- latent operations ------------------------------------------------------------------------------------
     def encode(self, model: str, images: Any, labels: Any = None, return_handles: bool = False,
-               sample_posterior: bool = False, seed: int = 0, version: int | None = None) -> EncodeResult:
-        req = build_encode_request(model, images, labels, return_handles, sample_posterior, seed, version)
+               sample_posterior: bool = False, seed: int = 0, version: int | None = None,
+               refine_steps: int = 0, refine: Mapping[str, Any] | None = None) -> EncodeResult:
+        """`refine_steps` > 0 (gan, vae): gradient refinement of the encoder's latents on the reconstruction
+        error; `refine` = {learning_rate, feature_weight}; the result carries mse_before / mse_after."""
+        req = build_encode_request(model, images, labels, return_handles, sample_posterior, seed, version,
+                                   refine_steps, refine)
         return encode_result(self._call(self._stub.Encode, req))
 
     def decode(self, model: str, latents: Any = None, labels: Any = None, handles: Sequence[str] | None = None,
@@ -961,8 +1003,10 @@ class AsyncLatentClient:
             self._stub.GetModel, pb.GetModelRequest(model=_check_model(name), version=_version(version))))
 
     async def encode(self, model: str, images: Any, labels: Any = None, return_handles: bool = False,
-                     sample_posterior: bool = False, seed: int = 0, version: int | None = None) -> EncodeResult:
-        req = build_encode_request(model, images, labels, return_handles, sample_posterior, seed, version)
+                     sample_posterior: bool = False, seed: int = 0, version: int | None = None,
+                     refine_steps: int = 0, refine: Mapping[str, Any] | None = None) -> EncodeResult:
+        req = build_encode_request(model, images, labels, return_handles, sample_posterior, seed, version,
+                                   refine_steps, refine)
         return encode_result(await self._call(self._stub.Encode, req))
 
     async def decode(self, model: str, latents: Any = None, labels: Any = None,

@@ -307,7 +307,10 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         backend=info["backend"],
         prior=info["prior"],
         limits=pb.Limits(max_images_per_request=int(info["limits"]["max_images_per_request"]),
-                         max_interpolation_steps=int(info["limits"]["max_interpolation_steps"])),
+                         max_interpolation_steps=int(info["limits"]["max_interpolation_steps"]),
+                         max_geodesic_iterations=int(info["limits"].get("max_geodesic_iterations", 0)),
+                         max_guidance_steps=int(info["limits"].get("max_guidance_steps", 0)),
+                         max_refine_steps=int(info["limits"].get("max_refine_steps", 0))),
     )
 
 

@@ -108,6 +108,25 @@ class ServeConfig:
     max_interpolation_steps: int = 64
     max_image_bytes: int = 4 << 20  # one encoded PNG/JPEG; protects the decoder from decompression bombs
 
+    # -- gradient-based latent ops (services/latent_ops.py; need PyTorch: the `latent-ops` extra) ----------
+    # Geodesic interpolation, guided sampling and encode refinement run on the TorchScript artefacts. torch
+    # is imported on the first such request (or at start with latent_ops_preload), never otherwise.
+    latent_ops: bool = True  # serve them when torch is installed (false: UNIMPLEMENTED, like a torch-less server)
+    latent_ops_preload: bool = False  # import torch + load the default versions' graphs at start, not on first use
+    latent_ops_threads: int = 1  # torch intra-op threads of a model's latent-ops engine
+    latent_ops_max_batch_rows: int = 256  # rows (inner path frames, chains, images) sharing one forward/backward
+    max_geodesic_iterations: int = 500  # per-request caps (INVALID_ARGUMENT above them)
+    max_guidance_steps: int = 500
+    max_refine_steps: int = 500
+    geodesic_iterations: int = 100  # defaults for requests that leave an option at 0
+    geodesic_learning_rate: float = 0.05  # Adam step in latent units
+    guidance_steps: int = 50
+    guidance_step_size: float = 0.02  # Langevin step eta
+    guidance_class_weight: float = 10.0  # weight of log p(label | decode(z)) (1 = the plain posterior)
+    guidance_noise: float = 1.0  # Langevin noise scale (1 = sqrt(2 eta) N(0, I), the exact Langevin noise)
+    guidance_factor_weight: float = 200.0  # weight of the factor term ((r - target) / range)^2
+    refine_learning_rate: float = 0.05  # Adam step in latent units
+
     # -- network / security --------------------------------------------------------------------------------
     grpc_port: int = 9000
     http_port: int = 8000  # Serve always starts its HTTP proxy next to the gRPC one (unused by latentserve)
@@ -196,6 +215,23 @@ class ServeConfig:
         int_range("max_images_per_request", 1, 65_536)
         int_range("max_interpolation_steps", 2, 4096)
         int_range("max_image_bytes", 1024, 1 << 30)
+        if not isinstance(self.latent_ops, bool):
+            bad("latent_ops", "must be true or false")
+        if not isinstance(self.latent_ops_preload, bool):
+            bad("latent_ops_preload", "must be true or false")
+        int_range("latent_ops_threads", 1, 256)
+        int_range("latent_ops_max_batch_rows", 1, 65_536)
+        int_range("max_geodesic_iterations", 1, 100_000)
+        int_range("max_guidance_steps", 1, 100_000)
+        int_range("max_refine_steps", 1, 100_000)
+        int_range("geodesic_iterations", 1, self.max_geodesic_iterations)
+        int_range("guidance_steps", 1, self.max_guidance_steps)
+        num_range("geodesic_learning_rate", 0.0, 1.0, lo_open=True)
+        num_range("guidance_step_size", 0.0, 1.0, lo_open=True)
+        num_range("guidance_class_weight", 0.0, 1000.0)
+        num_range("guidance_noise", 0.0, 10.0)
+        num_range("guidance_factor_weight", 0.0, 1e5)
+        num_range("refine_learning_rate", 0.0, 1.0, lo_open=True)
         int_range("grpc_port", 1, 65_535)
         int_range("http_port", 1, 65_535)
         int_range("proxy_grpc_port", 0, 65_535)

@@ -40,10 +40,12 @@ from typing import Any, AsyncIterator
 import grpc
 import numpy as np
 
-from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, ValidationError
+from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, UnsupportedError, ValidationError
 from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import augment_spec, augment_stream, codec, metrics
+from latentserve.services import latent_ops as lops
+from latentserve.services import latent_ops_requests as lreq
 from latentserve.services.config import ServeConfig
 from latentserve.services.identity import replica_identity
 from latentserve.services.store import LatentStore, make_handle, open_stores, parse_handle
@@ -61,6 +63,7 @@ _STATUS = {
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
     "unrecoverable": grpc.StatusCode.INTERNAL,
+    "unsupported": grpc.StatusCode.UNIMPLEMENTED,
 }
 
 
@@ -163,6 +166,7 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
     m = record.manifest
     gmm = m.get("gmm") or {}
     prior = (m.get("prior") or {}).get("type", "")
+    grad_ops = not lops.availability_problem(config)  # gradient latent ops: torch installed and enabled
     return {
         "name": record.name,
         "version": record.version,
@@ -172,13 +176,17 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
         "class_names": list(m["class_names"]),
         "factors": list(m["factors"]),
         "knobs": list(m.get("knobs") or []),
-        "sample_sources": ["prior"] + (["latent_gmm"] if gmm.get("components") else []),
-        "interpolation_methods": ["lerp", "slerp"],
+        "sample_sources": ["prior"] + (["latent_gmm"] if gmm.get("components") else [])
+                          + (["guided"] if grad_ops and m.get("probe") else []),
+        "interpolation_methods": ["lerp", "slerp"] + (["geodesic"] if grad_ops else []),
         "metrics": _flatten_metrics(m.get("metrics") or {}),
         "backend": config.backend,
         "prior": prior,
         "limits": {"max_images_per_request": config.max_images_per_request,
-                   "max_interpolation_steps": config.max_interpolation_steps},
+                   "max_interpolation_steps": config.max_interpolation_steps,
+                   "max_geodesic_iterations": config.max_geodesic_iterations if grad_ops else 0,
+                   "max_guidance_steps": config.max_guidance_steps if grad_ops and m.get("probe") else 0,
+                   "max_refine_steps": config.max_refine_steps if grad_ops and record.family in lops.REFINABLE else 0},
     }
 
 
@@ -216,6 +224,13 @@ class _RemoteModel:
     async def stats(self) -> dict:
         return await self.handle.stats.remote()
 
+    async def latent_op(self, job: Any) -> Any:
+        # cancelling this await cancels the request on the model server, whose engine drops the job
+        return await self.handle.latent_op.remote(job)
+
+    async def probe_factors(self, version: int) -> list[str]:
+        return await self.handle.probe_factors.remote(version)
+
     def close(self) -> None:
         pass
 
@@ -234,6 +249,12 @@ class _LocalModel:
 
     async def stats(self) -> dict:
         return self.runner.stats()
+
+    async def latent_op(self, job: Any) -> Any:
+        return await self.runner.latent_op(job)
+
+    async def probe_factors(self, version: int) -> list[str]:
+        return await self.runner.probe_factors(version)
 
     def close(self) -> None:
         self.runner.close()
@@ -566,10 +587,21 @@ class LatentIngress:
                     labels[i] = lab
             if request.sample_posterior and sv.family != "vae":
                 raise ValidationError(f"sample_posterior is only for vae models; {sv.name} is a {sv.family} model")
+            if request.refine_steps:
+                lreq.require_available(self.config, "refine_steps")
+                refine = lreq.refine_settings(self.config, sv.family, request.refine_steps, request.refine)
             x = codec.images_from_pb(request.images, sv.image_shape, self.config.max_image_bytes)
             z, chosen, conf = await self._encode(sv, x, labels, request.sample_posterior, request.seed)
+            report = None
+            if request.refine_steps:  # warm-started from the encoder's latents (after sample_posterior)
+                res = await self.models[sv.name].latent_op(lops.RefineJob(
+                    version=sv.version, z0=z, labels=chosen, images=x,
+                    deadline=lreq.deadline(grpc_context, self.config), **refine))
+                z = res.latents
+                report = pb.RefineReport(mse_before=res.mse_before.tolist(), mse_after=res.mse_after.tolist(),
+                                         steps=res.steps)
             resp = pb.EncodeResponse(model=sv.name, version=sv.version, latents=codec.latents_to_pb(z, chosen),
-                                     label_confidence=conf.tolist())
+                                     label_confidence=conf.tolist(), refine=report)
             if request.return_handles:
                 resp.handles.extend(await self._handles_for(sv, z, chosen))
             return resp
@@ -599,10 +631,13 @@ class LatentIngress:
             sv = await self._model(request.model, request.version)
             fmt = codec.image_format(request.format)
             source = codec.sample_source(request.source)
-            if source == "guided":
-                raise ValidationError(
-                    "source GUIDED (classifier-guided sampling) is not available yet on this server; use PRIOR or LATENT_GMM"
-                )
+            guided = source == "guided"
+            if guided:
+                lreq.require_available(self.config, "source GUIDED")
+                settings = lreq.guidance_settings(self.config, request.guidance)
+                source = codec.sample_source(request.guidance.start) if request.guidance.start else "prior"
+                if source == "guided":
+                    raise ValidationError("guidance.start: chains start from PRIOR or LATENT_GMM")
             self._count(request.n, "n")
             temperature = float(request.temperature)
             if not math.isfinite(temperature) or temperature < 0 or temperature > 10:
@@ -620,6 +655,8 @@ class LatentIngress:
                 z = sv.space.sample_prior(labels, rng, temperature)
             for name, target in targets:
                 z = sv.space.set_factor(z, name, target)
+            if guided:
+                z = await self._guided(sv, request, settings, z, labels, grpc_context)
             images = await self._decoded_images(sv, fmt, z, labels, cacheable=request.seed != 0)  # seed 0 = random
             resp = pb.SampleResponse(model=sv.name, version=sv.version, images=images,
                                      latents=codec.latents_to_pb(z, labels))
@@ -628,6 +665,23 @@ class LatentIngress:
             return resp
 
         return await self._unary("Sample", grpc_context, body, pb.SampleResponse())
+
+    async def _guided(self, sv: ServedVersion, request: pb.SampleRequest, settings: dict, z: np.ndarray,
+                      labels: np.ndarray, grpc_context: Any) -> np.ndarray:
+        """Guided Langevin chains from the start latents z (N, D) (services/latent_ops_requests.py)."""
+        model = self.models[sv.name]
+        targets, ranges = {}, {}
+        if len(request.guidance.factor_targets):
+            targets, ranges = lreq.factor_targets(dict(request.guidance.factor_targets), sv.record.factors,
+                                                  await model.probe_factors(sv.version), sv.name)
+        for name, value in targets.items():  # the linear knob's estimate as the starting point
+            if name in sv.space.knobs:
+                z = sv.space.set_factor(z, name, value)
+        # chains get their own seed stream: the same request seed gives the same samples
+        seed = int(request.seed) if request.seed else int(np.random.default_rng().integers(1, 2**62))
+        job = lops.GuidedJob(version=sv.version, z0=z, labels=labels, factor_targets=targets, factor_ranges=ranges,
+                             seed=seed, deadline=lreq.deadline(grpc_context, self.config), **settings)
+        return (await model.latent_op(job)).latents
 
     def _sample_labels(self, sv: ServedVersion, request: pb.SampleRequest, rng: np.random.Generator) -> np.ndarray:
         n, names = request.n, sv.record.class_names
@@ -682,24 +736,30 @@ class LatentIngress:
             fmt = codec.image_format(request.format)
             method = codec.interpolation_method(request.method)
             if method == "geodesic":
-                raise ValidationError("method GEODESIC (gradient-based latent ops) is not available yet on this server; use LERP or SLERP")
+                lreq.require_available(self.config, "method GEODESIC")
             steps, cap = int(request.steps), self.config.max_interpolation_steps
             if not 2 <= steps <= cap:
                 raise ValidationError(f"steps: {steps} is outside [2, {cap}] (frames including both ends; Limits.max_interpolation_steps)")
             if not request.HasField("a") or not request.HasField("b"):
                 raise ValidationError("a and b are required (each a latent, a handle or an image)")
-            ends, end_labels = await self._refs(sv, [request.a, request.b], "ends")
-            path = (slerp if method == "slerp" else lerp)(ends[0], ends[1], steps)  # (S, D)
             t = np.linspace(0.0, 1.0, steps)
+            if method == "geodesic":  # options are checked before the ends are encoded or fetched
+                settings = lreq.geodesic_settings(self.config, request.geodesic)
+            ends, end_labels = await self._refs(sv, [request.a, request.b], "ends")
             labels = np.where(t < 0.5, end_labels[0], end_labels[1]).astype(np.int64)
-            x = await self._decode(sv, path, labels)  # (S, 3, H, W)
-            diffs = np.sqrt(np.mean((x[1:].astype(np.float64) - x[:-1]) ** 2, axis=(1, 2, 3)))  # (S-1,)
+            if method == "geodesic":
+                job = lreq.geodesic_job(sv.version, settings, ends, labels, lreq.deadline(grpc_context, self.config))
+                res = await self.models[sv.name].latent_op(job)
+                path, x, diffs = res.latents, res.images, res.steps
+                summary = pb.PathSummary(**lreq.path_summary(diffs, res.reference_steps, job.space, res.iterations))
+            else:
+                path = (slerp if method == "slerp" else lerp)(ends[0], ends[1], steps)  # (S, D)
+                x = await self._decode(sv, path, labels)  # (S, 3, H, W)
+                diffs = np.sqrt(np.mean((x[1:].astype(np.float64) - x[:-1]) ** 2, axis=(1, 2, 3)))  # (S-1,)
+                summary = pb.PathSummary(**lreq.path_summary(diffs, None, "pixel"))
             dist = np.concatenate([[0.0], diffs])
             images = await self._images_out(x, fmt)
             handles = await self._handles_for(sv, path, labels) if request.return_handles else None
-            mean = float(diffs.mean()) if len(diffs) else 0.0
-            summary = pb.PathSummary(path_length=float(diffs.sum()),
-                                     evenness_cv=float(diffs.std() / mean) if mean > 0 else 0.0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -23,6 +23,10 @@ chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="u
 batch in the worker thread, so callers that send 8-bit images never see float32 (a model-server deployment
 then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()` reports how many requests
 and rows each batch had.
+
+Gradient latent ops (geodesic paths, guided sampling, encode refinement): `latent_op(job)` hands the job to the
+runner's LatentOpsEngine (services/latent_ops.py), created with its torch import on the first such job (or
+at start with `latent_ops_preload`), so runners that never see one never import torch.
 """
 from __future__ import annotations
 
@@ -301,6 +305,10 @@ class ModelRunner:
         self._decode_batcher = Batcher(self._decode_batch, name=f"{name}-decode", on_wait=wait("decode"), **kw)
         # Fail fast at start: a broken default version must not deploy.
         self._install(self._open(self.default_version))
+        # Gradient latent ops (services/latent_ops.py): created on the first op so torch stays unimported.
+        self._latent_ops: Any = None
+        if config.latent_ops_preload and config.latent_ops:
+            self.latent_ops_engine().load(self.default_version)
 
     # -- versions -----------------------------------------------------------------------------------------
     def _open(self, version: int) -> LoadedVersion:
@@ -364,8 +372,29 @@ class ModelRunner:
             return (await self._run_chunked("decode", item))[out]
         return await self._decode_batcher.submit(item)
 
+    def latent_ops_engine(self) -> Any:
+        """This model's LatentOpsEngine (created, and torch imported, on first use; UnsupportedError naming the
+        extra to install when the server cannot run gradient ops)."""
+        if self._latent_ops is None:
+            from latentserve.services.latent_ops import LatentOpsEngine
+
+            self._latent_ops = LatentOpsEngine(self.config, self.name, self.device)
+        return self._latent_ops
+
+    async def latent_op(self, job: Any) -> Any:
+        """Run a gradient latent-op job (services/latent_ops.py) for this model, batched with concurrent ones."""
+        if job.version == 0:
+            job.version = self.default_version
+        return await self.latent_ops_engine().run(job)
+
+    async def probe_factors(self, version: int) -> list[str]:
+        """Factor names of the model's probe regressor ([] without a usable probe)."""
+        return await self.latent_ops_engine().probe_factors(int(version) or self.default_version)
+
     def stats(self) -> dict:
+        extra = {"latent_ops": self._latent_ops.stats()} if self._latent_ops is not None else {}
         return {
+            **extra,
             "model": self.name,
             "default_version": self.default_version,
             "loaded_versions": list(self._versions),
@@ -438,6 +467,8 @@ class ModelRunner:
         return [r[it.out] for r, it in zip(await self._batch("decode", items), items)]
 
     def close(self) -> None:
+        if self._latent_ops is not None:
+            self._latent_ops.close()
         self._encode_batcher.close()
         self._decode_batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -460,6 +491,12 @@ class ModelServer:
 
     async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
         return await self.runner.decode(version, latents, labels, out)
+
+    async def latent_op(self, job: Any) -> Any:
+        return await self.runner.latent_op(job)
+
+    async def probe_factors(self, version: int) -> list[str]:
+        return await self.runner.probe_factors(version)
 
     def stats(self) -> dict:
         return self.runner.stats()

@@ -21,6 +21,11 @@ def register(sub) -> None:
                    help="class name or index of every image (default: predicted by the encoder)")
     p.add_argument("--sample-posterior", action="store_true", help="VAE: sample q(z|x) instead of its mean")
     p.add_argument("--seed", type=int, default=0, help="seed for --sample-posterior")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="gan/vae: refine each latent by this many gradient steps on the reconstruction error")
+    p.add_argument("--refine-lr", type=float, default=0.0, help="refinement learning rate (0 = server default)")
+    p.add_argument("--refine-feature-weight", type=float, default=0.0,
+                   help="add the probe-feature distance with this weight (0 = pixels only)")
     p.add_argument("--handles", action="store_true", help="store the latents server-side and print handles")
     add_version_option(p)
     add_client_options(p)
@@ -38,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         info = client.model_info(args.model, args.model_version)
         labels = None if args.class_name is None else info.class_index(args.class_name)
         res = client.encode(args.model, images, labels=labels, return_handles=args.handles,
-                            sample_posterior=args.sample_posterior, seed=args.seed, version=args.model_version)
+                            sample_posterior=args.sample_posterior, seed=args.seed, version=args.model_version,
+                            refine_steps=args.refine_steps,
+                            refine={"learning_rate": args.refine_lr, "feature_weight": args.refine_feature_weight})
     names = info.class_names
     save_latents(args.output, res.latents, res.labels, confidence=res.confidence, files=list(args.images),
                  class_names=list(names), handles=res.handles or None)
@@ -46,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
         y = int(res.labels[i])
         conf = f"{res.confidence[i]:.3f}" if i < len(res.confidence) else "-"
         handle = f"\t{res.handles[i]}" if res.handles else ""
-        print(f"{path}\t{names[y] if 0 <= y < len(names) else y}\t{conf}{handle}")
+        refined = f"\tmse {res.mse_before[i]:.5f} -> {res.mse_after[i]:.5f}" if res.mse_before is not None else ""
+        print(f"{path}\t{names[y] if 0 <= y < len(names) else y}\t{conf}{refined}{handle}")
+    if res.mse_before is not None:
+        print(f"refinement ({res.refine_steps} steps): reconstruction MSE {res.mse_before.mean():.5f} -> "
+              f"{res.mse_after.mean():.5f} (mean over {len(res.mse_after)} images)")
     print(f"wrote {args.output}: latents {res.latents.shape[0]}x{res.latents.shape[1]} "
           f"from {res.model or args.model} v{res.version}")
     return 0

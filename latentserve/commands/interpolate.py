@@ -22,7 +22,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=8, help="frames per path including both ends (default 8)")
     p.add_argument("--method", default="lerp,slerp", help="comma-separated: lerp, slerp, geodesic (default lerp,slerp)")
     p.add_argument("--geodesic-iterations", type=int, default=None, help="geodesic optimisation iterations")
-    p.add_argument("--geodesic-space", choices=["pixel", "probe"], default=None, help="geodesic distance space")
+    p.add_argument("--geodesic-space", choices=["pixel", "probe"], default=None,
+                   help="space whose path energy the geodesic minimises (default pixel)")
+    p.add_argument("--geodesic-lr", type=float, default=None, help="geodesic Adam learning rate (latent units)")
+    p.add_argument("--geodesic-init", choices=["lerp", "slerp"], default=None, help="geodesic starting path")
     p.add_argument("-o", "--output", default="interpolation.png", help="PNG strip to write")
     add_version_option(p)
     add_client_options(p)
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError(f"--method: unknown {', '.join(bad) or '(none given)'}; choose from "
                               f"{', '.join(INTERPOLATION_METHODS)}")
     a, b = parse_ref(args.a, "--a"), parse_ref(args.b, "--b")
-    geodesic = {k: v for k, v in (("iterations", args.geodesic_iterations), ("space", args.geodesic_space))
+    geodesic = {k: v for k, v in (("iterations", args.geodesic_iterations), ("space", args.geodesic_space),
+                                  ("learning_rate", args.geodesic_lr), ("init", args.geodesic_init))
                 if v is not None}
     rows, report = [], []
     with connect(args) as client:
@@ -70,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             else:  # an older server without summaries: the same figures from the step distances
                 length, cv = path_figures([f.step_distance for f in frames])
             line = f"{method:<9} path length {length:8.4f}   evenness CV {cv:6.3f}"
+            if summary is not None and summary.space != "pixel":
+                line += f"   ({summary.space} space)"
             if method == "geodesic" and summary is not None and summary.lerp_path_length > 0:
                 line += (f"   (lerp: {summary.lerp_path_length:.4f}, CV {summary.lerp_evenness_cv:.3f}; "
                          f"{100 * (1 - length / summary.lerp_path_length):+.1f}% shorter)")

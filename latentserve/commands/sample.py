@@ -24,6 +24,16 @@ def register(sub) -> None:
                    help="same non-zero seed and options -> same images (default 0: a fresh random seed)")
     p.add_argument("--temperature", type=float, default=0.0, help="prior temperature; 0 = model default")
     p.add_argument("--source", choices=["prior", "latent_gmm", "guided"], default="prior")
+    g = p.add_argument_group("guided sampling (--source guided; 0 = server default)")
+    g.add_argument("--guidance-steps", type=int, default=0, help="Langevin steps")
+    g.add_argument("--step-size", type=float, default=0.0, help="Langevin step size eta")
+    g.add_argument("--class-weight", type=float, default=0.0,
+                   help="weight of the probe's log p(class | image); < 0 = no class term")
+    g.add_argument("--noise", type=float, default=0.0, help="Langevin noise scale (1 = exact); < 0 = no noise")
+    g.add_argument("--factor-target", action="append", default=[], metavar="NAME=VALUE",
+                   help="reach this factor value through the probe's regressor (repeatable), e.g. scale=0.8")
+    g.add_argument("--factor-weight", type=float, default=0.0, help="weight of the factor term")
+    g.add_argument("--start", choices=["prior", "latent_gmm"], default=None, help="where the chains start")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default ceil(sqrt(n)))")
     p.add_argument("-o", "--output", default="samples.png", help="grid PNG to write (default samples.png)")
     p.add_argument("--save-latents", default=None, metavar="PATH",
@@ -41,6 +51,17 @@ def run(args: argparse.Namespace) -> int:
     for k in args.knob:
         knobs.update(parse_weights(k, "--knob"))
     weights = parse_weights(args.class_weights, "--class-weights") if args.class_weights else None
+    guidance = None
+    if args.source == "guided":
+        targets: dict[str, float] = {}
+        for k in args.factor_target:
+            targets.update(parse_weights(k, "--factor-target"))
+        guidance = {"steps": args.guidance_steps, "step_size": args.step_size, "class_weight": args.class_weight,
+                    "noise": args.noise, "factor_weight": args.factor_weight, "factor_targets": targets}
+        if args.start:
+            guidance["start"] = args.start
+    elif args.factor_target:
+        raise ValueError("--factor-target needs --source guided (use --knob for the linear knobs)")
     label = class_name = None
     if args.class_name is not None:
         if args.class_name.isdigit():
@@ -50,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     with connect(args) as client:
         res = client.sample(args.model, args.n, label=label, class_name=class_name, class_weights=weights,
                             knobs=knobs, seed=args.seed, temperature=args.temperature, source=args.source,
-                            return_handles=args.handles, version=args.model_version)
+                            return_handles=args.handles, version=args.model_version, guidance=guidance)
         names = client.model_info(args.model, args.model_version).class_names
     save_png(make_grid(res.images, args.cols), args.output)
     n, h, w, _ = res.images.shape

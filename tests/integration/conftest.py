@@ -309,6 +309,8 @@ def serve_app(tiny_repo, request, tmp_path_factory):
         # Fractional CPUs: 4 replicas fit in 1 of the 2 CPUs, leaving room for the tests' extra apps.
         "repository": str(tiny_repo), "grpc_port": port, "max_batch_size": 16, "batch_wait_timeout_s": 0.02,
         "max_images_per_request": 64, "max_interpolation_steps": 16, "num_cpus": 0.25, "ingress_num_cpus": 0.25,
+        # a cap high enough that a geodesic at the cap outlives any test deadline (cancellation tests)
+        "max_geodesic_iterations": 20_000,
         "app_name": APP_NAME, "grpc_frontend": "native" if frontend == "native" else "serve",
         "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
         # every replica process records its metrics here (services/metrics.py); tests read it directly

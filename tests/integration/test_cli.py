@@ -93,6 +93,30 @@ def test_interpolate_rows_per_method(cli, samples, tmp_path):
     assert Image.open(tmp_path / "strip.png").size == grid_size(2, 5)
 
 
+def test_gradient_latent_ops_from_the_cli(cli, samples, tmp_path):
+    d = samples
+    rc, out, err = cli("interpolate", "tiny-gan", "--a", f"{d / 's.npz'}:0", "--b", f"{d / 's.npz'}:1",
+                       "--steps", "5", "--method", "lerp,geodesic", "--geodesic-iterations", "20",
+                       "--geodesic-space", "probe", "--geodesic-init", "slerp", "-o", str(tmp_path / "strip.png"))
+    assert rc == 0, err
+    assert "geodesic" in out and "(probe space)" in out and "(lerp:" in out and "shorter" in out
+    assert Image.open(tmp_path / "strip.png").size == grid_size(2, 5)
+    rc, out, err = cli("sample", "tiny-gan", "-n", "4", "--class", "square", "--seed", "2", "--source", "guided",
+                       "--guidance-steps", "10", "--factor-target", "brightness=0.05", "-o", str(tmp_path / "g.png"))
+    assert rc == 0, err
+    assert "4 samples" in out and "square=4" in out
+    rc, out, err = cli("encode", "tiny-gan", str(tmp_path / "g.png"), "--refine-steps", "5", "-o", str(tmp_path / "e.npz"))
+    assert rc == 2 and err.count("\n") == 1 and "INVALID_ARGUMENT" in err  # the grid is not 8x8: one line
+    cell = np.asarray(Image.open(tmp_path / "g.png"))[2:2 + H, 2:2 + W]
+    Image.fromarray(cell).save(tmp_path / "cell.png")
+    rc, out, err = cli("encode", "tiny-gan", str(tmp_path / "cell.png"), "--refine-steps", "5",
+                       "-o", str(tmp_path / "e.npz"))
+    assert rc == 0, err
+    assert "refinement (5 steps): reconstruction MSE" in out and "mse " in out
+    rc, out, err = cli("sample", "tiny-gan", "-n", "1", "--factor-target", "brightness=0.1")
+    assert rc == 2 and "--source guided" in err
+
+
 def test_edit_sweep(cli, samples, tmp_path):
     d = samples
     rc, out, err = cli("edit", "tiny-gan", "--input", f"{d / 's.npz'}:0", "--input", f"{d / 's.npz'}:1",

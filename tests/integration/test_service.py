@@ -67,7 +67,8 @@ def test_list_and_get_models(client):
     knobs = {k.name: k for k in gan.knobs}
     assert knobs["brightness"].kind == "factor" and (knobs["brightness"].low, knobs["brightness"].high) == (-0.5, 0.5)
     assert "pca_0" in knobs and knobs["pca_0"].unit == "std"
-    assert set(gan.sample_sources) >= {"prior", "latent_gmm"} and set(gan.interpolation_methods) == {"lerp", "slerp"}
+    assert set(gan.sample_sources) == {"prior", "latent_gmm", "guided"}  # guided: torch is installed here
+    assert set(gan.interpolation_methods) == {"lerp", "slerp", "geodesic"}
     assert gan.max_images_per_request == 64 and gan.max_interpolation_steps == 16
     assert gan.metrics == {"tiny.seed": 5.0} and gan.backend == "onnxruntime"
     assert models["tiny-flow"].prior == "class_gaussian" and models["tiny-vae"].prior == "standard_normal"

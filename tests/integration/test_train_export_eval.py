@@ -210,3 +210,28 @@ def test_cli_export_and_eval(tmp_path, trained, repo, capsys):
     # errors are one line, exit code 2
     assert main(["eval", "--model", "nope", "--repo", str(root)]) == 2
     assert "no model 'nope'" in capsys.readouterr().err
+
+
+def test_latent_report_on_exported_families(repo, trained, tmp_path, capsys):
+    """`latentserve latent-report` end to end on the exported gan/vae (3 training steps: figures are
+    meaningless, the pipeline and the invariants are not)."""
+    import json
+
+    from latentserve.cli import main
+
+    names = [f"shapes-{f}" for f in ("gan", "vae") if f in trained]
+    out_json = tmp_path / "report.json"
+    args = ["latent-report", *names, "--repo", str(repo), "--pairs", "2", "--steps", "5", "--iterations", "5",
+            "--n-per-class", "2", "--n-factor", "3", "--refine-images", "4", "--refine-steps", "5",
+            "--json", str(out_json)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "geodesic vs lerp" in out and "probe class accuracy" in out and "refinement of 4 test images" in out
+    reports = json.loads(out_json.read_text())
+    assert [r["model"] for r in reports] == names
+    for r in reports:
+        assert set(r["geodesic"]) == {"pixel", "probe"} and r["geodesic"]["pixel"]["pairs"] == 2
+        assert r["refine"]["mse_after"] <= r["refine"]["mse_before"]  # the best latent is kept per image
+        assert 0 <= r["guided_class"]["accuracy_guided"] <= 1
+    assert main(["latent-report", "shapes-probe", "--repo", str(repo)]) == 2  # one-line error
+    assert "needs a generative model" in capsys.readouterr().err

@@ -155,7 +155,8 @@ def measure(repo: Any, s: HoldoutSettings, strip_pairs: int = 2) -> dict:
         target = (probe_r[a] + probe_r[b]) / 2
         in_gap = lambda r: float(np.mean((r >= gap[0]) & (r < gap[1])))  # noqa: E731
         out["groups"][gname] = {
-            "pairs": s.pairs, "gap": list(gap), "end_low": float(probe_r[a].mean()), "end_high": float(probe_r[b].mean()),
+            "pairs": s.pairs, "gap": list(gap),
+            "end_low": float(probe_r[a].mean()), "end_high": float(probe_r[b].mean()),
             "target": float(target.mean()), "mid_lerp": float(r_lerp.mean()), "mid_geodesic": float(r_geo.mean()),
             "mae_lerp": float(np.mean(np.abs(r_lerp - target))), "mae_geodesic": float(np.mean(np.abs(r_geo - target))),
             "in_gap_lerp": in_gap(r_lerp), "in_gap_geodesic": in_gap(r_geo),
@@ -174,6 +175,12 @@ def disks_holdout(runs_dir: str | Path, s: HoldoutSettings, threads: int = 1, sa
     """Train/reuse, export, measure (see the module doc); returns the figures (strips hold decoded images)."""
     from latentserve.models.repository import Repository
 
+    from latentserve.models.data.disks import RADIUS_RANGE
+
+    if "in band" not in pair_groups(s.band[0], s.band[1], s.window, *RADIUS_RANGE):
+        raise ValidationError(f"radius band {s.band[0]}:{s.band[1]} leaves no room for pair ends on both sides "
+                              f"(radii are in [{RADIUS_RANGE[0]}, {RADIUS_RANGE[1]}], ends within {s.window} of the "
+                              f"band)")
     t0 = time.time()
     paths = train_models(Path(runs_dir), s, threads, say)
     rep = measure(Repository(paths["repo"]), s)
@@ -188,8 +195,8 @@ def format_holdout(rep: dict) -> str:
              f"(MAE on real test disks {rep['probe_mae_real']:.4f})",
              f"  reconstructions of real test disks: radius MAE in band {rep['recon_mae_in_band']:.4f} "
              f"({rep['n_recon_in_band']} disks), out of band {rep['recon_mae_out_of_band']:.4f}",
-             f"  midpoints of pairs (probe readings; 'in gap' = midpoint radius inside the gap between the group's "
-             f"end windows, the held-out band for 'in band')",
+             "  midpoints of pairs (probe readings; 'in gap' = midpoint radius inside the gap between the group's "
+             "end windows, the held-out band for 'in band')",
              f"    {'group':<11} {'gap':>13} {'ends':>13} {'target':>7} {'lerp':>7} {'geodesic':>9} "
              f"{'MAE lerp':>9} {'geodesic':>9} {'in gap lerp':>12} {'geodesic':>9}"]
     for g, r in rep["groups"].items():

@@ -86,9 +86,9 @@ def model_section(rep: dict) -> list[str]:
     s = rep["settings"]
     probe = rep["probe"] or f"none ({rep['probe_problem']})"
     lines = [f"## {rep['model']} v{rep['version']} ({rep['family']})", "", f"Probe: {probe}. {rep['seconds']} s.", "",
-             f"### Geodesic vs lerp", "",
+             "### Geodesic vs lerp", "",
              f"{s['pairs']} random same-class prior pairs, {s['steps']} frames, {s['geodesic_iterations']} "
-             f"iterations; length = sum of RMS step distances, CV = evenness of the steps (lower is more even).", ""]
+             "iterations; length = sum of RMS step distances, CV = evenness of the steps (lower is more even).", ""]
     lines += _table(["space", "length lerp", "length geodesic", "ratio", "shorter", "CV lerp", "CV geodesic",
                      "more even"],
                     [[k, _n(g["length_lerp"]), _n(g["length_geodesic"]), _n(g["length_ratio"], 3),
@@ -96,7 +96,7 @@ def model_section(rep: dict) -> list[str]:
                       f"{g['more_even_fraction']:.0%}"] for k, g in rep["geodesic"].items()])
     if "guided_class" in rep:
         g = rep["guided_class"]
-        lines += [f"### Guided vs prior sampling", "",
+        lines += ["### Guided vs prior sampling", "",
                   f"Probe class accuracy of {g['n']} samples ({s['n_per_class']}/class, same seeds; {g['steps']} "
                   f"Langevin steps, class weight {g['class_weight']}).", ""]
         lines += _table(["prior", "guided", "Langevin without the class term"],

@@ -127,3 +127,12 @@ def test_pair_groups_gaps_are_band_wide_and_stay_in_range():
     for g in ("below band", "above band"):  # the controls' gaps miss the band
         assert groups[g][2][1] <= 0.2 + 1e-9 or groups[g][2][0] >= 0.25 - 1e-9
     assert list(pair_groups(0.12, 0.17, 0.02, 0.1, 0.35)) == ["in band", "above band"]  # no room below
+
+
+def test_disks_holdout_refuses_a_band_without_room_for_pair_ends(tmp_path):
+    from latentserve.errors import ValidationError
+    from latentserve.models.disks_holdout import HoldoutSettings, disks_holdout
+
+    with pytest.raises(ValidationError, match="no room for pair ends"):
+        disks_holdout(tmp_path, HoldoutSettings(band=(0.05, 0.12)))  # before any training
+    assert not any(tmp_path.iterdir())

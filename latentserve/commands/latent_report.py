@@ -4,7 +4,10 @@ Runs the server's latent-ops math (models/latent_ops.py, TorchScript artefacts; 
 repository, with the server's default settings (ServeConfig), and prints per model: geodesic vs lerp path
 length and evenness over random pairs (pixel and probe space), the probe's class accuracy of prior vs guided
 samples for the same seeds, factor-target error of the linear knobs vs guided chains, and the reconstruction
-error of the encoder alone vs refined. Only argparse at module level.
+error of the encoder alone vs refined. `--disks-holdout` adds the generalisation experiment of
+models/disks_holdout.py (trains or reuses a small VAE with a held-out radius band and a probe on all radii);
+`--markdown DIR` writes DIR/report.md with every table and PNG strips of lerp / slerp / geodesic paths.
+Only argparse at module level.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ def register(sub) -> None:
                                    "defaults and print each next to its baseline: geodesic vs lerp paths, guided "
                                    "vs prior samples (probe accuracy), guided factor targets vs linear knobs, "
                                    "refined vs plain encoder reconstructions. Needs PyTorch.")
-    p.add_argument("models", nargs="*", default=["shapes-gan", "shapes-vae"],
-                   help="generative models to measure (default: shapes-gan shapes-vae)")
+    p.add_argument("models", nargs="*", default=[],
+                   help="generative models to measure (default: shapes-gan shapes-vae, none with --disks-holdout)")
     p.add_argument("--repo", default=None, help="model repository root (default: the bundled models/repository)")
     p.add_argument("--pairs", type=positive_int, default=20, help="random pairs for geodesic vs lerp (default 20)")
     p.add_argument("--steps", type=positive_int, default=8, help="frames per path (default 8)")
@@ -34,6 +37,20 @@ def register(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: extra threads spin-wait badly on a busy machine)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--markdown", default=None, metavar="DIR",
+                   help="also write DIR/report.md with the tables and PNG strips of lerp/slerp/geodesic paths")
+    p.add_argument("--strip-pairs", type=positive_int, default=3,
+                   help="random pairs per model drawn as path strips in the markdown (default 3)")
+    p.add_argument("--disks-holdout", action="store_true",
+                   help="also run the held-out radius band experiment on disks: train (or reuse) a small VAE "
+                        "without the band and a probe on all radii, then measure lerp/geodesic midpoints "
+                        "between radii on either side of the band")
+    p.add_argument("--disks-band", default="0.2:0.25", metavar="LO:HI",
+                   help="held-out radius band, fraction of the image side (default 0.2:0.25)")
+    p.add_argument("--disks-image-size", type=positive_int, default=16, help="disk image size (default 16)")
+    p.add_argument("--disks-runs", default="runs/disks-holdout", metavar="DIR",
+                   help="training runs of the disks experiment, reused when present; the scratch repository "
+                        "is DIR/repo (default runs/disks-holdout)")
     p.set_defaults(func=run)
 
 
@@ -59,14 +76,61 @@ def run(args: argparse.Namespace) -> int:
         guidance_class_weight=cfg.guidance_class_weight, guidance_noise=cfg.guidance_noise,
         guidance_factor_weight=cfg.guidance_factor_weight, refine_images=args.refine_images,
         refine_steps=args.refine_steps, refine_learning_rate=cfg.refine_learning_rate, seed=args.seed)
+    holdout_settings = _holdout_settings(args, cfg) if args.disks_holdout else None
+    models = args.models or ([] if args.disks_holdout else ["shapes-gan", "shapes-vae"])
     repo = Repository(args.repo)
-    reports = []
-    for name in args.models:
+    reports, strips = [], {}
+    for name in models:
         rep = model_report(repo, name, settings)
         print(format_report(rep), flush=True)
         reports.append(rep)
+        if args.markdown:
+            strips[name] = _strips(repo, name, settings, args.strip_pairs)
+    holdout = None
+    if holdout_settings is not None:
+        from latentserve.models.disks_holdout import disks_holdout, format_holdout
+
+        holdout = disks_holdout(args.disks_runs, holdout_settings, threads=args.threads)
+        print(format_holdout(holdout), flush=True)
     if args.json:
+        figures = {"models": reports, "disks_holdout": _without_images(holdout)} if holdout else reports
         with open(args.json, "w") as fh:
-            json.dump(reports, fh, indent=2)
+            json.dump(figures, fh, indent=2)
         print(f"wrote {args.json}")
+    if args.markdown:
+        import shlex
+        import sys
+
+        from latentserve.models.latent_report_markdown import write_markdown
+
+        command = "latentserve " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+        print(f"wrote {write_markdown(args.markdown, reports, strips, holdout, command)}")
     return 0
+
+
+def _holdout_settings(args: argparse.Namespace, cfg):
+    from latentserve.errors import ValidationError
+    from latentserve.models.data import parse_holdout
+    from latentserve.models.disks_holdout import HoldoutSettings
+
+    band = parse_holdout(f"radius={args.disks_band}")["radius"]
+    if not band[0] < band[1]:
+        raise ValidationError(f"--disks-band must be LO:HI with LO < HI, got {args.disks_band}")
+    return HoldoutSettings(band=(band[0], band[1]), image_size=args.disks_image_size, seed=args.seed,
+                           geodesic_iterations=args.iterations or cfg.geodesic_iterations,
+                           geodesic_learning_rate=cfg.geodesic_learning_rate)
+
+
+def _strips(repo, name: str, s, pairs: int) -> list[dict]:
+    from latentserve.models import latent_ops
+    from latentserve.models.latent_report import _temperature
+    from latentserve.models.latent_report_markdown import path_strips
+
+    record = repo.load(name)
+    graphs, _ = latent_ops.graphs_for_record(repo, record)
+    return path_strips(graphs, repo.latent_space(record), len(record.class_names), _temperature(record), pairs,
+                       s.steps, s.geodesic_iterations, s.geodesic_learning_rate, s.seed + 100)
+
+
+def _without_images(holdout: dict) -> dict:
+    return {k: v for k, v in holdout.items() if k != "strips"}

@@ -223,10 +223,14 @@ def test_latent_report_on_exported_families(repo, trained, tmp_path, capsys):
     out_json = tmp_path / "report.json"
     args = ["latent-report", *names, "--repo", str(repo), "--pairs", "2", "--steps", "5", "--iterations", "5",
             "--n-per-class", "2", "--n-factor", "3", "--refine-images", "4", "--refine-steps", "5",
-            "--json", str(out_json)]
+            "--json", str(out_json), "--markdown", str(tmp_path / "md"), "--strip-pairs", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "geodesic vs lerp" in out and "probe class accuracy" in out and "refinement of 4 test images" in out
+    md = (tmp_path / "md" / "report.md").read_text()  # every model's tables and one lerp/slerp/geodesic strip
+    for name in names:
+        assert f"## {name} v1" in md and f"(strips/{name}-0.png)" in md
+        assert (tmp_path / "md" / "strips" / f"{name}-0.png").is_file()
     reports = json.loads(out_json.read_text())
     assert [r["model"] for r in reports] == names
     for r in reports:

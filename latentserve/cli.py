@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = f"latentserve.commands.{name.replace('-', '_')}"  # latent-report -> latent_report
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module:
-                continue  # command not built yet
-            raise
-        mod.register(sub)
+        importlib.import_module(module).register(sub)  # command modules import their heavy deps lazily
     return parser
 
 

@@ -9,6 +9,10 @@ can be measured against a floor that speaks the real latentserve.v1 protocol:
 
 Only Decode (latents in, RAW_UINT8 or RAW_FLOAT32 images out), GetModel/ListModels (from the manifest next to
 the ONNX file) and grpc.health.v1 are served; the other RPCs answer UNIMPLEMENTED. Runs until Ctrl-C.
+
+`--no-model` answers every Decode with ready-made black images (no batcher, no ONNX Runtime): the CPU a
+single-image request costs the Python gRPC stack itself (grpc.aio, protobuf, the event loop; `--uvloop` as
+in latentserve's native frontend), i.e. what no change to our handlers can remove.
 """
 from __future__ import annotations
 
@@ -78,8 +82,11 @@ class MicroBatcher:
 
 
 class Baseline(pb_grpc.LatentServiceServicer):
-    def __init__(self, batcher: MicroBatcher, info: pb.ModelInfo) -> None:
+    def __init__(self, batcher: MicroBatcher | None, info: pb.ModelInfo) -> None:
         self.batcher, self.info = batcher, info
+        # --no-model: one black RAW_UINT8 image, serialised once, returned for every latent
+        h, w = info.image_shape[1:]
+        self.black = pb.Image(tensor=pb.Tensor(shape=[h, w, 3], dtype=pb.DTYPE_UINT8, data=bytes(h * w * 3)))
 
     async def ListModels(self, request, context):
         return pb.ListModelsResponse(models=[self.info])
@@ -96,6 +103,8 @@ class Baseline(pb_grpc.LatentServiceServicer):
         y = np.array([lat.label for lat in request.latents], dtype=np.int64)  # (N,)
         if z.ndim != 2 or z.shape[1] != self.info.latent_shape[0]:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"latents must be (N, {self.info.latent_shape[0]})")
+        if self.batcher is None:  # --no-model: the protocol floor
+            return pb.DecodeResponse(model=self.info.name, version=self.info.version, images=[self.black] * len(z))
         x = await self.batcher.submit(z, y)  # (N, 3, H, W) in [-1, 1]
         if request.format == pb.IMAGE_FORMAT_RAW_FLOAT32:
             images = [pb.Image(tensor=pb.Tensor(shape=im.shape, dtype=pb.DTYPE_FLOAT32, data=im.tobytes())) for im in x]
@@ -128,15 +137,16 @@ async def serve(args: argparse.Namespace) -> None:
     info = model_info(path, session, args.name)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                       ("grpc.max_send_message_length", 64 << 20)])
-    pb_grpc.add_LatentServiceServicer_to_server(Baseline(MicroBatcher(session, args.max_batch, args.wait_ms / 1e3),
-                                                         info), server)
+    batcher = None if args.no_model else MicroBatcher(session, args.max_batch, args.wait_ms / 1e3)
+    pb_grpc.add_LatentServiceServicer_to_server(Baseline(batcher, info), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     server.add_insecure_port(f"{args.host}:{args.port}")
     await server.start()
-    print(f"baseline: {info.name} v{info.version} on {args.host}:{args.port} (max batch {args.max_batch}, "
-          f"wait {args.wait_ms} ms, {args.threads} ORT thread(s))", flush=True)
+    what = ("no model: fixed black images" if args.no_model else
+            f"max batch {args.max_batch}, wait {args.wait_ms} ms, {args.threads} ORT thread(s)")
+    print(f"baseline: {info.name} v{info.version} on {args.host}:{args.port} ({what})", flush=True)
     await server.wait_for_termination()
 
 
@@ -149,9 +159,17 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--wait-ms", type=float, default=2.0, help="how long a batch waits for company")
+    p.add_argument("--no-model", action="store_true",
+                   help="answer Decode with fixed black images: no batcher, no ONNX Runtime (the gRPC floor)")
+    p.add_argument("--uvloop", action="store_true", help="serve on uvloop's event loop (as latentserve does)")
     args = p.parse_args()
     try:
-        asyncio.run(serve(args))
+        if args.uvloop:
+            import uvloop
+
+            uvloop.run(serve(args))
+        else:
+            asyncio.run(serve(args))
     except KeyboardInterrupt:
         pass
     return 0

@@ -271,6 +271,22 @@ def wait_serving(target: str, timeout_s: float = 60.0, metadata=None) -> None:
     raise TimeoutError(f"{target} not SERVING after {timeout_s}s (last: {last})")
 
 
+@pytest.fixture(scope="session")
+def probe(tiny_repo):
+    """The tiny repository's probe on ONNX Runtime (tests score served images with it): uint8 (N,H,W,3) -> (class (N,), brightness (N,))."""
+    import onnxruntime as ort
+
+    from latentserve.models.data.base import to_model
+
+    sess = ort.InferenceSession(str(tiny_repo / "tiny-probe" / "1" / "probe.onnx"), providers=["CPUExecutionProvider"])
+
+    def run(images_u8):
+        logits, factors, _ = sess.run(None, {"image": to_model(np.asarray(images_u8))})
+        return logits.argmax(1), factors[:, 0]
+
+    return run
+
+
 @pytest.fixture(name="wait_serving")
 def wait_serving_fixture():
     """`wait_serving(target, timeout_s=60, metadata=None)` for tests (conftest is not importable as a module)."""

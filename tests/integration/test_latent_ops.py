@@ -24,22 +24,6 @@ def client(serve_app):
         yield c
 
 
-@pytest.fixture(scope="module")
-def probe(tiny_repo):
-    """The tiny probe on ONNX Runtime: uint8 (N,H,W,3) -> (class (N,), brightness (N,))."""
-    import onnxruntime as ort
-
-    from latentserve.models.data.base import to_model
-
-    sess = ort.InferenceSession(str(tiny_repo / "tiny-probe" / "1" / "probe.onnx"), providers=["CPUExecutionProvider"])
-
-    def run(images_u8):
-        logits, factors, _ = sess.run(None, {"image": to_model(np.asarray(images_u8))})
-        return logits.argmax(1), factors[:, 0]
-
-    return run
-
-
 def _engine_stats(serve_app, model: str) -> dict:
     from ray import serve
 

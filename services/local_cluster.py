@@ -89,6 +89,19 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def stop_process(proc: subprocess.Popen | None, timeout_s: float = 10.0) -> None:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL and reap: a server process that ignores SIGTERM (or is
+    stuck) still goes away, and no zombie is left behind."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout_s)
+
+
 def session_pids(sid: int) -> list[int]:
     """Every process of the process session `sid` (Linux /proc)."""
     out = []
@@ -451,13 +464,7 @@ class PrivateRedis:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
 

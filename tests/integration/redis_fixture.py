@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from latentserve.services.local_cluster import stop_process
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PASSWORD = "s3cret"
 
@@ -87,13 +89,7 @@ class RedisServer:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> "RedisServer":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from latentserve.services.local_cluster import stop_process
 from latentserve.services.metrics_exporter import MetricsExporter, ray_metrics_port
 from latentserve.v1 import latent_pb2 as pb
 
@@ -101,11 +102,7 @@ def prometheus(serve_app, tmp_path_factory, request):
             time.sleep(0.2)
         yield Prometheus(url)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 15)
         if request.session.testsfailed > failed_before:
             print(f"\n===== prometheus log =====\n{log.read_text()[-3000:]}")
             print(f"\n===== exporter body (latentserve part) =====\n{exporter.body().decode()[:6000]}")

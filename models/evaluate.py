@@ -6,7 +6,10 @@ functions. numpy + onnxruntime only; no torch.
 
 Metrics (all images compared in the networks' [-1,1] space unless said otherwise):
 - GAN-test: the probe's class accuracy on class-conditional samples, per class and mean, for samples from
-  the source prior (flow: at its `prior.sample_temperature`) and from the per-class latent GMM.
+  the source prior (flow: at its `prior.sample_temperature`) and from the per-class latent GMM; and the
+  stricter "recognisable" share: classified as requested AND inside the k-NN manifold of the real test images
+  of that class in the probe's feature space (the per-sample test of precision), since a classifier must
+  name some class even for a blank or a blob.
 - Knob R²: prior samples are moved with `LatentSpace.set_factor` to target values spread evenly over the
   factor's [low, high] (shuffled), decoded, and the probe's factor head measures them; R² (1 - SS_res/SS_tot)
   and MAE of measured vs requested, in the factor's natural units.
@@ -131,6 +134,15 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> dict[str, float
         "density": float(inside_real.sum(0).mean() / k),
         "coverage": float((d.min(1) <= r_real).mean()),
     }
+
+
+def inside_manifold(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> np.ndarray:
+    """(M,) bool: fake j lies inside some real k-NN ball (the per-sample test behind `prdc`'s precision)."""
+    real, fake = np.asarray(real), np.asarray(fake)
+    if len(real) <= k:
+        raise ValidationError(f"the manifold test with k={k} needs more than {k} real samples, got {len(real)}")
+    r_real = np.sort(_pairwise(real, real), axis=1)[:, k]  # (N,)
+    return (_pairwise(real, fake) <= r_real[:, None]).any(0)
 
 
 def _log_normal(z: np.ndarray, mean: np.ndarray, logstd: np.ndarray) -> np.ndarray:
@@ -288,17 +300,36 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     cov_idx = np.sort(rng.choice(len(split), size=n_cov, replace=False))
     real_feat = real_probe["features"][cov_idx]
     for src, sample in sources.items():
-        pred = _probe_outputs(probe, decode(sample(labels), labels))["logits"].argmax(1)
+        out = _probe_outputs(probe, decode(sample(labels), labels))
+        pred = out["logits"].argmax(1)
         per_class = {c: float((pred[labels == i] == i).mean()) for i, c in enumerate(classes)}
-        metrics["gan_test"][src] = {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class}
+        # "recognisable": classified as requested AND inside the probe-feature manifold of real images of that
+        # class. The classifier alone must say some class for any input, and a blank or blob image can land
+        # on the requested one (measured: a VAE whose triangle samples were near-black scored 100%).
+        recog = {}
+        for i, c in enumerate(classes):
+            real_c = real_probe["features"][split.labels == i]
+            rows = labels == i
+            ok = pred[rows] == i
+            recog[c] = float((ok & inside_manifold(real_c, out["features"][rows], PRDC_K)).mean()) if len(real_c) > PRDC_K else None
+        known = [v for v in recog.values() if v is not None]
+        metrics["gan_test"][src] = {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class,
+                                    "recognisable": {"mean": float(np.mean(known)) if known else None,
+                                                     "per_class": recog}}
         y_cov = split.labels[cov_idx].astype(np.int64)
         fake_feat = _probe_outputs(probe, decode(sample(y_cov), y_cov))["features"]
         metrics["coverage"][src] = {**prdc(real_feat, fake_feat, PRDC_K), "n": int(n_cov), "k": PRDC_K}
     metrics["gan_test"]["prior"]["temperature"] = temperature
 
-    # Knob R²: requested vs measured factor values.
+    # Knob R²: requested vs measured factor values, for knobs applied to samples of every source (the top-level
+    # r2/mae are the prior's; a model whose prior samples fall off the data, e.g. a VAE's prior hole, is better
+    # steered from its latent GMM, and users pick the source per request). One generator per source, so adding
+    # a source does not change another's figures.
     probe_factors = probe_factor_names(probe_record)
     probe_r2 = _probe_factor_r2(real_probe["factors"], split, probe_factors, [f["name"] for f in record.factors])
+    knob_sources = {"prior": (rng, lambda y, g: space.sample_prior(y, g, temperature=temperature))}
+    if space.gmm_weights is not None:
+        knob_sources["latent_gmm"] = (np.random.default_rng(seed + 2), lambda y, g: space.sample_gmm(y, g))
     metrics["knobs"] = {}
     for f in record.factors:
         name = f["name"]
@@ -306,13 +337,16 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
             continue
         k = probe_factors.index(name)
         y = labels
-        target = rng.permutation(np.linspace(f["low"], f["high"], len(y))).astype(np.float32)  # (n,)
-        z = space.set_factor(space.sample_prior(y, rng, temperature=temperature), name, target)
-        measured = _probe_outputs(probe, decode(z, y))["factors"][:, k]
+        by_source = {}
+        for src, (gen, sample) in knob_sources.items():
+            target = gen.permutation(np.linspace(f["low"], f["high"], len(y))).astype(np.float32)  # (n,)
+            z = space.set_factor(sample(y, gen), name, target)
+            measured = _probe_outputs(probe, decode(z, y))["factors"][:, k]
+            by_source[src] = {"r2": r2_score(target, measured), "mae": float(np.mean(np.abs(target - measured)))}
         # probe_r2: how well the ruler itself reads this factor on real test images (a knob R² is only as
         # meaningful as this; e.g. a rotation factor with class-dependent symmetry reads poorly).
-        metrics["knobs"][name] = {"r2": r2_score(target, measured), "mae": float(np.mean(np.abs(target - measured))),
-                                  "n": int(len(y)), "unit": f.get("unit", ""), "probe_r2": probe_r2.get(name)}
+        metrics["knobs"][name] = {**by_source["prior"], "by_source": by_source, "n": int(len(y)),
+                                  "unit": f.get("unit", ""), "probe_r2": probe_r2.get(name)}
 
     # Encoder figures on real test images.
     enc = encoder(image=real)
@@ -398,12 +432,16 @@ def format_table(record: ModelRecord, metrics: dict) -> str:
         rows.append((f"probe {p.get('name')} v{p.get('version')} test accuracy", _fmt(p.get("test_accuracy"))))
         for src, m in metrics.get("gan_test", {}).items():
             rows.append((f"GAN-test accuracy ({src})", _fmt(m["mean"])))
+            if "recognisable" in m:
+                rows.append((f"  recognisable: right class + on the real manifold ({src})",
+                             _fmt(m["recognisable"]["mean"])))
         for src, m in metrics.get("coverage", {}).items():
             rows.append((f"P / R / D / C ({src}, k={m['k']}, n={m['n']})",
                          " / ".join(_fmt(m[x]) for x in ("precision", "recall", "density", "coverage"))))
         for f, m in metrics.get("knobs", {}).items():
-            rows.append((f"knob {f} R2 / MAE (probe's own R2)",
-                         f"{_fmt(m['r2'])} / {_fmt(m['mae'])} ({_fmt(m.get('probe_r2'))})"))
+            for src, fig in m.get("by_source", {"prior": m}).items():
+                rows.append((f"knob {f} R2 / MAE ({src}; probe's own R2)",
+                             f"{_fmt(fig['r2'])} / {_fmt(fig['mae'])} ({_fmt(m.get('probe_r2'))})"))
         rows.append(("encoder class accuracy", _fmt(metrics.get("encoder_accuracy"))))
         if "reconstruction" in metrics:
             rows.append(("reconstruction PSNR (dB)", _fmt(metrics["reconstruction"]["psnr_db"])))

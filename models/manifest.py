@@ -186,8 +186,8 @@ def validate_manifest(d: dict) -> dict:
             if c < 1:
                 _fail("gmm.components", f"must be >= 1, got {c}")
             cov = _req(gmm, "covariance", str, "gmm")
-            if cov != "diag":
-                _fail("gmm.covariance", f"only 'diag' is supported, got {cov!r}")
+            if cov not in ("diag", "full"):
+                _fail("gmm.covariance", f"must be 'diag' or 'full', got {cov!r}")
     if generative:
         _req(d, "probe", str)
     elif d.get("probe") is not None:

@@ -27,8 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ONNX exporter: legacy TorchScript-based (fast, opset as asked) or torch.export-based "
                         "(dynamo); auto = legacy when available, else dynamo (default)")
     p.add_argument("--no-latents", action="store_true", help="skip fitting the latent space (no knobs/GMM)")
-    p.add_argument("--max-latent-fit", type=_positive_int, default=5000,
-                   help="at most this many training images are encoded for the latent fit (default 5000)")
+    p.add_argument("--max-latent-fit", type=_positive_int, default=12000,
+                   help="at most this many training images are encoded for the latent fit (default 12000)")
+    p.add_argument("--gmm-components", type=_positive_int, default=10,
+                   help="components of the per-class latent GMM (default 10)")
+    p.add_argument("--gmm-covariance", choices=("auto", "diag", "full"), default="auto",
+                   help="covariance of the GMM components; auto = full up to latent size 256, else diagonal")
     p.add_argument("--knob-source", choices=("auto", "encoded", "samples"), default="auto",
                    help="fit factor knobs on encoded training images, or on prior samples labelled by the probe "
                         "(InterFaceGAN); auto = samples for the GAN when its probe is in the repository")
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     record = export_run(args.run, args.name, repo_root=args.repo, version=args.version, opset=args.opset,
                         fit_latents=not args.no_latents, max_latent_fit=args.max_latent_fit, probe=args.probe,
-                        exporter=args.exporter, seed=args.seed, device=args.device, knob_source=args.knob_source)
+                        exporter=args.exporter, seed=args.seed, device=args.device, knob_source=args.knob_source,
+                        gmm_components=args.gmm_components, gmm_covariance=args.gmm_covariance)
     m = record.manifest
     print(f"exported {record.name} v{record.version} ({record.family}) -> {record.path}  [{time.time() - t0:.1f}s]")
     for g, spec in sorted(m["graphs"].items()):

@@ -71,7 +71,7 @@ def _psnr(mse: float) -> float:
 class VAEFamily(Family):
     name = "vae"
     config_cls = VAEConfig
-    default_steps = 1400  # recommended steps at batch 64 (the loop's default batch size): ~5 min on one thread
+    default_steps = 3000  # recommended steps at batch 64 (the loop's default batch size): ~8-9 min on one thread
 
     def __init__(self, config: VAEConfig, data_meta: dict, device: torch.device) -> None:
         super().__init__(config, data_meta, device)  # type check, image_size, n_classes

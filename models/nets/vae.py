@@ -56,7 +56,12 @@ class VAEConfig:
     consistency_frac: float = 0.5  # extra decoded images per step as a fraction of the batch; (0, 1]
     lr: float = 2e-3  # Adam learning rate; (0, 0.1]
     lr_final_frac: float = 0.05  # cosine decay of the lr to this fraction at `lr_decay_steps`; (0, 1]
-    lr_decay_steps: int = 1400  # steps of the cosine schedule (constant lr_final_frac*lr after); >= 1
+    # 3000 (with 3000 training steps), not 1400: measured on shapes (probe-scored, same seed) test PSNR 24.0 -> 29.3
+    # dB and latent-GMM samples recognisable 40% -> 55%. Tried and not adopted at 3000 steps: beta 3 (29.4 dB,
+    # recognisable 57%, y knob R² 0.35 vs 0.68); a CVAE encoder q(z|x,y) (25.9 dB; prior samples degenerate:
+    # near-black triangles that the probe still called triangles); CoordConv + a full-resolution conv in the
+    # decoder (1400 steps: 22.8 vs 24.0 dB); res_blocks 1 (2.6x slower per step, no better per step)
+    lr_decay_steps: int = 3000  # steps of the cosine schedule (constant lr_final_frac*lr after); >= 1
     grad_clip: float = 5.0  # max global grad norm; 0 = off
 
     def __post_init__(self) -> None:

@@ -101,7 +101,9 @@ def test_every_family_exports_with_parity(repo, trained):
             continue
         space = r.latent_space(rec)
         assert space.latent_dim == rec.latent_dim == m["latent_shape"][0]
-        assert m["probe"] == "shapes-probe" and m["gmm"]["covariance"] == "diag"
+        # full covariances for small latents (GAN, VAE), diagonal ones for a flow's D = 3*H*W
+        assert m["probe"] == "shapes-probe" and m["gmm"]["covariance"] == ("diag" if fam == "flow" else "full")
+        assert (space.gmm_chol is None) == (fam == "flow")
         assert {k["name"] for k in m["knobs"] if k["kind"] == "factor"} <= {f["name"] for f in m["factors"]}
         if fam == "flow":
             assert m["prior"]["type"] == "class_gaussian" and 0 < m["prior"]["sample_temperature"] <= 2

@@ -61,6 +61,17 @@ def test_prdc_identical_disjoint_and_collapsed():
         prdc(real[:5], real[:5], k=5)
 
 
+def test_inside_manifold_is_the_per_sample_precision_test():
+    from latentserve.models.evaluate import inside_manifold
+
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 4))
+    fake = np.concatenate([rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) + 25.0])  # half far off
+    inside = inside_manifold(real, fake, k=5)
+    assert inside.shape == (100,) and inside[:50].mean() > 0.8 and not inside[50:].any()
+    assert inside.mean() == prdc(real, fake, k=5)["precision"]
+
+
 def test_flow_bits_per_dim_closed_form():
     # z ~ standard normal prior, logdet 0: bpd = (0.5|z|^2/D + 0.5 ln 2pi + ln 127.5) / ln 2
     d = 3
@@ -106,10 +117,16 @@ def test_evaluate_generative_writes_metrics_and_keeps_checksums(toy_repo, name, 
     for src in ("prior", "latent_gmm"):
         g = m["gan_test"][src]
         assert 0 <= g["mean"] <= 1 and set(g["per_class"]) == {"red", "green"}
+        rec = g["recognisable"]
+        assert set(rec["per_class"]) == {"red", "green"}
+        assert all(0 <= rec["per_class"][c] <= g["per_class"][c] for c in ("red", "green"))  # stricter by definition
         cov = m["coverage"][src]
         assert cov["n"] == 16 and cov["k"] == 5
         assert all(0 <= cov[k] <= 1 for k in ("precision", "recall", "coverage")) and cov["density"] >= 0
     assert "scale" in m["knobs"] and m["knobs"]["scale"]["n"] == 16
+    knob = m["knobs"]["scale"]
+    assert set(knob["by_source"]) == {"prior", "latent_gmm"}  # knobs are scored on samples of every source
+    assert knob["r2"] == knob["by_source"]["prior"]["r2"] and knob["mae"] == knob["by_source"]["prior"]["mae"]
     assert 0 <= m["probe"]["test_accuracy"] <= 1 and m["probe"]["name"] == "toy-probe"
     if name == "toy-flow":
         assert m["gan_test"]["prior"]["temperature"] == 0.8

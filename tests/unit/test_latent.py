@@ -129,6 +129,25 @@ def test_gmm_sampling_matches_fitted_moments(fitted):
         space.sample_gmm([2], rng)
 
 
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_gmm_covariance_kinds(covariance):
+    """Full covariances reproduce correlations between latent dims; diagonal ones cannot."""
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((3000, 1))
+    z = np.concatenate([base, base + 0.1 * rng.standard_normal((3000, 1)), rng.standard_normal((3000, 2))], 1)
+    space = fit_latent_space(z, np.zeros(3000, int), np.zeros((3000, 0)), [], n_classes=1,
+                             prior_type="standard_normal", n_pca=0, gmm_components=1, gmm_covariance=covariance)
+    assert (space.gmm_chol is not None) == (covariance == "full")
+    assert space.meta()["gmm"]["covariance"] == covariance
+    draws = space.sample_gmm(np.zeros(8000, int), np.random.default_rng(0))
+    corr = np.corrcoef(draws[:, 0], draws[:, 1])[0, 1]
+    assert corr > 0.98 if covariance == "full" else abs(corr) < 0.05
+    np.testing.assert_allclose(draws.std(0), z.std(0), rtol=0.05)  # the diagonal is right either way
+    with pytest.raises(ValidationError, match="gmm_covariance"):
+        fit_latent_space(z, np.zeros(3000, int), np.zeros((3000, 0)), [], n_classes=1,
+                         prior_type="standard_normal", gmm_covariance="spherical")
+
+
 def test_sample_prior_standard_and_class_gaussian():
     rng = np.random.default_rng(0)
     std = LatentSpace("standard_normal", latent_dim=4, n_classes=3)
@@ -153,11 +172,12 @@ def test_save_load_round_trip(fitted, tmp_path):
         assert "knob_scale" in data.files and data["gmm_means"].shape == (2, 2, 16)
     back = LatentSpace.load(path)
     assert back.knob_names() == space.knob_names() and back.prior_type == "standard_normal"
-    for name in ("pca_components", "pca_mean", "pca_std", "pca_explained", "gmm_weights", "gmm_means", "gmm_vars"):
+    for name in ("pca_components", "pca_mean", "pca_std", "pca_explained", "gmm_weights", "gmm_means", "gmm_vars",
+                 "gmm_chol"):
         np.testing.assert_array_equal(getattr(back, name), getattr(space, name))
     np.testing.assert_allclose(back.move(z[:4], "scale", 1.0), space.move(z[:4], "scale", 1.0))
     meta = back.meta()
-    assert meta["prior"] == {"type": "standard_normal"} and meta["gmm"] == {"components": 2, "covariance": "diag"}
+    assert meta["prior"] == {"type": "standard_normal"} and meta["gmm"] == {"components": 2, "covariance": "full"}
     kinds = {k["name"]: k["kind"] for k in meta["knobs"]}
     assert kinds["scale"] == "factor" and kinds["pca_0"] == "pca"
     assert meta["knobs"][0]["unit"] == "u" and meta["knobs"][0]["r2_fit"] > 0.999

@@ -104,7 +104,7 @@ def test_probe_manifest_without_generative_sections():
         (lambda m: m.pop("latent_shape"), "latent_shape"),
         (lambda m: m["prior"].update(type="uniform"), "prior.type"),
         (lambda m: m["knobs"][0].update(kind="magic"), "knobs[0].kind"),
-        (lambda m: m["gmm"].update(covariance="full"), "gmm.covariance"),
+        (lambda m: m["gmm"].update(covariance="spherical"), "gmm.covariance"),
         (lambda m: m.pop("probe"), "probe"),
         (lambda m: m["files"]["encoder.onnx"].update(sha256="xyz"), "files.encoder.onnx.sha256"),
         (lambda m: m["files"].pop("decoder.pt"), "graphs.decoder.torchscript"),

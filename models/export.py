@@ -86,7 +86,8 @@ class ExportConfig:
     # Where the factor knobs are fitted: "encoded" = encoded training images with their true factors;
     # "samples" = prior samples labelled by the probe (InterFaceGAN's recipe: the directions are calibrated
     # where Sample draws from, which matters when the encoder's codes and the prior occupy different regions,
-    # as for the GAN); "auto" = "samples" for families that ask for it (`Family.knobs_from_samples`) when the
+    # as for the GAN; the VAE asks for latent-GMM samples); "auto" = "samples" for families that ask for it
+    # (`Family.knobs_from_samples`, which also names the sample source) when the
     # probe is in the repository, else "encoded".
     knob_source: str = "auto"
 
@@ -470,9 +471,10 @@ def _probe_record(repo: Repository, probe: str, required: bool):
         return None
 
 
-def fit_knobs_on_samples(decoder, space, probe_record, data, cfg: ExportConfig) -> tuple[dict, dict]:
-    """InterFaceGAN's recipe: decode `max_latent_fit` prior samples (balanced classes), measure their factors
-    with the probe, fit the knobs on (z, measured factor) -> ({name: Knob}, fit meta)."""
+def fit_knobs_on_samples(decoder, space, probe_record, data, cfg: ExportConfig,
+                         source: str = "prior") -> tuple[dict, dict]:
+    """InterFaceGAN's recipe: decode `max_latent_fit` samples of `source` ("prior" | "latent_gmm", balanced
+    classes), measure their factors with the probe, fit the knobs on (z, measured factor) -> ({name: Knob}, meta)."""
     import torch
 
     from latentserve.models.evaluate import OnnxGraph, probe_factor_names
@@ -481,7 +483,10 @@ def fit_knobs_on_samples(decoder, space, probe_record, data, cfg: ExportConfig) 
     t0 = time.time()
     n = cfg.max_latent_fit
     labels = np.arange(n, dtype=np.int64) % space.n_classes  # (N,)
-    z = space.sample_prior(labels, np.random.default_rng(cfg.seed)).astype(np.float32)  # (N, D)
+    rng = np.random.default_rng(cfg.seed)
+    if source not in ("prior", "latent_gmm"):
+        raise ValidationError(f"knob samples come from 'prior' or 'latent_gmm', not {source!r}")
+    z = (space.sample_prior(labels, rng) if source == "prior" else space.sample_gmm(labels, rng)).astype(np.float32)
     images = []
     with torch.no_grad():
         for i in range(0, n, cfg.batch_size):
@@ -494,7 +499,7 @@ def fit_knobs_on_samples(decoder, space, probe_record, data, cfg: ExportConfig) 
         if fac.name in names:
             factors[:, k] = measured[:, names.index(fac.name)]
     knobs = fit_knobs(z, factors, list(data.factors), cfg.seed)
-    meta = {"source": "prior_samples", "probe": {"name": probe_record.name, "version": probe_record.version},
+    meta = {"source": f"{source}_samples", "probe": {"name": probe_record.name, "version": probe_record.version},
             "n_samples": n, "seconds": round(time.time() - t0, 3)}
     return knobs, meta
 
@@ -666,13 +671,16 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
             if cfg.fit_latents:
                 space, fit_meta = fit_space(graphs, data, n_classes, prior["type"], extra_arrays, cfg)
                 fit_meta["knobs"] = {"source": "encoded_training_images"}
-                wants_samples = cfg.knob_source == "samples" or (
-                    cfg.knob_source == "auto" and getattr(family, "knobs_from_samples", False))
+                sample_source = getattr(family, "knobs_from_samples", None)
+                if sample_source == "latent_gmm" and space.gmm_weights is None:
+                    sample_source = "prior"
+                wants_samples = cfg.knob_source == "samples" or (cfg.knob_source == "auto" and sample_source)
                 probe_record = (_probe_record(repo, manifest["probe"], required=cfg.knob_source == "samples")
                                 if wants_samples else None)
                 if probe_record is not None:
                     space.knobs, fit_meta["knobs"] = fit_knobs_on_samples(graphs["decoder"].module, space,
-                                                                          probe_record, data, cfg)
+                                                                          probe_record, data, cfg,
+                                                                          sample_source or "prior")
                 manifest["latent_fit"] = fit_meta
             else:
                 # Prior only (no knobs / PCA / GMM), so a flow's class-conditional prior is still shipped.

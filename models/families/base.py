@@ -33,9 +33,9 @@ class Family:
 
     name: str = ""
     config_cls: type = object
-    # export: fit the factor knobs on probe-labelled prior samples instead of encoded training images (see
-    # models/export.ExportConfig.knob_source)
-    knobs_from_samples: bool = False
+    # export: fit the factor knobs on probe-labelled samples of this source ("prior" | "latent_gmm") instead of
+    # encoded training images; None = encoded images (see models/export.ExportConfig.knob_source)
+    knobs_from_samples: str | None = None
 
     def __init__(self, config: Any, data_meta: dict, device: torch.device) -> None:
         if not isinstance(config, self.config_cls):

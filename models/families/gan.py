@@ -80,7 +80,7 @@ class GANFamily(Family):
     # The encoder's codes of real images and the N(0, I) prior occupy different regions (measured: knobs fitted
     # on encoded images gave probe-measured knob R² < 0.3 for x/y/hue on prior samples; fitted on probe-labelled
     # prior samples the same directions reach held-out R² ~0.88), so Sample's knobs are fitted where it draws.
-    knobs_from_samples = True
+    knobs_from_samples = "prior"
     # recommended steps at batch 64 for 32x32 shapes: ~495 CPU-seconds on one thread (measured, with evals)
     default_steps = 1800
 

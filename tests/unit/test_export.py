@@ -361,3 +361,16 @@ def test_knob_source_samples_needs_the_probe(tmp_path):
     assert not (tmp_path / "toy-gan" / "1").exists()
     with pytest.raises(ValidationError, match="knob_source"):
         ExportConfig(knob_source="nope")
+
+
+def test_knobs_fitted_on_latent_gmm_samples_when_the_family_asks(tmp_path):
+    """A family with knobs_from_samples = "latent_gmm" (the VAE) gets knobs fitted where its GMM samples lie."""
+    data = toy_dataset()
+    export_family(_from("probe")(data), "toy-probe", data, TRAINING, repo_root=tmp_path, config=FAST)
+    family = _from("vae")(data)
+    type(family).knobs_from_samples = "latent_gmm"
+    cfg = ExportConfig(max_latent_fit=300, n_pca=2, gmm_components=2)  # knob_source auto
+    rec = export_family(family, "toy-vae", data, TRAINING, repo_root=tmp_path, probe="toy-probe", config=cfg)
+    fit = rec.manifest["latent_fit"]["knobs"]
+    assert fit["source"] == "latent_gmm_samples" and fit["n_samples"] == 300
+    assert "scale" in {k["name"] for k in rec.manifest["knobs"]}

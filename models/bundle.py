@@ -32,7 +32,7 @@ class Job:
 # diagonal components: its D = 3072 makes every component 24 KB per class, and the bundle must fit in 30 MB.
 RECIPE = [
     Job("shapes-probe", "probe", minutes=4),
-    Job("shapes-gan", "gan", steps=3000, minutes=14),
+    Job("shapes-gan", "gan", minutes=14),
     Job("shapes-vae", "vae", minutes=9),
     Job("shapes-flow", "flow", minutes=8, export_args={"gmm_components": 4}),
 ]

@@ -183,6 +183,7 @@ class ModelInfo:
     max_interpolation_steps: int
     max_geodesic_iterations: int = 0  # gradient latent ops caps (0 = not available on the server)
     max_guidance_steps: int = 0
+    default_sample_source: str = "prior"  # what Sample uses when no source is given (a VAE: latent_gmm)
     max_refine_steps: int = 0
 
     @property
@@ -603,7 +604,7 @@ def build_decode_request(model: str, latents: Any = None, labels: Any = None, ha
 
 def build_sample_request(model: str, n: int, label: int | None = None, class_name: str | None = None,
                          class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
-                         seed: int = 0, temperature: float = 0.0, source: str = "prior", format: str = "uint8",
+                         seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                          return_handles: bool = False, version: int | None = None,
                          guidance: Mapping[str, Any] | None = None) -> pb.SampleRequest:
     n = int(n)
@@ -611,13 +612,14 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
         raise ValidationError(f"n must be >= 1, got {n}")
     if sum(x is not None for x in (label, class_name, class_weights)) > 1:
         raise ValidationError("give at most one of label, class_name and class_weights")
-    if source not in SAMPLE_SOURCES:
+    if source is not None and source not in SAMPLE_SOURCES:
         raise ValidationError(f"unknown sample source {source!r}; choose one of {', '.join(SAMPLE_SOURCES)}")
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValidationError(f"temperature must be >= 0 (0 = model default), got {temperature}")
     req = pb.SampleRequest(model=_check_model(model), version=_version(version), n=n, seed=_seed(seed),
-                           temperature=temperature, source=SAMPLE_SOURCES[source],
+                           temperature=temperature,
+                           source=pb.SAMPLE_SOURCE_UNSPECIFIED if source is None else SAMPLE_SOURCES[source],
                            format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
                            knobs=_float_map(knobs, "knobs"))
     if label is not None:
@@ -729,7 +731,8 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         max_images_per_request=m.limits.max_images_per_request,
         max_interpolation_steps=m.limits.max_interpolation_steps,
         max_geodesic_iterations=m.limits.max_geodesic_iterations, max_guidance_steps=m.limits.max_guidance_steps,
-        max_refine_steps=m.limits.max_refine_steps)
+        max_refine_steps=m.limits.max_refine_steps,
+        default_sample_source=_SOURCE_NAMES.get(m.default_sample_source, "prior"))
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:
@@ -894,7 +897,7 @@ class LatentClient:
 
     def sample(self, model: str, n: int, label: int | None = None, class_name: str | None = None,
                class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
-               seed: int = 0, temperature: float = 0.0, source: str = "prior", format: str = "uint8",
+               seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                return_handles: bool = False, version: int | None = None,
                guidance: Mapping[str, Any] | None = None) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
@@ -1016,7 +1019,7 @@ class AsyncLatentClient:
 
     async def sample(self, model: str, n: int, label: int | None = None, class_name: str | None = None,
                      class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
-                     seed: int = 0, temperature: float = 0.0, source: str = "prior", format: str = "uint8",
+                     seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                      return_handles: bool = False, version: int | None = None,
                      guidance: Mapping[str, Any] | None = None) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,

@@ -37,7 +37,7 @@ FLOAT_RANGE_SLACK = 1e-3  # raw float32 images may exceed [-1, 1] by float round
 DECODE_OUTPUTS = ("float32", "uint8")  # what the model server can return for decoded images
 
 SAMPLE_SOURCES = {
-    pb.SAMPLE_SOURCE_UNSPECIFIED: "prior",
+    pb.SAMPLE_SOURCE_UNSPECIFIED: "",  # the model's default (ModelInfo.default_sample_source)
     pb.SAMPLE_SOURCE_PRIOR: "prior",
     pb.SAMPLE_SOURCE_LATENT_GMM: "latent_gmm",
     pb.SAMPLE_SOURCE_GUIDED: "guided",
@@ -306,6 +306,7 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         metrics={k: float(v) for k, v in info["metrics"].items()},
         backend=info["backend"],
         prior=info["prior"],
+        default_sample_source=_SAMPLE_SOURCE_ENUM[info["default_sample_source"]],
         limits=pb.Limits(max_images_per_request=int(info["limits"]["max_images_per_request"]),
                          max_interpolation_steps=int(info["limits"]["max_interpolation_steps"]),
                          max_geodesic_iterations=int(info["limits"].get("max_geodesic_iterations", 0)),

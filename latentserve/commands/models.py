@@ -76,7 +76,7 @@ def describe(info) -> str:
            f"  family      {info.family}   backend {info.backend or '?'}   prior {info.prior or '?'}",
            f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
-           f"  sources     {', '.join(info.sample_sources) or '-'}",
+           f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
            f"  methods     {', '.join(info.interpolation_methods) or '-'}",
            f"  limits      {info.max_images_per_request or '?'} images/request, "
            f"{info.max_interpolation_steps or '?'} interpolation steps"]

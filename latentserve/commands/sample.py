@@ -23,7 +23,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="same non-zero seed and options -> same images (default 0: a fresh random seed)")
     p.add_argument("--temperature", type=float, default=0.0, help="prior temperature; 0 = model default")
-    p.add_argument("--source", choices=["prior", "latent_gmm", "guided"], default="prior")
+    p.add_argument("--source", choices=["prior", "latent_gmm", "guided"], default=None,
+                   help="where latents come from (default: the model's default source, see `latentserve models "
+                        "NAME`: the latent GMM for a VAE, else the prior)")
     g = p.add_argument_group("guided sampling (--source guided; 0 = server default)")
     g.add_argument("--guidance-steps", type=int, default=0, help="Langevin steps")
     g.add_argument("--step-size", type=float, default=0.0, help="Langevin step size eta")

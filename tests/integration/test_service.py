@@ -91,6 +91,19 @@ def test_class_weights_and_gmm_source(client):
     assert set(mixed.labels.tolist()) == {0, 1}
 
 
+def test_unspecified_source_is_the_models_default(client):
+    """No source: a VAE samples its latent GMM (its prior samples fall in the prior hole), a GAN its prior."""
+    assert client.get_model("tiny-vae").default_sample_source == "latent_gmm"
+    assert client.get_model("tiny-gan").default_sample_source == "prior"
+    for model, default in (("tiny-vae", "latent_gmm"), ("tiny-gan", "prior")):
+        implicit = client.sample(model, 4, label=2, seed=9, format="float32")
+        explicit = client.sample(model, 4, label=2, seed=9, format="float32", source=default)
+        other = client.sample(model, 4, label=2, seed=9, format="float32",
+                              source="prior" if default == "latent_gmm" else "latent_gmm")
+        np.testing.assert_array_equal(implicit.latents, explicit.latents)
+        assert np.abs(implicit.latents - other.latents).max() > 1e-3
+
+
 def test_same_seed_same_images(client):
     a = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")
     b = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")

@@ -111,7 +111,7 @@ def test_tensor_helpers():
 
 def test_enums():
     assert codec.image_format(pb.IMAGE_FORMAT_UNSPECIFIED) == codec.PNG
-    assert codec.sample_source(pb.SAMPLE_SOURCE_UNSPECIFIED) == "prior"
+    assert codec.sample_source(pb.SAMPLE_SOURCE_UNSPECIFIED) == ""  # the model's default_sample_source
     assert codec.interpolation_method(pb.INTERPOLATION_METHOD_SLERP) == "slerp"
     with pytest.raises(ValidationError, match="unknown image format"):
         codec.image_format(99)
@@ -126,9 +126,20 @@ def test_model_info_to_pb():
         "sample_sources": ["prior", "latent_gmm"], "interpolation_methods": ["lerp", "slerp"],
         "metrics": {"eval.acc": 0.9}, "backend": "onnxruntime", "prior": "standard_normal",
         "limits": {"max_images_per_request": 256, "max_interpolation_steps": 64},
+        "default_sample_source": "latent_gmm",
     }
     m = codec.model_info_to_pb(info)
+    assert m.default_sample_source == pb.SAMPLE_SOURCE_LATENT_GMM
     assert (m.name, m.version, list(m.versions), m.family) == ("m", 2, [1, 2], "gan")
     assert list(m.sample_sources) == [pb.SAMPLE_SOURCE_PRIOR, pb.SAMPLE_SOURCE_LATENT_GMM]
     assert m.knobs[0].r2_fit == pytest.approx(0.8) and math.isnan(m.knobs[1].r2_fit)
     assert m.limits.max_images_per_request == 256 and m.metrics["eval.acc"] == pytest.approx(0.9)
+
+
+def test_default_sample_source_is_the_gmm_for_a_vae_only():
+    from latentserve.services.ingress import default_sample_source
+
+    assert default_sample_source("vae", has_gmm=True) == "latent_gmm"
+    assert default_sample_source("vae", has_gmm=False) == "prior"
+    assert default_sample_source("gan", has_gmm=True) == "prior"
+    assert default_sample_source("flow", has_gmm=True) == "prior"

@@ -311,7 +311,8 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
             real_c = real_probe["features"][split.labels == i]
             rows = labels == i
             ok = pred[rows] == i
-            recog[c] = float((ok & inside_manifold(real_c, out["features"][rows], PRDC_K)).mean()) if len(real_c) > PRDC_K else None
+            recog[c] = (float((ok & inside_manifold(real_c, out["features"][rows], PRDC_K)).mean())
+                        if len(real_c) > PRDC_K else None)  # None: too few real images of the class to tell
         known = [v for v in recog.values() if v is not None]
         metrics["gan_test"][src] = {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class,
                                     "recognisable": {"mean": float(np.mean(known)) if known else None,

@@ -56,6 +56,13 @@ class GANConfig:
     ema_start: int = 0  # step from which the EMA tracks G (before it, it copies G). >= 0
     # -- joint G+E training (mode-regularised GAN; mode_reg = 0 switches to a plain GAN + post-hoc encoder) -----
     mode_reg: float = 10.0  # weight of ||G(E(x),y) - x||^2 on real images, trained into G and E. >= 0
+    # annealing of mode_reg: linear from mode_reg to mode_reg_final over mode_reg_anneal_steps (then constant), so
+    # the reconstruction term steadies early training and the adversarial term sharpens late; -1 = constant.
+    # Measured on shapes (3000 steps, probe-scored): 10 -> 2 gave GAN-test 0.94 vs 0.87 constant (triangles 94%
+    # vs 68%; recognisable 0.60 vs 0.51) at the cost of encoder-path PSNR 20.7 vs 23.1 dB, scale knob R² 0.66 vs
+    # 0.72 and recall 0.75 vs 0.85 (a constant mode_reg 3 had given 0.64 at 1800 steps: unstable early)
+    mode_reg_final: float = 2.0
+    mode_reg_anneal_steps: int = 3000  # >= 1
     w_latent: float = 1.0  # weight of ||E(G(z,y)) - z||^2 (mean over batch and dims). >= 0
     # w_class 1 (not 0.1): the class head must be right early, since it is also the AC-GAN classifier of G
     w_class: float = 1.0  # weight of the encoder's class cross-entropy on real images. >= 0
@@ -92,6 +99,11 @@ class GANConfig:
                 raise ValidationError(f"GANConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
         for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac"):
             rng(name, 0.0, 1e6)
+        if self.mode_reg_final != -1.0:
+            rng("mode_reg_final", 0.0, 1e6)
+        if not isinstance(self.mode_reg_anneal_steps, int) or self.mode_reg_anneal_steps < 1:
+            raise ValidationError(
+                f"GANConfig.mode_reg_anneal_steps must be an int >= 1, got {self.mode_reg_anneal_steps!r}")
         if self.d_norm not in D_NORMS:
             raise ValidationError(f"GANConfig.d_norm={self.d_norm!r}; choose one of {', '.join(D_NORMS)}")
         if self.loss not in LOSSES:

@@ -65,6 +65,7 @@ def test_default_sizes_fit_budget():
 @pytest.mark.parametrize("bad", [
     {"z_dim": 1}, {"z_dim": 64.0}, {"g_width": 0}, {"loss": "wgan"}, {"lr_g": 0.0}, {"beta2": 1.0},
     {"n_dis": 0}, {"ema_decay": -0.1}, {"encoder_start": -1}, {"w_recon": -1.0}, {"e_batch": True},
+    {"mode_reg_final": -0.5}, {"mode_reg_anneal_steps": 0},
 ])
 def test_config_range_checks(bad):
     with pytest.raises(ValidationError):
@@ -202,3 +203,9 @@ def test_onnx_and_torchscript_export_dynamic_batch(tmp_path):
                 assert o_out.shape[0] == b
                 assert np.max(np.abs(o_out - e_out.numpy())) <= 1e-4
                 assert float((s_out - e_out).abs().max()) <= 1e-4
+
+
+def test_mode_reg_anneals_linearly_then_holds():
+    fam = _family(mode_reg=10.0, mode_reg_final=2.0, mode_reg_anneal_steps=100)
+    assert [fam.mode_reg_at(s) for s in (0, 50, 100, 5000)] == pytest.approx([10.0, 6.0, 2.0, 2.0])
+    assert _family(mode_reg=10.0, mode_reg_final=-1.0).mode_reg_at(5000) == 10.0  # -1: constant

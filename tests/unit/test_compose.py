@@ -750,12 +750,15 @@ def test_docker_compose_redis_url_can_be_switched_off(compose_env, tmp_path):
     assert yaml.safe_load(proc.stdout)["services"]["ray-head"]["environment"]["LATENTSERVE_REDIS_URL"] == ""
 
 
-def test_docker_compose_config_refuses_missing_secrets(compose_env, tmp_path):
+@pytest.mark.parametrize("missing", ["REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"])
+def test_docker_compose_config_refuses_missing_secrets(compose_env, tmp_path, missing):
+    # one secret missing at a time: with several missing, compose names whichever it meets first (not a fixed one)
     cmd = compose_cli()
     if cmd is None:
         pytest.skip("no Docker Compose v2 CLI installed")
     env, _ = compose_env
-    empty = tmp_path / "env"
-    empty.write_text("LATENTSERVE_API_TOKEN=x\n")
-    proc = _run_compose(cmd, [COMPOSE], {**env, "LATENTSERVE_ENV_FILE": str(empty)}, empty, "-q")
-    assert proc.returncode != 0 and "REDIS_PASSWORD" in proc.stderr
+    partial = tmp_path / "env"
+    given = [k for k in ("REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD") if k != missing]
+    partial.write_text("LATENTSERVE_API_TOKEN=x\n" + "".join(f"{k}=secret\n" for k in given))
+    proc = _run_compose(cmd, [COMPOSE], {**env, "LATENTSERVE_ENV_FILE": str(partial)}, partial, "-q")
+    assert proc.returncode != 0 and missing in proc.stderr, proc.stderr

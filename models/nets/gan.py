@@ -60,7 +60,8 @@ class GANConfig:
     # the reconstruction term steadies early training and the adversarial term sharpens late; -1 = constant.
     # Measured on shapes (3000 steps, probe-scored): 10 -> 2 gave GAN-test 0.94 vs 0.87 constant (triangles 94%
     # vs 68%; recognisable 0.60 vs 0.51) at the cost of encoder-path PSNR 20.7 vs 23.1 dB, scale knob R² 0.66 vs
-    # 0.72 and recall 0.75 vs 0.85 (a constant mode_reg 3 had given 0.64 at 1800 steps: unstable early)
+    # 0.72 and recall 0.75 vs 0.85 (a constant mode_reg 3 had given 0.64 at 1800 steps: unstable early). Nearby
+    # settings scored lower (final 0.5: 0.88; 10 -> 2 over 2000 steps: 0.82): outcomes vary a lot at this budget
     mode_reg_final: float = 2.0
     mode_reg_anneal_steps: int = 3000  # >= 1
     w_latent: float = 1.0  # weight of ||E(G(z,y)) - z||^2 (mean over batch and dims). >= 0

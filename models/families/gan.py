@@ -18,11 +18,10 @@ Owns `GANFamily`. The recommended step (`mode_reg > 0`, the default) is a mode-r
 Measured on 32x32 shapes with one CPU thread, scored with the probe: 3000 steps of batch 64 (~11-14 min) with
 mode_reg annealed 10 -> 2 give GAN-test 0.94 (0.60 "recognisable": right class and on the real-image manifold),
 knob R² x/y/hue 0.92-0.93 and scale 0.66; a constant mode_reg 10 gave 0.87 (0.51) with triangles at 68%, and
-1800 steps 0.79 (0.43). Tried at
-1800 steps and not adopted: CoordConv inputs plus a full-resolution 3x3 conv in G (0.82 / 0.52 but the x
-knob's R² fell to -0.04), w_class 5 (0.69), and in session 2 lr_d 1e-3, w_ac 15, mode_reg 3. The
-plain-GAN recipes tried (hinge or non-saturating, SN or BN critic) collapsed to z-independent patterns in
-that budget.
+1800 steps 0.79 (0.43). Tried at 1800 steps and not adopted: CoordConv inputs plus a full-resolution 3x3 conv
+in G (0.82 / 0.52 but the x knob's R² fell to -0.04), w_class 5 (0.69), and in session 2 lr_d 1e-3, w_ac 15,
+mode_reg 3. The plain-GAN recipes tried (hinge or non-saturating, SN or BN critic) collapsed to z-independent
+patterns in that budget.
 
 `mode_reg = 0` is a plain conditional GAN (`n_dis` D steps, one G step) with the encoder trained afterwards
 (from `encoder_start`) to invert the frozen EMA generator: latent regression on its samples, class CE and

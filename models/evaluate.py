@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import NotFoundError, ValidationError
+from latentserve.models.latent import latents_under_labels
 from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
 from latentserve.models.repository import ModelRecord, Repository
 
@@ -154,15 +155,21 @@ def _log_normal(z: np.ndarray, mean: np.ndarray, logstd: np.ndarray) -> np.ndarr
 def flow_bits_per_dim(latent: np.ndarray, logdet: np.ndarray, labels: np.ndarray, prior_mean: np.ndarray,
                       prior_logstd: np.ndarray) -> tuple[float, float]:
     """(conditional bpd, marginal bpd over a uniform class prior) for dequantized inputs; see module doc."""
-    n, d = latent.shape
-    cond = _log_normal(latent, prior_mean[labels], prior_logstd[labels]) + logdet.astype(np.float64)  # (N,)
     per_class = np.stack([_log_normal(latent, prior_mean[c], prior_logstd[c]) for c in range(len(prior_mean))], 1)
+    return flow_bits_per_dim_from_logits(per_class, logdet, labels, latent.shape[1])
+
+
+def flow_bits_per_dim_from_logits(logits: np.ndarray, logdet: np.ndarray, labels: np.ndarray,
+                                  dims: int) -> tuple[float, float]:
+    """The same from the encoder's logits (N, C) and logdet (N,), logits_c + logdet = log p(x | c): the form a
+    class-conditional map (one z per class) reports its likelihood in."""
+    per_class = logits.astype(np.float64) + logdet.astype(np.float64)[:, None]  # (N, C) log p(x | c)
+    cond = per_class[np.arange(len(labels)), labels]  # (N,)
     mx = per_class.max(1, keepdims=True)
-    log_mix = (mx[:, 0] + np.log(np.exp(per_class - mx).sum(1))) - math.log(len(prior_mean))  # (N,)
-    marg = log_mix + logdet.astype(np.float64)
+    marg = (mx[:, 0] + np.log(np.exp(per_class - mx).sum(1))) - math.log(per_class.shape[1])  # (N,)
 
     def bpd(loglik: np.ndarray) -> float:
-        return float(np.mean((-loglik / d + math.log(127.5)) / math.log(2.0)))
+        return float(np.mean((-loglik / dims + math.log(127.5)) / math.log(2.0)))
 
     return bpd(cond), bpd(marg)
 
@@ -341,7 +348,7 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
         by_source = {}
         for src, (gen, sample) in knob_sources.items():
             target = gen.permutation(np.linspace(f["low"], f["high"], len(y))).astype(np.float32)  # (n,)
-            z = space.set_factor(sample(y, gen), name, target)
+            z = space.set_factor(sample(y, gen), name, target, y)
             measured = _probe_outputs(probe, decode(z, y))["factors"][:, k]
             by_source[src] = {"r2": r2_score(target, measured), "mae": float(np.mean(np.abs(target - measured)))}
         # probe_r2: how well the ruler itself reads this factor on real test images (a knob R² is only as
@@ -352,7 +359,7 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     # Encoder figures on real test images.
     enc = encoder(image=real)
     metrics["encoder_accuracy"] = float((enc["logits"].argmax(1) == split.labels).mean())
-    recon = decode(enc["latent"], split.labels)
+    recon = decode(latents_under_labels(enc, split.labels), split.labels)
     if record.family == "flow":
         roundtrip = float(np.max(np.abs(recon.astype(np.float64) - real)))
         flow: dict[str, Any] = {"roundtrip_max_abs": roundtrip, "roundtrip_psnr_db": psnr01(recon, real)}
@@ -360,8 +367,12 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
             u = np.random.default_rng(seed + 1).random(real.shape, dtype=np.float32)  # dequantization noise
             x_deq = ((split.images.transpose(0, 3, 1, 2).astype(np.float32) + u - 0.5) / 127.5 - 1.0).astype(np.float32)
             e = encoder(image=x_deq)
-            cond, marg = flow_bits_per_dim(e["latent"], e["logdet"], split.labels.astype(np.int64),
-                                           space.prior_mean, space.prior_logstd)
+            if "class_latents" in e:  # a class-conditional map: z differs per class, logits carry log p(x | c)
+                cond, marg = flow_bits_per_dim_from_logits(e["logits"], e["logdet"], split.labels.astype(np.int64),
+                                                           e["latent"].shape[1])
+            else:
+                cond, marg = flow_bits_per_dim(e["latent"], e["logdet"], split.labels.astype(np.int64),
+                                               space.prior_mean, space.prior_logstd)
             flow.update(bits_per_dim=cond, bits_per_dim_marginal=marg)
         metrics["flow"] = flow
     else:

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from latentserve.errors import IntegrityError, ValidationError
+from latentserve.models.knob_readout import READOUT_MAX_DIM, Readout, fit_readout
 
 PRIOR_TYPES = ("standard_normal", "class_gaussian")
 FORMAT_VERSION = 1
@@ -33,6 +34,9 @@ class Knob:
     high: float
     unit: str = ""
     doc: str = ""
+    # optional nonlinear read-out of the current value (models/knob_readout.py): set_factor then solves for the
+    # amount along `weight` with it instead of the linear estimate
+    readout: Readout | None = None
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32).reshape(-1)
@@ -98,6 +102,8 @@ class LatentSpace:
                 raise ValidationError(f"knob {name!r}: name mismatch or weight shape {knob.weight.shape} != ({d},)")
             if name.startswith(PCA_KNOB_PREFIX):
                 raise ValidationError(f"knob name {name!r} clashes with the PCA knob prefix {PCA_KNOB_PREFIX!r}")
+            if knob.readout is not None and knob.readout.n_inputs() != d + c:
+                raise ValidationError(f"knob {name!r}: read-out takes {knob.readout.n_inputs()} inputs, expected {d + c}")
         if self.pca_components is not None:
             p = np.asarray(self.pca_components).shape[0]
             self.pca_components = arr(self.pca_components, (p, d), "pca_components")
@@ -251,10 +257,21 @@ class LatentSpace:
         out = (z2 + d * step).astype(np.float32)
         return out[0] if single else out
 
-    def set_factor(self, z: Any, name: str, target: Any) -> np.ndarray:
-        """Move z along the knob so that predict_factor(z, name) == target (scalar or (N,))."""
+    def set_factor(self, z: Any, name: str, target: Any, labels: Any = None) -> np.ndarray:
+        """Move z along the knob so that its factor reads `target` (scalar or (N,)).
+
+        With the knob's nonlinear read-out and the rows' class `labels` (N,): the amount along the knob solves
+        readout(z + a * step, label) = target (models/knob_readout.py); otherwise the linear estimate is
+        moved to the target: predict_factor(z', name) == target."""
         z2, single = self._latents(z)
         t = self._per_row(target, len(z2), "target")[:, 0]  # (N,)
+        knob = self.knobs.get(name) if self._pca_index(name) is None else None
+        if knob is not None and knob.readout is not None and labels is not None:
+            w = knob.weight.astype(np.float64)
+            step = (w / (w @ w)).astype(np.float32)  # (D,) one linear factor unit
+            amount = knob.readout.solve(z2, self._labels(labels), step, t, bracket=4.0 * (knob.high - knob.low))
+            out = (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
+            return out[0] if single else out
         current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
         out = self.move(z2, name, (t - current).astype(np.float32))
         return out[0] if single else out
@@ -276,7 +293,8 @@ class LatentSpace:
         """JSON-able summary for the manifest: prior, knobs (factor + PCA) with units/ranges/R², GMM size."""
         knobs = [
             {"name": k.name, "kind": "factor", "unit": k.unit, "low": k.low, "high": k.high,
-             "r2_fit": None if not np.isfinite(k.r2) else round(k.r2, 6), "doc": k.doc}
+             "r2_fit": None if not np.isfinite(k.r2) else round(k.r2, 6), "doc": k.doc,
+             **({"readout_r2": None if not np.isfinite(k.readout.r2) else round(k.readout.r2, 6)} if k.readout else {})}
             for k in self.knobs.values()
         ]
         for i in range(self.n_pca):
@@ -304,7 +322,8 @@ class LatentSpace:
             "format": FORMAT_VERSION, "prior_type": self.prior_type, "latent_dim": self.latent_dim,
             "n_classes": self.n_classes,
             "knobs": [{"name": k.name, "bias": k.bias, "r2": k.r2, "low": k.low, "high": k.high,
-                       "unit": k.unit, "doc": k.doc} for k in self.knobs.values()],
+                       "unit": k.unit, "doc": k.doc, **({"readout": k.readout.meta()} if k.readout else {})}
+                      for k in self.knobs.values()],
         }
         arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header))}
         for name in _ARRAYS:
@@ -313,6 +332,8 @@ class LatentSpace:
                 arrays[name] = value
         for k in self.knobs.values():
             arrays[f"knob_{k.name}"] = k.weight
+            if k.readout is not None:
+                arrays.update(k.readout.arrays(f"readout_{k.name}_"))
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as fh:  # a file object keeps numpy from appending ".npz" to the name
             np.savez(fh, **arrays)
@@ -334,7 +355,9 @@ class LatentSpace:
         try:
             knobs = {
                 k["name"]: Knob(name=k["name"], weight=arrays[f"knob_{k['name']}"], bias=k["bias"], r2=k["r2"],
-                                low=k["low"], high=k["high"], unit=k.get("unit", ""), doc=k.get("doc", ""))
+                                low=k["low"], high=k["high"], unit=k.get("unit", ""), doc=k.get("doc", ""),
+                                readout=(Readout.from_arrays(f"readout_{k['name']}_", arrays, k["readout"])
+                                         if k.get("readout") else None))
                 for k in header["knobs"]
             }
             return cls(
@@ -346,6 +369,16 @@ class LatentSpace:
 
 
 # -- interpolation -------------------------------------------------------------------------------------------
+def latents_under_labels(encoded: dict, labels: Any) -> np.ndarray:
+    """Each row's latent under its label's map, (N, D): `class_latents[i, labels[i]]` for encoders that map
+    every class separately (a conditional flow: its `latent` is the most likely class's), else `latent`."""
+    if "class_latents" not in encoded:
+        return np.asarray(encoded["latent"])
+    per_class = np.asarray(encoded["class_latents"])  # (N, C, D)
+    labels = np.asarray(labels, dtype=np.int64)
+    return per_class[np.arange(len(labels)), labels]
+
+
 def _pair(a: Any, b: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     if a.ndim != 1 or a.shape != b.shape:
@@ -432,8 +465,12 @@ class _Ridge:
         return best[0], float(best[1])
 
 
-def fit_knobs(latents: Any, factors: Any, factor_specs: list, seed: int = 0) -> dict[str, Knob]:
+def fit_knobs(latents: Any, factors: Any, factor_specs: list, seed: int = 0, labels: Any = None,
+              n_classes: int = 0) -> dict[str, Knob]:
     """Knobs only: ridge regression of each continuous factor on the latents.
+
+    With `labels` (N,) and `n_classes`, knobs of latents up to READOUT_MAX_DIM values also get a nonlinear
+    read-out of the factor (models/knob_readout.py, fitted with torch), which set_factor solves with.
 
     latents (N, D); factors (N, K) in natural units, NaN = unknown; factor_specs K Factors or dicts. Per factor:
     fit on 70% of the rows with a known value, penalty picked on 15%, R² reported on the last 15% (never seen
@@ -464,8 +501,12 @@ def fit_knobs(latents: Any, factors: Any, factor_specs: list, seed: int = 0) -> 
         r2 = _r2(f[test, k], x[test] @ w + b) if len(test) > 1 else float("nan")
         if not np.any(w):
             continue
+        readout = None
+        if labels is not None and n_classes > 0 and x.shape[1] <= READOUT_MAX_DIM:
+            readout = fit_readout(x, np.asarray(labels), f[:, k], n_classes, seed)
         knobs[spec["name"]] = Knob(name=spec["name"], weight=w.astype(np.float32), bias=b, r2=r2,
-                                   low=spec["low"], high=spec["high"], unit=spec["unit"], doc=spec["doc"])
+                                   low=spec["low"], high=spec["high"], unit=spec["unit"], doc=spec["doc"],
+                                   readout=readout)
     return knobs
 
 
@@ -482,6 +523,7 @@ def fit_latent_space(
     gmm_components: int = 4,
     seed: int = 0,
     gmm_covariance: str = "auto",
+    knob_readouts: bool = False,
 ) -> LatentSpace:
     """Fit knobs, PCA and per-class GMM on encoded training latents.
 
@@ -494,7 +536,8 @@ def fit_latent_space(
     scale so it stays stable for D=3072 flow latents; classes with too few rows fall back to fewer components
     (zero weight padding) or, with none, to the prior. Full covariances matter for GAN/VAE latents: the codes
     of one class lie on a curved, correlated low-dimensional set, and a diagonal mixture samples far off it
-    (measured on shapes-vae, probe-recognisable samples: diag 4 components 41%, full 10 components 56%)."""
+    (measured on shapes-vae, probe-recognisable samples: diag 4 components 41%, full 10 components 56%).
+    `knob_readouts`: also fit each knob's nonlinear read-out (see `fit_knobs`)."""
     from sklearn.mixture import GaussianMixture  # lazily: serving never fits
     from sklearn.utils.extmath import randomized_svd
 
@@ -520,7 +563,7 @@ def fit_latent_space(
         raise ValidationError(f"n_pca must be >= 0 and gmm_components >= 1 (got {n_pca}, {gmm_components})")
     if gmm_covariance not in GMM_COVARIANCES:
         raise ValidationError(f"gmm_covariance {gmm_covariance!r} is not one of {', '.join(GMM_COVARIANCES)}")
-    knobs = fit_knobs(x, f, specs, seed)
+    knobs = fit_knobs(x, f, specs, seed, labels=space_labels, n_classes=n_classes) if knob_readouts else fit_knobs(x, f, specs, seed)
 
     # PCA -----------------------------------------------------------------------------------------------------
     pca = {}

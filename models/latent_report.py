@@ -138,7 +138,7 @@ def guided_factor_figures(graphs: lo.Graphs, space: Any, record: Any, temperatur
         t = rng.permutation(np.linspace(f["low"], f["high"], s.n_factor)).astype(np.float32)
         z0 = space.sample_prior(y, rng, temperature)
         has_knob = name in space.knobs
-        z_knob = space.set_factor(z0, name, t) if has_knob else z0
+        z_knob = space.set_factor(z0, name, t, y) if has_knob else z0
         mae = lambda z: float(np.mean(np.abs(_decode_probe(graphs, z, y)[1][:, k] - t)))  # noqa: E731
         targets = [{name: float(v)} for v in t]
         ranges = {name: float(f["high"]) - float(f["low"])}

@@ -389,7 +389,7 @@ def sample_latent(space: Any, source: str, label: int, seed: int, temperature: f
     labels = np.array([label], dtype=np.int64)
     z = space.sample_gmm(labels, rng, temperature) if source == "latent_gmm" else space.sample_prior(labels, rng, temperature)
     for name, value in targets.items():
-        z = space.set_factor(z, name, float(value))
+        z = space.set_factor(z, name, float(value), labels)
     return np.asarray(z[0], dtype=np.float32)
 
 

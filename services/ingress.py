@@ -41,7 +41,7 @@ import grpc
 import numpy as np
 
 from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, UnsupportedError, ValidationError
-from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, lerp, slerp
+from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, latents_under_labels, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import augment_spec, augment_stream, codec, metrics
 from latentserve.services import latent_ops as lops
@@ -452,6 +452,8 @@ class LatentIngress:
         chosen = probs.argmax(axis=1).astype(np.int64)
         if labels is not None:
             chosen = np.where(labels >= 0, labels, chosen)
+            if "class_latents" in out:  # a class-conditional flow: z under the requested class's map
+                z = latents_under_labels({"latent": z, "class_latents": out["class_latents"]}, chosen).astype(np.float32)
         conf = probs[np.arange(len(chosen)), chosen].astype(np.float32)
         return z, chosen, conf
 
@@ -664,7 +666,7 @@ class LatentIngress:
             else:
                 z = sv.space.sample_prior(labels, rng, temperature)
             for name, target in targets:
-                z = sv.space.set_factor(z, name, target)
+                z = sv.space.set_factor(z, name, target, labels)
             if guided:
                 z = await self._guided(sv, request, settings, z, labels, grpc_context)
             images = await self._decoded_images(sv, fmt, z, labels, cacheable=request.seed != 0)  # seed 0 = random
@@ -686,7 +688,7 @@ class LatentIngress:
                                                   await model.probe_factors(sv.version), sv.name)
         for name, value in targets.items():  # the linear knob's estimate as the starting point
             if name in sv.space.knobs:
-                z = sv.space.set_factor(z, name, value)
+                z = sv.space.set_factor(z, name, value, labels)
         # chains get their own seed stream: the same request seed gives the same samples
         seed = int(request.seed) if request.seed else int(np.random.default_rng().integers(1, 2**62))
         job = lops.GuidedJob(version=sv.version, z0=z, labels=labels, factor_targets=targets, factor_ranges=ranges,
@@ -808,7 +810,7 @@ class LatentIngress:
                 moves.append((name, how, value))
             z, labels = await self._refs(sv, list(request.inputs), "inputs")
             for name, how, value in moves:
-                z = sv.space.set_factor(z, name, value) if how == "target" else sv.space.move(z, name, value)
+                z = sv.space.set_factor(z, name, value, labels) if how == "target" else sv.space.move(z, name, value)
             images = await self._decoded_images(sv, fmt, z, labels)
             resp = pb.EditResponse(model=sv.name, version=sv.version, images=images,
                                    latents=codec.latents_to_pb(z, labels))

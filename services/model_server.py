@@ -51,8 +51,9 @@ from latentserve.services.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
 GENERATIVE = ("gan", "vae", "flow")
-# Extra encoder outputs per family, after the contract's (latent, logits), in export order.
-ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet",), "gan": ()}
+# Extra encoder outputs per family, after the contract's (latent, logits), in export order (a class-conditional
+# flow adds class_latents: z under every class's map).
+ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": ()}
 
 
 def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
@@ -354,7 +355,8 @@ class ModelRunner:
 
     # -- public API (called by the deployment or, co-located, by the ingress) ------------------------------
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
-        """images float32 (N, 3, H, W) in [-1, 1] -> {latent (N, D), logits (N, C)[, logvar (N, D)][, logdet (N,)]}."""
+        """images float32 (N, 3, H, W) in [-1, 1] -> {latent (N, D), logits (N, C)[, logvar (N, D)][, logdet (N,)]
+        [, class_latents (N, C, D)]}."""
         item = _Item(await self.version(version), (np.ascontiguousarray(images, dtype=np.float32),))
         if item.rows > self.config.max_batch_size:
             return await self._run_chunked("encode", item)

@@ -20,21 +20,32 @@ from latentserve.models.nets.flow import BIN_WIDTH, Flow, FlowConfig, bits_per_d
 
 
 class FlowEncoderGraph(nn.Module):
-    """image (B,3,H,W) -> latent z (B,D), logits = log N(z; mu_c, sigma_c) (B,C), logdet (B,)."""
+    """image (B,3,H,W) -> latent z (B,D), logits (B,C), logdet (B,) with logits_c + logdet = log p(x | c).
+
+    Unconditional map: one z, logits = log N(z; mu_c, sigma_c). Conditional map (`FlowConfig.conditional`):
+    the image goes through every class's map; latent and logdet are those of the most likely class, logits_c =
+    log p(x | c) - logdet, and `class_latents` (B,C,D) holds z under each class's map (encode with a given
+    label picks its row; decoding that row with that label is the exact inverse)."""
 
     def __init__(self, flow: Flow) -> None:
         super().__init__()
         self.flow = flow
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        z, logdet = self.flow(image)
-        return z, self.flow.class_log_probs(z), logdet
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.flow.conditional:
+            z, logdet = self.flow(image)
+            return z, self.flow.class_log_probs(z), logdet
+        z_all, logp, logdets = self.flow.per_class(image)  # (B,C,D), (B,C), (B,C)
+        best = logp.argmax(1, keepdim=True)  # (B,1)
+        logdet = logdets.gather(1, best)  # (B,1)
+        latent = z_all.gather(1, best[:, :, None].expand(-1, -1, z_all.shape[2]))[:, 0]  # (B,D)
+        return latent, logp - logdet, logdet[:, 0], z_all
 
 
 class FlowDecoderGraph(nn.Module):
-    """latent (B,D), label (B,) int64 -> image (B,3,H,W) = clamp(inverse(latent), -1, 1).
+    """latent (B,D), label (B,) int64 -> image (B,3,H,W) = clamp(inverse(latent [, label]), -1, 1).
 
-    The label does not enter the map; `0 * label` is added so exporters keep it as a graph input.
+    An unconditional map does not read the label; `0 * label` is added so exporters keep it as a graph input.
     """
 
     def __init__(self, flow: Flow) -> None:
@@ -42,7 +53,7 @@ class FlowDecoderGraph(nn.Module):
         self.flow = flow
 
     def forward(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        x = self.flow.inverse(latent)  # (B,3,H,W)
+        x = self.flow.inverse(latent, label if self.flow.conditional else None)  # (B,3,H,W)
         keep = (label.to(x.dtype) * 0.0).reshape(-1, 1, 1, 1)  # (B,1,1,1) zeros, ties `label` to the graph
         return torch.clamp(x + keep, -1.0, 1.0)
 
@@ -84,12 +95,20 @@ class FlowFamily(Family):
         self.flow.train()
         xd = self.dequantize(x)
         if not bool(self.flow.initialized):  # ActNorm data init on the first batch (also a fresh resume-less run)
-            self.flow.initialize(xd)
+            self.flow.initialize(xd, y)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
-        z, logdet = self.flow(xd)  # (B,D), (B,)
-        class_lp = self.flow.class_log_probs(z)  # (B,C) log N(z; mu_c, sigma_c)
-        nll = -(class_lp.gather(1, y[:, None])[:, 0] + logdet).mean()  # nats / image of -log p(x | y)
+        if self.flow.conditional and c.class_weight == 0:
+            # one pass through the true class's map; the per-class passes (C times the cost) only for the
+            # class term. acc then reads the prior's Gaussians only (not the class maps): a rough figure.
+            z, logdet = self.flow(xd, y)  # (B,D), (B,)
+            class_lp = self.flow.class_log_probs(z) + logdet[:, None]  # (B,C)
+        elif self.flow.conditional:
+            _, class_lp, _ = self.flow.per_class(xd)  # (B,C) log p(x | c)
+        else:
+            z, logdet = self.flow(xd)  # (B,D), (B,)
+            class_lp = self.flow.class_log_probs(z) + logdet[:, None]  # (B,C) log N(z; mu_c, sigma_c) + logdet
+        nll = -class_lp.gather(1, y[:, None])[:, 0].mean()  # nats / image of -log p(x | y)
         ce = F.cross_entropy(class_lp, y)  # Bayes rule with a uniform class prior
         # the NLL per dim keeps lr and grad_clip independent of the image size; the class term is per image
         loss = nll / self.flow.dim + c.class_weight * ce
@@ -125,9 +144,14 @@ class FlowFamily(Family):
                 xb = x[i : i + batch_size].to(self.device)
                 yb = y[i : i + batch_size].to(self.device)
                 nll_sum += self.flow.nll(self.dequantize(xb, gen), yb).sum().item()
-                z, _ = self.flow(xb)
-                rt_max = max(rt_max, (self.flow.inverse(z) - xb).abs().max().item())
-                correct += (self.flow.class_log_probs(z).argmax(1) == yb).sum().item()
+                if self.flow.conditional:
+                    z_all, class_lp, _ = self.flow.per_class(xb)  # (B,C,D), (B,C)
+                    z = z_all[torch.arange(len(yb)), yb]  # under the true class's map
+                else:
+                    z, _ = self.flow(xb)
+                    class_lp = self.flow.class_log_probs(z)
+                rt_max = max(rt_max, (self.flow.inverse(z, yb) - xb).abs().max().item())
+                correct += (class_lp.argmax(1) == yb).sum().item()
                 n += len(xb)
         if n == 0:
             return {}
@@ -152,15 +176,18 @@ class FlowFamily(Family):
                 module=FlowEncoderGraph(frozen[0]).eval(),
                 example_inputs=(image,),
                 input_names=["image"],
-                output_names=["latent", "logits", "logdet"],
-                doc="exact x -> z; logits = log N(z; mu_c, sigma_c) per class; logdet = log|det dz/dx|",
+                output_names=["latent", "logits", "logdet"] + (["class_latents"] if self.flow.conditional else []),
+                doc=("exact x -> z under each class's map (class_latents); latent, logdet of the most likely "
+                     "class; logits_c + logdet = log p(x | c)" if self.flow.conditional else
+                     "exact x -> z; logits = log N(z; mu_c, sigma_c) per class; logdet = log|det dz/dx|"),
             ),
             "decoder": ExportGraph(
                 module=FlowDecoderGraph(frozen[1]).eval(),
                 example_inputs=(latent, label),
                 input_names=["latent", "label"],
                 output_names=["image"],
-                doc="exact z -> x (label unused by the map), clamped to [-1,1]",
+                doc=("exact z -> x under the label's map, clamped to [-1,1]" if self.flow.conditional else
+                     "exact z -> x (label unused by the map), clamped to [-1,1]"),
             ),
         }
 

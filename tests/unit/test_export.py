@@ -175,7 +175,7 @@ def _from(family_name):
 
 
 TRAINING = {"train_config": {"steps": 5, "batch_size": 8}, "steps": 5, "seconds": 0.25, "final_losses": {"loss": 1.5}}
-FAST = ExportConfig(max_latent_fit=100, n_pca=2, gmm_components=2)
+FAST = ExportConfig(max_latent_fit=100, n_pca=2, gmm_components=2, knob_samples=100)
 
 
 def export_toys(root, data: Dataset | None = None) -> dict:
@@ -334,7 +334,7 @@ def test_knobs_fitted_on_probe_labelled_prior_samples(tmp_path):
     enc = export_family(_from("gan")(data), "toy-gan", data, TRAINING, repo_root=tmp_path, probe="toy-probe",
                         config=FAST)  # auto: the toy family does not ask for samples
     assert enc.manifest["latent_fit"]["knobs"] == {"source": "encoded_training_images"}
-    cfg = ExportConfig(max_latent_fit=400, n_pca=2, gmm_components=2, knob_source="samples")
+    cfg = ExportConfig(max_latent_fit=400, n_pca=2, gmm_components=2, knob_source="samples", knob_samples=400)
     rec = export_family(_from("gan")(data), "toy-gan", data, TRAINING, repo_root=tmp_path, probe="toy-probe",
                         config=cfg)
     fit = rec.manifest["latent_fit"]["knobs"]
@@ -369,8 +369,13 @@ def test_knobs_fitted_on_latent_gmm_samples_when_the_family_asks(tmp_path):
     export_family(_from("probe")(data), "toy-probe", data, TRAINING, repo_root=tmp_path, config=FAST)
     family = _from("vae")(data)
     type(family).knobs_from_samples = "latent_gmm"
-    cfg = ExportConfig(max_latent_fit=300, n_pca=2, gmm_components=2)  # knob_source auto
+    cfg = ExportConfig(max_latent_fit=300, n_pca=2, gmm_components=2, knob_samples=300)  # knob_source auto
     rec = export_family(family, "toy-vae", data, TRAINING, repo_root=tmp_path, probe="toy-probe", config=cfg)
     fit = rec.manifest["latent_fit"]["knobs"]
     assert fit["source"] == "latent_gmm_samples" and fit["n_samples"] == 300
-    assert "scale" in {k["name"] for k in rec.manifest["knobs"]}
+    knobs = {k["name"]: k for k in rec.manifest["knobs"]}
+    assert "scale" in knobs
+    # read-outs are fitted on the same samples, stored with the latent space and named in the manifest
+    assert knobs["scale"]["readout_r2"] is None or knobs["scale"]["readout_r2"] <= 1.0
+    space = Repository(tmp_path).latent_space(rec)
+    assert "readout_r2" in knobs["scale"] and space.knobs["scale"].readout is not None

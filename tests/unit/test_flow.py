@@ -37,8 +37,8 @@ def _family(**kw) -> FlowFamily:
     return FlowFamily(FlowConfig(**{**TINY, **kw}), META, torch.device("cpu"))
 
 
-def _trained_family(steps: int = 4) -> FlowFamily:
-    fam = _family(lr=5e-3, warmup_steps=0)
+def _trained_family(steps: int = 4, **kw) -> FlowFamily:
+    fam = _family(lr=5e-3, warmup_steps=0, **kw)
     x, y = _images(16), torch.arange(16) % 3
     for step in range(steps):
         fam.train_step(x, y, torch.zeros(16, 5), step)
@@ -94,17 +94,18 @@ def test_exact_invertibility_at_init_and_after_training():
         assert (fam.flow.inverse(z) - x).abs().max() <= 1e-4
 
 
-def test_logdet_matches_brute_force_jacobian():
+@pytest.mark.parametrize("conditional", [False, True])
+def test_logdet_matches_brute_force_jacobian(conditional):
     torch.manual_seed(1)
-    flow = Flow(FlowConfig(**TINY), 4, 3).double()
-    x = _images(2, size=4).double()
-    flow.initialize(x)
+    flow = Flow(FlowConfig(**TINY, conditional=conditional), 4, 3).double()
+    x, y = _images(2, size=4).double(), torch.tensor([2, 1])
+    flow.initialize(x, y)
     with torch.no_grad():  # move every parameter away from its (identity-like) init
         for p in flow.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    _, logdet = flow(x)
+    _, logdet = flow(x, y)
     for i in range(2):
-        jac = torch.autograd.functional.jacobian(lambda v: flow(v.reshape(1, 3, 4, 4))[0].reshape(-1),
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v.reshape(1, 3, 4, 4), y[i:i + 1])[0].reshape(-1),
                                                  x[i].reshape(-1))  # (48, 48)
         assert torch.linalg.slogdet(jac)[1].item() == pytest.approx(logdet[i].item(), abs=1e-8)
 
@@ -194,3 +195,61 @@ def test_graphs_onnx_and_torchscript_parity_and_round_trip():
         for e, t in zip((z, logits, logdet), ts_enc):
             np.testing.assert_allclose(t.numpy(), e.numpy(), atol=1e-4, rtol=1e-5)
         np.testing.assert_allclose(ts_back.numpy(), back.numpy(), atol=1e-5, rtol=0)
+
+
+# -- the class-conditional map (FlowConfig.conditional) -------------------------------------------------------
+def test_conditional_map_is_exact_per_class_and_depends_on_the_label():
+    fam = _trained_family(conditional=True)
+    x = _images(5)
+    with torch.no_grad():
+        z_all, logp, logdets = fam.flow.per_class(x)  # (B,C,D), (B,C), (B,C)
+        assert z_all.shape == (5, 3, 192) and logp.shape == (5, 3) and logdets.shape == (5, 3)
+        for c in range(3):
+            y = torch.full((5,), c)
+            z, logdet = fam.flow(x, y)
+            torch.testing.assert_close(z, z_all[:, c])
+            torch.testing.assert_close(logdet, logdets[:, c])
+            torch.testing.assert_close(-fam.flow.nll(x, y), logp[:, c])
+            assert (fam.flow.inverse(z, y) - x).abs().max() <= 1e-4
+        # training moved the class embeddings: each class has its own map
+        assert (z_all[:, 0] - z_all[:, 1]).abs().max() > 1e-4
+    with pytest.raises(ValidationError, match="labels"):
+        fam.flow(x)
+
+
+def test_conditional_train_step_evaluate_and_samples():
+    fam = _family(conditional=True, lr=5e-3, warmup_steps=0)
+    x, y = _images(16), torch.arange(16) % 3
+    outs = [fam.train_step(x, y, torch.zeros(16, 5), s) for s in range(5)]
+    assert all(math.isfinite(v) for o in outs for v in o.values()) and outs[-1]["bpd"] < outs[0]["bpd"]
+    fam_ce = _family(conditional=True, class_weight=1.0, lr=5e-3, warmup_steps=0)  # the per-class passes
+    assert math.isfinite(fam_ce.train_step(x, y, torch.zeros(16, 5), 0)["ce"])
+    figures = fam.evaluate(_images(7), torch.arange(7) % 3, torch.zeros(7, 5), batch_size=3)
+    assert figures["roundtrip_max_abs"] <= 1e-4 and 0.0 <= figures["class_acc"] <= 1.0
+    grid = fam.sample_grid(2, seed=0)
+    assert grid.shape == (6, 3, 8, 8) and torch.equal(grid, fam.sample_grid(2, seed=0))
+
+
+def test_conditional_graphs_onnx_parity_and_class_latents():
+    ort = pytest.importorskip("onnxruntime")
+    fam = _trained_family(conditional=True)
+    graphs = fam.graphs()
+    enc, dec = graphs["encoder"], graphs["decoder"]
+    assert enc.output_names == ["latent", "logits", "logdet", "class_latents"]
+    sessions = {n: ort.InferenceSession(_export_onnx(g), providers=["CPUExecutionProvider"]) for n, g in graphs.items()}
+    for batch in (1, 5):
+        x = _images(batch, seed=batch)
+        with torch.no_grad():
+            z, logits, logdet, z_all = enc.module(x)
+            _, logp, _ = fam.flow.per_class(x)
+        assert z_all.shape == (batch, 3, 192)
+        torch.testing.assert_close(logits + logdet[:, None], logp)  # logits_c + logdet = log p(x | c)
+        best = logp.argmax(1)
+        torch.testing.assert_close(z, z_all[torch.arange(batch), best])
+        outs = sessions["encoder"].run(None, {"image": x.numpy()})
+        for o, e in zip(outs, (z, logits, logdet, z_all)):
+            np.testing.assert_allclose(o, e.numpy(), atol=1e-3, rtol=1e-5)
+        for c in range(3):  # every class's row decodes back to x under that class's label
+            label = np.full(batch, c, dtype=np.int64)
+            (back,) = sessions["decoder"].run(None, {"latent": outs[3][:, c], "label": label})
+            np.testing.assert_allclose(back, x.numpy(), atol=1e-4, rtol=0)

@@ -205,3 +205,13 @@ def test_knob_validation():
         Knob("x", np.zeros(3), 0.0, 1.0, 0, 1)
     with pytest.raises(ValidationError):
         LatentSpace("standard_normal", 3, 1, knobs={"x": Knob("x", np.ones(4), 0.0, 1.0, 0, 1)})
+
+
+def test_latents_under_labels_picks_each_rows_class_map():
+    from latentserve.models.latent import latents_under_labels
+
+    z = np.arange(4 * 5, dtype=np.float32).reshape(4, 5)
+    np.testing.assert_array_equal(latents_under_labels({"latent": z}, [0, 1, 2, 0]), z)  # one map: as encoded
+    per_class = np.stack([z, z + 100, z + 200], axis=1)  # (N, C, D): a class-conditional flow's class_latents
+    out = latents_under_labels({"latent": z, "class_latents": per_class}, np.array([2, 0, 1, 2]))
+    np.testing.assert_array_equal(out, z + np.array([200, 0, 100, 200], dtype=np.float32)[:, None])

@@ -1,0 +1,158 @@
+"""Nonlinear read-out of a knob's factor from the latent: a small MLP f(z, class) -> factor value.
+
+A knob is a linear direction w (models/latent.py `Knob`). Setting a factor to a target moves z along w by
+(target - current value); with the linear estimate z @ w + b of the current value, that estimate's error
+becomes the error of the result. Measured on the bundled shapes-gan (prior samples read by the probe): the
+linear estimate of scale has a held-out R² of 0.70 and `set_factor` reached R² 0.68 between requested and
+measured scale, while an MLP reads scale with R² 0.91 and solving f(z + a * step, y) = target for the amount
+a along the same direction reached R² 0.89. The direction stays linear (edits stay smooth and predictable);
+only the read-out of where a latent is now, and how far to go, is nonlinear.
+
+`Readout` holds the MLP's arrays (numpy only: serving never needs torch); `fit_readout` trains one (torch,
+at export time). Read-outs are fitted for latents up to `READOUT_MAX_DIM` values (a flow's 3072-value latent
+would make them megabytes each).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from latentserve.errors import ValidationError
+
+READOUT_MAX_DIM = 256  # latent sizes up to this get read-outs (same threshold as full-covariance GMMs)
+READOUT_HIDDEN = 64  # MLP width: ~35 KB per knob for a 64-value latent
+SOLVE_GRID = 33  # odd: the middle point is a = 0 (no move)
+BISECTION_STEPS = 24  # halves a grid cell 24 times: ~4e-9 of the bracket
+_ARRAY_NAMES = ("w0", "b0", "w1", "b1", "w2")
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+@dataclass
+class Readout:
+    """f(z, y) = y_mean + y_std * (silu(silu([z, onehot(y)] @ w0 + b0) @ w1 + b1) @ w2 + b2)."""
+
+    w0: np.ndarray  # float32 (D + C, H)
+    b0: np.ndarray  # float32 (H,)
+    w1: np.ndarray  # float32 (H, H)
+    b1: np.ndarray  # float32 (H,)
+    w2: np.ndarray  # float32 (H,)
+    b2: float
+    y_mean: float  # factor units
+    y_std: float
+    r2: float  # held-out R² of the read-out on the samples it was fitted on (NaN if unmeasured)
+
+    def __post_init__(self) -> None:
+        for name in _ARRAY_NAMES:
+            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float32))
+        h = self.b0.shape[0]
+        if (self.w0.ndim != 2 or self.w0.shape[1] != h or self.w1.shape != (h, h) or self.b1.shape != (h,)
+                or self.w2.shape != (h,)):
+            raise ValidationError(f"knob read-out: inconsistent MLP shapes {[getattr(self, n).shape for n in _ARRAY_NAMES]}")
+        if not all(np.all(np.isfinite(getattr(self, n))) for n in _ARRAY_NAMES):
+            raise ValidationError("knob read-out: non-finite weights")
+        self.b2, self.y_mean, self.y_std, self.r2 = float(self.b2), float(self.y_mean), float(self.y_std), float(self.r2)
+
+    def n_inputs(self) -> int:
+        return int(self.w0.shape[0])
+
+    def predict(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """z (N, D), labels (N,) int -> the factor value (N,) float64."""
+        z = np.asarray(z, dtype=np.float32)
+        n_classes = self.n_inputs() - z.shape[1]
+        if n_classes < 1:
+            raise ValidationError(f"knob read-out takes latents of size {self.n_inputs() - 1} or less, got {z.shape[1]}")
+        onehot = np.eye(n_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]  # (N, C)
+        h = _silu(np.concatenate([z, onehot], axis=1) @ self.w0 + self.b0)  # (N, H)
+        h = _silu(h @ self.w1 + self.b1)
+        return self.y_mean + self.y_std * (h @ self.w2 + self.b2).astype(np.float64)
+
+    def solve(self, z: np.ndarray, labels: np.ndarray, step: np.ndarray, target: np.ndarray,
+              bracket: float) -> np.ndarray:
+        """Amounts a (N,) with f(z + a * step) = target, |a| <= bracket: the crossing nearest to a = 0 (the
+        smallest edit) on a grid of SOLVE_GRID points, then bisection inside that grid cell.
+
+        Rows whose target the read-out does not cross inside the bracket (an unreachable value) get the one-step
+        amount target - f(z) instead of being pushed to the bracket's end."""
+        z = np.asarray(z, dtype=np.float32)
+        target = np.asarray(target, dtype=np.float64)
+        n = len(z)
+        grid = np.linspace(-bracket, bracket, SOLVE_GRID)  # (G,)
+        vals = np.stack([self.predict(z + np.float32(g) * step, labels) for g in grid])  # (G, N)
+        above = vals >= target  # (G, N)
+        cross = above[:-1] != above[1:]  # (G-1, N): the target lies inside cell i
+        dist = np.abs(0.5 * (grid[:-1] + grid[1:]))[:, None] + np.where(cross, 0.0, np.inf)  # (G-1, N)
+        cell = dist.argmin(0)  # (N,)
+        found = np.isfinite(dist[cell, np.arange(n)])
+        lo, hi = grid[cell], grid[cell + 1]
+        rising = vals[cell + 1, np.arange(n)] >= vals[cell, np.arange(n)]
+        for _ in range(BISECTION_STEPS):
+            mid = 0.5 * (lo + hi)
+            below = self.predict(z + mid[:, None].astype(np.float32) * step, labels) < target
+            go_up = below == rising  # the target lies above mid along the step
+            lo, hi = np.where(go_up, mid, lo), np.where(go_up, hi, mid)
+        return np.where(found, 0.5 * (lo + hi), target - vals[SOLVE_GRID // 2])
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}{n}": getattr(self, n) for n in _ARRAY_NAMES}
+
+    def meta(self) -> dict:
+        return {"b2": self.b2, "y_mean": self.y_mean, "y_std": self.y_std, "r2": self.r2}
+
+    @classmethod
+    def from_arrays(cls, prefix: str, arrays: dict, meta: dict) -> "Readout":
+        return cls(**{n: arrays[f"{prefix}{n}"] for n in _ARRAY_NAMES}, b2=meta["b2"], y_mean=meta["y_mean"],
+                   y_std=meta["y_std"], r2=meta["r2"])
+
+
+def fit_readout(z: np.ndarray, labels: np.ndarray, values: np.ndarray, n_classes: int, seed: int = 0,
+                hidden: int = READOUT_HIDDEN, epochs: int = 60, holdout: float = 0.15) -> Readout:
+    """Fit f(z, y) -> value on rows with a finite value (z (N, D), labels (N,), values (N,)) with torch.
+
+    Adam on the mean squared error of the standardised value, weight decay 1e-4, batches of 256; R² on a
+    held-out `holdout` share of the rows (the read-out is then refitted on all of them)."""
+    import torch
+
+    ok = np.isfinite(values)
+    z, labels, values = np.asarray(z, np.float32)[ok], np.asarray(labels, np.int64)[ok], np.asarray(values, np.float64)[ok]
+    if len(z) < 20:
+        raise ValidationError(f"knob read-out needs at least 20 measured rows, got {len(z)}")
+    y_mean, y_std = float(values.mean()), float(values.std()) or 1.0
+    x = np.concatenate([z, np.eye(n_classes, dtype=np.float32)[labels]], axis=1)  # (N, D + C)
+    t = ((values - y_mean) / y_std).astype(np.float32)
+    n_hold = int(len(x) * holdout)
+
+    def train(rows: np.ndarray) -> "torch.nn.Sequential":
+        gen = torch.Generator().manual_seed(int(seed))
+        torch.manual_seed(int(seed))
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.SiLU(),
+                                  torch.nn.Linear(hidden, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3, weight_decay=1e-4)
+        xs, ts = torch.from_numpy(x[rows]), torch.from_numpy(t[rows])
+        for epoch in range(epochs):
+            for g in opt.param_groups:  # cosine decay: a settled fit at the end
+                g["lr"] = 2e-3 * 0.5 * (1.0 + np.cos(np.pi * epoch / epochs))
+            for idx in torch.randperm(len(xs), generator=gen).split(256):
+                loss = (net(xs[idx])[:, 0] - ts[idx]).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return net
+
+    def to_readout(net, r2: float) -> Readout:
+        l0, l1, l2 = net[0], net[2], net[4]
+        return Readout(w0=l0.weight.detach().numpy().T, b0=l0.bias.detach().numpy(), w1=l1.weight.detach().numpy().T,
+                       b1=l1.bias.detach().numpy(), w2=l2.weight.detach().numpy()[0], b2=float(l2.bias.item()),
+                       y_mean=y_mean, y_std=y_std, r2=r2)
+
+    order = np.random.default_rng(seed).permutation(len(x))
+    r2 = float("nan")
+    if n_hold >= 10:
+        held, fit_rows = order[:n_hold], order[n_hold:]
+        trial = to_readout(train(fit_rows), r2)
+        pred = trial.predict(z[held], labels[held])
+        r2 = float(1.0 - np.mean((pred - values[held]) ** 2) / max(np.var(values[held]), 1e-12))
+    return to_readout(train(order), r2)

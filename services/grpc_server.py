@@ -698,6 +698,27 @@ class ServingProcess:
                 self._probe_channel.close()
 
 
+def _config_value(config: Any, name: str, default: Any) -> Any:
+    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+
+
+def reset_niceness(target: int = 0) -> bool:
+    """Set this thread's nice value (on Linux a per-thread value that new threads inherit) to `target`.
+
+    A serving process inherits nice 15 from its Ray worker; at that value every normal-priority process on the
+    node preempts the gRPC server (ServeConfig.reset_serving_niceness). Lowering it needs CAP_SYS_NICE:
+    without, the value stays and a warning says so. Returns whether the value is now `target`."""
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != target:
+            os.setpriority(os.PRIO_PROCESS, 0, target)
+        return True
+    except OSError as exc:  # EPERM/EACCES without CAP_SYS_NICE
+        logger.warning("serving process keeps nice %d (cannot set %d: %s); give the container CAP_SYS_NICE or "
+                       "set reset_serving_niceness false to silence this", os.getpriority(os.PRIO_PROCESS, 0),
+                       target, exc)
+        return False
+
+
 def serving_process_main(argv: list[str] | None = None) -> int:
     """Entry point of a serving process (`python -m latentserve.services.grpc_server --control-fd N`):
     receive {config, models}, build the LatentIngress (which loads the models and starts the gRPC server),
@@ -714,6 +735,8 @@ def serving_process_main(argv: list[str] | None = None) -> int:
     logger.propagate = True
     conn = Connection(args.control_fd)
     spec = conn.recv()
+    if _config_value(spec["config"], "reset_serving_niceness", True):
+        reset_niceness()  # before any thread starts: threads inherit the value of the thread that starts them
     try:
         from latentserve.services.ingress import LatentIngress
 

@@ -145,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
         print("latentserve: warning: --direct-ingress needs these variables in the cluster's environment "
               "when it was started: " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     os.environ.update(env)  # before ray.init: Ray's processes inherit the driver's environment
+    if args.ray_address == "local" and config.reset_serving_niceness:
+        # Ray's workers (our replicas and their serving processes) would start at nice 15; a local server
+        # starts them at 0 (no privilege needed, unlike lowering the value later; ServeConfig doc)
+        os.environ.setdefault("RAY_worker_niceness", "0")
     print(f"latentserve: starting Ray ({args.ray_address}) and Serve ...", flush=True)
     try:
         ray.init(address=args.ray_address, num_cpus=args.ray_cpus if args.ray_address == "local" else None,

@@ -91,7 +91,7 @@ class ExportConfig:
     # probe is in the repository, else "encoded".
     knob_source: str = "auto"
     # a small MLP per knob that reads the factor's current value from (latent, class), for latents up to 256
-    # values (models/knob_readout.py): set_factor solves with it (bundled GAN, scale knob R² 0.68 -> 0.89)
+    # values (models/knob_readout.py): set_factor solves with it (bundled GAN, scale knob R² 0.66 -> 0.90)
     knob_readouts: bool = True
     # probe-read samples the knobs (and read-outs) are fitted on when they come from samples; 0 = twice
     # max_latent_fit (24,000 at the defaults). 0 or 100..1_000_000
@@ -510,8 +510,8 @@ def fit_knobs_on_samples(decoder, space, probe_record, data, cfg: ExportConfig,
     for k, fac in enumerate(data.factors):
         if fac.name in names:
             factors[:, k] = measured[:, names.index(fac.name)]
-    knobs = (fit_knobs(z, factors, list(data.factors), cfg.seed, labels=labels, n_classes=space.n_classes)
-             if cfg.knob_readouts else fit_knobs(z, factors, list(data.factors), cfg.seed))
+    knobs = fit_knobs(z, factors, list(data.factors), cfg.seed, labels=labels if cfg.knob_readouts else None,
+                      n_classes=space.n_classes)
     meta = {"source": f"{source}_samples", "probe": {"name": probe_record.name, "version": probe_record.version},
             "n_samples": n, "seconds": round(time.time() - t0, 3)}
     return knobs, meta

@@ -563,7 +563,7 @@ def fit_latent_space(
         raise ValidationError(f"n_pca must be >= 0 and gmm_components >= 1 (got {n_pca}, {gmm_components})")
     if gmm_covariance not in GMM_COVARIANCES:
         raise ValidationError(f"gmm_covariance {gmm_covariance!r} is not one of {', '.join(GMM_COVARIANCES)}")
-    knobs = fit_knobs(x, f, specs, seed, labels=space_labels, n_classes=n_classes) if knob_readouts else fit_knobs(x, f, specs, seed)
+    knobs = fit_knobs(x, f, specs, seed, labels=space_labels if knob_readouts else None, n_classes=n_classes)
 
     # PCA -----------------------------------------------------------------------------------------------------
     pca = {}

@@ -698,10 +698,6 @@ class ServingProcess:
                 self._probe_channel.close()
 
 
-def _config_value(config: Any, name: str, default: Any) -> Any:
-    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
-
-
 def reset_niceness(target: int = 0) -> bool:
     """Set this thread's nice value (on Linux a per-thread value that new threads inherit) to `target`.
 
@@ -713,9 +709,9 @@ def reset_niceness(target: int = 0) -> bool:
             os.setpriority(os.PRIO_PROCESS, 0, target)
         return True
     except OSError as exc:  # EPERM/EACCES without CAP_SYS_NICE
-        logger.warning("serving process keeps nice %d (cannot set %d: %s); give the container CAP_SYS_NICE or "
-                       "set reset_serving_niceness false to silence this", os.getpriority(os.PRIO_PROCESS, 0),
-                       target, exc)
+        logger.warning("serving process keeps nice %d (cannot set %d: %s); start Ray's nodes with "
+                       "RAY_worker_niceness=0 (docker-compose.yml does), or set reset_serving_niceness false to "
+                       "silence this", os.getpriority(os.PRIO_PROCESS, 0), target, exc)
         return False
 
 
@@ -735,7 +731,7 @@ def serving_process_main(argv: list[str] | None = None) -> int:
     logger.propagate = True
     conn = Connection(args.control_fd)
     spec = conn.recv()
-    if _config_value(spec["config"], "reset_serving_niceness", True):
+    if spec["config"].get("reset_serving_niceness", True):  # the config travels as ServeConfig.to_dict()
         reset_niceness()  # before any thread starts: threads inherit the value of the thread that starts them
     try:
         from latentserve.services.ingress import LatentIngress

@@ -686,7 +686,7 @@ class LatentIngress:
         if len(request.guidance.factor_targets):
             targets, ranges = lreq.factor_targets(dict(request.guidance.factor_targets), sv.record.factors,
                                                   await model.probe_factors(sv.version), sv.name)
-        for name, value in targets.items():  # the linear knob's estimate as the starting point
+        for name, value in targets.items():  # the knob's estimate as the starting point
             if name in sv.space.knobs:
                 z = sv.space.set_factor(z, name, value, labels)
         # chains get their own seed stream: the same request seed gives the same samples

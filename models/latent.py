@@ -48,6 +48,11 @@ class Knob:
         self.r2 = float(self.r2)
         self.low, self.high = float(self.low), float(self.high)
 
+    def unit_step(self) -> np.ndarray:
+        """(D,) float32 w / ||w||^2: one factor unit along the minimum-norm direction of the linear estimate."""
+        w = self.weight.astype(np.float64)
+        return (w / (w @ w)).astype(np.float32)
+
 
 # the optional arrays of a LatentSpace, as stored in latent_space.npz
 _ARRAYS = ("prior_mean", "prior_logstd", "pca_components", "pca_mean", "pca_std", "pca_explained",
@@ -249,12 +254,9 @@ class LatentSpace:
         i = self._pca_index(name)
         if i is not None:
             return self.move_pca(z, i, delta)
-        knob = self._knob(name)
         z2, single = self._latents(z)
         d = self._per_row(delta, len(z2), "delta")  # (N, 1)
-        w = knob.weight.astype(np.float64)
-        step = (w / (w @ w)).astype(np.float32)  # (D,): one factor unit along the minimum-norm direction
-        out = (z2 + d * step).astype(np.float32)
+        out = (z2 + d * self._knob(name).unit_step()).astype(np.float32)
         return out[0] if single else out
 
     def set_factor(self, z: Any, name: str, target: Any, labels: Any = None) -> np.ndarray:
@@ -267,8 +269,7 @@ class LatentSpace:
         t = self._per_row(target, len(z2), "target")[:, 0]  # (N,)
         knob = self.knobs.get(name) if self._pca_index(name) is None else None
         if knob is not None and knob.readout is not None and labels is not None:
-            w = knob.weight.astype(np.float64)
-            step = (w / (w @ w)).astype(np.float32)  # (D,) one linear factor unit
+            step = knob.unit_step()
             amount = knob.readout.solve(z2, self._labels(labels), step, t, bracket=4.0 * (knob.high - knob.low))
             out = (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
             return out[0] if single else out

@@ -98,15 +98,12 @@ class FlowFamily(Family):
             self.flow.initialize(xd, y)
         for group in self.opt.param_groups:
             group["lr"] = self.lr_at(step)
-        if self.flow.conditional and c.class_weight == 0:
-            # one pass through the true class's map; the per-class passes (C times the cost) only for the
-            # class term. acc then reads the prior's Gaussians only (not the class maps): a rough figure.
-            z, logdet = self.flow(xd, y)  # (B,D), (B,)
-            class_lp = self.flow.class_log_probs(z) + logdet[:, None]  # (B,C)
-        elif self.flow.conditional:
-            _, class_lp, _ = self.flow.per_class(xd)  # (B,C) log p(x | c)
+        if self.flow.conditional and c.class_weight > 0:
+            _, class_lp, _ = self.flow.per_class(xd)  # (B,C) log p(x | c): every class's map
         else:
-            z, logdet = self.flow(xd)  # (B,D), (B,)
+            # one pass (a conditional flow: through the true class's map only, since the per-class passes
+            # cost C times as much; its acc then reads the prior's Gaussians alone, a rough figure)
+            z, logdet = self.flow(xd, y)  # (B,D), (B,)
             class_lp = self.flow.class_log_probs(z) + logdet[:, None]  # (B,C) log N(z; mu_c, sigma_c) + logdet
         nll = -class_lp.gather(1, y[:, None])[:, 0].mean()  # nats / image of -log p(x | y)
         ce = F.cross_entropy(class_lp, y)  # Bayes rule with a uniform class prior

@@ -453,7 +453,7 @@ class LatentIngress:
         if labels is not None:
             chosen = np.where(labels >= 0, labels, chosen)
             if "class_latents" in out:  # a class-conditional flow: z under the requested class's map
-                z = latents_under_labels({"latent": z, "class_latents": out["class_latents"]}, chosen).astype(np.float32)
+                z = latents_under_labels(out, chosen).astype(np.float32)
         conf = probs[np.arange(len(chosen)), chosen].astype(np.float32)
         return z, chosen, conf
 

@@ -78,6 +78,7 @@ class BenchConfig:
     triton_max_batch: int = 64
     triton_delay_us: int = 2000  # dynamic batcher max queue delay
     startup_timeout: float = 900.0  # seconds to wait for started servers (Triton's first start builds a venv)
+    settle_s: float = 60.0  # after starting servers: wait at most this long for the machine to go quiet (0 = no)
     token: str | None = None
     app_name: str | None = None
     json_out: str | None = "runs/bench/serving.json"
@@ -94,6 +95,8 @@ class BenchConfig:
             raise ValidationError(f"--label must be a name other than raw/triton, got {self.label!r}")
         if not 1 <= self.threads <= 256:
             raise ValidationError(f"--threads must be in 1..256, got {self.threads}")
+        if not 0 <= self.settle_s <= 3600:
+            raise ValidationError(f"--settle must be in 0..3600 seconds, got {self.settle_s}")
         if self.target and self.start:
             raise ValidationError("give --target (a running server) or --start, not both")
         if self.serve_args and not self.start:
@@ -572,6 +575,40 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, proc: Proc 
     raise UnavailableError(f"{what} not ready after {timeout:.0f}s" + (f" (log {proc.log_path})" if proc else ""))
 
 
+def machine_busy(window_s: float = 2.0) -> float | None:
+    """Fraction of all cores busy over the next `window_s` seconds (/proc/stat; None elsewhere)."""
+    def snap() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                vals = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+        return sum(vals), idle
+
+    a = snap()
+    time.sleep(window_s)
+    b = snap()
+    if a is None or b is None or b[0] == a[0]:
+        return None
+    return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
+
+
+def wait_quiet(max_s: float, busy_below: float = 0.15, window_s: float = 2.0) -> tuple[float, float | None]:
+    """Wait until the machine is quiet (< `busy_below` of its cores busy over `window_s`), at most `max_s`.
+
+    A server that just answered its health check is not idle yet: Ray's dashboard, agents and metrics keep the
+    cores busy for tens of seconds after start, and a benchmark run then measures their start-up as well.
+    Returns (seconds waited, the last busy fraction)."""
+    t0 = time.monotonic()
+    busy = None
+    while time.monotonic() - t0 < max_s:
+        busy = machine_busy(window_s)
+        if busy is None or busy < busy_below:
+            break
+    return time.monotonic() - t0, busy
+
+
 def triton_ready(target: str) -> bool:
     import grpc
 
@@ -730,6 +767,12 @@ def run_bench(cfg: BenchConfig) -> dict:
             _log(f"waiting for Triton at {triton_target} ...")
             wait_until(lambda: (triton_proc is None or triton_proc.log_has("READY")) and triton_ready(triton_target),
                        cfg.startup_timeout, f"Triton at {triton_target}", triton_proc)
+
+        if procs and cfg.settle_s > 0:  # servers we started: let their start-up activity end first
+            waited, busy = wait_quiet(cfg.settle_s)
+            report["machine"]["settle"] = {"seconds": round(waited, 1), "busy": None if busy is None else round(busy, 3)}
+            _log(f"machine {'quiet' if busy is None or busy < 0.15 else 'still busy'} after {waited:.0f}s "
+                 f"({'?' if busy is None else f'{100 * busy:.0f}%'} of the cores busy)")
 
         # 3) latentserve and Triton through the same harness, interleaved per mode
         md = tuple(x for x in ((("authorization", f"Bearer {cfg.token}") if cfg.token else None),

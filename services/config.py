@@ -54,6 +54,12 @@ class ServeConfig:
 
     # -- dynamic batching (per model replica, encode and decode each) ------------------------------------
     max_batch_size: int = 64  # rows (images/latents) per model call; bigger requests are split into chunks
+    # a forming batch closes as soon as this many rows wait (0 = max_batch_size; capped at max_batch_size, so
+    # a smaller max_batch_size needs no change here); a backlog is still taken up
+    # to max_batch_size rows. Smaller than the clients' concurrency on purpose: single-image clients then
+    # split into groups whose batches alternate (one runs while the next group's requests are read), instead
+    # of all waiting for one big batch and leaving the gRPC thread idle while it runs (benchmarks/README.md)
+    preferred_batch_size: int = 16
     # how long the first request of a batch waits for company at most; a batch also closes once no request
     # arrived for batch_idle_timeout_s (the burst is over, e.g. every waiting client is queued), so light load
     # waits ~2 ms while sustained load grows batches up to this wait (services/model_server.py Batcher)
@@ -202,6 +208,7 @@ class ServeConfig:
         if not isinstance(self.providers, list) or any(p not in KNOWN_PROVIDERS for p in self.providers):
             bad("providers", f"must be a list of {', '.join(KNOWN_PROVIDERS)} ([] = auto)")
         int_range("max_batch_size", 1, 4096)
+        int_range("preferred_batch_size", 0, 4096)
         num_range("batch_wait_timeout_s", 0.0, 1.0)
         num_range("batch_idle_timeout_s", 0.0, 1.0)
         int_range("max_concurrent_batches", 1, 16)

@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
     p.add_argument("--duration", type=float, default=10.0, help="measuring window per run, seconds (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up per run, seconds (default 2)")
+    p.add_argument("--settle", type=float, default=60.0,
+                   help="after starting servers, wait at most this long for the machine to go quiet (< 15%% of "
+                        "the cores busy) before measuring; 0 = measure at once (default 60)")
     p.add_argument("--concurrency", type=_ints, default=(8, 32, 64),
                    help="single-image concurrencies (default 8,32,64)")
     p.add_argument("--bulk-size", type=int, default=64, help="images per bulk request (default 64)")
@@ -83,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                       target=None if args.start else resolve_target(args),
                       start=args.start, serve_args=tuple(shlex.split(args.serve_args)), server_pid=args.server_pid,
                       label=args.label,
-                      duration=args.duration, warmup=args.warmup,
+                      duration=args.duration, warmup=args.warmup, settle_s=args.settle,
                       concurrency=tuple(args.concurrency), bulk_size=args.bulk_size,
                       bulk_concurrency=args.bulk_concurrency, threads=args.threads, triton=not args.no_triton,
                       triton_target=args.triton_target, triton_port=args.triton_port,

@@ -50,6 +50,8 @@ def register(sub) -> None:
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved per model replica (default 1)")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")
     p.add_argument("--max-batch-size", type=int, default=None, help="rows per model call (default 64)")
+    p.add_argument("--preferred-batch-size", type=int, default=None,
+                   help="a forming batch runs once this many rows wait (default 16; 0 = --max-batch-size)")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="longest dynamic batching wait in ms (default 10; a batch "
                                                                   "also closes 2 ms after the newest request)")
     p.add_argument("--max-ongoing", type=int, default=None, help="concurrent requests per replica (default 128)")
@@ -87,6 +89,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "models": args.models, "backend": args.backend, "replicas": args.replicas,
         "ingress_replicas": args.ingress_replicas, "intra_op_threads": args.threads, "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus, "max_batch_size": args.max_batch_size,
+        "preferred_batch_size": args.preferred_batch_size,
         "batch_wait_timeout_s": None if args.batch_wait_ms is None else args.batch_wait_ms / 1000.0,
         "max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued,
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,

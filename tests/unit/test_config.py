@@ -42,6 +42,8 @@ def test_explicit_overrides_win_over_env_and_none_is_skipped():
 @pytest.mark.parametrize("field,value,needle", [
     ("backend", "tensorrt", "backend"),
     ("max_batch_size", 0, "max_batch_size"),
+    ("preferred_batch_size", 5000, "preferred_batch_size"),
+    ("preferred_batch_size", -1, "preferred_batch_size"),
     ("batch_wait_timeout_s", -0.1, "batch_wait_timeout_s"),
     ("grpc_port", 70000, "grpc_port"),
     ("max_queued_requests", 0, "max_queued_requests"),

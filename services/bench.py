@@ -594,7 +594,10 @@ def machine_busy(window_s: float = 2.0) -> float | None:
     return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
 
 
-def wait_quiet(max_s: float, busy_below: float = 0.15, window_s: float = 2.0) -> tuple[float, float | None]:
+QUIET_BUSY = 0.15  # the machine counts as quiet below this fraction of its cores busy
+
+
+def wait_quiet(max_s: float, busy_below: float = QUIET_BUSY, window_s: float = 2.0) -> tuple[float, float | None]:
     """Wait until the machine is quiet (< `busy_below` of its cores busy over `window_s`), at most `max_s`.
 
     A server that just answered its health check is not idle yet: Ray's dashboard, agents and metrics keep the
@@ -771,7 +774,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         if procs and cfg.settle_s > 0:  # servers we started: let their start-up activity end first
             waited, busy = wait_quiet(cfg.settle_s)
             report["machine"]["settle"] = {"seconds": round(waited, 1), "busy": None if busy is None else round(busy, 3)}
-            _log(f"machine {'quiet' if busy is None or busy < 0.15 else 'still busy'} after {waited:.0f}s "
+            _log(f"machine {'quiet' if busy is None or busy < QUIET_BUSY else 'still busy'} after {waited:.0f}s "
                  f"({'?' if busy is None else f'{100 * busy:.0f}%'} of the cores busy)")
 
         # 3) latentserve and Triton through the same harness, interleaved per mode

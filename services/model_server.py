@@ -135,9 +135,8 @@ class Batcher:
     `submit(item)` queues an item and awaits its result. A background task forms batches: it waits for a free
     slot (`max_concurrent` batches in flight), then for queued work (while another batch runs: for at least
     `preferred_rows // 2` queued rows, or for that batch to end), then for company: until `preferred_rows`
-    (default `max_rows`) rows wait, or
-    `wait_s` after the oldest queued item arrived, or `idle_s` (default: `wait_s`) after both the newest
-    arrival and the start of this wait. It hands the batch (items whose callers were not cancelled, at most
+    (default `max_rows`) rows wait, or `wait_s` after the oldest queued item arrived, or `idle_s` (default:
+    `wait_s`) after both the newest arrival and the start of this wait. It hands the batch (items whose callers were not cancelled, at most
     `max_rows` rows, at least one item) to `run_batch(items) -> results` as a task. An exception fails every
     request of its batch, never the batcher."""
 

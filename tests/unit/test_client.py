@@ -356,9 +356,20 @@ def test_bench_config_checks():
 
     BenchConfig().validate()
     for kwargs in ({"duration": 0}, {"concurrency": ()}, {"concurrency": (0,)}, {"bulk_size": 0}, {"threads": 0},
-                   {"target": "h:1", "start": True}):
+                   {"target": "h:1", "start": True}, {"settle_s": -1}):
         with pytest.raises(ValidationError):
             BenchConfig(**kwargs).validate()
+
+
+def test_bench_machine_busy_and_wait_quiet():
+    from latentserve.services.bench import machine_busy, wait_quiet
+
+    busy = machine_busy(0.2)
+    assert busy is None or 0.0 <= busy <= 1.0
+    waited, last = wait_quiet(0.0)  # no time to wait: returns at once, without a measurement
+    assert waited < 1.0 and last is None
+    waited, last = wait_quiet(5.0, busy_below=1.01, window_s=0.1)  # any machine is below 101% busy
+    assert waited < 5.0 and (last is None or last <= 1.0)
 
 
 def test_bench_drive_counts_only_the_measuring_window():

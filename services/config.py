@@ -54,11 +54,12 @@ class ServeConfig:
 
     # -- dynamic batching (per model replica, encode and decode each) ------------------------------------
     max_batch_size: int = 64  # rows (images/latents) per model call; bigger requests are split into chunks
-    # a forming batch closes as soon as this many rows wait (0 = max_batch_size; capped at max_batch_size, so
-    # a smaller max_batch_size needs no change here); a backlog is still taken up to max_batch_size rows.
-    # Smaller than the clients' concurrency on purpose: single-image clients then split into groups whose
-    # batches alternate (one runs while the next group's requests are read), instead of all waiting for one
-    # big batch and leaving the gRPC thread idle while it runs (benchmarks/README.md)
+    # a forming batch closes as soon as this many rows wait, and combines requests only up to this many rows
+    # (one request may still have max_batch_size); 0 = max_batch_size; capped at max_batch_size, so a smaller
+    # max_batch_size needs no change here. Smaller than the clients' concurrency on purpose: single-image
+    # clients then split into groups whose batches alternate (one runs while the next group's requests are
+    # read), instead of all waiting for one big batch and leaving the gRPC thread idle while it runs
+    # (benchmarks/README.md)
     preferred_batch_size: int = 16
     # how long the first request of a batch waits for company at most; a batch also closes once no request
     # arrived for batch_idle_timeout_s (the burst is over, e.g. every waiting client is queued), so light load

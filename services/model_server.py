@@ -12,11 +12,12 @@ used and a canary can be tried before `serve deploy` makes it the default.
 Batching: a `Batcher` per runner and method (encode, decode) collects concurrent requests on the event loop
 the runner is used from until `preferred_batch_size` rows wait, for at most `batch_wait_timeout_s` after the
 oldest waiting request arrived and only while requests keep coming (it closes once none arrived for
-`batch_idle_timeout_s`); a backlog is taken up to `max_batch_size` rows. The preferred size is below the
-clients' concurrency on purpose: 32 single-image clients then split into groups whose batches alternate (one
-runs while the gRPC thread reads and answers the other group), where one batch of all 32 left the gRPC
-thread idle while it ran and the model idle while the next 32 requests were read (measured: c=32 1,770 ->
-2,240-2,340 images/s, benchmarks/README.md). At most `max_concurrent_batches` batches are in flight, but a
+`batch_idle_timeout_s`). Requests are combined up to `preferred_batch_size` rows; one request of up to
+`max_batch_size` rows runs as one call. The preferred size is below the clients' concurrency on purpose: 32
+single-image clients then split into groups whose batches alternate (one runs while the gRPC thread reads
+and answers the other group), where one batch of all 32 left the gRPC thread idle while it ran and the model
+idle while the next 32 requests were read; and a batch never takes more than that, because taking the whole
+backlog merged the groups again (measured: c=32 1,770 -> 2,000-2,340 images/s, benchmarks/README.md). At most `max_concurrent_batches` batches are in flight, but a
 batch only runs beside another one when it has at least half of `max_batch_size` rows: bulk requests use
 several cores at once, while single-image requests keep gathering behind the running batch. A batch is grouped by
 version, concatenated and run on a small thread pool (ONNX Runtime releases the GIL, so the event loop
@@ -136,9 +137,10 @@ class Batcher:
     slot (`max_concurrent` batches in flight), then for queued work (while another batch runs: for at least
     `max_rows // 2` queued rows, or for that batch to end), then for company: until `preferred_rows`
     (default `max_rows`) rows wait, or `wait_s` after the oldest queued item arrived, or `idle_s` (default:
-    `wait_s`) after both the newest arrival and the start of this wait. It hands the batch (items whose callers were not cancelled, at most
-    `max_rows` rows, at least one item) to `run_batch(items) -> results` as a task. An exception fails every
-    request of its batch, never the batcher."""
+    `wait_s`) after both the newest arrival and the start of this wait. It hands the batch (items whose
+    callers were not cancelled: the first one whatever its size, up to `max_rows`, and more only within
+    `preferred_rows` rows) to `run_batch(items) -> results` as a task. An exception fails every request of its
+    batch, never the batcher."""
 
     def __init__(self, run_batch: Callable[[list[_Item]], Awaitable[list[Any]]], max_rows: int, wait_s: float,
                  max_concurrent: int, name: str = "batch", idle_s: float | None = None,
@@ -146,7 +148,8 @@ class Batcher:
         self._run_batch = run_batch
         self._on_wait = on_wait  # called with each item's queue wait (seconds) when its batch is taken
         self.max_rows, self.wait_s, self.max_concurrent = int(max_rows), float(wait_s), int(max_concurrent)
-        # a forming batch stops waiting for company at preferred_rows (0 = max_rows); it takes up to max_rows
+        # a forming batch stops waiting for company at preferred_rows (0 = max_rows) and combines requests only
+        # up to that many rows; a single request may have up to max_rows
         self.preferred_rows = min(self.max_rows, int(preferred_rows) or self.max_rows)
         # rows a batch needs to run beside another one: half of max_rows, not of preferred_rows, so bulk requests
         # use several cores while single-image groups strictly alternate (two small batches running at once
@@ -208,7 +211,7 @@ class Batcher:
                 self._queue.popleft()
                 self._rows -= item.rows
                 continue
-            if batch and rows + item.rows > self.max_rows:
+            if batch and rows + item.rows > self.preferred_rows:  # combined requests: at most preferred_rows
                 break
             self._queue.popleft()
             self._rows -= item.rows

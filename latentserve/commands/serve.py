@@ -51,7 +51,8 @@ def register(sub) -> None:
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")
     p.add_argument("--max-batch-size", type=int, default=None, help="rows per model call (default 64)")
     p.add_argument("--preferred-batch-size", type=int, default=None,
-                   help="a forming batch runs once this many rows wait (default 16; 0 = --max-batch-size)")
+                   help="a batch runs once this many rows wait and combines requests up to that many rows "
+                        "(default 16; 0 = --max-batch-size)")
     p.add_argument("--batch-wait-ms", type=float, default=None, help="longest dynamic batching wait in ms (default 10; a batch "
                                                                   "also closes 2 ms after the newest request)")
     p.add_argument("--max-ongoing", type=int, default=None, help="concurrent requests per replica (default 128)")

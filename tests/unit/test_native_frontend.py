@@ -60,11 +60,11 @@ def test_batcher_does_not_wait_when_the_batch_is_full():
     assert asyncio.run(main()) < 1.0
 
 
-def test_batcher_runs_at_preferred_rows_and_takes_a_backlog_up_to_max_rows():
-    calls: list[int] = []
+def test_batcher_runs_at_preferred_rows_and_combines_no_more():
+    calls: list[list[int]] = []
 
     async def run(items):
-        calls.append(sum(it.rows for it in items))
+        calls.append([it.rows for it in items])
         await asyncio.sleep(0.05)  # the next requests queue up behind this batch
         return [None] * len(items)
 
@@ -74,12 +74,13 @@ def test_batcher_runs_at_preferred_rows_and_takes_a_backlog_up_to_max_rows():
         t0 = loop.time()
         first = [asyncio.ensure_future(b.submit(_item(1))) for _ in range(2)]
         await asyncio.sleep(0.01)  # the first batch (2 rows = preferred) runs without waiting for company
-        later = [asyncio.ensure_future(b.submit(_item(1))) for _ in range(11)]
+        later = [asyncio.ensure_future(b.submit(_item(r))) for r in (1, 1, 1, 6, 1, 1)]
         await asyncio.gather(*first, *later)
         return loop.time() - t0
 
     assert asyncio.run(main()) < 1.0  # never waited out wait_s
-    assert calls == [2, 8, 3]  # the backlog runs in batches of up to max_rows, not of preferred_rows
+    # the backlog is not merged into one batch: requests combine up to 2 rows, a 6-row request runs alone
+    assert calls == [[1, 1], [1, 1], [1], [6], [1, 1]]
 
 
 def test_batcher_drops_cancelled_requests_before_running_them():

@@ -17,11 +17,11 @@ oldest waiting request arrived and only while requests keep coming (it closes on
 single-image clients then split into groups whose batches alternate (one runs while the gRPC thread reads
 and answers the other group), where one batch of all 32 left the gRPC thread idle while it ran and the model
 idle while the next 32 requests were read; and a batch never takes more than that, because taking the whole
-backlog merged the groups again (measured: c=32 1,770 -> 2,000-2,340 images/s, benchmarks/README.md). At most `max_concurrent_batches` batches are in flight, but a
-batch only runs beside another one when it has at least half of `max_batch_size` rows: bulk requests use
-several cores at once, while single-image requests keep gathering behind the running batch. A batch is grouped by
-version, concatenated and run on a small thread pool (ONNX Runtime releases the GIL, so the event loop
-keeps serving). A request whose caller was cancelled (client deadline, disconnect) while it waited is
+backlog merged the groups again (measured: c=32 1,770 -> 2,000-2,340 images/s, benchmarks/README.md). At
+most `max_concurrent_batches` batches are in flight, but a batch only runs beside another one when it has at
+least half of `max_batch_size` rows: bulk requests use several cores at once, while single-image requests
+keep gathering behind the running batch. A batch is grouped by version, concatenated and run on a small
+thread pool (ONNX Runtime releases the GIL, so the event loop keeps serving). A request whose caller was cancelled (client deadline, disconnect) while it waited is
 dropped before its batch runs. A request with more rows than `max_batch_size` skips the queue and runs in
 chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="uint8"`), converted once per
 batch in the worker thread, so callers that send 8-bit images never see float32 (a model-server deployment
@@ -193,8 +193,8 @@ class Batcher:
         self._wakeup.set()
         if self._rows >= self.parallel_rows:
             self._parallel.set()
-            if self._rows >= self.preferred_rows:
-                self._full.set()
+        if self._rows >= self.preferred_rows:  # independent: preferred_rows may be below parallel_rows
+            self._full.set()
         return await fut  # cancelling the caller cancels `fut`: the batcher then skips the item
 
     @property

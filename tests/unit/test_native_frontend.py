@@ -83,6 +83,27 @@ def test_batcher_runs_at_preferred_rows_and_combines_no_more():
     assert calls == [[1, 1], [1, 1], [1], [6], [1, 1]]
 
 
+def test_batcher_closes_when_arrivals_reach_preferred_rows_below_the_parallel_threshold():
+    # preferred_rows (2) < max_rows // 2 (4): the batch must close when the second row arrives, not on its timers
+    calls: list[int] = []
+
+    async def run(items):
+        calls.append(len(items))
+        return [None] * len(items)
+
+    async def main():
+        b = Batcher(run, max_rows=8, preferred_rows=2, wait_s=5.0, max_concurrent=1)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        first = asyncio.ensure_future(b.submit(_item(1)))
+        await asyncio.sleep(0.05)  # the batcher is now waiting for company with one row
+        await asyncio.gather(first, b.submit(_item(1)))
+        return loop.time() - t0
+
+    assert asyncio.run(main()) < 1.0
+    assert calls == [2]
+
+
 def test_batcher_drops_cancelled_requests_before_running_them():
     ran: list[int] = []
 

@@ -10,6 +10,9 @@ Metrics (all images compared in the networks' [-1,1] space unless said otherwise
   stricter "recognisable" share: classified as requested AND inside the k-NN manifold of the real test images
   of that class in the probe's feature space (the per-sample test of precision), since a classifier must
   name some class even for a blank or a blob.
+- GAN-test with the label check (models/class_check.py) at its default threshold, per source: samples whose
+  label the model's own class head gives less than the threshold are redrawn, as Sample does by default for
+  models whose head is reliable; with the share of draws accepted.
 - Knob R²: prior samples are moved with `LatentSpace.set_factor` to target values spread evenly over the
   factor's [low, high] (shuffled), decoded, and the probe's factor head measures them; R² (1 - SS_res/SS_tot)
   and MAE of measured vs requested, in the factor's natural units.
@@ -40,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import NotFoundError, ValidationError
+from latentserve.models import class_check
 from latentserve.models.latent import latents_under_labels
 from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
 from latentserve.models.repository import ModelRecord, Repository
@@ -263,6 +267,36 @@ def _latent_space(record: ModelRecord):
     raise NotFoundError(f"{record.name} v{record.version} has a class_gaussian prior but no latent_space.npz")
 
 
+def _draw_fns(space, temperature: float) -> dict:
+    """source -> draw(labels (N,), rng) -> latents (N, D): the prior at the model's sampling temperature, and
+    the latent GMM when the model has one."""
+    fns = {"prior": lambda y, g: space.sample_prior(y, g, temperature=temperature)}
+    if space.gmm_weights is not None:
+        fns["latent_gmm"] = lambda y, g: space.sample_gmm(y, g)
+    return fns
+
+
+def _gan_test(probe: "OnnxGraph", real_probe: dict, split, images: np.ndarray, labels: np.ndarray,
+              classes: list[str]) -> dict:
+    """GAN-test of generated images (N, 3, H, W) requested with `labels`: the probe's class accuracy per class
+    and its "recognisable" share: classified as requested AND inside the probe-feature manifold of real images
+    of that class. The classifier alone must say some class for any input, and a blank or blob image can land
+    on the requested one (measured: a VAE whose triangle samples were near-black scored 100%)."""
+    out = _probe_outputs(probe, images)
+    pred = out["logits"].argmax(1)
+    per_class = {c: float((pred[labels == i] == i).mean()) for i, c in enumerate(classes)}
+    recog = {}
+    for i, c in enumerate(classes):
+        real_c = real_probe["features"][split.labels == i]
+        rows = labels == i
+        ok = pred[rows] == i
+        recog[c] = (float((ok & inside_manifold(real_c, out["features"][rows], PRDC_K)).mean())
+                    if len(real_c) > PRDC_K else None)  # None: too few real images of the class to tell
+    known = [v for v in recog.values() if v is not None]
+    return {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class,
+            "recognisable": {"mean": float(np.mean(known)) if known else None, "per_class": recog}}
+
+
 def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_class: int = DEFAULT_N_PER_CLASS,
                    seed: int = 0, threads: int | None = 1) -> dict:
     """All metrics of one generative model (see the module doc) -> JSON-able dict (NaN -> None)."""
@@ -298,32 +332,14 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
 
     # Samples per source: balanced labels for GAN-test.
     labels = _balanced_labels(n_classes, n_per_class)
-    sources = {"prior": lambda y: space.sample_prior(y, rng, temperature=temperature)}
-    if space.gmm_weights is not None:
-        sources["latent_gmm"] = lambda y: space.sample_gmm(y, rng)
+    sources = {src: (lambda y, f=f: f(y, rng)) for src, f in _draw_fns(space, temperature).items()}
     metrics["gan_test"], metrics["coverage"] = {}, {}
     # Coverage: a real subset (same count as generated), its labels drive generation.
     n_cov = min(len(split), n_per_class * n_classes)
     cov_idx = np.sort(rng.choice(len(split), size=n_cov, replace=False))
     real_feat = real_probe["features"][cov_idx]
     for src, sample in sources.items():
-        out = _probe_outputs(probe, decode(sample(labels), labels))
-        pred = out["logits"].argmax(1)
-        per_class = {c: float((pred[labels == i] == i).mean()) for i, c in enumerate(classes)}
-        # "recognisable": classified as requested AND inside the probe-feature manifold of real images of that
-        # class. The classifier alone must say some class for any input, and a blank or blob image can land
-        # on the requested one (measured: a VAE whose triangle samples were near-black scored 100%).
-        recog = {}
-        for i, c in enumerate(classes):
-            real_c = real_probe["features"][split.labels == i]
-            rows = labels == i
-            ok = pred[rows] == i
-            recog[c] = (float((ok & inside_manifold(real_c, out["features"][rows], PRDC_K)).mean())
-                        if len(real_c) > PRDC_K else None)  # None: too few real images of the class to tell
-        known = [v for v in recog.values() if v is not None]
-        metrics["gan_test"][src] = {"mean": float(np.mean(list(per_class.values()))), "per_class": per_class,
-                                    "recognisable": {"mean": float(np.mean(known)) if known else None,
-                                                     "per_class": recog}}
+        metrics["gan_test"][src] = _gan_test(probe, real_probe, split, decode(sample(labels), labels), labels, classes)
         y_cov = split.labels[cov_idx].astype(np.int64)
         fake_feat = _probe_outputs(probe, decode(sample(y_cov), y_cov))["features"]
         metrics["coverage"][src] = {**prdc(real_feat, fake_feat, PRDC_K), "n": int(n_cov), "k": PRDC_K}
@@ -335,9 +351,8 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     # a source does not change another's figures.
     probe_factors = probe_factor_names(probe_record)
     probe_r2 = _probe_factor_r2(real_probe["factors"], split, probe_factors, [f["name"] for f in record.factors])
-    knob_sources = {"prior": (rng, lambda y, g: space.sample_prior(y, g, temperature=temperature))}
-    if space.gmm_weights is not None:
-        knob_sources["latent_gmm"] = (np.random.default_rng(seed + 2), lambda y, g: space.sample_gmm(y, g))
+    knob_sources = {src: (rng if src == "prior" else np.random.default_rng(seed + 2), f)
+                    for src, f in _draw_fns(space, temperature).items()}
     metrics["knobs"] = {}
     for f in record.factors:
         name = f["name"]
@@ -359,6 +374,25 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     # Encoder figures on real test images.
     enc = encoder(image=real)
     metrics["encoder_accuracy"] = float((enc["logits"].argmax(1) == split.labels).mean())
+    # The label check Sample applies (models/class_check.py), at its default threshold, for every source, with
+    # its own generator so the unchecked figures above stay as they were. Measured whether or not the check is
+    # on by default for this model (`class_check.default_threshold`, which reads encoder_accuracy above).
+    threshold = class_check.DEFAULT_THRESHOLD
+    classify = lambda x: encoder(image=x.astype(np.float32))["logits"]  # noqa: E731
+    for i, (src, draw_fn) in enumerate(sorted(_draw_fns(space, temperature).items())):
+        gen = np.random.default_rng(seed + 3 + i)
+
+        def checked(y: np.ndarray) -> class_check.Checked:
+            loop = class_check.check_loop(lambda rows, r: draw_fn(y[rows], gen), y, threshold)
+            return class_check.run_sync(loop, decode, classify)
+
+        c = checked(labels)
+        metrics["gan_test"][src]["class_check"] = {
+            **_gan_test(probe, real_probe, split, c.images, labels, classes), "threshold": threshold,
+            "accepted": len(labels) / c.draws, "passed": c.passed / len(labels)}
+        # and whether it costs diversity: the same coverage figures as above, of checked samples
+        fake_feat = _probe_outputs(probe, checked(split.labels[cov_idx].astype(np.int64)).images)["features"]
+        metrics["coverage"][src]["class_check"] = prdc(real_feat, fake_feat, PRDC_K)
     recon = decode(latents_under_labels(enc, split.labels), split.labels)
     if record.family == "flow":
         roundtrip = float(np.max(np.abs(recon.astype(np.float64) - real)))
@@ -447,9 +481,15 @@ def format_table(record: ModelRecord, metrics: dict) -> str:
             if "recognisable" in m:
                 rows.append((f"  recognisable: right class + on the real manifold ({src})",
                              _fmt(m["recognisable"]["mean"])))
+            if "class_check" in m:
+                c = m["class_check"]
+                rows.append((f"  with the label check at {c['threshold']:g} ({src}; recognisable, draws accepted)",
+                             f"{_fmt(c['mean'])} ({_fmt(c['recognisable']['mean'])}, {_fmt(c['accepted'])})"))
         for src, m in metrics.get("coverage", {}).items():
-            rows.append((f"P / R / D / C ({src}, k={m['k']}, n={m['n']})",
-                         " / ".join(_fmt(m[x]) for x in ("precision", "recall", "density", "coverage"))))
+            for label, fig in ((src, m), (f"{src}, label check", m.get("class_check"))):
+                if fig:
+                    rows.append((f"P / R / D / C ({label}, k={m['k']}, n={m['n']})",
+                                 " / ".join(_fmt(fig[x]) for x in ("precision", "recall", "density", "coverage"))))
         for f, m in metrics.get("knobs", {}).items():
             for src, fig in m.get("by_source", {"prior": m}).items():
                 rows.append((f"knob {f} R2 / MAE ({src}; probe's own R2)",

@@ -3,10 +3,12 @@
 `run_job(client, spec, out_dir)` streams the job's shards (LatentClient.augment) and writes:
 
     DIR/augment.json          the job manifest: the spec as given and its sha256, the model version the job
-                              runs with (pinned at the first run, so a resume never switches versions), sizes,
+                              runs with and its label-check threshold (both pinned at the first run, so a
+                              resume never switches them; class_check -1 = off), sizes,
                               class names, factor columns, and `complete` once everything is written
     DIR/<class>/<index>.png   the images (ImageFolder layout; .jpg for jpeg), index zero-padded
-    DIR/labels.csv            path,index,class,label,<one column per factor>,seed,handle,model,version
+    DIR/labels.csv            path,index,class,label,<one column per factor>,seed,handle,model,version,
+                              class_confidence (the model's own p(label) with the label check, else empty)
     DIR/.augment/             work state, removed when the job completes: shards/<k>.csv holds the label
                               rows of shard k and is written (atomically) only after every image of the
                               shard is on disk; tmp/ holds files being written
@@ -111,18 +113,23 @@ class AugmentJob:
                     f"{self.out} holds another augment job (spec sha256 {str(old.get('spec_sha256'))[:12]}, this spec "
                     f"{self.digest[:12]}): use another --out, or delete it to start over")
             version = int(old["version"])
+            pinned = float(old.get("class_check", -1.0))  # jobs written before the check existed ran without
         else:
             if self.out.exists() and any(self.out.iterdir()):
                 raise ValidationError(f"{self.out} is not empty and holds no augment job ({MANIFEST}): "
                                       "use an empty or new folder")
             version = self.spec.version
+            pinned = None
         info = self.client.get_model(self.spec.model, version or None)
         check_spec(self.spec, facts_from_info(info), files=True)
-        self.run_spec = AugmentSpec(**{**self.spec.__dict__, "version": info.version})
+        if pinned is None:  # 0 = the model's default threshold, which is 0 when the check is off for it
+            resolved = self.spec.class_check or info.default_class_check
+            pinned = round(float(resolved), 6) if resolved > 0 else -1.0
+        self.run_spec = AugmentSpec(**{**self.spec.__dict__, "version": info.version, "class_check": pinned})
         factors = [f.name for f in self.spec.factors]
         self.manifest = {
             "spec": self.spec.to_dict(), "spec_sha256": self.digest, "model": info.name, "version": info.version,
-            "count": self.spec.count, "shard_size": self.spec.shard_size, "num_shards": self.spec.num_shards,
+            "class_check": pinned, "count": self.spec.count, "shard_size": self.spec.shard_size, "num_shards": self.spec.num_shards,
             "format": self.spec.format, "class_names": list(info.class_names), "factors": factors,
             "labels": LABELS, "layout": "imagefolder", "complete": False,
         }
@@ -141,7 +148,8 @@ class AugmentJob:
         return [k for k in range(self.spec.num_shards) if k not in done]
 
     def _header(self) -> list[str]:
-        return ["path", "index", "class", "label", *self.manifest["factors"], "seed", "handle", "model", "version"]
+        return ["path", "index", "class", "label", *self.manifest["factors"], "seed", "handle", "model", "version",
+                "class_confidence"]
 
     def rel_path(self, index: int, label: int) -> str:
         return f"{self.class_names[label]}/{index:0{self.width}d}{self.ext}"
@@ -161,7 +169,8 @@ class AugmentJob:
             files.append((path, chunk.images[j]))
             rows.append([rel, str(index), self.class_names[label], str(label),
                          *(repr(float(chunk.factors[n][j])) for n in names), str(int(chunk.seeds[j])),
-                         chunk.handles[j] if chunk.handles else "", chunk.model, str(chunk.version)])
+                         chunk.handles[j] if chunk.handles else "", chunk.model, str(chunk.version),
+                         "" if chunk.class_confidence is None else f"{float(chunk.class_confidence[j]):.6f}"])
         list(self._writers.map(lambda f: _atomic_write(f[0], f[1], tmp), files))
 
     def _commit_shard(self, shard: int, rows: list[list[str]]) -> None:

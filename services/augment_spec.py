@@ -18,6 +18,7 @@ A spec (YAML / dict form, every key but `model` and `count` or `class_counts` op
       hue: {grid: [0.1, 0.9, 5]}     5 evenly spaced values (low, high, steps)
       shade: {values: [0.2, 0.4]}    these values
     source: prior | latent_gmm       seed: 7 (>= 1)       temperature: 0 (= model default)
+    class_check: 0.9                 label check threshold in (0, 1); 0 / absent = model default, < 0 = off
     format: png | jpeg | uint8 | float32 (files: png or jpeg)   shard_size: 256   handles: true
 
 The plan (`AugmentPlan`): image i of a job is a pure function of (spec, i):
@@ -29,6 +30,9 @@ The plan (`AugmentPlan`): image i of a job is a pure function of (spec, i):
 - its factor values: fixed values; range draws from splitmix64(seed, factor position) (so they too follow
   from the per-image seed); grid / list points combined (cartesian product, last factor fastest) and cycled
   over the image's rank within its class.
+With the label check (models/class_check.py), image i's candidates are draws of its own generators:
+default_rng(seed_i) first, then default_rng([seed_i, r]) for redraw r, so a checked image too depends only on
+(spec, i) and the model, never on the batch it is made in.
 Shards are consecutive index ranges of `shard_size` images: shard k = [k * shard_size, (k+1) * shard_size).
 Same spec, same server code and numpy -> same bytes.
 """
@@ -54,7 +58,7 @@ FILE_FORMATS = ("png", "jpeg")
 SOURCES = ("prior", "latent_gmm")
 FACTOR_KINDS = ("value", "range", "grid", "values")
 SPEC_KEYS = ("model", "version", "count", "class_counts", "class_weights", "factors", "source", "seed",
-             "temperature", "format", "shard_size", "handles")
+             "temperature", "format", "shard_size", "handles", "class_check")
 
 
 @dataclass
@@ -103,6 +107,7 @@ class AugmentSpec:
     format: str = "png"
     shard_size: int = DEFAULT_SHARD_SIZE
     handles: bool = True
+    class_check: float = 0.0  # label-check threshold in (0, 1); 0 = the model's default, < 0 = off
 
     @property
     def num_shards(self) -> int:
@@ -123,6 +128,8 @@ class AugmentSpec:
         out["factors"] = {f.name: f.to_dict() for f in self.factors}
         out.update(source=self.source, seed=self.seed, temperature=self.temperature, format=self.format,
                    shard_size=self.shard_size, handles=self.handles)
+        if self.class_check:  # only when set: specs written before the check existed keep their digest
+            out["class_check"] = self.class_check
         return out
 
     def digest(self) -> str:
@@ -250,10 +257,14 @@ def parse_spec(data: Any, where: str = "spec") -> AugmentSpec:
     handles = data.get("handles", True)
     if not isinstance(handles, bool):
         raise ValidationError(f"{where}.handles: expected true or false, got {handles!r}")
+    check = _float(data.get("class_check", 0.0) or 0.0, f"{where}.class_check")
+    if check >= 1.0:
+        raise ValidationError(f"{where}.class_check: {check} must be below 1 (a probability; 0 = the model's "
+                              "default, < 0 = off)")
     return AugmentSpec(
         model=model.strip(), count=count, version=version, class_counts=counts, class_weights=weights,
         factors=factors, source=source, seed=_int(data.get("seed", 1), f"{where}.seed", 1, 2**64 - 1),
-        temperature=temperature, format=fmt, handles=handles,
+        temperature=temperature, format=fmt, handles=handles, class_check=-1.0 if check < 0 else check,
         shard_size=_int(data.get("shard_size", DEFAULT_SHARD_SIZE) or DEFAULT_SHARD_SIZE, f"{where}.shard_size",
                         1, MAX_SHARD_SIZE),
     )
@@ -382,10 +393,11 @@ class AugmentPlan:
 
 
 def sample_latent(space: Any, source: str, label: int, seed: int, temperature: float,
-                  targets: Mapping[str, float]) -> np.ndarray:
+                  targets: Mapping[str, float], attempt: int = 0) -> np.ndarray:
     """The latent (D,) float32 of one image: sample(label, default_rng(seed)), then every factor target set
-    with its knob. One row at a time, so the result never depends on which other images share a batch."""
-    rng = np.random.default_rng(int(seed))
+    with its knob. One row at a time, so the result never depends on which other images share a batch.
+    `attempt` r > 0 (a label-check redraw) draws from default_rng([seed, r]) instead."""
+    rng = np.random.default_rng(int(seed) if attempt == 0 else [int(seed), int(attempt)])
     labels = np.array([label], dtype=np.int64)
     z = space.sample_gmm(labels, rng, temperature) if source == "latent_gmm" else space.sample_prior(labels, rng, temperature)
     for name, value in targets.items():

@@ -59,39 +59,53 @@ class GeneratedBatch:
     factors: dict[str, np.ndarray]  # requested value per factor, float64 (n,)
     handles: list[str] = field(default_factory=list)
     shard_end: bool = False
+    confidence: np.ndarray | None = None  # float32 (n,) with the label check: the class head's p(label)
 
 
 def latents_for(space: Any, spec: AugmentSpec, labels: np.ndarray, seeds: np.ndarray,
-                factors: dict[str, np.ndarray], temperature: float) -> np.ndarray:
+                factors: dict[str, np.ndarray], temperature: float, attempt: int = 0) -> np.ndarray:
     """(n, D) float32 latents of a batch, row by row (see augment_spec.sample_latent)."""
     rows = [sample_latent(space, spec.source, int(labels[i]), int(seeds[i]), temperature,
-                          {name: values[i] for name, values in factors.items()})
+                          {name: values[i] for name, values in factors.items()}, attempt)
             for i in range(len(labels))]
     return np.stack(rows).astype(np.float32, copy=False)
+
+
+# check(draw, labels) -> (latents (n, D), rendered images, confidence (n,)): a label check of one batch, where
+# draw(rows, attempt) gives the latents of those rows' attempt-th candidates (services/ingress.py runs it)
+Check = Callable[[Callable[[np.ndarray, int], np.ndarray], np.ndarray], Awaitable[tuple[np.ndarray, list, np.ndarray]]]
 
 
 async def generate(spec: AugmentSpec, plan: AugmentPlan, shards: Sequence[int], space: Any, temperature: float,
                    render: Callable[[np.ndarray, np.ndarray], Awaitable[list]], batch_size: int,
                    store: Callable[[np.ndarray, np.ndarray], Awaitable[list[str]]] | None = None,
                    stats: AugmentStats | None = None, prefetch: int = AUGMENT_PREFETCH,
-                   parallel: int = AUGMENT_PARALLEL) -> AsyncIterator[GeneratedBatch]:
+                   parallel: int = AUGMENT_PARALLEL, check: Check | None = None) -> AsyncIterator[GeneratedBatch]:
     """The batches of `shards` in order. `render(latents, labels)` decodes and returns output images;
-    `store(latents, labels)` returns handles (None: no handles). At most `parallel` batches are being made at
-    once and `prefetch` wait to be sent. Closing the iterator (client gone, deadline) cancels the producer and
-    whatever model calls it awaits."""
+    `store(latents, labels)` returns handles (None: no handles); `check` (None: no label check) makes a batch
+    instead of `render`. At most `parallel` batches are being made at once and `prefetch` wait to be sent.
+    Closing the iterator (client gone, deadline) cancels the producer and whatever model calls it awaits."""
     stats = stats or AugmentStats()
     queue: asyncio.Queue = asyncio.Queue(maxsize=max(1, prefetch))
     loop = asyncio.get_running_loop()
 
     async def make(shard: int, b: int, e: int, stop: int) -> GeneratedBatch:
         labels, seeds, factors = plan.images(b, e)
-        z = await loop.run_in_executor(None, latents_for, space, spec, labels, seeds, factors, temperature)
         y = labels.astype(np.int64)
-        images = await render(z, y)
+        confidence = None
+        if check is None:
+            z = await loop.run_in_executor(None, latents_for, space, spec, labels, seeds, factors, temperature)
+            images = await render(z, y)
+        else:
+            def draw(rows: np.ndarray, attempt: int) -> np.ndarray:
+                return latents_for(space, spec, labels[rows], seeds[rows],
+                                   {name: values[rows] for name, values in factors.items()}, temperature, attempt)
+
+            z, images, confidence = await check(draw, y)
         handles = await store(z, y) if store is not None else []
         stats.batches += 1
         stats.images += e - b
-        return GeneratedBatch(shard, b, images, labels, seeds, factors, handles, e == stop)
+        return GeneratedBatch(shard, b, images, labels, seeds, factors, handles, e == stop, confidence)
 
     async def produce() -> None:
         pending: collections.deque[asyncio.Task] = collections.deque()

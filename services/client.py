@@ -185,6 +185,7 @@ class ModelInfo:
     max_guidance_steps: int = 0
     default_sample_source: str = "prior"  # what Sample uses when no source is given (a VAE: latent_gmm)
     max_refine_steps: int = 0
+    default_class_check: float = 0.0  # label-check threshold Sample / Augment use by default (0 = off)
 
     @property
     def latent_dim(self) -> int:
@@ -231,6 +232,8 @@ class SampleResult:
     handles: list[str]
     model: str = ""
     version: int = 0
+    # Sample with the label check: the model's own class-head probability of each label (None: no check)
+    class_confidence: np.ndarray | None = None
 
 
 # Edit returns the same four things as Sample.
@@ -253,6 +256,7 @@ class AugmentChunk:
     count: int  # images in the whole job
     model: str = ""
     version: int = 0
+    class_confidence: np.ndarray | None = None  # float32 (n,) with the label check, else None
 
     @property
     def indices(self) -> range:
@@ -606,7 +610,7 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                          class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
                          seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                          return_handles: bool = False, version: int | None = None,
-                         guidance: Mapping[str, Any] | None = None) -> pb.SampleRequest:
+                         guidance: Mapping[str, Any] | None = None, class_check: float = 0.0) -> pb.SampleRequest:
     n = int(n)
     if n < 1:
         raise ValidationError(f"n must be >= 1, got {n}")
@@ -617,11 +621,14 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValidationError(f"temperature must be >= 0 (0 = model default), got {temperature}")
+    class_check = float(class_check)
+    if not (math.isfinite(class_check) and class_check < 1):
+        raise ValidationError(f"class_check must be below 1 (0 = the model's default, < 0 = off), got {class_check}")
     req = pb.SampleRequest(model=_check_model(model), version=_version(version), n=n, seed=_seed(seed),
                            temperature=temperature,
                            source=pb.SAMPLE_SOURCE_UNSPECIFIED if source is None else SAMPLE_SOURCES[source],
                            format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
-                           knobs=_float_map(knobs, "knobs"))
+                           knobs=_float_map(knobs, "knobs"), class_check=class_check)
     if label is not None:
         if int(label) < 0:
             raise ValidationError(f"label must be >= 0, got {label}")
@@ -690,7 +697,7 @@ def build_augment_request(spec: Any, shards: Sequence[int] | None = None) -> pb.
     msg = pb.AugmentSpec(model=spec.model, version=spec.version, count=spec.count, seed=spec.seed,
                          source=SAMPLE_SOURCES[spec.source], temperature=spec.temperature,
                          format=IMAGE_FORMATS[spec.format], shard_size=spec.shard_size,
-                         return_handles=spec.handles)
+                         return_handles=spec.handles, class_check=spec.class_check)
     if spec.class_counts is not None:
         msg.class_counts.update(spec.class_counts)
     if spec.class_weights is not None:
@@ -715,7 +722,8 @@ def augment_chunk(m: pb.AugmentBatch, fmt: str) -> AugmentChunk:
         labels=np.fromiter(m.labels, dtype=np.int64, count=len(m.labels)),
         seeds=np.fromiter(m.seeds, dtype=np.uint64, count=len(m.seeds)),
         factors={c.name: np.array(c.values, dtype=np.float64) for c in m.factors}, handles=list(m.handles),
-        shard_end=m.shard_end, num_shards=m.num_shards, count=m.count, model=m.model, version=m.version)
+        shard_end=m.shard_end, num_shards=m.num_shards, count=m.count, model=m.model, version=m.version,
+        class_confidence=np.array(m.class_confidence, dtype=np.float32) if len(m.class_confidence) else None)
 
 
 def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
@@ -732,7 +740,8 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         max_interpolation_steps=m.limits.max_interpolation_steps,
         max_geodesic_iterations=m.limits.max_geodesic_iterations, max_guidance_steps=m.limits.max_guidance_steps,
         max_refine_steps=m.limits.max_refine_steps,
-        default_sample_source=_SOURCE_NAMES.get(m.default_sample_source, "prior"))
+        default_sample_source=_SOURCE_NAMES.get(m.default_sample_source, "prior"),
+        default_class_check=float(m.default_class_check))
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:
@@ -748,8 +757,10 @@ def encode_result(resp: pb.EncodeResponse) -> EncodeResult:
 
 def images_result(resp: pb.SampleResponse | pb.EditResponse, fmt: str) -> SampleResult:
     z, y = latents_from_protos(resp.latents)
+    conf = getattr(resp, "class_confidence", ())  # EditResponse has none
     return SampleResult(images=images_from_protos(resp.images, fmt), latents=z, labels=y,
-                        handles=list(resp.handles), model=resp.model, version=resp.version)
+                        handles=list(resp.handles), model=resp.model, version=resp.version,
+                        class_confidence=np.array(conf, dtype=np.float32) if len(conf) else None)
 
 
 def frame_from_proto(f: pb.InterpolateFrame, fmt: str) -> Frame:
@@ -899,9 +910,10 @@ class LatentClient:
                class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
                seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                return_handles: bool = False, version: int | None = None,
-               guidance: Mapping[str, Any] | None = None) -> SampleResult:
+               guidance: Mapping[str, Any] | None = None, class_check: float = 0.0) -> SampleResult:
+        """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest)."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance)
+                                   format, return_handles, version, guidance, class_check)
         return images_result(self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp", format: str = "uint8",
@@ -1021,9 +1033,9 @@ class AsyncLatentClient:
                      class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
                      seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                      return_handles: bool = False, version: int | None = None,
-                     guidance: Mapping[str, Any] | None = None) -> SampleResult:
+                     guidance: Mapping[str, Any] | None = None, class_check: float = 0.0) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance)
+                                   format, return_handles, version, guidance, class_check)
         return images_result(await self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",

@@ -307,6 +307,7 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         backend=info["backend"],
         prior=info["prior"],
         default_sample_source=_SAMPLE_SOURCE_ENUM[info["default_sample_source"]],
+        default_class_check=float(info.get("default_class_check", 0.0)),
         limits=pb.Limits(max_images_per_request=int(info["limits"]["max_images_per_request"]),
                          max_interpolation_steps=int(info["limits"]["max_interpolation_steps"]),
                          max_geodesic_iterations=int(info["limits"].get("max_geodesic_iterations", 0)),
@@ -346,5 +347,5 @@ def augment_spec_from_pb(msg: "pb.AugmentSpec") -> Any:
         "class_counts": dict(msg.class_counts) or None, "class_weights": dict(msg.class_weights) or None,
         "factors": factors, "source": sample_source(msg.source), "seed": msg.seed,
         "temperature": float(msg.temperature), "format": AUGMENT_FORMATS[image_format(msg.format)],
-        "shard_size": msg.shard_size, "handles": bool(msg.return_handles),
+        "shard_size": msg.shard_size, "handles": bool(msg.return_handles), "class_check": round(float(msg.class_check), 6),  # float32 on the wire
     })

@@ -122,6 +122,9 @@ class ServeConfig:
     max_images_per_request: int = 256
     max_interpolation_steps: int = 64
     max_image_bytes: int = 4 << 20  # one encoded PNG/JPEG; protects the decoder from decompression bombs
+    # label check of Sample / Augment (models/class_check.py): draws per image at most, the first included;
+    # each costs a decode and an encode (the bundled shapes-vae at threshold 0.9 needs ~1.4 on average)
+    class_check_rounds: int = 8
 
     # -- gradient-based latent ops (services/latent_ops.py; need PyTorch: the `latent-ops` extra) ----------
     # Geodesic interpolation, guided sampling and encode refinement run on the TorchScript artefacts. torch
@@ -240,6 +243,7 @@ class ServeConfig:
         int_range("max_geodesic_iterations", 1, 100_000)
         int_range("max_guidance_steps", 1, 100_000)
         int_range("max_refine_steps", 1, 100_000)
+        int_range("class_check_rounds", 1, 64)
         int_range("geodesic_iterations", 1, self.max_geodesic_iterations)
         int_range("guidance_steps", 1, self.max_guidance_steps)
         num_range("geodesic_learning_rate", 0.0, 1.0, lo_open=True)

@@ -41,6 +41,7 @@ import grpc
 import numpy as np
 
 from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, UnsupportedError, ValidationError
+from latentserve.models import class_check
 from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, latents_under_labels, lerp, slerp
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import augment_spec, augment_stream, codec, metrics
@@ -179,6 +180,7 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
         "sample_sources": ["prior"] + (["latent_gmm"] if gmm.get("components") else [])
                           + (["guided"] if grad_ops and m.get("probe") else []),
         "default_sample_source": default_sample_source(record.family, bool(gmm.get("components"))),
+        "default_class_check": class_check.default_threshold(m),
         "interpolation_methods": ["lerp", "slerp"] + (["geodesic"] if grad_ops else []),
         "metrics": _flatten_metrics(m.get("metrics") or {}),
         "backend": config.backend,
@@ -659,24 +661,67 @@ class LatentIngress:
             if source == "latent_gmm" and sv.space.gmm_weights is None:
                 raise ValidationError(f"model {sv.name} v{sv.version} has no latent GMM; use source PRIOR")
             targets = self._knob_targets(sv, dict(request.knobs))
+            threshold = self._class_check(sv, request.class_check, guided)
             rng = _rng(request.seed)
             labels = self._sample_labels(sv, request, rng)
-            if source == "latent_gmm":
-                z = sv.space.sample_gmm(labels, rng, temperature)
+
+            def draw(rows: np.ndarray, round_: int = 0) -> np.ndarray:  # latents of labels[rows], knobs applied
+                y = labels[rows]
+                z = (sv.space.sample_gmm(y, rng, temperature) if source == "latent_gmm"
+                     else sv.space.sample_prior(y, rng, temperature))
+                for name, target in targets:
+                    z = sv.space.set_factor(z, name, target, y)
+                return z
+
+            confidence = None
+            if threshold > 0:
+                checked = await self._checked(sv, class_check.check_loop(draw, labels, threshold,
+                                                                        self.config.class_check_rounds))
+                z, confidence = checked.latents, checked.confidence
+                images = await self._images_out(checked.images, fmt)
             else:
-                z = sv.space.sample_prior(labels, rng, temperature)
-            for name, target in targets:
-                z = sv.space.set_factor(z, name, target, labels)
-            if guided:
-                z = await self._guided(sv, request, settings, z, labels, grpc_context)
-            images = await self._decoded_images(sv, fmt, z, labels, cacheable=request.seed != 0)  # seed 0 = random
+                z = draw(np.arange(len(labels)))
+                if guided:
+                    z = await self._guided(sv, request, settings, z, labels, grpc_context)
+                images = await self._decoded_images(sv, fmt, z, labels, cacheable=request.seed != 0)  # seed 0: random
             resp = pb.SampleResponse(model=sv.name, version=sv.version, images=images,
                                      latents=codec.latents_to_pb(z, labels))
+            if confidence is not None:
+                resp.class_confidence.extend(confidence.tolist())
             if request.return_handles:
                 resp.handles.extend(await self._handles_for(sv, z, labels))
             return resp
 
         return await self._unary("Sample", grpc_context, body, pb.SampleResponse())
+
+    def _class_check(self, sv: ServedVersion, value: float, guided: bool = False) -> float:
+        """A request's label-check threshold: 0 -> the model's default (none for guided chains, which the probe
+        already steers to their class), < 0 -> 0 (off), else it must lie in (0, 1)."""
+        value = float(value)
+        if not math.isfinite(value) or value >= 1.0:
+            raise ValidationError(f"class_check must be below 1 (a probability; 0 = the model's default, "
+                                  f"< 0 = off), got {value}")
+        if value < 0:
+            return 0.0
+        if value == 0:
+            return 0.0 if guided else sv.info["default_class_check"]
+        if guided:
+            raise ValidationError("class_check applies to PRIOR and LATENT_GMM samples; guided chains are "
+                                  "steered to their class by the probe (use guidance.class_weight)")
+        return value
+
+    async def _checked(self, sv: ServedVersion, loop: Any, offload: bool = False) -> class_check.Checked:
+        """Run a label check (models/class_check.py) through this model's batched decode and encode
+        (`offload`: its draws off the event loop)."""
+        model = self.models[sv.name]
+
+        async def decode(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return await model.decode(sv.version, z.astype(np.float32), y, "float32")
+
+        async def classify(x: np.ndarray) -> np.ndarray:
+            return (await model.encode(sv.version, x))["logits"]
+
+        return await class_check.run_async(loop, decode, classify, offload)
 
     async def _guided(self, sv: ServedVersion, request: pb.SampleRequest, settings: dict, z: np.ndarray,
                       labels: np.ndarray, grpc_context: Any) -> np.ndarray:
@@ -854,6 +899,7 @@ class LatentIngress:
             shards = augment_spec.check_shards(list(request.shards), spec.num_shards)
             fmt = codec.AUGMENT_WIRE_FORMATS[spec.format]
             temperature = spec.temperature or float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))
+            threshold = self._class_check(sv, spec.class_check)
             plan = await self._augment_plan(spec, sv)
         except asyncio.CancelledError:
             raise
@@ -867,9 +913,15 @@ class LatentIngress:
         async def store(z: np.ndarray, labels: np.ndarray) -> list[str]:
             return await self._handles_for(sv, z, labels)
 
+        async def check(draw: Any, labels: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
+            loop = class_check.check_loop(draw, labels, threshold, self.config.class_check_rounds)
+            c = await self._checked(sv, loop, offload=True)  # per-image draws: milliseconds per batch
+            return c.latents, await self._images_out(c.images, fmt), c.confidence
+
         batch_size = max(1, min(spec.shard_size, self.config.max_batch_size))
         stream = augment_stream.generate(spec, plan, shards, sv.space, temperature, render, batch_size,
-                                         store if spec.handles else None, self.augment_stats)
+                                         store if spec.handles else None, self.augment_stats,
+                                         check=check if threshold > 0 else None)
         names = [f.name for f in spec.factors]
         try:
             async for b in stream:
@@ -878,7 +930,8 @@ class LatentIngress:
                     model=sv.name, version=sv.version, shard=b.shard, start=b.start, images=b.images,
                     labels=b.labels.tolist(), seeds=b.seeds.tolist(), handles=b.handles, shard_end=b.shard_end,
                     factors=[pb.FactorColumn(name=n, values=b.factors[n].tolist()) for n in names],
-                    num_shards=spec.num_shards, count=spec.count)
+                    num_shards=spec.num_shards, count=spec.count,
+                    class_confidence=[] if b.confidence is None else b.confidence.tolist())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failure mid-stream ends the stream with its status

@@ -34,7 +34,7 @@ def register(sub) -> None:
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--spec", required=True, metavar="SPEC.yaml",
                    help="job spec (YAML or JSON): model, count or class_counts, class_weights, factors, source, "
-                        "seed, temperature, format, shard_size, handles")
+                        "seed, temperature, format, shard_size, handles, class_check")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new, empty, or this job's own)")
     p.add_argument("--retry-timeout", type=float, default=300.0, metavar="S",
                    help="keep reconnecting for this long without progress when the server is unavailable "

@@ -77,6 +77,8 @@ def describe(info) -> str:
            f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
+           f"  label check " + (f"redraw below p(label) {info.default_class_check:g} by default"
+                                if info.default_class_check > 0 else "off by default"),
            f"  methods     {', '.join(info.interpolation_methods) or '-'}",
            f"  limits      {info.max_images_per_request or '?'} images/request, "
            f"{info.max_interpolation_steps or '?'} interpolation steps"]

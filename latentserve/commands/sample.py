@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--source", choices=["prior", "latent_gmm", "guided"], default=None,
                    help="where latents come from (default: the model's default source, see `latentserve models "
                         "NAME`: the latent GMM for a VAE, else the prior)")
+    p.add_argument("--class-check", type=float, default=0.0, metavar="P",
+                   help="label check: redraw images whose label the model's own class head gives less than P "
+                        "(0 = the model's default, see `latentserve models NAME`; < 0 = off)")
     g = p.add_argument_group("guided sampling (--source guided; 0 = server default)")
     g.add_argument("--guidance-steps", type=int, default=0, help="Langevin steps")
     g.add_argument("--step-size", type=float, default=0.0, help="Langevin step size eta")
@@ -73,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     with connect(args) as client:
         res = client.sample(args.model, args.n, label=label, class_name=class_name, class_weights=weights,
                             knobs=knobs, seed=args.seed, temperature=args.temperature, source=args.source,
-                            return_handles=args.handles, version=args.model_version, guidance=guidance)
+                            return_handles=args.handles, version=args.model_version, guidance=guidance,
+                            class_check=args.class_check)
         names = client.model_info(args.model, args.model_version).class_names
     save_png(make_grid(res.images, args.cols), args.output)
     n, h, w, _ = res.images.shape
@@ -83,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         counts[key] = counts.get(key, 0) + 1
     print(f"wrote {args.output}: {n} samples of {h}x{w} from {res.model or args.model} v{res.version} "
           f"({', '.join(f'{k}={v}' for k, v in counts.items())})")
+    if res.class_confidence is not None:
+        conf = res.class_confidence
+        print(f"label check: the model's own p(label) min {conf.min():.3f}, mean {conf.mean():.3f}")
     if args.save_latents:
         save_latents(args.save_latents, res.latents, res.labels, class_names=list(names),
                      handles=res.handles or None)

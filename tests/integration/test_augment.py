@@ -118,10 +118,12 @@ def test_augment_writes_a_labelled_imagefolder(reference, serve_app):
     for name, n in SPEC["class_counts"].items():
         assert len(list((reference / name).glob("*.png"))) == n
     lines = (reference / "labels.csv").read_text().splitlines()
-    assert lines[0] == "path,index,class,label,brightness,seed,handle,model,version"
+    assert lines[0] == "path,index,class,label,brightness,seed,handle,model,version,class_confidence"
     rows = [line.split(",") for line in lines[1:]]
     assert [int(r[1]) for r in rows] == list(range(COUNT))
-    assert all(r[0] == f"{r[2]}/{int(r[1]):06d}.png" and r[7:] == ["tiny-gan", "2"] for r in rows)
+    # tiny-gan has no evaluated class head, so the label check is off by default: pinned off, no confidences
+    assert manifest["class_check"] == -1.0
+    assert all(r[0] == f"{r[2]}/{int(r[1]):06d}.png" and r[7:] == ["tiny-gan", "2", ""] for r in rows)
     brightness = np.array([float(r[4]) for r in rows])
     assert -0.3 <= brightness.min() and brightness.max() <= 0.3 and brightness.std() > 0.1
     # the knob is linear on the tiny models (up to the decoder's clamp): the images' mean pixel follows the
@@ -257,6 +259,40 @@ def test_async_client_streams_the_same_chunks(serve_app):
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.factors["brightness"], b.factors["brightness"])
         assert a.handles == b.handles and len(a.handles) == len(a.labels)
+
+
+def test_label_checked_images_depend_only_on_the_spec_and_their_index(serve_app, cli, tmp_path):
+    """With the label check every image is the first (or most confident) of its own candidate draws, so a
+    resumed subset of shards has exactly the rows of the whole job, and the CLI pins the threshold."""
+    from latentserve.services.client import LatentClient
+
+    spec = {"model": "tiny-vae", "count": 40, "seed": 4, "shard_size": 16, "format": "uint8",
+            "source": "latent_gmm", "class_check": 0.79}  # the tiny VAE's head: p(label) 0.74-0.82
+    with LatentClient(serve_app.target) as client:
+        whole = list(client.augment(spec))
+        part = list(client.augment(spec, shards=[1, 2]))
+        unchecked = list(client.augment({**spec, "class_check": -1}))
+    assert all(c.class_confidence is not None and len(c.class_confidence) == len(c.labels) for c in whole)
+    assert all(u.class_confidence is None for u in unchecked)
+    conf = np.concatenate([c.class_confidence for c in whole])
+    assert 0 < conf.min() and conf.max() <= 1
+    for a, b in zip(whole[1:], part):
+        assert (a.shard, a.start) == (b.shard, b.start)
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.class_confidence, b.class_confidence)
+    # an image that passes at its first draw is the unchecked job's image; the others were redrawn
+    first = np.concatenate([u.images for u in unchecked])
+    got = np.concatenate([c.images for c in whole])
+    same = np.all(got.reshape(len(got), -1) == first.reshape(len(first), -1), axis=1)
+    assert same.any()
+    out = tmp_path / "job"
+    rc, _, err = cli("augment", "--spec", str(write_spec(tmp_path / "spec.yaml", **{**spec, "format": "png"},
+                                                         class_counts=None, factors={})), "--out", str(out),
+                     "--no-progress")
+    assert rc == 0, err
+    assert json.loads((out / "augment.json").read_text())["class_check"] == 0.79
+    rows = [line.split(",") for line in (out / "labels.csv").read_text().splitlines()[1:]]
+    np.testing.assert_allclose([float(r[-1]) for r in rows], conf, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

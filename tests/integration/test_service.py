@@ -104,6 +104,35 @@ def test_unspecified_source_is_the_models_default(client):
         assert np.abs(implicit.latents - other.latents).max() > 1e-3
 
 
+def test_label_check_redraws_what_the_models_own_head_does_not_recognise(client):
+    """Sample's label check (models/class_check.py): each returned image's confidence is the model's own
+    encoder on that very image, draws that pass at once are kept as they were, and it is off by default for
+    a model without an evaluated class head."""
+    assert client.get_model("tiny-vae").default_class_check == 0.0  # tiny models carry no encoder_accuracy
+    kw = dict(n=30, seed=21, format="float32", source="latent_gmm")
+    plain = client.sample("tiny-vae", **kw)
+    assert plain.class_confidence is None
+    np.testing.assert_array_equal(client.sample("tiny-vae", class_check=-1, **kw).latents, plain.latents)
+    # the tiny VAE's head gives its labels p 0.74-0.82: a threshold some first draws pass and others do not
+    checked = client.sample("tiny-vae", class_check=0.79, **kw)
+    np.testing.assert_array_equal(checked.labels, plain.labels)  # redraws keep every label
+    conf = checked.class_confidence
+    assert conf.shape == (30,) and np.all((0 < conf) & (conf <= 1))
+    enc = client.encode("tiny-vae", checked.images)
+    sure = conf >= 0.79
+    assert sure.mean() >= 0.8
+    assert np.all(enc.labels[sure] == checked.labels[sure])
+    np.testing.assert_allclose(enc.confidence[sure], conf[sure], atol=1e-4)
+    # the first draw is the unchecked sample: rows whose first draw passed are unchanged, the others redrawn
+    first = client.encode("tiny-vae", plain.images)
+    first_ok = (first.labels == plain.labels) & (first.confidence >= 0.79)
+    np.testing.assert_array_equal(checked.latents[first_ok], plain.latents[first_ok])
+    changed = np.abs(checked.latents - plain.latents).max(axis=1) > 0
+    assert changed.any() and not np.any(changed & first_ok)
+    again = client.sample("tiny-vae", class_check=0.79, **kw)
+    np.testing.assert_array_equal(again.images, checked.images)  # same seed and options -> same images
+
+
 def test_same_seed_same_images(client):
     a = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")
     b = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")

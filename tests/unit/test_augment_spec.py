@@ -47,6 +47,8 @@ def spec(**kw):
     ({"source": "guided"}, "spec.source: 'guided' is not a source"),
     ({"temperature": 11}, "spec.temperature: 11.0 outside [0, 10.0]"),
     ({"shard_size": -1}, "spec.shard_size: -1 is negative"),
+    ({"class_check": 1.0}, "spec.class_check: 1.0 must be below 1"),
+    ({"class_check": "high"}, "spec.class_check: expected a number"),
 ])
 def test_parse_errors_name_the_field(data, message):
     with pytest.raises(ValidationError) as e:
@@ -87,6 +89,12 @@ def test_a_valid_spec_passes_and_round_trips():
                           "scale": {"range": [0.3, 0.5]}}, "class_weights": {"square": 3, "circle": 1}})
     assert [f.name for f in swapped.factors] != [f.name for f in s.factors]  # factor order is part of the spec
     assert parse_spec({**s.to_dict(), "seed": 2}).digest() != s.digest()
+    # the label check is part of the job when set; unset (the model's default) keeps digests of older specs
+    assert "class_check" not in s.to_dict()
+    checked = parse_spec({**s.to_dict(), "class_check": 0.9})
+    assert checked.class_check == 0.9 and checked.digest() != s.digest()
+    assert parse_spec(checked.to_dict()).digest() == checked.digest()
+    assert parse_spec({**s.to_dict(), "class_check": -3}).class_check == -1.0  # any negative: off
 
 
 def test_plan_is_a_pure_function_of_spec_and_index():
@@ -134,6 +142,11 @@ def test_sample_latent_depends_only_on_its_inputs():
     assert abs(float(space.predict_factor(z, "scale")) - 0.5) < 1e-5
     np.testing.assert_array_equal(z, sample_latent(space, "prior", 1, 1234, 1.0, {"scale": 0.5}))
     assert not np.array_equal(z, sample_latent(space, "prior", 1, 1235, 1.0, {"scale": 0.5}))
+    # label-check redraws: attempt 0 is the plain draw, later attempts are other (reproducible) draws
+    np.testing.assert_array_equal(z, sample_latent(space, "prior", 1, 1234, 1.0, {"scale": 0.5}, attempt=0))
+    again = sample_latent(space, "prior", 1, 1234, 1.0, {"scale": 0.5}, attempt=1)
+    assert not np.array_equal(z, again) and abs(float(space.predict_factor(again, "scale")) - 0.5) < 1e-5
+    np.testing.assert_array_equal(again, sample_latent(space, "prior", 1, 1234, 1.0, {"scale": 0.5}, attempt=1))
 
 
 def test_shard_selection():
@@ -153,7 +166,8 @@ def test_wire_round_trip():
 
     s = spec(class_counts=None, class_weights={"circle": 2.5}, factors={
         "scale": 0.4, "rotation": {"range": [0, 90]}, "hue": {"grid": [0, 1, 5]}, "x": {"values": [1, 2]}},
-        source="latent_gmm", seed=2**64 - 1, temperature=0.5, format="jpeg", shard_size=7, handles=False)
+        source="latent_gmm", seed=2**64 - 1, temperature=0.5, format="jpeg", shard_size=7, handles=False,
+        class_check=0.9)
     req = build_augment_request(s, shards=[1, 2])
     assert list(req.shards) == [1, 2]
     assert codec.augment_spec_from_pb(req.spec).digest() == s.digest()

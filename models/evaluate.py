@@ -44,7 +44,7 @@ import numpy as np
 
 from latentserve.errors import NotFoundError, ValidationError
 from latentserve.models import class_check
-from latentserve.models.latent import latents_under_labels
+from latentserve.models.latent import default_sample_source, latents_under_labels
 from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
 from latentserve.models.repository import ModelRecord, Repository
 
@@ -375,8 +375,8 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     enc = encoder(image=real)
     metrics["encoder_accuracy"] = float((enc["logits"].argmax(1) == split.labels).mean())
     # The label check Sample applies (models/class_check.py), at its default threshold, for every source, with
-    # its own generator so the unchecked figures above stay as they were. Measured whether or not the check is
-    # on by default for this model (`class_check.default_threshold`, which reads encoder_accuracy above).
+    # its own generator so the unchecked figures above stay as they were; with encoder_accuracy above, these
+    # decide whether the check is on by default for this model (`class_check.recommend`).
     threshold = class_check.DEFAULT_THRESHOLD
     classify = lambda x: encoder(image=x.astype(np.float32))["logits"]  # noqa: E731
     for i, (src, draw_fn) in enumerate(sorted(_draw_fns(space, temperature).items())):
@@ -393,6 +393,9 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
         # and whether it costs diversity: the same coverage figures as above, of checked samples
         fake_feat = _probe_outputs(probe, checked(split.labels[cov_idx].astype(np.int64)).images)["features"]
         metrics["coverage"][src]["class_check"] = prdc(real_feat, fake_feat, PRDC_K)
+    # what Sample and Augment use by default (ModelInfo.default_class_check)
+    metrics["class_check_default"] = class_check.recommend(
+        metrics, default_sample_source(record.family, space.gmm_weights is not None))
     recon = decode(latents_under_labels(enc, split.labels), split.labels)
     if record.family == "flow":
         roundtrip = float(np.max(np.abs(recon.astype(np.float64) - real)))
@@ -495,6 +498,8 @@ def format_table(record: ModelRecord, metrics: dict) -> str:
                 rows.append((f"knob {f} R2 / MAE ({src}; probe's own R2)",
                              f"{_fmt(fig['r2'])} / {_fmt(fig['mae'])} ({_fmt(m.get('probe_r2'))})"))
         rows.append(("encoder class accuracy", _fmt(metrics.get("encoder_accuracy"))))
+        if "class_check_default" in metrics:
+            rows.append(("label check by default (threshold; 0 = off)", _fmt(metrics["class_check_default"])))
         if "reconstruction" in metrics:
             rows.append(("reconstruction PSNR (dB)", _fmt(metrics["reconstruction"]["psnr_db"])))
         if "flow" in metrics:

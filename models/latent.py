@@ -380,6 +380,15 @@ def latents_under_labels(encoded: dict, labels: Any) -> np.ndarray:
     return per_class[np.arange(len(labels)), labels]
 
 
+def default_sample_source(family: str, has_gmm: bool) -> str:
+    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent GMM for a VAE that has one, else the prior.
+
+    A VAE's N(0, I) prior samples fall in the "prior hole" (its encoded codes spread 2-3x wider), so they are
+    mostly off the data: measured on the bundled shapes-vae, probe-recognisable samples 16% from the prior vs
+    55% from the GMM. A GAN's prior is what it was trained on; a flow's prior is its exact density."""
+    return "latent_gmm" if family == "vae" and has_gmm else "prior"
+
+
 def _pair(a: Any, b: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     if a.ndim != 1 or a.shape != b.shape:

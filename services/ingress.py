@@ -42,7 +42,8 @@ import numpy as np
 
 from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, UnsupportedError, ValidationError
 from latentserve.models import class_check
-from latentserve.models.latent import PCA_KNOB_PREFIX, LatentSpace, latents_under_labels, lerp, slerp
+from latentserve.models.latent import (PCA_KNOB_PREFIX, LatentSpace, default_sample_source, latents_under_labels,
+                                       lerp, slerp)
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import augment_spec, augment_stream, codec, metrics
 from latentserve.services import latent_ops as lops
@@ -191,15 +192,6 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
                    "max_guidance_steps": config.max_guidance_steps if grad_ops and m.get("probe") else 0,
                    "max_refine_steps": config.max_refine_steps if grad_ops and record.family in lops.REFINABLE else 0},
     }
-
-
-def default_sample_source(family: str, has_gmm: bool) -> str:
-    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent GMM for a VAE that has one, else the prior.
-
-    A VAE's N(0, I) prior samples fall in the "prior hole" (its encoded codes spread 2-3x wider), so they are
-    mostly off the data: measured on the bundled shapes-vae, probe-recognisable samples 16% from the prior vs
-    55% from the GMM. A GAN's prior is what it was trained on; a flow's prior is its exact density."""
-    return "latent_gmm" if family == "vae" and has_gmm else "prior"
 
 
 def _knob_name(name: str) -> str:

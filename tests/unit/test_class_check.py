@@ -119,8 +119,21 @@ def test_label_probability_is_a_stable_softmax():
     np.testing.assert_allclose(cc.label_probability(logits, np.array([0, 2])), [1.0, 1 / 3], rtol=1e-6)
 
 
-def test_the_check_is_on_by_default_only_for_a_reliable_class_head():
-    assert cc.default_threshold({"metrics": {"encoder_accuracy": 1.0}}) == cc.DEFAULT_THRESHOLD
-    assert cc.default_threshold({"metrics": {"encoder_accuracy": cc.MIN_HEAD_ACCURACY - 0.01}}) == 0.0
+def _metrics(accuracy, plain, checked, source="prior"):
+    return {"encoder_accuracy": accuracy, "gan_test": {source: {"mean": plain, "class_check": {"mean": checked}}}}
+
+
+def test_evaluation_turns_the_check_on_only_where_a_reliable_head_raises_class_accuracy():
+    assert cc.recommend(_metrics(1.0, 0.79, 0.95), "prior") == cc.DEFAULT_THRESHOLD  # the bundled VAE's case
+    assert cc.recommend(_metrics(1.0, 0.973, 0.970), "prior") == 0.0  # the bundled GAN's: no gain, no cost
+    assert cc.recommend(_metrics(cc.MIN_HEAD_ACCURACY - 0.01, 0.4, 0.6), "prior") == 0.0  # no judge
+    assert cc.recommend(_metrics(1.0, 0.79, 0.95, source="latent_gmm"), "prior") == 0.0  # not its default source
+    assert cc.recommend({"encoder_accuracy": 1.0}, "prior") == 0.0  # check not measured
+
+
+def test_serving_reads_back_what_evaluation_recorded():
+    assert cc.default_threshold({"metrics": {"class_check_default": 0.9}}) == 0.9
+    assert cc.default_threshold({"metrics": {"class_check_default": 0.0}}) == 0.0
+    assert cc.default_threshold({"metrics": {"class_check_default": 1.5}}) == 0.0  # not a probability: off
     assert cc.default_threshold({"metrics": {}}) == 0.0  # not evaluated: no evidence the head is a judge
     assert cc.default_threshold({}) == 0.0

@@ -128,6 +128,7 @@ def test_evaluate_generative_writes_metrics_and_keeps_checksums(toy_repo, name, 
         assert checked["threshold"] == 0.9 and 0 < checked["accepted"] <= 1 and 0 <= checked["passed"] <= 1
         assert 0 <= checked["mean"] <= 1 and set(checked["per_class"]) == {"red", "green"}
         assert all(0 <= cov["class_check"][k] <= 1 for k in ("precision", "recall", "coverage"))
+    assert m["class_check_default"] in (0.0, 0.9)  # recorded for serving (models/class_check.recommend)
     assert "scale" in m["knobs"] and m["knobs"]["scale"]["n"] == 16
     knob = m["knobs"]["scale"]
     assert set(knob["by_source"]) == {"prior", "latent_gmm"}  # knobs are scored on samples of every source

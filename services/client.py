@@ -741,7 +741,7 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         max_geodesic_iterations=m.limits.max_geodesic_iterations, max_guidance_steps=m.limits.max_guidance_steps,
         max_refine_steps=m.limits.max_refine_steps,
         default_sample_source=_SOURCE_NAMES.get(m.default_sample_source, "prior"),
-        default_class_check=float(m.default_class_check))
+        default_class_check=round(float(m.default_class_check), 6))  # float32 on the wire
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:

@@ -123,7 +123,7 @@ class ServeConfig:
     max_interpolation_steps: int = 64
     max_image_bytes: int = 4 << 20  # one encoded PNG/JPEG; protects the decoder from decompression bombs
     # label check of Sample / Augment (models/class_check.py): draws per image at most, the first included;
-    # each costs a decode and an encode (the bundled shapes-vae at threshold 0.9 needs ~1.4 on average)
+    # each costs a decode and an encode (the bundled shapes-vae at its default threshold 0.99 needs ~1.7 on average)
     class_check_rounds: int = 8
 
     # -- gradient-based latent ops (services/latent_ops.py; need PyTorch: the `latent-ops` extra) ----------

@@ -132,7 +132,7 @@ def test_evaluation_turns_the_check_on_only_where_a_reliable_head_raises_class_a
 
 
 def test_serving_reads_back_what_evaluation_recorded():
-    assert cc.default_threshold({"metrics": {"class_check_default": 0.9}}) == 0.9
+    assert cc.default_threshold({"metrics": {"class_check_default": 0.99}}) == 0.99
     assert cc.default_threshold({"metrics": {"class_check_default": 0.0}}) == 0.0
     assert cc.default_threshold({"metrics": {"class_check_default": 1.5}}) == 0.0  # not a probability: off
     assert cc.default_threshold({"metrics": {}}) == 0.0  # not evaluated: no evidence the head is a judge

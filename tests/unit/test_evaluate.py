@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from latentserve.errors import ValidationError
+from latentserve.models import class_check as cc
 from latentserve.models.evaluate import (
     evaluate_record,
     flow_bits_per_dim,
@@ -125,10 +126,10 @@ def test_evaluate_generative_writes_metrics_and_keeps_checksums(toy_repo, name, 
         assert all(0 <= cov[k] <= 1 for k in ("precision", "recall", "coverage")) and cov["density"] >= 0
         # the same figures with the label check Sample applies (models/class_check.py)
         checked = g["class_check"]
-        assert checked["threshold"] == 0.9 and 0 < checked["accepted"] <= 1 and 0 <= checked["passed"] <= 1
+        assert checked["threshold"] == cc.DEFAULT_THRESHOLD and 0 < checked["accepted"] <= 1 and 0 <= checked["passed"] <= 1
         assert 0 <= checked["mean"] <= 1 and set(checked["per_class"]) == {"red", "green"}
         assert all(0 <= cov["class_check"][k] <= 1 for k in ("precision", "recall", "coverage"))
-    assert m["class_check_default"] in (0.0, 0.9)  # recorded for serving (models/class_check.recommend)
+    assert m["class_check_default"] in (0.0, cc.DEFAULT_THRESHOLD)  # recorded for serving (models/class_check.recommend)
     assert "scale" in m["knobs"] and m["knobs"]["scale"]["n"] == 16
     knob = m["knobs"]["scale"]
     assert set(knob["by_source"]) == {"prior", "latent_gmm"}  # knobs are scored on samples of every source

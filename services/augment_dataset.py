@@ -17,6 +17,7 @@ training loop, and the server generates only as fast as they are read. A server 
 reconnected to with backoff; the stream resumes at the first image not yet yielded.
 
 Items: `(image, label)`, or `(image, label, info)` with `with_info=True` (info: index, seed, factor values,
+class_confidence (with the label check, else None),
 handle). Images by the spec's format: float32 (3, H, W) in [-1, 1] for "float32", uint8 (H, W, 3) otherwise
 (PNG / JPEG are decoded); `transform(image)` is applied to that array; with torch installed and no
 transform, arrays become tensors.
@@ -156,7 +157,10 @@ class AugmentDataset(_Base):
             if self.with_info:
                 info = {"index": index, "seed": int(chunk.seeds[j]),
                         "factors": {k: float(v[j]) for k, v in chunk.factors.items()},
-                        "handle": chunk.handles[j] if chunk.handles else ""}
+                        "handle": chunk.handles[j] if chunk.handles else "",
+                        # the model's own p(label) when the label check ran (services/augment_spec.py), else None
+                        "class_confidence": (None if chunk.class_confidence is None
+                                             else float(chunk.class_confidence[j]))}
                 yield image, label, info
             else:
                 yield image, label
@@ -168,4 +172,5 @@ def _tail(chunk: Any, skip: int) -> Any:
 
     return replace(chunk, start=chunk.start + skip, images=chunk.images[skip:], labels=chunk.labels[skip:],
                    seeds=chunk.seeds[skip:], factors={k: v[skip:] for k, v in chunk.factors.items()},
-                   handles=chunk.handles[skip:])
+                   handles=chunk.handles[skip:],
+                   class_confidence=None if chunk.class_confidence is None else chunk.class_confidence[skip:])

@@ -275,6 +275,11 @@ def test_label_checked_images_depend_only_on_the_spec_and_their_index(serve_app,
     assert all(c.class_confidence is not None and len(c.class_confidence) == len(c.labels) for c in whole)
     assert all(u.class_confidence is None for u in unchecked)
     conf = np.concatenate([c.class_confidence for c in whole])
+    from latentserve.services.augment_dataset import AugmentDataset  # training loops see it too
+
+    items = sorted(AugmentDataset(serve_app.target, spec, with_info=True, transform=lambda x: x),
+                   key=lambda item: item[2]["index"])
+    np.testing.assert_array_equal([info["class_confidence"] for _, _, info in items], conf)
     assert 0 < conf.min() and conf.max() <= 1
     for a, b in zip(whole[1:], part):
         assert (a.shard, a.start) == (b.shard, b.start)

@@ -19,15 +19,18 @@ well and where it raises the measured class accuracy.
 
 `check_loop` is the algorithm as a generator (it asks for decodes and encodes and is sent their results), so
 the serving side drives it with awaits and evaluation drives it with plain calls, one implementation for both.
-numpy only.
+numpy only (and the project's errors).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import asyncio
+import math
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator
 
 import numpy as np
+
+from latentserve.errors import ValidationError
 
 DEFAULT_THRESHOLD = 0.99  # the class head's probability of the label a sample must reach
 DEFAULT_ROUNDS = 8  # draws per image at most (the first included)
@@ -71,6 +74,16 @@ def default_threshold(manifest: dict) -> float:
     (`metrics.class_check_default`); 0 (off) for a model that was not evaluated."""
     value = (manifest.get("metrics") or {}).get("class_check_default")
     return float(value) if isinstance(value, (int, float)) and 0.0 < value < 1.0 else 0.0
+
+
+def requested_threshold(value: float, where: str = "class_check") -> float:
+    """A threshold as requests and specs give it, checked: 0 = the model's default (kept as 0), any negative
+    value = off (-1), else a probability below 1. The one check of SampleRequest, specs and the client."""
+    value = float(value)
+    if not math.isfinite(value) or value >= 1.0:
+        raise ValidationError(f"{where}: {value} must be below 1 (a probability; 0 = the model's default, "
+                              "< 0 = off)")
+    return -1.0 if value < 0 else value
 
 
 def label_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -10,9 +10,9 @@ Metrics (all images compared in the networks' [-1,1] space unless said otherwise
   stricter "recognisable" share: classified as requested AND inside the k-NN manifold of the real test images
   of that class in the probe's feature space (the per-sample test of precision), since a classifier must
   name some class even for a blank or a blob.
-- GAN-test with the label check (models/class_check.py) at its default threshold, per source: samples whose
-  label the model's own class head gives less than the threshold are redrawn, as Sample does by default for
-  models whose head is reliable; with the share of draws accepted.
+- GAN-test and coverage with the label check (models/class_check.py) at its default threshold, per source:
+  samples whose label the model's own class head gives less than the threshold are redrawn, with the share
+  of draws accepted; and `class_check_default`, the threshold Sample and Augment then use by default (0 = off).
 - Knob R²: prior samples are moved with `LatentSpace.set_factor` to target values spread evenly over the
   factor's [low, high] (shuffled), decoded, and the probe's factor head measures them; R² (1 - SS_res/SS_tot)
   and MAE of measured vs requested, in the factor's natural units.

@@ -129,7 +129,8 @@ class AugmentJob:
         factors = [f.name for f in self.spec.factors]
         self.manifest = {
             "spec": self.spec.to_dict(), "spec_sha256": self.digest, "model": info.name, "version": info.version,
-            "class_check": pinned, "count": self.spec.count, "shard_size": self.spec.shard_size, "num_shards": self.spec.num_shards,
+            "class_check": pinned, "count": self.spec.count, "shard_size": self.spec.shard_size,
+            "num_shards": self.spec.num_shards,
             "format": self.spec.format, "class_names": list(info.class_names), "factors": factors,
             "labels": LABELS, "layout": "imagefolder", "complete": False,
         }

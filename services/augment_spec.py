@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from latentserve.errors import ValidationError
+from latentserve.models.class_check import requested_threshold
 
 DEFAULT_SHARD_SIZE = 256
 MAX_COUNT = 10_000_000  # the plan holds a label (and a grid rank) per image: <= ~120 MB
@@ -257,14 +258,12 @@ def parse_spec(data: Any, where: str = "spec") -> AugmentSpec:
     handles = data.get("handles", True)
     if not isinstance(handles, bool):
         raise ValidationError(f"{where}.handles: expected true or false, got {handles!r}")
-    check = _float(data.get("class_check", 0.0) or 0.0, f"{where}.class_check")
-    if check >= 1.0:
-        raise ValidationError(f"{where}.class_check: {check} must be below 1 (a probability; 0 = the model's "
-                              "default, < 0 = off)")
+    check = requested_threshold(_float(data.get("class_check", 0.0) or 0.0, f"{where}.class_check"),
+                                f"{where}.class_check")
     return AugmentSpec(
         model=model.strip(), count=count, version=version, class_counts=counts, class_weights=weights,
         factors=factors, source=source, seed=_int(data.get("seed", 1), f"{where}.seed", 1, 2**64 - 1),
-        temperature=temperature, format=fmt, handles=handles, class_check=-1.0 if check < 0 else check,
+        temperature=temperature, format=fmt, handles=handles, class_check=check,
         shard_size=_int(data.get("shard_size", DEFAULT_SHARD_SIZE) or DEFAULT_SHARD_SIZE, f"{where}.shard_size",
                         1, MAX_SHARD_SIZE),
     )

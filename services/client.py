@@ -64,6 +64,7 @@ from latentserve.errors import (
     UnsupportedError,
     ValidationError,
 )
+from latentserve.models.class_check import requested_threshold
 from latentserve.services.identity import ServerInfo, server_info
 from latentserve.v1 import latent_pb2 as pb
 from latentserve.v1 import latent_pb2_grpc as pb_grpc
@@ -621,9 +622,7 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
     temperature = float(temperature)
     if not (math.isfinite(temperature) and temperature >= 0):
         raise ValidationError(f"temperature must be >= 0 (0 = model default), got {temperature}")
-    class_check = float(class_check)
-    if not (math.isfinite(class_check) and class_check < 1):
-        raise ValidationError(f"class_check must be below 1 (0 = the model's default, < 0 = off), got {class_check}")
+    class_check = requested_threshold(class_check)
     req = pb.SampleRequest(model=_check_model(model), version=_version(version), n=n, seed=_seed(seed),
                            temperature=temperature,
                            source=pb.SAMPLE_SOURCE_UNSPECIFIED if source is None else SAMPLE_SOURCES[source],

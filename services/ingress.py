@@ -689,10 +689,7 @@ class LatentIngress:
     def _class_check(self, sv: ServedVersion, value: float, guided: bool = False) -> float:
         """A request's label-check threshold: 0 -> the model's default (none for guided chains, which the probe
         already steers to their class), < 0 -> 0 (off), else it must lie in (0, 1)."""
-        value = float(value)
-        if not math.isfinite(value) or value >= 1.0:
-            raise ValidationError(f"class_check must be below 1 (a probability; 0 = the model's default, "
-                                  f"< 0 = off), got {value}")
+        value = class_check.requested_threshold(value)
         if value < 0:
             return 0.0
         if value == 0:

@@ -94,7 +94,7 @@ CORPUS = [
     ("pca knob in sample", "Sample", pb.SampleRequest(model="tiny-gan", n=1, knobs={"pc0": 1.0}), INVALID,
      "principal direction"),
     ("negative temperature", "Sample", pb.SampleRequest(model="tiny-gan", n=1, temperature=-1), INVALID, "temperature"),
-    ("label check of 1", "Sample", pb.SampleRequest(model="tiny-gan", n=1, class_check=1.0), INVALID, "class_check must be below 1"),
+    ("label check of 1", "Sample", pb.SampleRequest(model="tiny-gan", n=1, class_check=1.0), INVALID, "class_check: 1.0 must be below 1"),
     ("label check of guided chains", "Sample",
      pb.SampleRequest(model="tiny-gan", n=1, class_check=0.5, source=pb.SAMPLE_SOURCE_GUIDED), INVALID,
      "class_check applies to PRIOR and LATENT_GMM"),

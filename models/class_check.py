@@ -130,16 +130,23 @@ def check_loop(draw: Draw, labels: np.ndarray, threshold: float,
     return Checked(latents, images, best, draws, int((best >= threshold).sum()))
 
 
+def _step(loop: Generator[Ask, Any, Checked], value: Any) -> tuple[Ask | None, Checked | None]:
+    """Advance `check_loop` (value None: start it) -> (the next request, None) or (None, the result). The
+    result comes back as a value because StopIteration cannot cross an executor future."""
+    try:
+        return (next(loop) if value is None else loop.send(value)), None
+    except StopIteration as stop:
+        return None, stop.value
+
+
 def run_sync(loop: Generator[Ask, Any, Checked], decode: Callable[[np.ndarray, np.ndarray], np.ndarray],
              classify: Callable[[np.ndarray], np.ndarray]) -> Checked:
     """Drive `check_loop` with plain functions: decode(z, y) -> images, classify(images) -> logits."""
-    try:
-        z, y = next(loop)
-        while True:
-            x = decode(z, y)
-            z, y = loop.send((x, classify(x)))
-    except StopIteration as stop:
-        return stop.value
+    ask, done = _step(loop, None)
+    while done is None:
+        x = decode(*ask)
+        ask, done = _step(loop, (x, classify(x)))
+    return done
 
 
 async def run_async(loop: Generator[Ask, Any, Checked], decode: Callable[[np.ndarray, np.ndarray], Awaitable],
@@ -147,17 +154,13 @@ async def run_async(loop: Generator[Ask, Any, Checked], decode: Callable[[np.nda
     """Drive `check_loop` with coroutine functions (the serving side: batched model calls). `offload` runs the
     loop's own steps (its `draw` calls) in the event loop's default executor, for draws too slow for the loop."""
 
-    def step(value: Any) -> tuple[Ask | None, Checked | None]:
-        # StopIteration cannot cross an executor future, so the result comes back as a value
-        try:
-            return (next(loop) if value is None else loop.send(value)), None
-        except StopIteration as stop:
-            return None, stop.value
+    async def advance(value: Any) -> tuple[Ask | None, Checked | None]:
+        if offload:
+            return await asyncio.get_running_loop().run_in_executor(None, _step, loop, value)
+        return _step(loop, value)
 
-    ask, done = (await asyncio.get_running_loop().run_in_executor(None, step, None)) if offload else step(None)
+    ask, done = await advance(None)
     while done is None:
-        z, y = ask
-        x = await decode(z, y)
-        sent = (x, await classify(x))
-        ask, done = (await asyncio.get_running_loop().run_in_executor(None, step, sent)) if offload else step(sent)
+        x = await decode(*ask)
+        ask, done = await advance((x, await classify(x)))
     return done

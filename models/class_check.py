@@ -13,9 +13,9 @@ head: 0.81 unchecked, 0.989 at 0.99). The check rejects
 what falls between the classes, so it is only as good as the class head, and it cannot catch what the
 decoder was trained to pass it: the GAN's AC term trains G against its encoder's head, and a GAN trained with
 seed 1 (74.7% GAN-test) reached only 80.3% with the check, while the VAE's decoder never saw its head's
-verdict on samples from its latent GMM: evaluation turns it on by default
-(`recommend`, read back by `default_threshold`) only for models whose head classifies the real test images
-well and where it raises the measured class accuracy.
+verdict on samples from its latent GMM: evaluation turns it on by default, per sample source
+(`recommend_per_source`, read back by `default_thresholds`), only for models whose head classifies the real
+test images well and on the sources where it raises the measured class accuracy.
 
 `check_loop` is the algorithm as a generator (it asks for decodes and encodes and is sent their results), so
 the serving side drives it with awaits and evaluation drives it with plain calls, one implementation for both.
@@ -57,22 +57,45 @@ class Checked:
     passed: int  # rows whose kept draw reached the threshold
 
 
-def recommend(metrics: dict, default_source: str) -> float:
-    """The default threshold evaluation records (`metrics.class_check_default`): DEFAULT_THRESHOLD when the
-    model's class head classifies at least MIN_HEAD_ACCURACY of the real test images and the check raises the
-    probe's GAN-test on the model's default sample source by at least MIN_GAIN, else 0 (off)."""
+def recommend(metrics: dict, source: str) -> float:
+    """The default threshold evaluation records for one sample source (`metrics.class_check_defaults[source]`):
+    DEFAULT_THRESHOLD when the model's class head classifies at least MIN_HEAD_ACCURACY of the real test images
+    and the check raises the probe's GAN-test on that source by at least MIN_GAIN, else 0 (off)."""
     accuracy = metrics.get("encoder_accuracy")
-    scores = (metrics.get("gan_test") or {}).get(default_source) or {}
+    scores = (metrics.get("gan_test") or {}).get(source) or {}
     checked = scores.get("class_check") or {}
     if not isinstance(accuracy, (int, float)) or accuracy < MIN_HEAD_ACCURACY or "mean" not in checked:
         return 0.0
     return DEFAULT_THRESHOLD if checked["mean"] - scores["mean"] >= MIN_GAIN else 0.0
 
 
-def default_threshold(manifest: dict) -> float:
-    """The threshold Sample and Augment use when a request leaves it unset: what evaluation recommended
-    (`metrics.class_check_default`); 0 (off) for a model that was not evaluated."""
-    value = (manifest.get("metrics") or {}).get("class_check_default")
+def recommend_per_source(metrics: dict) -> dict[str, float]:
+    """`recommend` for every sample source evaluation scored with the check ({source: threshold}): one
+    threshold per source, because the check helps where a source's samples fall between the classes (the
+    bundled GAN's latent GMM: 78% -> 96%) and only costs where they do not (its prior: 97% either way)."""
+    return {src: recommend(metrics, src) for src, scores in sorted((metrics.get("gan_test") or {}).items())
+            if isinstance(scores, dict) and "class_check" in scores}
+
+
+def default_thresholds(manifest: dict, default_source: str) -> dict[str, float]:
+    """{sample source: the threshold a request for it gets when it leaves the check unset} as evaluation
+    recommended (`metrics.class_check_defaults`); a manifest evaluated before there was one per source has only
+    `metrics.class_check_default`, which was chosen on `default_source` (so the other sources are off).
+    Empty for a model that was not evaluated (off everywhere)."""
+    metrics = manifest.get("metrics") or {}
+    per_source = metrics.get("class_check_defaults")
+    if not isinstance(per_source, dict):
+        one = metrics.get("class_check_default")
+        per_source = {default_source: one} if one is not None else {}
+    return {str(src): _threshold(v) for src, v in per_source.items()}
+
+
+def default_threshold(manifest: dict, source: str, default_source: str) -> float:
+    """The threshold Sample and Augment use for `source` when a request leaves it unset (0 = off)."""
+    return default_thresholds(manifest, default_source).get(source, 0.0)
+
+
+def _threshold(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and 0.0 < value < 1.0 else 0.0
 
 

@@ -12,7 +12,8 @@ Metrics (all images compared in the networks' [-1,1] space unless said otherwise
   name some class even for a blank or a blob.
 - GAN-test and coverage with the label check (models/class_check.py) at its default threshold, per source:
   samples whose label the model's own class head gives less than the threshold are redrawn, with the share
-  of draws accepted; and `class_check_default`, the threshold Sample and Augment then use by default (0 = off).
+  of draws accepted; and `class_check_defaults`, per source the threshold Sample and Augment then use by
+  default (0 = off), with `class_check_default`, the entry of the model's default source.
 - Knob R²: prior samples are moved with `LatentSpace.set_factor` to target values spread evenly over the
   factor's [low, high] (shuffled), decoded, and the probe's factor head measures them; R² (1 - SS_res/SS_tot)
   and MAE of measured vs requested, in the factor's natural units.
@@ -393,9 +394,10 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
         # and whether it costs diversity: the same coverage figures as above, of checked samples
         fake_feat = _probe_outputs(probe, checked(split.labels[cov_idx].astype(np.int64)).images)["features"]
         metrics["coverage"][src]["class_check"] = prdc(real_feat, fake_feat, PRDC_K)
-    # what Sample and Augment use by default (ModelInfo.default_class_check)
-    metrics["class_check_default"] = class_check.recommend(
-        metrics, default_sample_source(record.family, space.gmm_weights is not None))
+    # what Sample and Augment use by default, per source (ModelInfo.default_class_checks)
+    metrics["class_check_defaults"] = class_check.recommend_per_source(metrics)
+    metrics["class_check_default"] = metrics["class_check_defaults"].get(
+        default_sample_source(record.family, space.gmm_weights is not None), 0.0)
     recon = decode(latents_under_labels(enc, split.labels), split.labels)
     if record.family == "flow":
         roundtrip = float(np.max(np.abs(recon.astype(np.float64) - real)))
@@ -498,8 +500,8 @@ def format_table(record: ModelRecord, metrics: dict) -> str:
                 rows.append((f"knob {f} R2 / MAE ({src}; probe's own R2)",
                              f"{_fmt(fig['r2'])} / {_fmt(fig['mae'])} ({_fmt(m.get('probe_r2'))})"))
         rows.append(("encoder class accuracy", _fmt(metrics.get("encoder_accuracy"))))
-        if "class_check_default" in metrics:
-            rows.append(("label check by default (threshold; 0 = off)", _fmt(metrics["class_check_default"])))
+        for src, threshold in (metrics.get("class_check_defaults") or {}).items():
+            rows.append((f"label check by default, {src} (threshold; 0 = off)", _fmt(threshold)))
         if "reconstruction" in metrics:
             rows.append(("reconstruction PSNR (dB)", _fmt(metrics["reconstruction"]["psnr_db"])))
         if "flow" in metrics:

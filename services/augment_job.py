@@ -123,7 +123,7 @@ class AugmentJob:
         info = self.client.get_model(self.spec.model, version or None)
         check_spec(self.spec, facts_from_info(info), files=True)
         if pinned is None:  # 0 = the model's default threshold, which is 0 when the check is off for it
-            resolved = self.spec.class_check or info.default_class_check
+            resolved = self.spec.class_check or info.class_check_for(self.spec.source)
             pinned = round(float(resolved), 6) if resolved > 0 else -1.0
         self.run_spec = AugmentSpec(**{**self.spec.__dict__, "version": info.version, "class_check": pinned})
         factors = [f.name for f in self.spec.factors]

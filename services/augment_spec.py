@@ -108,7 +108,7 @@ class AugmentSpec:
     format: str = "png"
     shard_size: int = DEFAULT_SHARD_SIZE
     handles: bool = True
-    class_check: float = 0.0  # label-check threshold in (0, 1); 0 = the model's default, < 0 = off
+    class_check: float = 0.0  # label-check threshold in (0, 1); 0 = the model's default for `source`, < 0 = off
 
     @property
     def num_shards(self) -> int:

@@ -47,7 +47,7 @@ import io
 import json
 import math
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -187,6 +187,12 @@ class ModelInfo:
     default_sample_source: str = "prior"  # what Sample uses when no source is given (a VAE: latent_gmm)
     max_refine_steps: int = 0
     default_class_check: float = 0.0  # label-check threshold Sample / Augment use by default (0 = off)
+    # the same per sample source ("prior", "latent_gmm"); a source missing here is off
+    default_class_checks: dict[str, float] = field(default_factory=dict)
+
+    def class_check_for(self, source: str) -> float:
+        """The threshold a Sample / Augment from `source` gets when it leaves the check unset (0 = off)."""
+        return self.default_class_checks.get(source, 0.0)
 
     @property
     def latent_dim(self) -> int:
@@ -740,7 +746,8 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         max_geodesic_iterations=m.limits.max_geodesic_iterations, max_guidance_steps=m.limits.max_guidance_steps,
         max_refine_steps=m.limits.max_refine_steps,
         default_sample_source=_SOURCE_NAMES.get(m.default_sample_source, "prior"),
-        default_class_check=round(float(m.default_class_check), 6))  # float32 on the wire
+        default_class_check=round(float(m.default_class_check), 6),  # float32 on the wire
+        default_class_checks={k: round(float(v), 6) for k, v in sorted(m.default_class_checks.items())})
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:

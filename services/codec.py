@@ -308,6 +308,7 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         prior=info["prior"],
         default_sample_source=_SAMPLE_SOURCE_ENUM[info["default_sample_source"]],
         default_class_check=float(info.get("default_class_check", 0.0)),
+        default_class_checks={k: float(v) for k, v in info.get("default_class_checks", {}).items()},
         limits=pb.Limits(max_images_per_request=int(info["limits"]["max_images_per_request"]),
                          max_interpolation_steps=int(info["limits"]["max_interpolation_steps"]),
                          max_geodesic_iterations=int(info["limits"].get("max_geodesic_iterations", 0)),

@@ -168,6 +168,8 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
     m = record.manifest
     gmm = m.get("gmm") or {}
     prior = (m.get("prior") or {}).get("type", "")
+    default_source = default_sample_source(record.family, bool(gmm.get("components")))
+    checks = class_check.default_thresholds(m, default_source)  # per sample source
     grad_ops = not lops.availability_problem(config)  # gradient latent ops: torch installed and enabled
     return {
         "name": record.name,
@@ -180,8 +182,9 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
         "knobs": list(m.get("knobs") or []),
         "sample_sources": ["prior"] + (["latent_gmm"] if gmm.get("components") else [])
                           + (["guided"] if grad_ops and m.get("probe") else []),
-        "default_sample_source": default_sample_source(record.family, bool(gmm.get("components"))),
-        "default_class_check": class_check.default_threshold(m),
+        "default_sample_source": default_source,
+        "default_class_checks": checks,
+        "default_class_check": checks.get(default_source, 0.0),
         "interpolation_methods": ["lerp", "slerp"] + (["geodesic"] if grad_ops else []),
         "metrics": _flatten_metrics(m.get("metrics") or {}),
         "backend": config.backend,
@@ -653,7 +656,7 @@ class LatentIngress:
             if source == "latent_gmm" and sv.space.gmm_weights is None:
                 raise ValidationError(f"model {sv.name} v{sv.version} has no latent GMM; use source PRIOR")
             targets = self._knob_targets(sv, dict(request.knobs))
-            threshold = self._class_check(sv, request.class_check, guided)
+            threshold = self._class_check(sv, request.class_check, "guided" if guided else source)
             rng = _rng(request.seed)
             labels = self._sample_labels(sv, request, rng)
 
@@ -686,15 +689,16 @@ class LatentIngress:
 
         return await self._unary("Sample", grpc_context, body, pb.SampleResponse())
 
-    def _class_check(self, sv: ServedVersion, value: float, guided: bool = False) -> float:
-        """A request's label-check threshold: 0 -> the model's default (none for guided chains, which the probe
-        already steers to their class), < 0 -> 0 (off), else it must lie in (0, 1)."""
+    def _class_check(self, sv: ServedVersion, value: float, source: str) -> float:
+        """A request's label-check threshold for samples from `source`: 0 -> the model's default for that source
+        (none for guided chains, which the probe already steers to their class), < 0 -> 0 (off), else it must
+        lie in (0, 1)."""
         value = class_check.requested_threshold(value)
         if value < 0:
             return 0.0
         if value == 0:
-            return 0.0 if guided else sv.info["default_class_check"]
-        if guided:
+            return sv.info["default_class_checks"].get(source, 0.0)
+        if source == "guided":
             raise ValidationError("class_check applies to PRIOR and LATENT_GMM samples; guided chains are "
                                   "steered to their class by the probe (use guidance.class_weight)")
         return value
@@ -888,7 +892,7 @@ class LatentIngress:
             shards = augment_spec.check_shards(list(request.shards), spec.num_shards)
             fmt = codec.AUGMENT_WIRE_FORMATS[spec.format]
             temperature = spec.temperature or float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))
-            threshold = self._class_check(sv, spec.class_check)
+            threshold = self._class_check(sv, spec.class_check, spec.source)
             plan = await self._augment_plan(spec, sv)
         except asyncio.CancelledError:
             raise

@@ -69,6 +69,16 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _label_check(info) -> str:
+    """Per sample source: the default label-check threshold (models/class_check.py) or off."""
+    sources = [s for s in info.sample_sources if s != "guided"]
+    checks = {s: info.class_check_for(s) for s in sources}
+    if not any(checks.values()):
+        return "off by default"
+    return "by default " + ", ".join(f"{s}: " + (f"redraw below p(label) {t:g}" if t > 0 else "off")
+                                     for s, t in checks.items())
+
+
 def describe(info) -> str:
     """One model's details as text (a ModelInfo from the client)."""
     h, w = info.image_size
@@ -77,8 +87,7 @@ def describe(info) -> str:
            f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
-           f"  label check " + (f"redraw below p(label) {info.default_class_check:g} by default"
-                                if info.default_class_check > 0 else "off by default"),
+           f"  label check {_label_check(info)}",
            f"  methods     {', '.join(info.interpolation_methods) or '-'}",
            f"  limits      {info.max_images_per_request or '?'} images/request, "
            f"{info.max_interpolation_steps or '?'} interpolation steps"]

@@ -28,7 +28,7 @@ def register(sub) -> None:
                         "NAME`: the latent GMM for a VAE, else the prior)")
     p.add_argument("--class-check", type=float, default=0.0, metavar="P",
                    help="label check: redraw images whose label the model's own class head gives less than P "
-                        "(0 = the model's default, see `latentserve models NAME`; < 0 = off)")
+                        "(0 = the model's default for the source, see `latentserve models NAME`; < 0 = off)")
     g = p.add_argument_group("guided sampling (--source guided; 0 = server default)")
     g.add_argument("--guidance-steps", type=int, default=0, help="Langevin steps")
     g.add_argument("--step-size", type=float, default=0.0, help="Langevin step size eta")

@@ -137,7 +137,8 @@ def _spec(shape) -> list:
     return ["float32", ["batch", *shape]]
 
 
-def _write_version(root: Path, name: str, version: int, family: str, d: int, seed: int, sign: float = 1.0) -> None:
+def _write_version(root: Path, name: str, version: int, family: str, d: int, seed: int, sign: float = 1.0,
+                   metrics: dict | None = None) -> None:
     import onnx
     import onnxruntime
     import torch
@@ -208,7 +209,7 @@ def _write_version(root: Path, name: str, version: int, family: str, d: int, see
         "parity": {g: {"onnx_max_abs": 0.0, "torchscript_max_abs": 0.0} for g in meta_graphs},
         "training": {"family": family, "family_config": {}, "train_config": {}, "data": {"name": "tiny"},
                      "steps": 0, "seconds": 0.0, "final_losses": {}},
-        "metrics": {"tiny": {"seed": float(seed)}},
+        "metrics": {"tiny": {"seed": float(seed)}, **(metrics or {})},
     }
     if space is not None:
         meta = space.meta()
@@ -226,7 +227,10 @@ def build_tiny_repository(root: Path) -> Path:
     torch.set_num_threads(1)
     root.mkdir(parents=True, exist_ok=True)
     _write_version(root, "tiny-flow", 1, "flow", P, seed=1)
-    _write_version(root, "tiny-gan", 1, "gan", 8, seed=2)
+    # v1 (served only when pinned) carries what evaluation records for a model whose label check helps one
+    # source: checked by default from its latent GMM, not from its prior
+    _write_version(root, "tiny-gan", 1, "gan", 8, seed=2,
+                   metrics={"class_check_defaults": {"prior": 0.0, "latent_gmm": 0.5}, "class_check_default": 0.0})
     _write_version(root, "tiny-gan", 2, "gan", 8, seed=5)
     _write_version(root, "tiny-vae", 1, "vae", 8, seed=3)
     _write_version(root, "tiny-probe", 1, "probe", 0, seed=4)

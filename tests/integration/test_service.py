@@ -133,6 +133,22 @@ def test_label_check_redraws_what_the_models_own_head_does_not_recognise(client)
     np.testing.assert_array_equal(again.images, checked.images)  # same seed and options -> same images
 
 
+def test_label_check_default_is_per_sample_source(client):
+    """The default threshold is the one evaluation recorded for the request's source (tiny-gan v1: 0.5 for its
+    latent GMM, off for its prior); an explicit threshold or -1 overrides it."""
+    info = client.get_model("tiny-gan", version=1)
+    assert info.default_class_checks == {"prior": 0.0, "latent_gmm": 0.5} and info.default_class_check == 0.0
+    assert client.get_model("tiny-gan").default_class_checks == {}  # v2: not evaluated, off everywhere
+    kw = dict(n=12, seed=4, format="float32", version=1)
+    assert client.sample("tiny-gan", source="prior", **kw).class_confidence is None
+    implicit = client.sample("tiny-gan", source="latent_gmm", **kw)
+    explicit = client.sample("tiny-gan", source="latent_gmm", class_check=0.5, **kw)
+    assert implicit.class_confidence is not None and implicit.class_confidence.shape == (12,)
+    np.testing.assert_array_equal(implicit.latents, explicit.latents)
+    np.testing.assert_allclose(implicit.class_confidence, explicit.class_confidence, atol=1e-6)
+    assert client.sample("tiny-gan", source="latent_gmm", class_check=-1, **kw).class_confidence is None
+
+
 def test_same_seed_same_images(client):
     a = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")
     b = client.sample("tiny-gan", 5, label=1, seed=42, knobs={"brightness": 0.1}, format="float32")

@@ -127,13 +127,29 @@ def test_evaluation_turns_the_check_on_only_where_a_reliable_head_raises_class_a
     assert cc.recommend(_metrics(1.0, 0.79, 0.95), "prior") == cc.DEFAULT_THRESHOLD  # the bundled VAE's case
     assert cc.recommend(_metrics(1.0, 0.973, 0.970), "prior") == 0.0  # the bundled GAN's: no gain, no cost
     assert cc.recommend(_metrics(cc.MIN_HEAD_ACCURACY - 0.01, 0.4, 0.6), "prior") == 0.0  # no judge
-    assert cc.recommend(_metrics(1.0, 0.79, 0.95, source="latent_gmm"), "prior") == 0.0  # not its default source
+    assert cc.recommend(_metrics(1.0, 0.79, 0.95, source="latent_gmm"), "prior") == 0.0  # another source's figures
     assert cc.recommend({"encoder_accuracy": 1.0}, "prior") == 0.0  # check not measured
 
 
+def test_evaluation_recommends_one_threshold_per_source():
+    # the bundled GAN: no gain on its prior, 78% -> 96% on its latent GMM
+    metrics = {"encoder_accuracy": 1.0, "gan_test": {
+        "prior": {"mean": 0.973, "class_check": {"mean": 0.973}},
+        "latent_gmm": {"mean": 0.783, "class_check": {"mean": 0.963}},
+        "guided": {"mean": 0.99}}}  # a source scored without the check gets no entry
+    assert cc.recommend_per_source(metrics) == {"latent_gmm": cc.DEFAULT_THRESHOLD, "prior": 0.0}
+    assert cc.recommend_per_source({"encoder_accuracy": 1.0}) == {}
+
+
 def test_serving_reads_back_what_evaluation_recorded():
-    assert cc.default_threshold({"metrics": {"class_check_default": 0.99}}) == 0.99
-    assert cc.default_threshold({"metrics": {"class_check_default": 0.0}}) == 0.0
-    assert cc.default_threshold({"metrics": {"class_check_default": 1.5}}) == 0.0  # not a probability: off
-    assert cc.default_threshold({"metrics": {}}) == 0.0  # not evaluated: no evidence the head is a judge
-    assert cc.default_threshold({}) == 0.0
+    per_source = {"metrics": {"class_check_defaults": {"prior": 0.0, "latent_gmm": 0.99}, "class_check_default": 0.0}}
+    assert cc.default_thresholds(per_source, "prior") == {"prior": 0.0, "latent_gmm": 0.99}
+    assert cc.default_threshold(per_source, "latent_gmm", "prior") == 0.99
+    assert cc.default_threshold(per_source, "prior", "prior") == 0.0
+    # manifests evaluated before there was one threshold per source: theirs was chosen on the default source
+    old = {"metrics": {"class_check_default": 0.99}}
+    assert cc.default_thresholds(old, "latent_gmm") == {"latent_gmm": 0.99}
+    assert cc.default_threshold(old, "prior", "latent_gmm") == 0.0
+    assert cc.default_threshold({"metrics": {"class_check_default": 1.5}}, "prior", "prior") == 0.0  # not a probability
+    assert cc.default_thresholds({"metrics": {}}, "prior") == {}  # not evaluated: no evidence the head is a judge
+    assert cc.default_thresholds({}, "prior") == {}

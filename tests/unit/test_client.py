@@ -216,6 +216,20 @@ def test_model_info_conversion():
         info.class_index(5)
 
 
+def test_label_check_defaults_per_source():
+    from latentserve.commands.models import describe
+
+    m = pb.ModelInfo(name="g", version=1, family="gan", image_shape=[3, 8, 8], latent_shape=[4],
+                     sample_sources=[pb.SAMPLE_SOURCE_PRIOR, pb.SAMPLE_SOURCE_LATENT_GMM, pb.SAMPLE_SOURCE_GUIDED],
+                     default_class_checks={"prior": 0.0, "latent_gmm": 0.99})
+    info = lc.model_info_from_proto(m)
+    assert info.class_check_for("latent_gmm") == pytest.approx(0.99) and info.class_check_for("prior") == 0.0
+    assert info.class_check_for("guided") == 0.0  # a source missing from the map is off
+    assert "label check by default prior: off, latent_gmm: redraw below p(label) 0.99" in describe(info)
+    m.ClearField("default_class_checks")
+    assert "label check off by default" in describe(lc.model_info_from_proto(m))
+
+
 def test_frame_conversion_with_summary():
     x = _images(1)[0]
     f = pb.InterpolateFrame(index=3, t=1.0, image=lc.image_to_proto(x), latent=pb.Latent(values=[1, 2], label=1),

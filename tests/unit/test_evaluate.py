@@ -19,6 +19,7 @@ from latentserve.models.evaluate import (
     psnr01,
     r2_score,
 )
+from latentserve.models.latent import default_sample_source
 from latentserve.models.manifest import read_manifest
 from latentserve.models.repository import Repository
 
@@ -129,7 +130,10 @@ def test_evaluate_generative_writes_metrics_and_keeps_checksums(toy_repo, name, 
         assert checked["threshold"] == cc.DEFAULT_THRESHOLD and 0 < checked["accepted"] <= 1 and 0 <= checked["passed"] <= 1
         assert 0 <= checked["mean"] <= 1 and set(checked["per_class"]) == {"red", "green"}
         assert all(0 <= cov["class_check"][k] <= 1 for k in ("precision", "recall", "coverage"))
-    assert m["class_check_default"] in (0.0, cc.DEFAULT_THRESHOLD)  # recorded for serving (models/class_check.recommend)
+    # recorded for serving, per source (models/class_check.recommend_per_source), and for the default source
+    assert set(m["class_check_defaults"]) == {"prior", "latent_gmm"}
+    assert all(t in (0.0, cc.DEFAULT_THRESHOLD) for t in m["class_check_defaults"].values())
+    assert m["class_check_default"] == m["class_check_defaults"][default_sample_source(name.split("-")[1], True)]
     assert "scale" in m["knobs"] and m["knobs"]["scale"]["n"] == 16
     knob = m["knobs"]["scale"]
     assert set(knob["by_source"]) == {"prior", "latent_gmm"}  # knobs are scored on samples of every source

@@ -730,7 +730,7 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
                version: int | None = None, opset: int = 17, fit_latents: bool = True, max_latent_fit: int = 12000,
                probe: str | None = None, exporter: str = "auto", seed: int = 0, data=None,
                device: str = "cpu", knob_source: str = "auto", gmm_components: int = 10,
-               gmm_covariance: str = "auto", knob_readouts: bool = True) -> ModelRecord:
+               gmm_covariance: str = "auto", knob_readouts: bool = True, parity_atol: float = 1e-4) -> ModelRecord:
     """Export a training run (its checkpoint.pt, or a checkpoint file) as `<repo>/<name>/<version>/`.
 
     version None = next free version; probe = the probe model named in a generative manifest (default
@@ -741,7 +741,7 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
 
     cfg = ExportConfig(opset=opset, fit_latents=fit_latents, max_latent_fit=max_latent_fit, exporter=exporter,
                        seed=seed, knob_source=knob_source, gmm_components=gmm_components,
-                       gmm_covariance=gmm_covariance, knob_readouts=knob_readouts)
+                       gmm_covariance=gmm_covariance, knob_readouts=knob_readouts, parity_atol=parity_atol)
     path = Path(run_dir_or_checkpoint)
     if not path.exists():
         raise NotFoundError(f"no training run or checkpoint at {path}")

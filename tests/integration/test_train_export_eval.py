@@ -212,6 +212,10 @@ def test_cli_export_and_eval(tmp_path, trained, repo, capsys):
     # errors are one line, exit code 2
     assert main(["eval", "--model", "nope", "--repo", str(root)]) == 2
     assert "no model 'nope'" in capsys.readouterr().err
+    assert main(args + ["--parity-atol", "0.5"]) == 2  # the tolerance is range-checked before any work
+    err = capsys.readouterr().err
+    assert "parity_atol=0.5: must be in (0, 1e-2]" in err and "Traceback" not in err
+    assert Repository(root).versions("cli-model") == [1, 2]
 
 
 def test_latent_report_on_exported_families(repo, trained, tmp_path, capsys):

@@ -90,11 +90,6 @@ def default_thresholds(manifest: dict, default_source: str) -> dict[str, float]:
     return {str(src): _threshold(v) for src, v in per_source.items()}
 
 
-def default_threshold(manifest: dict, source: str, default_source: str) -> float:
-    """The threshold Sample and Augment use for `source` when a request leaves it unset (0 = off)."""
-    return default_thresholds(manifest, default_source).get(source, 0.0)
-
-
 def _threshold(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and 0.0 < value < 1.0 else 0.0
 

@@ -144,12 +144,9 @@ def test_evaluation_recommends_one_threshold_per_source():
 def test_serving_reads_back_what_evaluation_recorded():
     per_source = {"metrics": {"class_check_defaults": {"prior": 0.0, "latent_gmm": 0.99}, "class_check_default": 0.0}}
     assert cc.default_thresholds(per_source, "prior") == {"prior": 0.0, "latent_gmm": 0.99}
-    assert cc.default_threshold(per_source, "latent_gmm", "prior") == 0.99
-    assert cc.default_threshold(per_source, "prior", "prior") == 0.0
     # manifests evaluated before there was one threshold per source: theirs was chosen on the default source
     old = {"metrics": {"class_check_default": 0.99}}
     assert cc.default_thresholds(old, "latent_gmm") == {"latent_gmm": 0.99}
-    assert cc.default_threshold(old, "prior", "latent_gmm") == 0.0
-    assert cc.default_threshold({"metrics": {"class_check_default": 1.5}}, "prior", "prior") == 0.0  # not a probability
+    assert cc.default_thresholds({"metrics": {"class_check_default": 1.5}}, "prior") == {"prior": 0.0}  # not a probability
     assert cc.default_thresholds({"metrics": {}}, "prior") == {}  # not evaluated: no evidence the head is a judge
     assert cc.default_thresholds({}, "prior") == {}

@@ -6,7 +6,8 @@ What is measured (images/s, p50/p99 request latency):
 - raw:     `InferenceSession.run` on batches of `bulk_size` in this process, `threads` intra-op threads.
 - bulk:    requests of `bulk_size` latents each, raw uint8 images back, `bulk_concurrency` requests in flight.
 - single:  one-latent requests at each concurrency (8/32/64): what the server's batcher has to merge.
-latentserve and Triton are driven by the same harness (`drive`): asyncio + grpc.aio, N workers on one channel,
+latentserve and Triton are driven by the same harness (`drive`): asyncio + grpc.aio, N workers on one channel
+(or spread over `connections` channels, each its own TCP connection),
 pre-serialised requests (so request building costs neither side), a warm-up, then a fixed measuring window;
 every request is unique (`UniqueRequests` stamps a counter and a per-run random value into the first two
 values of every latent row of the pre-serialised bytes), so a server-side result cache can never answer from
@@ -70,6 +71,10 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (8, 32, 64)  # single-image request concurrencies (each >= 1)
     bulk_size: int = 64  # images per bulk request (>= 1)
     bulk_concurrency: int = 2  # bulk requests in flight (>= 1): keeps the server busy between requests
+    # client connections per system (1..64): each its own channel and TCP connection, the workers spread over
+    # them round robin. 1 = every request on one connection; more = many clients, whose connections the kernel
+    # spreads over serving processes that share a port (`latentserve serve --ingress-replicas N`)
+    connections: int = 1
     threads: int = 1  # ONNX Runtime intra-op threads for raw, Triton and a started server (serve's default: 1)
     triton: bool = True  # include Triton
     triton_target: str | None = None  # a running Triton (host:port, model "model") instead of starting one
@@ -91,6 +96,8 @@ class BenchConfig:
             raise ValidationError(f"--concurrency values must be in 1..1024, got {self.concurrency}")
         if not 1 <= self.bulk_size <= 4096 or not 1 <= self.bulk_concurrency <= 64:
             raise ValidationError("--bulk-size must be in 1..4096 and --bulk-concurrency in 1..64")
+        if not 1 <= self.connections <= 64:
+            raise ValidationError(f"--connections must be in 1..64, got {self.connections}")
         if not self.label or self.label in ("raw", "triton"):
             raise ValidationError(f"--label must be a name other than raw/triton, got {self.label!r}")
         if not 1 <= self.threads <= 256:
@@ -249,11 +256,12 @@ def sentinel_latents(rng: np.random.Generator, batch: int, latent_dim: int) -> n
     return z
 
 
-async def drive(call: Callable, requests: "list[bytes] | UniqueRequests", parse: Callable[[bytes], int], concurrency: int,
-                duration: float, warmup: float, stats: RunStats, timeout: float = 30.0,
+async def drive(call: "Callable | list[Callable]", requests: "list[bytes] | UniqueRequests", parse: Callable[[bytes], int],
+                concurrency: int, duration: float, warmup: float, stats: RunStats, timeout: float = 30.0,
                 metadata: tuple = (), server_cpu: Callable[[], float | None] | None = None) -> RunStats:
     """N workers send pre-serialised `requests` (round robin) through `call` (a grpc.aio unary-unary callable
-    with bytes in and out) for `warmup` + `duration` seconds. Responses completed inside the measuring window
+    with bytes in and out; a list of them, one per connection: worker k uses call k mod len) for `warmup` +
+    `duration` seconds. Responses completed inside the measuring window
     count (throughput = completions / window; latency of those requests). `parse(response) -> images` turns a
     response into images and counts them. `server_cpu()` (CPU seconds of the server, e.g. process_tree_cpu)
     and this process's CPU time are sampled at both ends of the window."""
@@ -271,7 +279,10 @@ async def drive(call: Callable, requests: "list[bytes] | UniqueRequests", parse:
         if s0 is not None and s1 is not None:
             stats.server_cpu_s = s1 - s0
 
-    async def worker() -> None:
+    calls = call if isinstance(call, list) else [call]
+
+    async def worker(k: int) -> None:
+        call = calls[k % len(calls)]
         while True:
             t0 = loop.time()
             if t0 >= t_end:
@@ -298,7 +309,7 @@ async def drive(call: Callable, requests: "list[bytes] | UniqueRequests", parse:
                 stats.images += n
                 stats.latencies_ms.append((t1 - t0) * 1e3)
 
-    await asyncio.gather(sample_cpu(), *(worker() for _ in range(concurrency)))
+    await asyncio.gather(sample_cpu(), *(worker(k) for k in range(concurrency)))
     stats.seconds = duration
     return stats
 
@@ -643,20 +654,27 @@ class System:
     pid: int | None = None  # root of the server's process tree when we started it (for CPU accounting)
 
 
-async def _drive_systems(systems: list[System], cfg: BenchConfig) -> list[RunStats]:
-    """Every mode (bulk, then single at each concurrency) for every system, interleaved per mode so the
-    systems see the same background load on a shared machine."""
+def open_channels(target: str, connections: int) -> list:
+    """`connections` grpc.aio channels to `target`, each on its own TCP connection (a local subchannel pool per
+    channel: without one, channels to the same target share a connection)."""
     import grpc
 
     from latentserve.services.client import CHANNEL_OPTIONS
 
-    channels = [grpc.aio.insecure_channel(s.target, options=list(CHANNEL_OPTIONS)) for s in systems]
+    options = list(CHANNEL_OPTIONS) + ([("grpc.use_local_subchannel_pool", 1)] if connections > 1 else [])
+    return [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+
+
+async def _drive_systems(systems: list[System], cfg: BenchConfig) -> list[RunStats]:
+    """Every mode (bulk, then single at each concurrency) for every system, interleaved per mode so the
+    systems see the same background load on a shared machine."""
+    channels = [open_channels(s.target, cfg.connections) for s in systems]
     results = []
     try:
         plan = [("bulk", cfg.bulk_concurrency, cfg.bulk_size)] + [("single", c, 1) for c in cfg.concurrency]
         for mode, conc, batch in plan:
-            for system, channel in zip(systems, channels):
-                call = channel.unary_unary(system.method)  # bytes in, bytes out
+            for system, chans in zip(systems, channels):
+                call = [ch.unary_unary(system.method) for ch in chans]  # bytes in, bytes out
                 stats = RunStats(system.name, mode, conc, batch)
                 cpu = (lambda pid=system.pid: process_tree_cpu(pid)) if system.pid else None
                 await drive(call, system.make_requests(batch), system.make_parser(batch), conc, cfg.duration,
@@ -668,7 +686,7 @@ async def _drive_systems(systems: list[System], cfg: BenchConfig) -> list[RunSta
                      + (f"  errors {stats.errors}: {stats.first_error}" if stats.errors else ""))
                 results.append(stats)
     finally:
-        for ch in channels:
+        for ch in (c for chans in channels for c in chans):
             await ch.close()
     return results
 
@@ -870,7 +888,8 @@ def format_table(report: dict) -> str:
     model = report.get("model", {})
     lines.insert(0, f"decoder {report.get('onnx')}  image {report.get('image_shape')}  D={report.get('latent_dim')}  "
                     f"model {model.get('name')} v{model.get('version')}  threads {report['config']['threads']}  "
-                    f"window {report['config']['duration']}s (+{report['config']['warmup']}s warm-up)")
+                    f"window {report['config']['duration']}s (+{report['config']['warmup']}s warm-up)  "
+                    f"client connections {report['config'].get('connections', 1)}")
     lines.append("x raw / x triton: throughput ratios (raw = the better raw bulk pass). srv cpu ms/img: CPU time of "
                  "the server's whole process tree per image; cpu eff x raw = raw's CPU per image / this one's "
                  "(1.0 = no serving overhead; independent of other load on the machine).")
@@ -879,5 +898,5 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BenchConfig", "RunStats", "drive", "run_raw", "run_bench", "analyse", "format_table", "triton_onnx",
+__all__ = ["BenchConfig", "RunStats", "drive", "open_channels", "run_raw", "run_bench", "analyse", "format_table", "triton_onnx",
            "kserve_messages", "to_uint8_nhwc", "TARGETS"]

@@ -50,6 +50,10 @@ def register(sub) -> None:
                    help="single-image concurrencies (default 8,32,64)")
     p.add_argument("--bulk-size", type=int, default=64, help="images per bulk request (default 64)")
     p.add_argument("--bulk-concurrency", type=int, default=2, help="bulk requests in flight (default 2)")
+    p.add_argument("--connections", type=int, default=1,
+                   help="client connections per server, the workers spread over them (default 1: every request "
+                        "on one connection; more models many clients, e.g. with `--serve-args "
+                        "'--ingress-replicas 2'`)")
     p.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime intra-op threads for raw, Triton and a --start'ed server; match a running "
                         "server's --threads (default 1, serve's default)")
@@ -88,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
                       label=args.label,
                       duration=args.duration, warmup=args.warmup, settle_s=args.settle,
                       concurrency=tuple(args.concurrency), bulk_size=args.bulk_size,
-                      bulk_concurrency=args.bulk_concurrency, threads=args.threads, triton=not args.no_triton,
+                      bulk_concurrency=args.bulk_concurrency, connections=args.connections, threads=args.threads,
+                      triton=not args.no_triton,
                       triton_target=args.triton_target, triton_port=args.triton_port,
                       triton_script=args.triton_script, triton_delay_us=args.triton_delay_us,
                       token=resolve_token(args), app_name=args.app,

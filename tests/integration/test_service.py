@@ -261,6 +261,53 @@ def test_concurrent_single_requests_are_batched(serve_app):
     assert max(r for r, _ in recent) > 1, recent  # several requests shared one model call
 
 
+def test_bench_harness_spreads_workers_over_connections(serve_app):
+    """`latentserve bench --connections 2`: the harness's workers really use two TCP connections (each its own
+    channel), and every request on either is answered."""
+    import os
+
+    from latentserve.services import bench
+
+    port = int(serve_app.target.rsplit(":", 1)[1])
+    md = (("application", serve_app.app_name),) if serve_app.frontend == "serve" else ()
+
+    def open_connections() -> int:
+        """Established TCP connections of this process to the server's port (Linux /proc)."""
+        mine = {os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                if os.path.islink(f"/proc/self/fd/{fd}")}
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in open(table).read().splitlines()[1:]:
+                f = line.split()  # sl local rem st ... inode (field 9)
+                if int(f[2].rsplit(":", 1)[1], 16) == port and f[3] == "01" and f"socket:[{f[9]}]" in mine:
+                    count += 1
+        return count
+
+    before = open_connections()  # the session's own clients may hold some
+
+    async def run():
+        channels = bench.open_channels(serve_app.target, 2)
+        calls = [ch.unary_unary("/latentserve.v1.LatentService/Decode") for ch in channels]
+        stats = bench.RunStats("latentserve", "single", 4, 1)
+        seen = []
+
+        async def watch():
+            await asyncio.sleep(0.8)
+            seen.append(open_connections())
+
+        await asyncio.gather(watch(), bench.drive(
+            calls, bench.latentserve_requests("tiny-gan", None, 8, 3, 1, seed=0), bench.latentserve_parser(1, (8, 8)),
+            4, duration=1.0, warmup=0.3, stats=stats, metadata=md))
+        for ch in channels:
+            await ch.close()
+        return stats, seen
+
+    stats, seen = asyncio.run(run())
+    assert stats.errors == 0, stats.first_error
+    assert stats.requests > 0 and stats.images == stats.requests
+    assert seen == [before + 2], (before, seen)
+
+
 def test_oversized_requests_are_split_into_max_batch_size_chunks(serve_app, client):
     out = client.sample("tiny-vae", 40, seed=1, format="uint8")  # max_batch_size is 16 in the test app
     assert out.images.shape == (40, 8, 8, 3)

@@ -321,6 +321,15 @@ def test_bench_requests_are_unique_per_call():
     assert len({reqs[i] for i in range(50)}) == 50 and b.latents[0].values[0] != a.latents[0].values[0]
 
 
+def test_bench_config_checks_its_connection_count():
+    from latentserve.services.bench import BenchConfig
+
+    BenchConfig(connections=4).validate()
+    for bad in (0, 65):
+        with pytest.raises(ValidationError, match="--connections must be in 1..64"):
+            BenchConfig(connections=bad).validate()
+
+
 def test_reset_niceness_undoes_rays_worker_niceness(tmp_path):
     """A serving process inherits nice 15 from its Ray worker and sets it back to 0 (root), or keeps it with a
     warning (no CAP_SYS_NICE): either way the call never fails."""

@@ -377,7 +377,7 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     metrics["encoder_accuracy"] = float((enc["logits"].argmax(1) == split.labels).mean())
     # The label check Sample applies (models/class_check.py), at its default threshold, for every source, with
     # its own generator so the unchecked figures above stay as they were; with encoder_accuracy above, these
-    # decide whether the check is on by default for this model (`class_check.recommend`).
+    # decide, per source, whether the check is on by default (`class_check.recommend_per_source`).
     threshold = class_check.DEFAULT_THRESHOLD
     classify = lambda x: encoder(image=x.astype(np.float32))["logits"]  # noqa: E731
     for i, (src, draw_fn) in enumerate(sorted(_draw_fns(space, temperature).items())):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (Debian's redis-server, prometheus and haproxy when absent,
-# the package with its train+dev extras, the generated gRPC code), then runs the whole suite.
+# The README's test command: installs what the tests need (Debian's redis-server, prometheus and haproxy when absent;
+# the package with its train+dev extras, the compiled gRPC transport and the generated gRPC code through
+# scripts/install.sh, which must build the transport here), then runs the whole suite.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/unit -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,15 +10,9 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "installing Debian packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash scripts/apt_install.sh "${missing[@]}"
 
-python -m pip install -q -e '.[train,dev]'
-python -m latentserve.protogen
+LATENTSERVE_REQUIRE_CXX=1 bash scripts/install.sh train,dev
 
 set +e
 python -m pytest "${@:-tests}"

@@ -32,6 +32,7 @@ from latentserve.errors import ValidationError
 BACKENDS = ("onnxruntime", "torchscript")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 GRPC_FRONTENDS = ("native", "serve")  # who listens on grpc_port: see ServeConfig.grpc_frontend
+GRPC_TRANSPORTS = ("auto", "cxx", "grpcio")  # what moves the bytes of the native frontend: ServeConfig.grpc_transport
 ENV_PREFIX = "LATENTSERVE_"
 
 
@@ -99,6 +100,11 @@ class ServeConfig:
     # ingress deployment, models in model-server deployments unless colocate. Measured (benchmarks/README.md):
     # native serves single-image requests several times faster than the proxy path.
     grpc_frontend: str = "native"
+    # native: what moves the gRPC bytes (services/grpc_transport.py). "cxx" = the compiled grpc++ transport
+    # (built at install when Debian's libgrpc++-dev is present; hands calls to the handlers in bursts),
+    # "grpcio" = grpc.aio, "auto" = cxx when built, else grpcio. Same handlers, statuses and options either
+    # way; measured (benchmarks/README.md): cxx takes about half of grpc.aio's CPU per single-image request.
+    grpc_transport: str = "auto"
     # native: a stopping replica answers health checks with NOT_SERVING and keeps serving at least this long
     # (time for a TCP load balancer to take it out), then while its replacement is still starting.
     drain_period_s: float = 0.0
@@ -255,6 +261,8 @@ class ServeConfig:
         int_range("grpc_port", 1, 65_535)
         int_range("http_port", 1, 65_535)
         int_range("proxy_grpc_port", 0, 65_535)
+        if self.grpc_transport not in GRPC_TRANSPORTS:
+            bad("grpc_transport", f"must be one of {', '.join(GRPC_TRANSPORTS)}")
         if self.grpc_frontend not in GRPC_FRONTENDS:
             bad("grpc_frontend", f"must be one of {', '.join(GRPC_FRONTENDS)}")
         if self.grpc_frontend == "native" and self.direct_ingress:

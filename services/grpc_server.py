@@ -334,6 +334,7 @@ class NativeGrpcServer:
         self._stop_lock = threading.Lock()
         self._stopped = False
         self._probe_channel: grpc.Channel | None = None
+        self.transport = ""  # "cxx" or "grpcio" once started (services/grpc_transport.py)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> None:
@@ -370,28 +371,24 @@ class NativeGrpcServer:
 
     async def _serve(self) -> None:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection
+        from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+        from latentserve.services import grpc_transport
         from latentserve.services.ingress import SERVICE_NAME
         from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
         self._done = asyncio.Event()
-        server = grpc.aio.server(options=server_options(self.config))
+        self.transport = grpc_transport.resolve(self.config.grpc_transport)
+        server = grpc_transport.make_server(self.transport, server_options(self.config))
         pb_grpc.add_LatentServiceServicer_to_server(
             LatentServicer(self.ingress, self.admission, self.config.request_timeout_s), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
-        address = _bind_address(self.config.host, self.port)
-        try:
-            bound = server.add_insecure_port(address)
-            self.private_port = server.add_insecure_port("127.0.0.1:0")
-        except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...") on a taken port
-            raise UnavailableError(f"cannot listen on {address}: {exc} (is another program using the port?)") from None
-        if not bound or not self.private_port:
-            raise UnavailableError(f"cannot listen on {address} (is another program using the port?)")
-        await server.start()
+        # the asyncio servicer for either transport (enable_server_reflection picks by the server's class)
+        names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+        _, self.private_port = await grpc_transport.listen(
+            server, [_bind_address(self.config.host, self.port), "127.0.0.1:0"])
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -417,7 +414,7 @@ class NativeGrpcServer:
         check_serving(self._probe_channel, self.port, timeout_s)
 
     def stats(self) -> dict:
-        return {"port": self.port, "ongoing": self.admission.ongoing, "queued": self.admission.queued,
+        return {"port": self.port, "transport": self.transport, "ongoing": self.admission.ongoing, "queued": self.admission.queued,
                 "rejected": self.admission.rejected}
 
     # -- drain and stop ---------------------------------------------------------------------------------

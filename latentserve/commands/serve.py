@@ -35,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--frontend", choices=("native", "serve"), default=None,
                    help="native (default): every ingress replica serves gRPC itself, models in-process; "
                         "serve: Ray Serve's gRPC proxy in front (env LATENTSERVE_GRPC_FRONTEND)")
+    p.add_argument("--grpc-transport", choices=("auto", "cxx", "grpcio"), default=None,
+                   help="native frontend: cxx = the compiled grpc++ transport, grpcio = grpc.aio, auto (default) "
+                        "= cxx when installed (env LATENTSERVE_GRPC_TRANSPORT)")
     p.add_argument("--http-port", type=int, default=None, help="Ray Serve's HTTP proxy port (default 8000; unused "
                                                                "by latentserve but always started by Serve)")
     p.add_argument("--repo", default=None, help="model repository (default: the bundled models/repository)")
@@ -95,7 +98,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued,
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
-        "grpc_frontend": args.frontend, "drain_period_s": args.drain_period, "metrics_port": args.metrics_port,
+        "grpc_frontend": args.frontend, "grpc_transport": args.grpc_transport, "drain_period_s": args.drain_period, "metrics_port": args.metrics_port,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)

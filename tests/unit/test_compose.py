@@ -406,6 +406,15 @@ def test_dockerfiles():
     assert 'torch==${TORCH_VERSION}' in train and "ARG TORCH_VERSION=2.13.*" in train
     assert "--extras train" in train
     assert re.search(r'ENTRYPOINT \["/app/deploy/ray-entrypoint.sh"\]', serve)
+    # the compiled gRPC transport: built (or the build fails) against grpc++ headers, its library at run time
+    build_stage, runtime_stage = serve.split("\nFROM ${PYTHON_IMAGE}\n", 1)
+    assert "libgrpc++-dev" in build_stage and "LATENTSERVE_REQUIRE_CXX=1 pip install" in build_stage
+    assert "latentserve.services._grpc_transport" in build_stage and "setup.py" in build_stage
+    runtime_lib = re.search(r"libgrpc\+\+(\d+\.\d+)", runtime_stage)
+    assert runtime_lib, "the runtime stage must install the grpc++ library the transport links"
+    dev = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libgrpc++-dev"], capture_output=True, text=True)
+    if dev.returncode == 0:  # Debian here, like the image's bookworm base: the same grpc++ series
+        assert dev.stdout.startswith(runtime_lib.group(1) + "."), (dev.stdout, runtime_lib.group(0))
 
 
 def test_dockerignore_excludes_runs_git_caches_and_secrets():

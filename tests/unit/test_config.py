@@ -54,6 +54,7 @@ def test_explicit_overrides_win_over_env_and_none_is_skipped():
     ("intra_op_threads", True, "intra_op_threads"),
     ("metrics_port", 70000, "metrics_port"),
     ("metrics_port", 9000, "metrics_port"),  # = grpc_port
+    ("grpc_transport", "quic", "grpc_transport"),
 ])
 def test_range_checks_name_the_field(field, value, needle):
     with pytest.raises(ValidationError, match=needle):
@@ -101,6 +102,9 @@ def test_serve_command_flags_map_to_config():
     assert (c.grpc_port, c.models, c.batch_wait_timeout_s, c.autoscaling, c.min_replicas, c.max_replicas, c.colocate) == \
         (9300, ["a", "b"], 0.005, True, 1, 3, True)
     assert c.backend == "onnxruntime"  # not given -> default
+    assert c.grpc_transport == "auto"
+    args = parser.parse_args(["serve", "--grpc-transport", "grpcio"])
+    assert load_config(cmd.overrides_from_args(args), use_env=False).grpc_transport == "grpcio"
     with pytest.raises(ValidationError, match="autoscale"):
         cmd.overrides_from_args(parser.parse_args(["serve", "--autoscale", "x"]))
 

@@ -243,16 +243,21 @@ class _StubIngress:
         return unimplemented
 
 
-@pytest.fixture
-def native_server():
+@pytest.fixture(params=["grpcio", "cxx"])
+def native_server(request):
+    from latentserve.services import grpc_transport
     from latentserve.services.config import load_config
 
+    if request.param == "cxx" and grpc_transport.compiled_transport() is None:
+        pytest.skip("built without the compiled gRPC transport (no libgrpc++-dev)")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = load_config({"grpc_port": port, "max_ongoing_requests": 1, "max_queued_requests": 1}, use_env=False)
+    cfg = load_config({"grpc_port": port, "max_ongoing_requests": 1, "max_queued_requests": 1,
+                       "grpc_transport": request.param}, use_env=False)
     server = NativeGrpcServer(_StubIngress(), cfg)
     server.start()
+    assert server.stats()["transport"] == request.param
     yield server
     server.stop(grace_s=1.0)
 

@@ -1,0 +1,445 @@
+// The compiled gRPC transport of the native frontend (services/grpc_transport.py is its Python side).
+//
+// A grpc++ server with one callback *generic* service: it knows no protobuf and no method, it moves bytes.
+// Every call becomes events in one queue (new call with its first request message, further messages for
+// client-streaming methods, half-close, cancel, write done); an eventfd tells the Python event loop that the
+// queue is non-empty, and one `poll()` hands it all queued events at once, so the Python side takes the GIL
+// once per burst of calls instead of once per call and per grpc-core callback (what grpc.aio costs: about half
+// of the serving process's CPU on single-image requests). Responses go back with `reply` / `write`.
+//
+// Threads: grpc's own threads run the reactions below; they never take the GIL (the Python side releases it
+// while it calls into grpc), so neither side can deadlock on the other. Every grpc operation of a call is
+// started *outside* the call's mutex: Finish may run its completion (and OnDone) inline.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+enum EventKind : int { kNew = 0, kMessage = 1, kHalfClose = 2, kCancel = 3, kWritten = 4 };
+
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
+struct Event {
+  int kind;
+  uint64_t id;
+  bool ok = true;                   // kWritten: the write reached the transport
+  std::optional<std::string> data;  // kNew (single-message methods) and kMessage: one request message
+  std::string method;               // kNew
+  std::string peer;                 // kNew
+  Metadata metadata;                // kNew
+  double timeout_s = -1.0;          // kNew: seconds left before the client's deadline, -1: none
+};
+
+std::string ToString(const grpc::ByteBuffer& buf) {
+  std::vector<grpc::Slice> slices;
+  std::string out;
+  if (!buf.Dump(&slices).ok()) return out;
+  out.reserve(buf.Length());
+  for (const auto& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+grpc::ByteBuffer ToBuffer(const char* data, size_t size) {
+  grpc::Slice slice(data, size);  // copies: the Python object must not be touched from grpc's threads
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+class Transport;
+
+// One RPC. Owned by Transport::calls_ (shared_ptr) from creation until OnDone.
+class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_from_this<Call> {
+ public:
+  Call(Transport* t, grpc::GenericCallbackServerContext* ctx, uint64_t id, bool streaming)
+      : t_(t), ctx_(ctx), id_(id), streaming_(streaming) {}
+
+  void Begin();
+  void OnReadDone(bool ok) override;
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+  // From Python (GIL released). Both return false when the call has already been finished.
+  bool Write(grpc::ByteBuffer buf);
+  bool Reply(std::optional<grpc::ByteBuffer> buf, grpc::Status status, const Metadata& trailing);
+  // From C++ only: finish a call nobody will answer (malformed call, server stopping).
+  void FinishNow(grpc::Status status);
+
+ private:
+  Transport* t_;
+  grpc::GenericCallbackServerContext* ctx_;
+  const uint64_t id_;
+  const bool streaming_;
+  grpc::ByteBuffer read_buf_;
+  std::mutex mu_;
+  grpc::ByteBuffer write_buf_;           // the write in flight (one at a time: callback API rule)
+  std::deque<grpc::ByteBuffer> queued_;  // writes waiting for it
+  bool writing_ = false;
+  bool finish_requested_ = false;
+  bool finish_started_ = false;
+  grpc::Status status_;
+};
+
+class Service : public grpc::CallbackGenericService {
+ public:
+  explicit Service(Transport* t) : t_(t) {}
+  grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override;
+
+ private:
+  Transport* t_;
+};
+
+class Transport {
+ public:
+  Transport(std::vector<std::string> addresses, std::vector<std::pair<std::string, int>> int_args,
+            std::vector<std::string> streaming_methods)
+      : addresses_(std::move(addresses)), int_args_(std::move(int_args)),
+        streaming_(streaming_methods.begin(), streaming_methods.end()), service_(this) {
+    efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd_ < 0) throw std::runtime_error("eventfd failed");
+  }
+
+  ~Transport() {
+    Shutdown(0.0);
+    if (efd_ >= 0) close(efd_);
+  }
+
+  // Binds every address and starts serving; returns the port bound for each address (in order).
+  std::vector<int> Start() {
+    if (server_) throw std::runtime_error("the transport is already started");
+    grpc::ServerBuilder builder;
+    for (const auto& [name, value] : int_args_) builder.AddChannelArgument(name, value);
+    std::vector<int> ports(addresses_.size(), 0);
+    for (size_t i = 0; i < addresses_.size(); ++i)
+      builder.AddListeningPort(addresses_[i], grpc::InsecureServerCredentials(), &ports[i]);
+    builder.RegisterCallbackGenericService(&service_);
+    server_ = builder.BuildAndStart();
+    for (size_t i = 0; i < addresses_.size(); ++i) {
+      if (!server_ || ports[i] == 0) {
+        if (server_) server_->Shutdown(std::chrono::system_clock::now());
+        server_.reset();
+        throw std::runtime_error("cannot listen on " + addresses_[i]);
+      }
+    }
+    return ports;
+  }
+
+  void Shutdown(double grace_s) {
+    std::unique_ptr<grpc::Server> server;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!server_ || stopping_) return;
+      stopping_ = true;
+    }
+    // New calls are refused at once; calls in flight get `grace_s`, then grpc cancels them (OnCancel finishes
+    // the ones Python has not answered, so Shutdown cannot wait forever on a Python side that is gone).
+    auto deadline = std::chrono::system_clock::now() +
+                    std::chrono::microseconds(static_cast<int64_t>(std::max(0.0, grace_s) * 1e6));
+    server_->Shutdown(deadline);
+    server_->Wait();
+  }
+
+  int fileno() const { return efd_; }
+  bool stopping() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stopping_;
+  }
+  size_t active() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_.size();
+  }
+
+  // ---- called by Call/Service on grpc threads -------------------------------------------------------
+  grpc::ServerGenericBidiReactor* NewCall(grpc::GenericCallbackServerContext* ctx) {
+    bool streaming = streaming_.count(ctx->method()) > 0;
+    std::shared_ptr<Call> call;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      uint64_t id = next_id_++;
+      call = std::make_shared<Call>(this, ctx, id, streaming);
+      calls_[id] = call;
+    }
+    call->Begin();
+    return call.get();
+  }
+
+  void Forget(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.erase(id);
+  }
+
+  void Push(Event ev) {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(std::move(ev));
+    if (!signalled_) {
+      signalled_ = true;
+      uint64_t one = 1;
+      ssize_t n = write(efd_, &one, sizeof(one));
+      (void)n;  // a full counter (impossible: we reset it on every poll) would still leave it readable
+    }
+  }
+
+  // ---- called from Python ---------------------------------------------------------------------------
+  std::deque<Event> TakeEvents() {
+    std::deque<Event> out;
+    std::lock_guard<std::mutex> lock(mu_);
+    out.swap(events_);
+    signalled_ = false;
+    uint64_t count;
+    ssize_t n = read(efd_, &count, sizeof(count));
+    (void)n;
+    return out;
+  }
+
+  std::shared_ptr<Call> Find(uint64_t id) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = calls_.find(id);
+    return it == calls_.end() ? nullptr : it->second;
+  }
+
+ private:
+  std::vector<std::string> addresses_;
+  std::vector<std::pair<std::string, int>> int_args_;
+  std::set<std::string> streaming_;
+  Service service_;
+  std::unique_ptr<grpc::Server> server_;
+  int efd_ = -1;
+  std::mutex mu_;
+  bool stopping_ = false;
+  bool signalled_ = false;
+  uint64_t next_id_ = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<Call>> calls_;
+  std::deque<Event> events_;
+};
+
+grpc::ServerGenericBidiReactor* Service::CreateReactor(grpc::GenericCallbackServerContext* ctx) {
+  return t_->NewCall(ctx);
+}
+
+void Call::Begin() {
+  if (streaming_) {  // client-streaming methods: announce the call now, its messages follow as they arrive
+    Event ev{kNew, id_};
+    ev.method = ctx_->method();
+    ev.peer = ctx_->peer();
+    for (const auto& [k, v] : ctx_->client_metadata())
+      ev.metadata.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+    auto deadline = ctx_->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max())
+      ev.timeout_s = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+    t_->Push(std::move(ev));
+  }
+  StartRead(&read_buf_);
+}
+
+void Call::OnReadDone(bool ok) {
+  if (!streaming_) {
+    if (!ok) {  // the client half-closed (or went away) before its one request message
+      FinishNow(grpc::Status(grpc::StatusCode::INTERNAL, "the call carried no request message"));
+      return;
+    }
+    // One request message: the call is whole. No second read: the half-close needs no answer.
+    Event ev{kNew, id_};
+    ev.method = ctx_->method();
+    ev.peer = ctx_->peer();
+    ev.data = ToString(read_buf_);
+    for (const auto& [k, v] : ctx_->client_metadata())
+      ev.metadata.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+    auto deadline = ctx_->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max())
+      ev.timeout_s = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+    t_->Push(std::move(ev));
+    return;
+  }
+  if (!ok) {
+    t_->Push(Event{kHalfClose, id_});
+    return;
+  }
+  Event ev{kMessage, id_};
+  ev.data = ToString(read_buf_);
+  t_->Push(std::move(ev));
+  StartRead(&read_buf_);
+}
+
+bool Call::Write(grpc::ByteBuffer buf) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finish_requested_) return false;
+    if (writing_) {
+      queued_.push_back(std::move(buf));
+      return true;
+    }
+    writing_ = true;
+    write_buf_ = std::move(buf);
+  }
+  StartWrite(&write_buf_);
+  return true;
+}
+
+void Call::OnWriteDone(bool ok) {
+  bool next = false, finish = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!ok) queued_.clear();  // the stream is broken: the rest cannot be delivered either
+    if (!queued_.empty()) {
+      write_buf_ = std::move(queued_.front());
+      queued_.pop_front();
+      next = true;
+    } else {
+      writing_ = false;
+      if (finish_requested_ && !finish_started_) finish = finish_started_ = true;
+    }
+  }
+  Event ev{kWritten, id_};
+  ev.ok = ok;
+  t_->Push(std::move(ev));
+  if (next) StartWrite(&write_buf_);
+  if (finish) Finish(status_);
+}
+
+bool Call::Reply(std::optional<grpc::ByteBuffer> buf, grpc::Status status, const Metadata& trailing) {
+  bool write_and_finish = false, finish = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finish_requested_) return false;
+    finish_requested_ = true;
+    for (const auto& [k, v] : trailing) ctx_->AddTrailingMetadata(k, v);
+    status_ = status;
+    if (buf && status.ok()) {
+      if (writing_) {
+        queued_.push_back(std::move(*buf));  // finished by OnWriteDone once the queue drains
+      } else {
+        write_buf_ = std::move(*buf);
+        write_and_finish = finish_started_ = true;
+      }
+    } else if (!writing_) {
+      finish = finish_started_ = true;
+    }
+  }
+  if (write_and_finish) StartWriteAndFinish(&write_buf_, grpc::WriteOptions(), status_);
+  if (finish) Finish(status_);
+  return true;
+}
+
+void Call::FinishNow(grpc::Status status) { Reply(std::nullopt, std::move(status), {}); }
+
+void Call::OnCancel() {
+  t_->Push(Event{kCancel, id_});
+  if (t_->stopping()) FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+}
+
+void Call::OnDone() {
+  auto self = shared_from_this();  // keeps this alive until the end of this function
+  t_->Forget(id_);
+}
+
+grpc::Status MakeStatus(int code, const std::string& details) {
+  if (code < 0 || code > 16) code = static_cast<int>(grpc::StatusCode::UNKNOWN);
+  return grpc::Status(static_cast<grpc::StatusCode>(code), details);
+}
+
+py::list Poll(Transport& t) {
+  std::deque<Event> events;
+  {
+    py::gil_scoped_release release;
+    events = t.TakeEvents();
+  }
+  py::list out(events.size());
+  size_t i = 0;
+  for (auto& ev : events) {
+    py::object data = ev.data ? py::object(py::bytes(*ev.data)) : py::object(py::none());
+    switch (ev.kind) {
+      case kNew: {
+        py::tuple md(ev.metadata.size());
+        for (size_t j = 0; j < ev.metadata.size(); ++j) {
+          const auto& [k, v] = ev.metadata[j];
+          // -bin values are arbitrary bytes; the others are ASCII text (gRPC's rule), as in grpc.aio
+          bool binary = k.size() > 4 && k.compare(k.size() - 4, 4, "-bin") == 0;
+          py::object value = binary ? py::object(py::bytes(v)) : py::object(py::str(v));
+          md[j] = py::make_tuple(py::str(k), value);
+        }
+        out[i++] = py::make_tuple(ev.kind, ev.id, py::str(ev.method), data, md, ev.timeout_s, py::str(ev.peer));
+        break;
+      }
+      case kMessage:
+        out[i++] = py::make_tuple(ev.kind, ev.id, data);
+        break;
+      case kWritten:
+        out[i++] = py::make_tuple(ev.kind, ev.id, ev.ok);
+        break;
+      default:
+        out[i++] = py::make_tuple(ev.kind, ev.id);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_grpc_transport, m) {
+  m.doc() = "latentserve's compiled gRPC transport (see services/grpc_transport.py)";
+  m.attr("NEW") = static_cast<int>(kNew);
+  m.attr("MESSAGE") = static_cast<int>(kMessage);
+  m.attr("HALF_CLOSE") = static_cast<int>(kHalfClose);
+  m.attr("CANCEL") = static_cast<int>(kCancel);
+  m.attr("WRITTEN") = static_cast<int>(kWritten);
+  m.attr("GRPC_VERSION") = grpc::Version();
+  py::class_<Transport>(m, "Transport")
+      .def(py::init<std::vector<std::string>, std::vector<std::pair<std::string, int>>, std::vector<std::string>>(),
+           py::arg("addresses"), py::arg("int_args"), py::arg("streaming_methods"))
+      .def("start", &Transport::Start, py::call_guard<py::gil_scoped_release>(),
+           "bind every address, start serving; the bound port of each address")
+      .def("shutdown", &Transport::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>(),
+           "refuse new calls, give calls in flight grace_s, then cancel them; blocks until all are done")
+      .def("fileno", &Transport::fileno, "an eventfd, readable while events are queued")
+      .def("active", &Transport::active, "calls not yet done")
+      .def("poll", &Poll, "every queued event, as tuples (kind, call id, ...); never blocks")
+      .def(
+          "reply",
+          [](Transport& t, uint64_t id, py::object data, int code, const std::string& details,
+             const Metadata& trailing) {
+            std::optional<grpc::ByteBuffer> buf;
+            if (!data.is_none()) {
+              char* ptr;
+              Py_ssize_t size;
+              if (PyBytes_AsStringAndSize(data.ptr(), &ptr, &size) != 0) throw py::error_already_set();
+              buf = ToBuffer(ptr, static_cast<size_t>(size));
+            }
+            py::gil_scoped_release release;
+            auto call = t.Find(id);
+            return call ? call->Reply(std::move(buf), MakeStatus(code, details), trailing) : false;
+          },
+          py::arg("call_id"), py::arg("data"), py::arg("code"), py::arg("details"), py::arg("trailing"),
+          "finish a call: one last message (None: none), status code and details, trailing metadata")
+      .def(
+          "write",
+          [](Transport& t, uint64_t id, py::bytes data) {
+            char* ptr;
+            Py_ssize_t size;
+            if (PyBytes_AsStringAndSize(data.ptr(), &ptr, &size) != 0) throw py::error_already_set();
+            grpc::ByteBuffer buf = ToBuffer(ptr, static_cast<size_t>(size));
+            py::gil_scoped_release release;
+            auto call = t.Find(id);
+            return call ? call->Write(std::move(buf)) : false;
+          },
+          py::arg("call_id"), py::arg("data"), "send one message of a server stream (a WRITTEN event follows)");
+}

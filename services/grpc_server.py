@@ -15,8 +15,10 @@ still comes from `ingress.status_for`. Pieces:
   control channel closes, so it never outlives the replica.
   The replica hands the child its identity (Ray node id, Serve replica id), which the handlers return as
   trailing metadata (services/identity.py): the child is no Ray actor and cannot look it up.
-- `NativeGrpcServer`: a grpc.aio server on its own thread and event loop (uvloop when installed: measured
-  ~10-25% less CPU per single-image request than the stdlib loop), bound to `host:grpc_port` with
+- `NativeGrpcServer`: a gRPC server on its own thread and event loop (uvloop when installed: measured
+  ~10-25% less CPU per single-image request than the stdlib loop). Its transport (`grpc_transport`,
+  services/grpc_transport.py) is the compiled grpc++ one when installed, else grpc.aio: the same handlers run
+  on the loop either way. Bound to `host:grpc_port` with
   SO_REUSEPORT (grpc's default on Linux, set explicitly here): every replica on a node binds the same port and
   the kernel spreads new connections over them; a second, private port on 127.0.0.1 lets the health check
   reach exactly this server. It registers LatentService (`LatentServicer`), grpc.health.v1 (standard aio
@@ -314,7 +316,7 @@ def close_listeners(port: int) -> int:
 
 
 class NativeGrpcServer:
-    """One replica's grpc.aio server (see the module docstring). `start()` binds and serves or raises;
+    """One replica's gRPC server (see the module docstring). `start()` binds and serves or raises;
     `probe()` is the replica health check; `stop()` drains and stops; `call(coro)` runs a coroutine on the
     server's event loop from any thread (e.g. stats that must not race the request path)."""
 
@@ -325,7 +327,7 @@ class NativeGrpcServer:
         self.private_port = 0
         self.admission = Admission(config.max_ongoing_requests, config.max_queued_requests)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: grpc.aio.Server | None = None
+        self._server: Any = None  # grpc.aio.Server or grpc_transport.CompiledServer
         self._health: Any = None
         self._done: asyncio.Event | None = None
         self._ready = threading.Event()

@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(overrides_from_args(args))
     models = served_models(config)  # fail before starting Ray when the repository has nothing to serve
+    transport = ""
+    if config.grpc_frontend == "native" and args.ray_address == "local":
+        from latentserve.services.grpc_transport import resolve
+
+        transport = resolve(config.grpc_transport)  # 'cxx' without the build: one line, before Ray starts
     from latentserve.services.redis_store import check_redis
 
     for warning in check_redis(config):  # wrong Redis password/db: one-line ValidationError before Ray starts
@@ -176,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
         serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
         native = config.grpc_frontend == "native"
         listed = ", ".join(f"{name} v{v}" for name, v in models.items())
-        how = "native gRPC frontend" if native else "Serve gRPC proxy" + (", co-located" if config.colocate else "")
+        how = (f"native gRPC frontend{', transport ' + transport if transport else ''}" if native
+               else "Serve gRPC proxy" + (", co-located" if config.colocate else ""))
         print(f"latentserve: serving {listed} ({config.backend}, {how}"
               f"{', API token required' if config.api_token else ''})")
         services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")

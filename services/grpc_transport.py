@@ -145,8 +145,7 @@ class ServicerContext:
         """Send one message of a server stream; waits while WRITE_WINDOW messages are still unsent."""
         if self._finished or self._broken:
             raise asyncio.CancelledError("the call has ended")
-        if not self._server.transport.write(self._id, self._serialize(message)):
-            raise asyncio.CancelledError("the call has ended")
+        self._server.transport.write(self._id, self._serialize(message))  # sent by the sender thread
         self._unsent += 1
         while self._unsent >= WRITE_WINDOW and not self._broken:
             self._write_ready = asyncio.get_running_loop().create_future()
@@ -237,7 +236,12 @@ class CompiledServer:
         for ev in self.transport.poll():
             kind = ev[0]
             if kind == self._new:
-                self._begin(*ev[1:])
+                try:
+                    self._begin(*ev[1:])
+                except Exception as exc:  # noqa: BLE001 - a call must always be finished, and the pump go on
+                    logger.exception("could not start %s", ev[2])
+                    self.transport.reply(ev[1], None, grpc.StatusCode.INTERNAL.value[0],
+                                         f"the server could not start the call: {type(exc).__name__}: {exc}", [])
                 continue
             ctx = self._calls.get(ev[1])
             if ctx is None:

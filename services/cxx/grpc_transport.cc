@@ -127,17 +127,19 @@ class Transport {
     if (efd_ >= 0) close(efd_);
   }
 
-  // A reply waiting for the sender thread. Why a thread: finishing a call runs grpc's write path inline (the
-  // socket write included) on the calling thread, measured at ~30% of the event-loop thread's time when the
-  // loop did it; the loop is the one serial, GIL-holding thread of the process, so it only queues replies.
+  // A reply or a stream message waiting for the sender thread. Why a thread: sending runs grpc's write path
+  // inline (the socket write included) on the calling thread, measured at ~30% of the event-loop thread's
+  // time when the loop did it; the loop is the one serial, GIL-holding thread of the process, so it only
+  // queues. One FIFO for both keeps each call's messages in order, and before its finish.
   struct Pending {
     uint64_t id;
+    bool finish;  // false: one message of a server stream (a kWritten event answers it)
     std::optional<grpc::ByteBuffer> buf;
     grpc::Status status;
     Metadata trailing;
   };
 
-  void QueueReply(Pending p) {
+  void Queue(Pending p) {
     bool wake;
     {
       std::lock_guard<std::mutex> lock(smu_);
@@ -169,7 +171,6 @@ class Transport {
   }
 
   void Shutdown(double grace_s) {
-    std::unique_ptr<grpc::Server> server;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!server_ || stopping_) return;
@@ -252,7 +253,14 @@ class Transport {
         batch.swap(sq_);
       }
       for (auto& p : batch) {
-        if (auto call = Find(p.id)) call->Reply(std::move(p.buf), std::move(p.status), p.trailing);
+        auto call = Find(p.id);
+        if (p.finish) {
+          if (call) call->Reply(std::move(p.buf), std::move(p.status), p.trailing);
+        } else if (!call || !call->Write(std::move(*p.buf))) {
+          Event ev{kWritten, p.id};  // the call has ended: tell a writer waiting for its window
+          ev.ok = false;
+          Push(std::move(ev));
+        }
       }
       batch.clear();
     }
@@ -478,9 +486,9 @@ PYBIND11_MODULE(_grpc_transport, m) {
               if (PyBytes_AsStringAndSize(data.ptr(), &ptr, &size) != 0) throw py::error_already_set();
               buf = ToBuffer(ptr, static_cast<size_t>(size));
             }
-            Transport::Pending p{id, std::move(buf), MakeStatus(code, details), trailing};
+            Transport::Pending p{id, true, std::move(buf), MakeStatus(code, details), trailing};
             py::gil_scoped_release release;
-            t.QueueReply(std::move(p));
+            t.Queue(std::move(p));
           },
           py::arg("call_id"), py::arg("data"), py::arg("code"), py::arg("details"), py::arg("trailing"),
           "finish a call (queued for the sender thread): one last message (None: none), status code and "
@@ -491,10 +499,10 @@ PYBIND11_MODULE(_grpc_transport, m) {
             char* ptr;
             Py_ssize_t size;
             if (PyBytes_AsStringAndSize(data.ptr(), &ptr, &size) != 0) throw py::error_already_set();
-            grpc::ByteBuffer buf = ToBuffer(ptr, static_cast<size_t>(size));
+            Transport::Pending p{id, false, ToBuffer(ptr, static_cast<size_t>(size)), grpc::Status::OK, {}};
             py::gil_scoped_release release;
-            auto call = t.Find(id);
-            return call ? call->Write(std::move(buf)) : false;
+            t.Queue(std::move(p));
           },
-          py::arg("call_id"), py::arg("data"), "send one message of a server stream (a WRITTEN event follows)");
+          py::arg("call_id"), py::arg("data"),
+          "queue one message of a server stream; a WRITTEN event follows (ok=False: the call had ended)");
 }

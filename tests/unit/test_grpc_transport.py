@@ -76,6 +76,16 @@ class _Echo:
         for i in range(int(request.decode())):
             await context.write(str(i).encode())
 
+    async def forever(self, request: bytes, context):
+        try:
+            i = 0
+            while True:
+                yield b"x" * 1000 + str(i).encode()
+                i += 1
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.set()
+            raise
+
     async def total(self, requests, context) -> bytes:
         return str(sum([int(r.decode()) async for r in requests])).encode()
 
@@ -87,7 +97,7 @@ def _register(server, echo: _Echo) -> None:
     uu = lambda fn: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_ident, response_serializer=_ident)  # noqa: E731
     us = lambda fn: grpc.unary_stream_rpc_method_handler(fn, request_deserializer=_ident, response_serializer=_ident)  # noqa: E731
     handlers = {name: uu(getattr(echo, name)) for name in ("echo", "status", "abort", "boom", "hang", "slow")}
-    handlers.update(count=us(echo.count), count_by_write=us(echo.count_by_write),
+    handlers.update(count=us(echo.count), count_by_write=us(echo.count_by_write), forever=us(echo.forever),
                     total=grpc.stream_unary_rpc_method_handler(echo.total, request_deserializer=_ident,
                                                                response_serializer=_ident))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -191,6 +201,14 @@ def test_server_streams_past_the_write_window(served):
     for method in ("count", "count_by_write"):
         got = list(served.channel.unary_stream(f"/{SERVICE}/{method}")(str(n).encode(), timeout=10))
         assert got == [str(i).encode() for i in range(n)]
+
+
+def test_a_stream_the_client_leaves_ends_on_the_server(served):
+    stream = served.channel.unary_stream(f"/{SERVICE}/forever")(b"", timeout=30)
+    assert [next(stream)[-1:] for _ in range(3)] == [b"0", b"1", b"2"]
+    stream.cancel()  # the server is blocked on its write window by now, or soon
+    assert served.echo.cancelled.wait(5), "the server kept streaming to a client that left"
+    assert _unary(served.channel, "echo")(b"up", timeout=5) == b"pu"
 
 
 def test_client_stream_and_health_and_reflection(served):

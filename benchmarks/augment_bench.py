@@ -92,6 +92,8 @@ def main() -> int:
     p.add_argument("--model", default="shapes-gan")
     p.add_argument("-t", "--target", default=None, help="a running server (default: start a serving process)")
     p.add_argument("--server-pid", type=int, default=None, help="with --target: its pid, for CPU per image")
+    p.add_argument("--grpc-transport", choices=("auto", "cxx", "grpcio"), default="auto",
+                   help="transport of the started serving process (services/grpc_transport.py)")
     p.add_argument("--count", type=int, default=8000, help="images per augment job (default 8000)")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--duration", type=float, default=8.0, help="seconds per raw / bulk decode run")
@@ -113,7 +115,8 @@ def main() -> int:
         repo = Repository(a.repo)
         version = repo.versions(a.model)[-1]
         port = free_port()
-        server = ServingProcess(load_config({"repository": a.repo, "grpc_port": port}, use_env=False),
+        server = ServingProcess(load_config({"repository": a.repo, "grpc_port": port,
+                                            "grpc_transport": a.grpc_transport}, use_env=False),
                                 {a.model: version})
         server.start()
         a.target, pid = f"127.0.0.1:{port}", server.proc.pid

@@ -381,6 +381,9 @@ class NativeGrpcServer:
 
         self._done = asyncio.Event()
         self.transport = grpc_transport.resolve(self.config.grpc_transport)
+        if self.transport != "cxx" and self.config.grpc_transport == "auto":  # a cluster node without the build
+            logger.warning("the compiled gRPC transport is unavailable (%s): serving over grpc.aio, at about twice "
+                           "the CPU per small request", grpc_transport.import_error())
         server = grpc_transport.make_server(self.transport, server_options(self.config))
         pb_grpc.add_LatentServiceServicer_to_server(
             LatentServicer(self.ingress, self.admission, self.config.request_timeout_s), server)

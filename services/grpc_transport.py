@@ -31,12 +31,21 @@ _EOF = object()  # end of a client stream
 
 
 def compiled_transport():
-    """The extension module, or None when the package was installed without it (no libgrpc++-dev)."""
+    """The extension module, or None when it cannot be imported (`import_error()` says why)."""
     try:
         from latentserve.services import _grpc_transport
     except ImportError:
         return None
     return _grpc_transport
+
+
+def import_error() -> str:
+    """Why the extension does not import ("" when it does): not built, or e.g. grpc++'s library missing."""
+    try:
+        from latentserve.services import _grpc_transport  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return ""
 
 
 def resolve(transport: str) -> str:
@@ -46,9 +55,9 @@ def resolve(transport: str) -> str:
     if compiled_transport() is not None:
         return "cxx"
     if transport == "cxx":
-        raise UnavailableError("grpc_transport 'cxx' needs the compiled transport, which this installation lacks: "
-                               "install Debian's libgrpc++-dev and reinstall latentserve (scripts/install.sh), "
-                               "or set grpc_transport to 'grpcio' or 'auto'")
+        raise UnavailableError("grpc_transport 'cxx' needs the compiled transport, which this installation lacks "
+                               f"({import_error() or 'not built'}): install Debian's libgrpc++-dev and reinstall "
+                               "latentserve (scripts/install.sh), or set grpc_transport to 'grpcio' or 'auto'")
     return "grpcio"
 
 

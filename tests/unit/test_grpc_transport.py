@@ -175,6 +175,11 @@ def test_unary_metadata_in_trailing_metadata_out(served):
     assert served.echo.remaining is None
 
 
+def test_compressed_requests(served):
+    payload = b"latent " * 10_000
+    assert _unary(served.channel, "echo")(payload, compression=grpc.Compression.Gzip, timeout=5) == payload[::-1]
+
+
 @pytest.mark.parametrize("method,code,details", [
     ("status", grpc.StatusCode.INVALID_ARGUMENT, "bad value 'q': allowed 'a'..'z'"),
     ("abort", grpc.StatusCode.NOT_FOUND, "no such thing"),

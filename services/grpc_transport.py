@@ -278,8 +278,20 @@ class CompiledServer:
             ctx._messages = asyncio.Queue()
         self._calls[call_id] = ctx
         ctx._task = self._loop.create_task(self._run(handler, ctx, data))
+        # finishes the call when the task ends, however it ends: a task cancelled before its first step (its
+        # client's deadline passed in the same burst of events) never runs _run's body
+        ctx._task.add_done_callback(lambda task, ctx=ctx: self._done(ctx, task))
 
-    async def _run(self, handler: grpc.RpcMethodHandler, ctx: ServicerContext, data: bytes | None) -> None:
+    def _done(self, ctx: ServicerContext, task: asyncio.Task) -> None:
+        self._calls.pop(ctx._id, None)
+        payload = None if task.cancelled() else task.result()
+        if task.cancelled() and not ctx._cancelled and ctx._code == grpc.StatusCode.OK:
+            ctx._code, ctx._details = grpc.StatusCode.CANCELLED, "the server cancelled the call (stopping)"
+        ctx._finish(payload)  # exactly once per call: grpc++ waits for it even after a cancel
+
+    async def _run(self, handler: grpc.RpcMethodHandler, ctx: ServicerContext, data: bytes | None) -> bytes | None:
+        """Run the handler; the last message to send (None: none). Never raises but CancelledError before
+        its first step: every failure becomes the context's status."""
         payload = None
         try:
             if handler.request_streaming:
@@ -289,19 +301,17 @@ class CompiledServer:
                     request = (handler.request_deserializer or _identity)(data)
                 except Exception as exc:  # noqa: BLE001 - a malformed message is the client's error
                     ctx._code, ctx._details = grpc.StatusCode.INTERNAL, f"could not parse the request message: {exc}"
-                    return
+                    return None
             fn = handler.unary_unary or handler.stream_unary
             if fn is not None and not inspect.iscoroutinefunction(fn):  # e.g. a servicer base class's
                 # "Method not implemented!" stub: off the loop, as a sync server would run it
                 response = await asyncio.get_running_loop().run_in_executor(None, fn, request, ctx)
-                if response is not None and ctx._code == grpc.StatusCode.OK:
-                    payload = ctx._serialize(response)
-                return
-            if fn is not None:
+            elif fn is not None:
                 response = await fn(request, ctx)
+            if fn is not None:
                 if response is not None and ctx._code == grpc.StatusCode.OK:
                     payload = ctx._serialize(response)
-                return
+                return payload
             result = (handler.unary_stream or handler.stream_stream)(request, ctx)
             if inspect.isasyncgen(result):
                 async for item in result:
@@ -318,9 +328,7 @@ class CompiledServer:
             if ctx._code == grpc.StatusCode.OK:
                 logger.exception("unhandled error in %s", handler)
                 ctx._code, ctx._details = grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}"
-        finally:
-            self._calls.pop(ctx._id, None)
-            ctx._finish(payload)  # exactly once per call: grpc++ waits for it even after a cancel
+        return payload
 
     def stats(self) -> dict:
         return {"transport": "cxx", "active_calls": self.transport.active() if self.transport else 0}

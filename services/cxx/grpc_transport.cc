@@ -43,6 +43,7 @@ enum EventKind : int { kNew = 0, kMessage = 1, kHalfClose = 2, kCancel = 3, kWri
 using Metadata = std::vector<std::pair<std::string, std::string>>;
 
 struct Event {
+  Event(int kind_, uint64_t id_) : kind(kind_), id(id_) {}
   int kind;
   uint64_t id;
   bool ok = true;                   // kWritten: the write reached the transport
@@ -76,6 +77,8 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
       : t_(t), ctx_(ctx), id_(id), streaming_(streaming) {}
 
   void Begin();
+  Event NewCallEvent();  // kNew with the call's method, peer, metadata and deadline
+  bool Announce(Event ev);  // push kNew unless the call was cancelled first (then nobody must start it)
   void OnReadDone(bool ok) override;
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
@@ -99,6 +102,8 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
   bool writing_ = false;
   bool finish_requested_ = false;
   bool finish_started_ = false;
+  bool announced_ = false;  // Python has been given the call (kNew pushed)
+  bool cancelled_ = false;
   grpc::Status status_;
 };
 
@@ -177,11 +182,32 @@ class Transport {
       stopping_ = true;
     }
     // New calls are refused at once; calls in flight get `grace_s`, then grpc cancels them (OnCancel finishes
-    // the ones Python has not answered, so Shutdown cannot wait forever on a Python side that is gone).
+    // the ones Python has not answered). A call whose cancel came earlier (its client's deadline) gets no
+    // second OnCancel: if its handler never answers, the watchdog finishes it shortly after the deadline,
+    // so Shutdown cannot wait forever on a Python side that is stuck or gone.
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::microseconds(static_cast<int64_t>(std::max(0.0, grace_s) * 1e6));
+    std::thread watchdog([this, deadline] {
+      {
+        std::unique_lock<std::mutex> lock(wmu_);
+        if (wcv_.wait_until(lock, deadline + std::chrono::milliseconds(500), [this] { return stopped_; })) return;
+      }
+      std::vector<std::shared_ptr<Call>> left;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (const auto& [id, call] : calls_) left.push_back(call);
+      }
+      for (auto& call : left)
+        call->FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server stopped before the call finished"));
+    });
     server_->Shutdown(deadline);  // the sender keeps finishing the calls answered meanwhile
     server_->Wait();
+    {
+      std::lock_guard<std::mutex> lock(wmu_);
+      stopped_ = true;
+    }
+    wcv_.notify_all();
+    watchdog.join();
   }
 
   int fileno() const { return efd_; }
@@ -292,24 +318,37 @@ class Transport {
   std::condition_variable scv_;
   std::deque<Pending> sq_;
   bool sender_stop_ = false;
+  std::mutex wmu_;  // the shutdown watchdog's
+  std::condition_variable wcv_;
+  bool stopped_ = false;
 };
 
 grpc::ServerGenericBidiReactor* Service::CreateReactor(grpc::GenericCallbackServerContext* ctx) {
   return t_->NewCall(ctx);
 }
 
+Event Call::NewCallEvent() {
+  Event ev{kNew, id_};
+  ev.method = ctx_->method();
+  ev.peer = ctx_->peer();
+  for (const auto& [k, v] : ctx_->client_metadata())
+    ev.metadata.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
+  auto deadline = ctx_->deadline();
+  if (deadline != std::chrono::system_clock::time_point::max())
+    ev.timeout_s = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
+  return ev;
+}
+
+bool Call::Announce(Event ev) {
+  std::lock_guard<std::mutex> lock(mu_);  // against OnCancel: Python gets kNew before kCancel, or neither
+  if (cancelled_) return false;
+  announced_ = true;
+  t_->Push(std::move(ev));
+  return true;
+}
+
 void Call::Begin() {
-  if (streaming_) {  // client-streaming methods: announce the call now, its messages follow as they arrive
-    Event ev{kNew, id_};
-    ev.method = ctx_->method();
-    ev.peer = ctx_->peer();
-    for (const auto& [k, v] : ctx_->client_metadata())
-      ev.metadata.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
-    auto deadline = ctx_->deadline();
-    if (deadline != std::chrono::system_clock::time_point::max())
-      ev.timeout_s = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
-    t_->Push(std::move(ev));
-  }
+  if (streaming_) Announce(NewCallEvent());  // client-streaming: announce the call now, messages follow
   StartRead(&read_buf_);
 }
 
@@ -320,16 +359,10 @@ void Call::OnReadDone(bool ok) {
       return;
     }
     // One request message: the call is whole. No second read: the half-close needs no answer.
-    Event ev{kNew, id_};
-    ev.method = ctx_->method();
-    ev.peer = ctx_->peer();
+    Event ev = NewCallEvent();
     ev.data = ToString(read_buf_);
-    for (const auto& [k, v] : ctx_->client_metadata())
-      ev.metadata.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
-    auto deadline = ctx_->deadline();
-    if (deadline != std::chrono::system_clock::time_point::max())
-      ev.timeout_s = std::chrono::duration<double>(deadline - std::chrono::system_clock::now()).count();
-    t_->Push(std::move(ev));
+    if (!Announce(std::move(ev)))
+      FinishNow(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled before it started"));
     return;
   }
   if (!ok) {
@@ -405,8 +438,17 @@ bool Call::Reply(std::optional<grpc::ByteBuffer> buf, grpc::Status status, const
 void Call::FinishNow(grpc::Status status) { Reply(std::nullopt, std::move(status), {}); }
 
 void Call::OnCancel() {
-  t_->Push(Event{kCancel, id_});
-  if (t_->stopping()) FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
+  bool announced;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    announced = announced_;
+  }
+  if (announced) t_->Push(Event{kCancel, id_});  // Python cancels its handler, then finishes the call
+  if (!announced)  // nobody else will: a cancelled call must still be finished (callback API rule)
+    FinishNow(grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled before it started"));
+  else if (t_->stopping())
+    FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is shutting down"));
 }
 
 void Call::OnDone() {

@@ -63,6 +63,16 @@ class _Echo:
             raise
         return b""
 
+    async def stubborn(self, request: bytes, context) -> bytes:
+        """Ignores cancellation (a handler stuck in code that swallows it): stop must still end."""
+        self.started.set()
+        never = asyncio.get_running_loop().create_future()
+        while True:
+            try:
+                await asyncio.shield(never)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+
     async def slow(self, request: bytes, context) -> bytes:
         self.started.set()
         await asyncio.sleep(float(request.decode()))
@@ -96,7 +106,8 @@ def _register(server, echo: _Echo) -> None:
 
     uu = lambda fn: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_ident, response_serializer=_ident)  # noqa: E731
     us = lambda fn: grpc.unary_stream_rpc_method_handler(fn, request_deserializer=_ident, response_serializer=_ident)  # noqa: E731
-    handlers = {name: uu(getattr(echo, name)) for name in ("echo", "status", "abort", "boom", "hang", "slow")}
+    handlers = {name: uu(getattr(echo, name)) for name in ("echo", "status", "abort", "boom", "hang", "slow",
+                                                                 "stubborn")}
     handlers.update(count=us(echo.count), count_by_write=us(echo.count_by_write), forever=us(echo.forever),
                     total=grpc.stream_unary_rpc_method_handler(echo.total, request_deserializer=_ident,
                                                                response_serializer=_ident))
@@ -253,6 +264,29 @@ def test_deadline_and_cancel_reach_the_handler(served):
     assert _unary(served.channel, "echo")(b"up", timeout=5) == b"pu"
 
 
+def test_every_call_is_finished_however_early_it_is_cancelled(served):
+    # deadlines of 0.1-2 ms: many calls are cancelled in the same burst of events that starts them (their task
+    # is cancelled before its first step), others while the handler runs; each must still be finished
+    futures = [_unary(served.channel, "slow").future(b"0.002", timeout=0.0001 + 0.002 * (i % 10) / 10)
+               for i in range(400)]
+    for i, f in enumerate(futures):
+        if i % 7 == 0:
+            f.cancel()
+    for f in futures:
+        try:
+            f.result(timeout=10)
+        except grpc.FutureCancelledError:
+            pass
+        except grpc.RpcError as exc:
+            assert exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+    if isinstance(served.server, grpc_transport.CompiledServer):  # nothing left open on either side
+        t_end = time.monotonic() + 5
+        while (served.server.transport.active() or served.server._calls) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert served.server.transport.active() == 0 and not served.server._calls
+    assert _unary(served.channel, "echo")(b"up", timeout=5) == b"pu"
+
+
 def test_large_messages_and_many_concurrent_calls(served):
     big = bytes(range(256)) * (32 << 12)  # 32 MiB
     assert _unary(served.channel, "echo")(big, timeout=30) == big[::-1]
@@ -281,6 +315,18 @@ def test_stop_cancels_calls_that_outlive_the_grace(served):
     with pytest.raises(grpc.RpcError):
         fut.result(timeout=10)
     assert served.echo.cancelled.wait(5)
+
+
+def test_stop_ends_even_when_a_handler_never_answers(served):
+    # the client's deadline cancels the call first, so grpc cancels nothing more at stop; the handler ignores
+    # its cancellation. The stop must still end, soon after its grace period.
+    with pytest.raises(grpc.RpcError) as ei:
+        _unary(served.channel, "stubborn")(b"", timeout=0.3)
+    assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert served.echo.cancelled.wait(5)
+    t0 = time.monotonic()
+    served.run(served.server.stop(0.2), timeout=15)
+    assert time.monotonic() - t0 < 5
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

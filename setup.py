@@ -3,7 +3,7 @@
 Everything else of the package is pure Python and configured in pyproject.toml. The extension needs Debian's
 libgrpc++-dev (found with pkg-config); without it the package still installs and the native frontend serves
 over grpc.aio (`grpc_transport: auto`), unless LATENTSERVE_REQUIRE_CXX=1 asks the build to fail instead
-(scripts/install.sh, CI and the Docker image set it, so a missing build step cannot hide).
+(scripts/test.sh, hence CI, and the Docker image set it, so a missing build step cannot hide).
 """
 import os
 import shlex

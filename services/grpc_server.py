@@ -419,8 +419,8 @@ class NativeGrpcServer:
         check_serving(self._probe_channel, self.port, timeout_s)
 
     def stats(self) -> dict:
-        return {"port": self.port, "transport": self.transport, "ongoing": self.admission.ongoing, "queued": self.admission.queued,
-                "rejected": self.admission.rejected}
+        return {"port": self.port, "transport": self.transport, "ongoing": self.admission.ongoing,
+                "queued": self.admission.queued, "rejected": self.admission.rejected}
 
     # -- drain and stop ---------------------------------------------------------------------------------
     def _open_connections(self) -> int:

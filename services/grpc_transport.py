@@ -225,9 +225,6 @@ class CompiledServer:
         self._loop.add_reader(transport.fileno(), self._drain)
         return list(ports)
 
-    async def start(self) -> None:
-        """grpc.aio's start: `listen` already started serving."""
-
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls, give the ones in flight `grace` seconds (None: none), then cancel them."""
         if self.transport is None:
@@ -329,9 +326,6 @@ class CompiledServer:
                 logger.exception("unhandled error in %s", handler)
                 ctx._code, ctx._details = grpc.StatusCode.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}"
         return payload
-
-    def stats(self) -> dict:
-        return {"transport": "cxx", "active_calls": self.transport.active() if self.transport else 0}
 
 
 class _CallDetails(grpc.HandlerCallDetails):

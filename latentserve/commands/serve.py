@@ -98,7 +98,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "max_ongoing_requests": args.max_ongoing, "max_queued_requests": args.max_queued,
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
-        "grpc_frontend": args.frontend, "grpc_transport": args.grpc_transport, "drain_period_s": args.drain_period, "metrics_port": args.metrics_port,
+        "grpc_frontend": args.frontend, "grpc_transport": args.grpc_transport, "drain_period_s": args.drain_period,
+        "metrics_port": args.metrics_port,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)

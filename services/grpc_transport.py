@@ -174,8 +174,7 @@ class ServicerContext:
             return
         self._finished = True
         code = self._code.value[0]
-        self._server.transport.reply(self._id, payload if code == 0 else None, code, self._details,
-                                     [(k, v) for k, v in self._trailing])
+        self._server.transport.reply(self._id, payload if code == 0 else None, code, self._details, self._trailing)
 
 
 class CompiledServer:

@@ -30,22 +30,23 @@ WRITE_WINDOW = 8  # server-stream messages handed to grpc++ and not yet sent, be
 _EOF = object()  # end of a client stream
 
 
-def compiled_transport():
-    """The extension module, or None when it cannot be imported (`import_error()` says why)."""
+def _load() -> tuple[Any, str]:
+    """(the extension module, "") or (None, why it does not import: not built, or e.g. grpc++'s library missing)."""
     try:
         from latentserve.services import _grpc_transport
-    except ImportError:
-        return None
-    return _grpc_transport
+    except ImportError as exc:
+        return None, str(exc)
+    return _grpc_transport, ""
+
+
+def compiled_transport():
+    """The extension module, or None when it cannot be imported (`import_error()` says why)."""
+    return _load()[0]
 
 
 def import_error() -> str:
-    """Why the extension does not import ("" when it does): not built, or e.g. grpc++'s library missing."""
-    try:
-        from latentserve.services import _grpc_transport  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return ""
+    """Why the extension does not import ("" when it does)."""
+    return _load()[1]
 
 
 def resolve(transport: str) -> str:
@@ -286,8 +287,8 @@ class CompiledServer:
         ctx._finish(payload)  # exactly once per call: grpc++ waits for it even after a cancel
 
     async def _run(self, handler: grpc.RpcMethodHandler, ctx: ServicerContext, data: bytes | None) -> bytes | None:
-        """Run the handler; the last message to send (None: none). Never raises but CancelledError before
-        its first step: every failure becomes the context's status."""
+        """Run the handler; the last message to send (None: none). Every failure becomes the context's status;
+        only a task cancelled before its first step ends cancelled (`_done` gives that call its status)."""
         payload = None
         try:
             if handler.request_streaming:
@@ -316,7 +317,8 @@ class CompiledServer:
                 await result
         except _Abort:
             pass
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # handled here (not left to `_done`) so the handler's async generator
+            # is dropped with this frame and closed now, as grpc.aio does, not when the task's traceback goes
             if not ctx._cancelled and ctx._code == grpc.StatusCode.OK:
                 ctx._code, ctx._details = grpc.StatusCode.CANCELLED, "the server cancelled the call (stopping)"
         except Exception as exc:  # noqa: BLE001 - as grpc: an escaped exception is UNKNOWN (unless the handler

@@ -60,11 +60,18 @@ class Checked:
 def recommend(metrics: dict, source: str) -> float:
     """The default threshold evaluation records for one sample source (`metrics.class_check_defaults[source]`):
     DEFAULT_THRESHOLD when the model's class head classifies at least MIN_HEAD_ACCURACY of the real test images
-    and the check raises the probe's GAN-test on that source by at least MIN_GAIN, else 0 (off)."""
+    and the check raises class fidelity on that source by at least MIN_GAIN, else 0 (off). Fidelity is the primary
+    judge's (`metrics.judged`) where evaluation measured it, else the probe's GAN-test (older manifests)."""
     accuracy = metrics.get("encoder_accuracy")
+    if not isinstance(accuracy, (int, float)) or accuracy < MIN_HEAD_ACCURACY:
+        return 0.0
+    judged = ((metrics.get("judged") or {}).get("sources") or {}).get(source) or {}
+    if (judged.get("class_accuracy_checked") or {}).get("mean") is not None:  # the primary judge decides
+        before, after = judged["class_accuracy"]["mean"], judged["class_accuracy_checked"]["mean"]
+        return DEFAULT_THRESHOLD if after - before >= MIN_GAIN else 0.0
     scores = (metrics.get("gan_test") or {}).get(source) or {}
     checked = scores.get("class_check") or {}
-    if not isinstance(accuracy, (int, float)) or accuracy < MIN_HEAD_ACCURACY or "mean" not in checked:
+    if "mean" not in checked:
         return 0.0
     return DEFAULT_THRESHOLD if checked["mean"] - scores["mean"] >= MIN_GAIN else 0.0
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from latentserve.errors import NotFoundError, ValidationError
 from latentserve.models import class_check
+from latentserve.models.gates import apply_gates, factor_knobs
 from latentserve.models.latent import default_sample_source, latents_under_labels
 from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
 from latentserve.models.repository import ModelRecord, Repository
@@ -394,10 +395,12 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
         # and whether it costs diversity: the same coverage figures as above, of checked samples
         fake_feat = _probe_outputs(probe, checked(split.labels[cov_idx].astype(np.int64)).images)["features"]
         metrics["coverage"][src]["class_check"] = prdc(real_feat, fake_feat, PRDC_K)
+    # the primary figures, by a judge no generator was trained against; they also decide the check's defaults
+    metrics["judged"] = _judged(record, data, space, temperature, decode, classify, threshold, n_per_class, seed)
     # what Sample and Augment use by default, per source (ModelInfo.default_class_checks)
     metrics["class_check_defaults"] = class_check.recommend_per_source(metrics)
     metrics["class_check_default"] = metrics["class_check_defaults"].get(
-        default_sample_source(record.family, space.gmm_weights is not None), 0.0)
+        default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind), 0.0)
     recon = decode(latents_under_labels(enc, split.labels), split.labels)
     if record.family == "flow":
         roundtrip = float(np.max(np.abs(recon.astype(np.float64) - real)))
@@ -418,6 +421,25 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
         metrics["reconstruction"] = {"psnr_db": psnr01(recon, real), "n": len(split)}
     metrics["seconds"] = round(time.time() - t0, 3)
     return _nan_to_none(metrics)
+
+
+def _judged(record: ModelRecord, data, space, temperature: float, decode, classify, threshold: float,
+            n_per_class: int, seed: int) -> dict:
+    """The primary figures: the model's samples scored by a judge it was never trained against
+    (models/judges/scoring.py), per source, with and without the label check, and GAN-train."""
+    from latentserve.models.judges.scoring import Judge, judged_metrics
+
+    draw_fns = _draw_fns(space, temperature)
+
+    def checked(src: str, y: np.ndarray) -> np.ndarray:
+        gen = np.random.default_rng([seed, 14, sorted(draw_fns).index(src)])
+        loop = class_check.check_loop(lambda rows, r: draw_fns[src](y[rows], gen), y, threshold)
+        return class_check.run_sync(loop, decode, classify).images
+
+    return judged_metrics(
+        data=data, judge=Judge(data, seed=seed), factor_specs=list(record.factors), draws=draw_fns, decode=decode,
+        space=space, default_source=default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind),
+        checked=checked, n_per_class=n_per_class, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -456,6 +478,7 @@ def evaluate_record(repository: Repository | str | Path | None, name: str, versi
             raise ValidationError(f"{record.name} names no probe; pass one (--probe NAME)")
         probe_record = repo.load(probe_name, probe_version)
         metrics = evaluate_model(record, probe_record, data, n_per_class=n_per_class, seed=seed, threads=threads)
+    metrics = apply_gates(metrics, record.family, factor_knobs(record.manifest))
     if write:
         write_metrics(record, metrics)
     if verbose:

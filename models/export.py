@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import IntegrityError, NotFoundError, UnrecoverableError, ValidationError
-from latentserve.models.latent import GMM_COVARIANCES, latents_under_labels
+from latentserve.models.latent import GMM_COVARIANCES, MAX_ANCHORS, latents_under_labels
 from latentserve.models.manifest import SCHEMA_VERSION, file_entries, validate_manifest, write_manifest
 from latentserve.models.repository import ModelRecord, Repository
 
@@ -77,7 +77,10 @@ class ExportConfig:
     n_pca: int = 8  # PCA directions stored in the latent space. 0..64
     # 10 full components, not 4 diagonal ones: measured on a shapes VAE, probe-recognisable GMM samples 56% vs 41%
     gmm_components: int = 10  # GMM components per class. 1..64
-    gmm_covariance: str = "auto"  # "full" | "diag" | "auto" (full up to latent size 256, so not for flows)
+    # "full" | "diag" | "auto" (full up to latent size 256, so not for flows) | "anchors": gmm_components
+    # encoded training images per class as components sized by their neighbours (latent.anchor_mixture)
+    gmm_covariance: str = "auto"
+    gmm_bandwidth: float = 0.5  # "anchors" only: component std per local spacing of the anchors. (0, 10]
     exporter: str = "auto"  # "auto" (legacy TorchScript-based, else dynamo) | "legacy" | "dynamo"
     parity_atol: float = 1e-4  # parity tolerance, absolute part. (0, 1e-2]
     parity_rtol: float = 1e-5  # parity tolerance, relative to |eager| (large outputs like log-dets). [0, 1e-3]
@@ -110,7 +113,9 @@ class ExportConfig:
         ck("max_latent_fit", is_int(self.max_latent_fit) and 100 <= self.max_latent_fit <= 1_000_000,
            "an int in 100..1000000")
         ck("n_pca", is_int(self.n_pca) and 0 <= self.n_pca <= 64, "an int in 0..64")
-        ck("gmm_components", is_int(self.gmm_components) and 1 <= self.gmm_components <= 64, "an int in 1..64")
+        top = MAX_ANCHORS if self.gmm_covariance == "anchors" else 64
+        ck("gmm_components", is_int(self.gmm_components) and 1 <= self.gmm_components <= top, f"an int in 1..{top}")
+        ck("gmm_bandwidth", isinstance(self.gmm_bandwidth, (int, float)) and 0 < self.gmm_bandwidth <= 10, "in (0, 10]")
         ck("gmm_covariance", self.gmm_covariance in GMM_COVARIANCES, f"one of {', '.join(GMM_COVARIANCES)}")
         ck("exporter", self.exporter in EXPORTERS, f"one of {', '.join(EXPORTERS)}")
         ck("parity_atol", isinstance(self.parity_atol, (int, float)) and 0 < self.parity_atol <= 1e-2, "in (0, 1e-2]")
@@ -468,6 +473,7 @@ def fit_space(graphs: dict, data, n_classes: int, prior_type: str, prior_arrays:
         latents, split.labels[idx], split.factors[idx], [f for f in data.factors], n_classes, prior_type,
         prior_mean=prior_arrays.get("prior_mean"), prior_logstd=prior_arrays.get("prior_logstd"),
         n_pca=cfg.n_pca, gmm_components=cfg.gmm_components, gmm_covariance=cfg.gmm_covariance, seed=cfg.seed,
+        anchor_bandwidth=cfg.gmm_bandwidth,
         knob_readouts=knob_readouts,
     )
     meta = {"n_images": int(len(idx)), "seconds": round(time.time() - t0, 3), "seed": cfg.seed,
@@ -694,6 +700,8 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
                 fit_meta["knobs"] = {"source": "encoded_training_images"}
                 if sample_source == "latent_gmm" and space.gmm_weights is None:
                     sample_source = "prior"
+                if space.gmm_kind == "anchors" and sample_source:  # knobs are calibrated where Sample draws
+                    sample_source = "latent_gmm"
                 if probe_record is not None:
                     space.knobs, fit_meta["knobs"] = fit_knobs_on_samples(graphs["decoder"].module, space,
                                                                           probe_record, data, cfg,
@@ -731,7 +739,8 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
                version: int | None = None, opset: int = 17, fit_latents: bool = True, max_latent_fit: int = 12000,
                probe: str | None = None, exporter: str = "auto", seed: int = 0, data=None,
                device: str = "cpu", knob_source: str = "auto", gmm_components: int = 10,
-               gmm_covariance: str = "auto", knob_readouts: bool = True, parity_atol: float = 1e-4) -> ModelRecord:
+               gmm_covariance: str = "auto", knob_readouts: bool = True, parity_atol: float = 1e-4,
+               gmm_bandwidth: float = 0.5) -> ModelRecord:
     """Export a training run (its checkpoint.pt, or a checkpoint file) as `<repo>/<name>/<version>/`.
 
     version None = next free version; probe = the probe model named in a generative manifest (default
@@ -742,7 +751,8 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
 
     cfg = ExportConfig(opset=opset, fit_latents=fit_latents, max_latent_fit=max_latent_fit, exporter=exporter,
                        seed=seed, knob_source=knob_source, gmm_components=gmm_components,
-                       gmm_covariance=gmm_covariance, knob_readouts=knob_readouts, parity_atol=parity_atol)
+                       gmm_covariance=gmm_covariance, knob_readouts=knob_readouts, parity_atol=parity_atol,
+                       gmm_bandwidth=gmm_bandwidth)
     path = Path(run_dir_or_checkpoint)
     if not path.exists():
         raise NotFoundError(f"no training run or checkpoint at {path}")

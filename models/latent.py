@@ -57,7 +57,15 @@ class Knob:
 # the optional arrays of a LatentSpace, as stored in latent_space.npz
 _ARRAYS = ("prior_mean", "prior_logstd", "pca_components", "pca_mean", "pca_std", "pca_explained",
            "gmm_weights", "gmm_means", "gmm_vars", "gmm_chol")
-GMM_COVARIANCES = ("auto", "diag", "full")
+GMM_COVARIANCES = ("auto", "diag", "full", "anchors")
+ANCHOR_NEIGHBOURS = 10  # an anchor's spread is measured over this many nearest anchors of its class
+MAX_ANCHORS = 4096  # anchors per class (a component each)
+# Knob moves on an anchor mixture: MANIFOLD_STEPS rounds of (move, project onto the span of the
+# PROJECT_NEIGHBOURS nearest anchors, keeping LOCAL_DIMS directions), chosen by the judged knob R² and the share
+# of moved samples still judged in their class
+MANIFOLD_STEPS = 6
+PROJECT_NEIGHBOURS = 6
+LOCAL_DIMS = 4
 FULL_COVARIANCE_MAX_DIM = 256  # "auto" fits full covariances up to this latent size (a flow's D=3072 stays diagonal)
 
 
@@ -80,6 +88,7 @@ class LatentSpace:
     gmm_vars: np.ndarray | None = None  # float32 (C, K, D), diagonal variances > 0 (the diagonal of a full one)
     # float32 (C, K, D, D) lower Cholesky factors of full covariances; None = diagonal GMM (gmm_vars only)
     gmm_chol: np.ndarray | None = None
+    gmm_kind: str = "em"  # how the GMM was fitted: "em" (expectation-maximisation) | "anchors" (anchor_mixture)
 
     def __post_init__(self) -> None:
         if self.prior_type not in PRIOR_TYPES:
@@ -268,6 +277,13 @@ class LatentSpace:
         z2, single = self._latents(z)
         t = self._per_row(target, len(z2), "target")[:, 0]  # (N,)
         knob = self.knobs.get(name) if self._pca_index(name) is None else None
+        if knob is not None and labels is not None and self.gmm_kind == "anchors":
+            # A straight move leaves the thin set the codes lie on (the decoder then draws broken shapes):
+            # alternate the move with a projection onto the local span of the nearest anchors of the class.
+            y = self._labels(labels)
+            for _ in range(MANIFOLD_STEPS):
+                z2 = self._project_to_anchors(self._set_factor_once(z2, name, knob, t, y), y)
+            return z2[0] if single else z2
         if knob is not None and knob.readout is not None and labels is not None:
             step = knob.unit_step()
             amount = knob.readout.solve(z2, self._labels(labels), step, t, bracket=4.0 * (knob.high - knob.low))
@@ -276,6 +292,34 @@ class LatentSpace:
         current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
         out = self.move(z2, name, (t - current).astype(np.float32))
         return out[0] if single else out
+
+    def _set_factor_once(self, z2: np.ndarray, name: str, knob: Knob, t: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """One move of z2 (N, D) along the knob to targets t (N,): solved with the read-out where there is one."""
+        if knob.readout is not None:
+            step = knob.unit_step()
+            amount = knob.readout.solve(z2, y, step, t, bracket=4.0 * (knob.high - knob.low))
+            return (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
+        current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
+        return self.move(z2, name, (t - current).astype(np.float32))
+
+    def _project_to_anchors(self, z2: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """z2 (N, D) projected onto the affine span of the PROJECT_NEIGHBOURS nearest anchors of each row's
+        class, keeping its top LOCAL_DIMS directions (the set of codes is locally that thin)."""
+        out = np.empty_like(z2)
+        k = min(PROJECT_NEIGHBOURS, self.gmm_components)
+        for c in np.unique(y):
+            rows = np.flatnonzero(y == c)
+            live = self.gmm_weights[c] > 0
+            a = self.gmm_means[c][live]  # (M, D)
+            kk = min(k, len(a))
+            d2 = (z2[rows] ** 2).sum(1)[:, None] - 2.0 * z2[rows] @ a.T + (a ** 2).sum(1)[None, :]  # (n, M)
+            nn = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < len(a) else np.tile(np.arange(len(a)), (len(rows), 1))
+            p = a[nn]  # (n, k, D)
+            mu = p.mean(1, keepdims=True)  # (n, 1, D)
+            basis = np.linalg.svd(p - mu, full_matrices=False)[2][:, :LOCAL_DIMS]  # (n, r, D)
+            off = (z2[rows] - mu[:, 0])[:, None, :]  # (n, 1, D)
+            out[rows] = mu[:, 0] + np.einsum("nir,nrd->nd", off @ basis.transpose(0, 2, 1), basis)
+        return out.astype(np.float32)
 
     def move_pca(self, z: Any, index: int, amount: Any) -> np.ndarray:
         """Move z along PCA component `index` by `amount` (scalar or (N,)) std units of that component."""
@@ -313,7 +357,8 @@ class LatentSpace:
             "pca": {"components": self.n_pca,
                     "explained_variance": [] if self.pca_explained is None
                     else [round(float(v), 6) for v in self.pca_explained]},
-            "gmm": {"components": self.gmm_components, "covariance": "diag" if self.gmm_chol is None else "full"},
+            "gmm": {"components": self.gmm_components, "covariance": "diag" if self.gmm_chol is None else "full",
+                    "kind": self.gmm_kind},
         }
 
     def save(self, path: str | Path) -> Path:
@@ -321,7 +366,7 @@ class LatentSpace:
         path = Path(path)
         header = {
             "format": FORMAT_VERSION, "prior_type": self.prior_type, "latent_dim": self.latent_dim,
-            "n_classes": self.n_classes,
+            "n_classes": self.n_classes, "gmm_kind": self.gmm_kind,
             "knobs": [{"name": k.name, "bias": k.bias, "r2": k.r2, "low": k.low, "high": k.high,
                        "unit": k.unit, "doc": k.doc, **({"readout": k.readout.meta()} if k.readout else {})}
                       for k in self.knobs.values()],
@@ -363,7 +408,7 @@ class LatentSpace:
             }
             return cls(
                 prior_type=header["prior_type"], latent_dim=header["latent_dim"], n_classes=header["n_classes"],
-                knobs=knobs, **{name: arrays.get(name) for name in _ARRAYS},
+                knobs=knobs, gmm_kind=header.get("gmm_kind", "em"), **{name: arrays.get(name) for name in _ARRAYS},
             )
         except (KeyError, ValidationError) as exc:
             raise IntegrityError(f"{path.name}: inconsistent latent space file ({exc})") from exc
@@ -380,13 +425,16 @@ def latents_under_labels(encoded: dict, labels: Any) -> np.ndarray:
     return per_class[np.arange(len(labels)), labels]
 
 
-def default_sample_source(family: str, has_gmm: bool) -> str:
-    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent GMM for a VAE that has one, else the prior.
+def default_sample_source(family: str, has_gmm: bool, gmm_kind: str = "em") -> str:
+    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent mixture for a VAE that has one, or for any
+    model whose mixture is an anchor mixture (fitted to stay on its codes, `anchor_mixture`), else the prior.
 
     A VAE's N(0, I) prior samples fall in the "prior hole" (its encoded codes spread 2-3x wider), so they are
-    mostly off the data: measured on the bundled shapes-vae, probe-recognisable samples 16% from the prior vs
-    55% from the GMM. A GAN's prior is what it was trained on; a flow's prior is its exact density."""
-    return "latent_gmm" if family == "vae" and has_gmm else "prior"
+    mostly off the data. An anchor mixture is exported because the prior's samples fall off the data. Otherwise
+    a GAN's prior is what it was trained on, and a flow's prior is its exact density."""
+    if has_gmm and (family == "vae" or gmm_kind == "anchors"):
+        return "latent_gmm"
+    return "prior"
 
 
 def _pair(a: Any, b: Any, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -534,6 +582,7 @@ def fit_latent_space(
     seed: int = 0,
     gmm_covariance: str = "auto",
     knob_readouts: bool = False,
+    anchor_bandwidth: float = 0.5,
 ) -> LatentSpace:
     """Fit knobs, PCA and per-class GMM on encoded training latents.
 
@@ -547,7 +596,8 @@ def fit_latent_space(
     (zero weight padding) or, with none, to the prior. Full covariances matter for GAN/VAE latents: the codes
     of one class lie on a curved, correlated low-dimensional set, and a diagonal mixture samples far off it
     (measured on shapes-vae, probe-recognisable samples: diag 4 components 41%, full 10 components 56%).
-    `knob_readouts`: also fit each knob's nonlinear read-out (see `fit_knobs`)."""
+    `knob_readouts`: also fit each knob's nonlinear read-out (see `fit_knobs`). gmm_covariance "anchors": the
+    mixture is `anchor_mixture` (gmm_components anchors per class, `anchor_bandwidth`) instead of EM."""
     from sklearn.mixture import GaussianMixture  # lazily: serving never fits
     from sklearn.utils.extmath import randomized_svd
 
@@ -595,6 +645,14 @@ def fit_latent_space(
                "pca_explained": var / total_var if total_var > 0 else np.zeros_like(var)}
 
     # GMM per class -------------------------------------------------------------------------------------------
+    if gmm_covariance == "anchors":
+        weights, means, variances = anchor_mixture(x, space_labels, n_classes, int(gmm_components), anchor_bandwidth,
+                                                   seed)
+        return LatentSpace(
+            prior_type=prior_type, latent_dim=d, n_classes=n_classes, prior_mean=prior_mean,
+            prior_logstd=prior_logstd, knobs=knobs, gmm_weights=weights, gmm_means=means, gmm_vars=variances,
+            gmm_kind="anchors", **pca,
+        )
     kk = int(gmm_components)
     full = gmm_covariance == "full" or (gmm_covariance == "auto" and d <= FULL_COVARIANCE_MAX_DIM)
     weights = np.zeros((n_classes, kk))
@@ -645,3 +703,47 @@ def fit_latent_space(
         prior_mean=prior_mean, prior_logstd=prior_logstd, knobs=knobs,
         gmm_weights=weights, gmm_means=means, gmm_vars=variances, gmm_chol=chol, **pca,
     )
+
+
+def anchor_mixture(x: np.ndarray, labels: np.ndarray, n_classes: int, anchors: int, bandwidth: float,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A per-class mixture centred on encoded training images -> weights (C, M), means (C, M, D), variances
+    (C, M, D), diagonal, M = `anchors`.
+
+    Each class keeps M of its codes (a seeded subset) as equally weighted components; a component's variance
+    per dimension is bandwidth^2 times the mean squared offset to its ANCHOR_NEIGHBOURS nearest anchors. Codes
+    of one class lie on a thin, curved set (rotation is a ring); EM components are wide enough to cover it
+    and so put mass inside the ring, where a decoder draws averages of shapes (discs for squares). Components
+    sized by the local spacing of real codes stay on the set and still fill the gaps between its points
+    (the ex-post density idea of Ghosh et al. 2020, at the resolution of the data)."""
+    if not (1 <= anchors <= MAX_ANCHORS):
+        raise ValidationError(f"anchors per class must be in 1..{MAX_ANCHORS}, got {anchors}")
+    if not (0.0 < bandwidth <= 10.0):
+        raise ValidationError(f"anchor bandwidth must be in (0, 10], got {bandwidth}")
+    d = x.shape[1]
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((n_classes, anchors))
+    means = np.zeros((n_classes, anchors, d))
+    variances = np.ones((n_classes, anchors, d))
+    floor = 1e-6 * max(float(np.mean(x.var(0))), 1e-8)
+    for c in range(n_classes):
+        rows = x[labels == c]
+        if len(rows) == 0:
+            weights[c, 0] = 1.0  # no data: one standard normal component, as the EM path's prior fallback
+            continue
+        m = min(anchors, len(rows))
+        a = rows[np.sort(rng.choice(len(rows), size=m, replace=False))]  # (m, D)
+        k = min(ANCHOR_NEIGHBOURS, m - 1)
+        if k > 0:
+            sq = (a * a).sum(1)
+            d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * a @ a.T, 0.0)  # (m, m)
+            np.fill_diagonal(d2, np.inf)
+            nn = np.argpartition(d2, k - 1, axis=1)[:, :k]  # (m, k)
+            local = ((a[nn] - a[:, None, :]) ** 2).mean(1)  # (m, D)
+        else:
+            local = np.full((m, d), float(np.mean(x.var(0))))
+        weights[c, :m] = 1.0 / m
+        means[c, :m] = a
+        variances[c, :m] = np.maximum(bandwidth ** 2 * local, floor)
+        means[c, m:] = a[0]  # unused rows (a class with fewer codes than anchors): zero weight, never drawn
+    return weights, means, variances

@@ -301,7 +301,13 @@ def _check_resumable(ckpt: dict, cfg: TrainConfig, family_config: Any, path: Pat
     old = ckpt.get("train_config", {})
     diffs = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in _IDENTITY
              if _jsonable(old.get(k)) != _jsonable(getattr(cfg, k))]
-    if _jsonable(ckpt.get("family_config")) != _jsonable(asdict(family_config)):
+    # compared with defaults filled in, so a field added to the config later does not orphan older runs
+    saved = ckpt.get("family_config") or {}
+    try:
+        saved = asdict(type(family_config)(**dict(saved)))
+    except (TypeError, ValidationError):
+        pass  # an unknown or invalid saved field: compare as stored (and so report the difference)
+    if _jsonable(saved) != _jsonable(asdict(family_config)):
         diffs.append("family config differs")
     if diffs:
         raise ValidationError(f"{path} belongs to a different run ({'; '.join(diffs)}); "

@@ -49,8 +49,9 @@ class AugmentDataset(_Base):
 
     def __init__(self, target: str, spec: Any, token: str | None = None, app_name: str | None = None,
                  prefetch: int = 4, rank: int = 0, world_size: int = 1, transform: Callable | None = None,
-                 with_info: bool = False, retry_s: float = 120.0) -> None:
+                 with_info: bool = False, retry_s: float = 120.0, allow_weak_knobs: bool = False) -> None:
         self.target, self.token, self.app_name = target, token, app_name
+        self.allow_weak_knobs = bool(allow_weak_knobs)  # use factor knobs below their quality gate
         self.spec: AugmentSpec = spec if isinstance(spec, AugmentSpec) else parse_spec(spec)
         if prefetch < 1:
             raise ValueError(f"prefetch must be >= 1, got {prefetch}")
@@ -114,7 +115,7 @@ class AugmentDataset(_Base):
         try:
             with LatentClient(self.target, token=self.token, app_name=self.app_name) as client:
                 while remaining and not stop.is_set():
-                    stream = client.augment(self.spec, shards=remaining)
+                    stream = client.augment(self.spec, shards=remaining, allow_weak_knobs=self.allow_weak_knobs)
                     try:
                         for chunk in stream:
                             end = chunk.start + len(chunk.labels)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import time
@@ -73,7 +74,10 @@ def facts_from_info(info: Any) -> ModelFacts:
     """ModelFacts of a client ModelInfo (GetModel)."""
     return ModelFacts(name=info.name, version=info.version, class_names=tuple(info.class_names),
                       knobs={k.name: (k.low, k.high, k.unit) for k in info.knobs if k.kind == "factor"},
-                      sources=tuple(info.sample_sources))
+                      sources=tuple(info.sample_sources),
+                      judged_knobs={k.name: {"r2": None if math.isnan(k.r2_judged) else k.r2_judged,
+                                             "usable": k.usable, "judge": info.judge}
+                                    for k in info.knobs if k.kind == "factor"})
 
 
 def _atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
@@ -91,9 +95,10 @@ class AugmentJob:
     """One job in one output folder (see the module docstring). `prepare()` checks the folder and the spec
     against the model and returns the shards still to do; `run()` writes them."""
 
-    def __init__(self, client: Any, spec: AugmentSpec, out_dir: str | Path) -> None:
+    def __init__(self, client: Any, spec: AugmentSpec, out_dir: str | Path, allow_weak_knobs: bool = False) -> None:
         self.client = client
         self.spec = spec
+        self.allow_weak_knobs = bool(allow_weak_knobs)  # use knobs below their quality gate
         self.out = Path(out_dir)
         self.work = self.out / WORK
         self.digest = spec.digest()
@@ -121,7 +126,7 @@ class AugmentJob:
             version = self.spec.version
             pinned = None
         info = self.client.get_model(self.spec.model, version or None)
-        check_spec(self.spec, facts_from_info(info), files=True)
+        check_spec(self.spec, facts_from_info(info), files=True, allow_weak_knobs=self.allow_weak_knobs)
         if pinned is None:  # 0 = the model's default threshold, which is 0 when the check is off for it
             resolved = self.spec.class_check or info.class_check_for(self.spec.source)
             pinned = round(float(resolved), 6) if resolved > 0 else -1.0
@@ -215,7 +220,7 @@ class AugmentJob:
         while remaining:
             rows: list[list[str]] = []
             try:
-                for chunk in self.client.augment(spec, shards=remaining):
+                for chunk in self.client.augment(spec, shards=remaining, allow_weak_knobs=self.allow_weak_knobs):
                     if chunk.shard != remaining[0] or (not rows and chunk.start != spec.shard_range(chunk.shard)[0]):
                         raise UnavailableError(f"server sent shard {chunk.shard} from {chunk.start}, expected shard "
                                                f"{remaining[0]} from its start")  # never expected; resync

@@ -48,6 +48,7 @@ import numpy as np
 
 from latentserve.errors import ValidationError
 from latentserve.models.class_check import requested_threshold
+from latentserve.models.gates import refuse_weak_knob
 
 DEFAULT_SHARD_SIZE = 256
 MAX_COUNT = 10_000_000  # the plan holds a label (and a grid rank) per image: <= ~120 MB
@@ -279,11 +280,15 @@ class ModelFacts:
     class_names: tuple[str, ...]
     knobs: Mapping[str, tuple[float, float, str]]  # factor knob name -> (low, high, unit)
     sources: tuple[str, ...]  # sample sources the model has (prior, latent_gmm)
+    # factor knob name -> {r2, usable, judge}: the quality gate's verdict (models/gates.py); absent = not judged
+    judged_knobs: Mapping[str, Mapping] = field(default_factory=dict)
 
 
-def check_spec(spec: AugmentSpec, facts: ModelFacts, files: bool = False, where: str = "spec") -> AugmentSpec:
-    """Check a parsed spec against the model: classes, factors and their ranges, the sample source (and a
-    file format when the images go to files). Returns the spec; ValidationError naming the field otherwise."""
+def check_spec(spec: AugmentSpec, facts: ModelFacts, files: bool = False, where: str = "spec",
+               allow_weak_knobs: bool = False) -> AugmentSpec:
+    """Check a parsed spec against the model: classes, factors and their ranges, knobs below their quality
+    gate (unless `allow_weak_knobs`), the sample source (and a file format when the images go to files).
+    Returns the spec; ValidationError naming the field otherwise."""
     names = list(facts.class_names)
     for what, table in (("class_counts", spec.class_counts), ("class_weights", spec.class_weights)):
         for k in table or {}:
@@ -303,6 +308,10 @@ def check_spec(spec: AugmentSpec, facts: ModelFacts, files: bool = False, where:
             if not low <= v <= high:
                 unit = f" {unit}" if unit else ""
                 raise ValidationError(f"{where}.factors.{f.name}: {v:g} outside [{low:g}, {high:g}]{unit}")
+        try:
+            refuse_weak_knob(facts.name, facts.version, f.name, facts.judged_knobs, allow_weak_knobs)
+        except ValidationError as exc:
+            raise ValidationError(f"{where}.factors.{f.name}: {exc}") from None
     if spec.source not in facts.sources:
         raise ValidationError(f"{where}.source: {facts.name} v{facts.version} has no {spec.source!r} source; "
                               f"sources: {', '.join(facts.sources)}")

@@ -160,6 +160,21 @@ class KnobInfo:
     low: float  # allowed target range (factor knobs)
     high: float
     r2_fit: float  # linear fit quality on held-out latents
+    r2_judged: float = float("nan")  # judged R² on the default sample source (NaN = not judged)
+    usable: bool = True  # False: below its quality gate; requests need allow_weak_knobs to use it
+
+
+@dataclass(frozen=True)
+class GateInfo:
+    """One quality target of a model (models/gates.py)."""
+
+    name: str  # e.g. class_fidelity.square, gan_train, knob_r2.scale, flow.round_trip_max_abs
+    value: float  # NaN = not measured
+    threshold: float  # NaN for op "present"
+    op: str  # ">=" | "<=" | "present"
+    passed: bool
+    judge: str  # "geometric", "real_classifier", "direct" (the model's own graphs)
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -189,6 +204,9 @@ class ModelInfo:
     default_class_check: float = 0.0  # label-check threshold Sample / Augment use by default (0 = off)
     # the same per sample source ("prior", "latent_gmm"); a source missing here is off
     default_class_checks: dict[str, float] = field(default_factory=dict)
+    gates: tuple[GateInfo, ...] = ()  # quality targets (empty: a server without gates)
+    gates_passed: bool = False
+    judge: str = ""  # who judged the gates' figures ("" = never judged)
 
     def class_check_for(self, source: str) -> float:
         """The threshold a Sample / Augment from `source` gets when it leaves the check unset (0 = off)."""
@@ -617,7 +635,8 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                          class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
                          seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                          return_handles: bool = False, version: int | None = None,
-                         guidance: Mapping[str, Any] | None = None, class_check: float = 0.0) -> pb.SampleRequest:
+                         guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
+                         allow_weak_knobs: bool = False) -> pb.SampleRequest:
     n = int(n)
     if n < 1:
         raise ValidationError(f"n must be >= 1, got {n}")
@@ -633,7 +652,8 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                            temperature=temperature,
                            source=pb.SAMPLE_SOURCE_UNSPECIFIED if source is None else SAMPLE_SOURCES[source],
                            format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
-                           knobs=_float_map(knobs, "knobs"), class_check=class_check)
+                           knobs=_float_map(knobs, "knobs"), class_check=class_check,
+                           allow_weak_knobs=bool(allow_weak_knobs))
     if label is not None:
         if int(label) < 0:
             raise ValidationError(f"label must be >= 0, got {label}")
@@ -672,7 +692,8 @@ def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method
 
 
 def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
-                       return_handles: bool = False, version: int | None = None) -> pb.EditRequest:
+                       return_handles: bool = False, version: int | None = None,
+                       allow_weak_knobs: bool = False) -> pb.EditRequest:
     one_image = isinstance(inputs, np.ndarray) and inputs.ndim == 3
     if isinstance(inputs, (str, tuple, bytes)) or _is_pil(inputs) or one_image:
         inputs = [inputs]  # one reference
@@ -688,13 +709,16 @@ def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: st
     if not pm:
         raise ValidationError("edit needs at least one move")
     return pb.EditRequest(model=_check_model(model), version=_version(version), inputs=refs, moves=pm,
-                          format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles))
+                          format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
+                          allow_weak_knobs=bool(allow_weak_knobs))
 
 
 # ----------------------------------------------------------------------------------- response parsers
-def build_augment_request(spec: Any, shards: Sequence[int] | None = None) -> pb.AugmentRequest:
+def build_augment_request(spec: Any, shards: Sequence[int] | None = None,
+                          allow_weak_knobs: bool = False) -> pb.AugmentRequest:
     """An AugmentSpec (services/augment_spec.py) or its dict form + shard indices (None = all) -> request.
-    The spec is parsed (so every local check runs) before anything is sent."""
+    The spec is parsed (so every local check runs) before anything is sent. `allow_weak_knobs`: use factor
+    knobs below their quality gate (a permission, not part of the spec)."""
     from latentserve.services.augment_spec import AugmentSpec, parse_spec
 
     if not isinstance(spec, AugmentSpec):
@@ -718,7 +742,8 @@ def build_augment_request(spec: Any, shards: Sequence[int] | None = None) -> pb.
             fm.grid.steps = f.steps
         else:
             fm.list.values.extend(f.values)
-    return pb.AugmentRequest(spec=msg, shards=[int(k) for k in (shards or [])])
+    return pb.AugmentRequest(spec=msg, shards=[int(k) for k in (shards or [])],
+                             allow_weak_knobs=bool(allow_weak_knobs))
 
 
 def augment_chunk(m: pb.AugmentBatch, fmt: str) -> AugmentChunk:
@@ -737,7 +762,10 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         image_shape=tuple(int(s) for s in m.image_shape), latent_shape=tuple(int(s) for s in m.latent_shape),
         class_names=tuple(m.class_names),
         factors=tuple(FactorInfo(f.name, f.low, f.high, f.unit, f.doc) for f in m.factors),
-        knobs=tuple(KnobInfo(k.name, k.kind, k.unit, k.low, k.high, k.r2_fit) for k in m.knobs),
+        # a server without gates sends neither r2_judged nor usable: its knobs are not judged
+        knobs=tuple(KnobInfo(k.name, k.kind, k.unit, k.low, k.high, k.r2_fit,
+                             k.r2_judged if len(m.gates) else float("nan"), k.usable or not len(m.gates))
+                    for k in m.knobs),
         sample_sources=tuple(_SOURCE_NAMES.get(s, str(s)) for s in m.sample_sources),
         interpolation_methods=tuple(_METHOD_NAMES.get(s, str(s)) for s in m.interpolation_methods),
         metrics=dict(m.metrics), backend=m.backend, prior=m.prior,
@@ -747,7 +775,9 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         max_refine_steps=m.limits.max_refine_steps,
         default_sample_source=_SOURCE_NAMES.get(m.default_sample_source, "prior"),
         default_class_check=round(float(m.default_class_check), 6),  # float32 on the wire
-        default_class_checks={k: round(float(v), 6) for k, v in sorted(m.default_class_checks.items())})
+        default_class_checks={k: round(float(v), 6) for k, v in sorted(m.default_class_checks.items())},
+        gates=tuple(GateInfo(g.name, g.value, g.threshold, g.op, g.passed, g.judge, g.detail) for g in m.gates),
+        gates_passed=m.gates_passed, judge=m.judge)
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:
@@ -916,10 +946,12 @@ class LatentClient:
                class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
                seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                return_handles: bool = False, version: int | None = None,
-               guidance: Mapping[str, Any] | None = None, class_check: float = 0.0) -> SampleResult:
-        """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest)."""
+               guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
+               allow_weak_knobs: bool = False) -> SampleResult:
+        """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest).
+        `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance, class_check)
+                                   format, return_handles, version, guidance, class_check, allow_weak_knobs)
         return images_result(self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp", format: str = "uint8",
@@ -947,16 +979,18 @@ class LatentClient:
             call.cancel()  # no-op when the stream completed
 
     def edit(self, model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
-             return_handles: bool = False, version: int | None = None) -> EditResult:
-        req = build_edit_request(model, inputs, moves, format, return_handles, version)
+             return_handles: bool = False, version: int | None = None, allow_weak_knobs: bool = False) -> EditResult:
+        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs)
         return images_result(self._call(self._stub.Edit, req), format)
 
-    def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None) -> Iterator[AugmentChunk]:
+    def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None,
+                allow_weak_knobs: bool = False) -> Iterator[AugmentChunk]:
         """The chunks of an augmentation job (an AugmentSpec or its dict form), shard by shard in index order;
         `shards`: only these shard indices (ascending; None = all). The server generates only as fast as this
         iterator is read. `timeout`: a deadline for the whole stream (default none: bulk jobs run long; the
-        client's own timeout is for unary calls). Stopping the iteration early cancels the call."""
-        req = build_augment_request(spec, shards)
+        client's own timeout is for unary calls). `allow_weak_knobs`: use factor knobs below their quality gate.
+        Stopping the iteration early cancels the call."""
+        req = build_augment_request(spec, shards, allow_weak_knobs)
         fmt = {v: k for k, v in IMAGE_FORMATS.items()}[req.spec.format]
         try:
             call = self._stub.Augment(req, timeout=timeout, metadata=self._metadata)
@@ -1039,9 +1073,10 @@ class AsyncLatentClient:
                      class_weights: Mapping[str, float] | None = None, knobs: Mapping[str, float] | None = None,
                      seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                      return_handles: bool = False, version: int | None = None,
-                     guidance: Mapping[str, Any] | None = None, class_check: float = 0.0) -> SampleResult:
+                     guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
+                     allow_weak_knobs: bool = False) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance, class_check)
+                                   format, return_handles, version, guidance, class_check, allow_weak_knobs)
         return images_result(await self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",
@@ -1052,10 +1087,10 @@ class AsyncLatentClient:
         req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic)
         return self._stream(self._stub.Interpolate, req, self.timeout, lambda f: frame_from_proto(f, format))
 
-    def augment(self, spec: Any, shards: Sequence[int] | None = None,
-                timeout: float | None = None) -> AsyncIterator[AugmentChunk]:
+    def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None,
+                allow_weak_knobs: bool = False) -> AsyncIterator[AugmentChunk]:
         """`async for chunk in client.augment(spec)`: as LatentClient.augment."""
-        req = build_augment_request(spec, shards)
+        req = build_augment_request(spec, shards, allow_weak_knobs)
         fmt = {v: k for k, v in IMAGE_FORMATS.items()}[req.spec.format]
         return self._stream(self._stub.Augment, req, timeout, lambda m: augment_chunk(m, fmt))
 
@@ -1072,8 +1107,9 @@ class AsyncLatentClient:
             call.cancel()
 
     async def edit(self, model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
-                   return_handles: bool = False, version: int | None = None) -> EditResult:
-        req = build_edit_request(model, inputs, moves, format, return_handles, version)
+                   return_handles: bool = False, version: int | None = None,
+                   allow_weak_knobs: bool = False) -> EditResult:
+        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs)
         return images_result(await self._call(self._stub.Edit, req), format)
 
 

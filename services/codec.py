@@ -286,7 +286,9 @@ def latent_to_pb(z: np.ndarray, label: int) -> "pb.Latent":
 # ------------------------------------------------------------------------------------------------ model info
 def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
     """Plain dict (built by the ingress from a manifest) -> pb.ModelInfo. Keys mirror the proto fields;
-    sample_sources / interpolation_methods are names ('prior', 'lerp', ...); knob r2_fit None -> NaN."""
+    sample_sources / interpolation_methods are names ('prior', 'lerp', ...); `gates` is models/gates.py's
+    compute_gates result; None figures (knob r2_fit / r2_judged, gate value / threshold) -> NaN."""
+    gates = info.get("gates") or {}
     return pb.ModelInfo(
         name=info["name"],
         version=int(info["version"]),
@@ -298,8 +300,8 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         factors=[pb.Factor(name=f["name"], low=float(f["low"]), high=float(f["high"]), unit=f.get("unit", ""),
                            doc=f.get("doc", "")) for f in info["factors"]],
         knobs=[pb.Knob(name=k["name"], kind=k["kind"], unit=k.get("unit", ""), low=float(k["low"]),
-                       high=float(k["high"]),
-                       r2_fit=float("nan") if k.get("r2_fit") is None else float(k["r2_fit"]))
+                       high=float(k["high"]), r2_fit=_nan_if_none(k.get("r2_fit")),
+                       r2_judged=_nan_if_none(k.get("r2_judged")), usable=bool(k.get("usable", True)))
                for k in info["knobs"]],
         sample_sources=[_SAMPLE_SOURCE_ENUM[s] for s in info["sample_sources"]],
         interpolation_methods=[_INTERPOLATION_ENUM[m] for m in info["interpolation_methods"]],
@@ -314,7 +316,16 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
                          max_geodesic_iterations=int(info["limits"].get("max_geodesic_iterations", 0)),
                          max_guidance_steps=int(info["limits"].get("max_guidance_steps", 0)),
                          max_refine_steps=int(info["limits"].get("max_refine_steps", 0))),
+        gates=[pb.Gate(name=t["name"], value=_nan_if_none(t["value"]), threshold=_nan_if_none(t["threshold"]),
+                       op=t["op"], passed=bool(t["passed"]), judge=t["judge"] or "", detail=t["detail"])
+               for t in gates.get("targets", [])],
+        gates_passed=bool(gates.get("passed", False)),
+        judge=gates.get("judge") or "",
     )
+
+
+def _nan_if_none(v: Any) -> float:
+    return float("nan") if v is None else float(v)
 
 
 # ------------------------------------------------------------------------------------------------ augment

@@ -17,6 +17,10 @@ Semantics decided here (documented for clients):
   Labels: `label`/`class_name` for all images, `class_weights` drawn with the seed, none = uniform.
   Knob targets must lie in the factor's range (rejected, not clamped). temperature 0 = model default.
 - Edit/knob names: factor names as listed, PCA directions as `pca_<i>` (also accepted: `pc<i>`).
+- Quality gates (models/gates.py): ModelInfo carries the gates computed from the manifest's metrics; a factor
+  knob the gate judged unusable (`Knob.usable` false) is refused in Sample knobs, Edit moves and Augment
+  factors (INVALID_ARGUMENT naming the knob, its judged R² and the judge) unless the request sets
+  `allow_weak_knobs`. A knob without a judged figure is never refused.
 - Interpolate: the label switches from a's to b's at t = 0.5 (labels are discrete); step_distance is the
   RMS distance of consecutive decoded frames on the [-1, 1] scale, before 8-bit quantisation.
 - DEADLINE: the client's deadline cancels the call; the frontend cancels the ingress task and the model call
@@ -41,7 +45,7 @@ import grpc
 import numpy as np
 
 from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedError, UnsupportedError, ValidationError
-from latentserve.models import class_check
+from latentserve.models import class_check, gates
 from latentserve.models.latent import (PCA_KNOB_PREFIX, LatentSpace, default_sample_source, latents_under_labels,
                                        lerp, slerp)
 from latentserve.models.repository import ModelRecord, Repository
@@ -168,9 +172,14 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
     m = record.manifest
     gmm = m.get("gmm") or {}
     prior = (m.get("prior") or {}).get("type", "")
-    default_source = default_sample_source(record.family, bool(gmm.get("components")))
+    default_source = default_sample_source(record.family, bool(gmm.get("components")), gmm.get("kind", "em"))
     checks = class_check.default_thresholds(m, default_source)  # per sample source
     grad_ops = not lops.availability_problem(config)  # gradient latent ops: torch installed and enabled
+    knobs = [dict(k) for k in m.get("knobs") or []]
+    gated = gates.compute_gates(record.family, m.get("metrics") or {}, gates.factor_knobs(m))
+    for k in knobs:  # the judged figure of each factor knob (None: not judged, always usable)
+        judged = gated["knobs"].get(k["name"]) or {}
+        k["r2_judged"], k["usable"] = judged.get("r2"), judged.get("usable", True)
     return {
         "name": record.name,
         "version": record.version,
@@ -179,7 +188,8 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
         "latent_shape": list(m.get("latent_shape") or []),
         "class_names": list(m["class_names"]),
         "factors": list(m["factors"]),
-        "knobs": list(m.get("knobs") or []),
+        "knobs": knobs,
+        "gates": gated,
         "sample_sources": ["prior"] + (["latent_gmm"] if gmm.get("components") else [])
                           + (["guided"] if grad_ops and m.get("probe") else []),
         "default_sample_source": default_source,
@@ -655,7 +665,7 @@ class LatentIngress:
                 temperature = float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))
             if source == "latent_gmm" and sv.space.gmm_weights is None:
                 raise ValidationError(f"model {sv.name} v{sv.version} has no latent GMM; use source PRIOR")
-            targets = self._knob_targets(sv, dict(request.knobs))
+            targets = self._knob_targets(sv, dict(request.knobs), request.allow_weak_knobs)
             threshold = self._class_check(sv, request.class_check, "guided" if guided else source)
             rng = _rng(request.seed)
             labels = self._sample_labels(sv, request, rng)
@@ -753,8 +763,9 @@ class LatentIngress:
             return rng.choice(len(names), size=n, p=p / p.sum()).astype(np.int64)
         return rng.integers(0, sv.n_classes, size=n).astype(np.int64)
 
-    def _knob_targets(self, sv: ServedVersion, knobs: dict[str, float]) -> list[tuple[str, float]]:
-        """Sample knobs {factor: target} -> checked (name, target) pairs; targets must lie in the factor range."""
+    def _knob_targets(self, sv: ServedVersion, knobs: dict[str, float], allow_weak: bool) -> list[tuple[str, float]]:
+        """Sample knobs {factor: target} -> checked (name, target) pairs; targets must lie in the factor range,
+        knobs below their quality gate need `allow_weak`."""
         out = []
         for raw_name, target in knobs.items():
             name = _knob_name(raw_name)
@@ -767,8 +778,14 @@ class LatentIngress:
             if knob is None:
                 raise ValidationError(f"knobs: unknown factor {raw_name!r}; factor knobs: {', '.join(sv.space.knobs) or '(none)'}")
             self._check_target(knob, target, f"knobs[{raw_name!r}]")
+            self._check_gate(sv, name, allow_weak)
             out.append((name, float(target)))
         return out
+
+    @staticmethod
+    def _check_gate(sv: ServedVersion, knob: str, allow_weak: bool) -> None:
+        """INVALID_ARGUMENT for a factor knob the quality gate judged unusable, unless the request opts in."""
+        gates.refuse_weak_knob(sv.name, sv.version, knob, sv.info["gates"]["knobs"], allow_weak)
 
     @staticmethod
     def _check_target(knob: Any, target: float, where: str) -> None:
@@ -835,6 +852,7 @@ class LatentIngress:
                 name = _knob_name(mv.knob)
                 if name not in known:
                     raise ValidationError(f"moves[{i}].knob: unknown knob {mv.knob!r}; knobs: {', '.join(known) or '(none)'}")
+                self._check_gate(sv, name, request.allow_weak_knobs)
                 how = mv.WhichOneof("how")
                 if how is None:
                     raise ValidationError(f"moves[{i}]: set amount (change) or target (value)")
@@ -878,7 +896,8 @@ class LatentIngress:
         return augment_spec.ModelFacts(
             name=sv.name, version=sv.version, class_names=tuple(sv.record.class_names),
             knobs={k.name: (k.low, k.high, k.unit) for k in sv.space.knobs.values()},
-            sources=tuple(s for s in sv.info["sample_sources"] if s in augment_spec.SOURCES))
+            sources=tuple(s for s in sv.info["sample_sources"] if s in augment_spec.SOURCES),
+            judged_knobs=sv.info["gates"]["knobs"])
 
     @metrics.counted_stream("Augment", images=False)  # a batch message carries many images: counted below
     async def Augment(self, request: pb.AugmentRequest, grpc_context: Any = None) -> AsyncIterator[pb.AugmentBatch]:
@@ -888,7 +907,7 @@ class LatentIngress:
             self._authorize(grpc_context)
             spec = codec.augment_spec_from_pb(request.spec)
             sv = await self._model(spec.model, spec.version)
-            augment_spec.check_spec(spec, self.augment_facts(sv))
+            augment_spec.check_spec(spec, self.augment_facts(sv), allow_weak_knobs=request.allow_weak_knobs)
             shards = augment_spec.check_shards(list(request.shards), spec.num_shards)
             fmt = codec.AUGMENT_WIRE_FORMATS[spec.format]
             temperature = spec.temperature or float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))

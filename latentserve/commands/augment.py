@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="keep reconnecting for this long without progress when the server is unavailable "
                         "(default 300)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-weak-knobs", action="store_true",
+                   help="use factor knobs below their quality gate (`latentserve models NAME` marks them); "
+                        "refused otherwise (not part of the spec: a resumed job needs the flag again)")
     add_client_options(p)
     p.set_defaults(func=run)
 
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec_file(args.spec)  # every local check before contacting the server
     with LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app,
                       options=RECONNECT_OPTIONS) as client:
-        job = AugmentJob(client, spec, args.out)
+        job = AugmentJob(client, spec, args.out, allow_weak_knobs=args.allow_weak_knobs)
         bars: list = []
 
         def on_start(state) -> None:

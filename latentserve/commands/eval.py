@@ -1,4 +1,5 @@
 """`latentserve eval`: score an exported model with its probe on the test split; metrics go into its manifest.
+Then prints its quality gates (models/gates.py: each target, pass or fail, and the judge that measured it).
 
 Only argparse at module level; numpy/onnxruntime and the dataset are imported inside `run`.
 """
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from latentserve.models import gates
     from latentserve.models.evaluate import evaluate_record
     from latentserve.models.repository import Repository
 
@@ -41,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_record(repo, args.model, version=args.version, probe=args.probe,
                               probe_version=args.probe_version, n_per_class=args.n_per_class, seed=args.seed,
                               write=not args.no_write, threads=args.threads)
+    record = repo.load(args.model, args.version, verify=False)
+    if record.family != "probe":
+        g = gates.compute_gates(record.family, metrics, gates.factor_knobs(record.manifest))
+        print(gates.format_table(f"{record.name} v{record.version}", g))
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     if not args.no_write:
-        record = repo.load(args.model, args.version, verify=False)
         print(f"metrics written to {record.path / 'manifest.json'}")
     return 0

@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="at most this many training images are encoded for the latent fit (default 12000)")
     p.add_argument("--gmm-components", type=_positive_int, default=10,
                    help="components of the per-class latent GMM (default 10)")
-    p.add_argument("--gmm-covariance", choices=("auto", "diag", "full"), default="auto",
-                   help="covariance of the GMM components; auto = full up to latent size 256, else diagonal")
+    p.add_argument("--gmm-covariance", choices=("auto", "diag", "full", "anchors"), default="auto",
+                   help="covariance of the GMM components; auto = full up to latent size 256, else diagonal; "
+                        "anchors = --gmm-components encoded training images per class, each a small diagonal "
+                        "component sized by its nearest neighbours (up to 4096)")
+    p.add_argument("--gmm-bandwidth", type=float, default=0.5,
+                   help="anchors only: component std as a multiple of the anchors' local spacing (default 0.5)")
     p.add_argument("--knob-source", choices=("auto", "encoded", "samples"), default="auto",
                    help="fit factor knobs on encoded training images, or on prior samples labelled by the probe "
                         "(InterFaceGAN); auto = samples for the GAN when its probe is in the repository")
@@ -45,6 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the latent-fit subset and GMM init (default 0)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="device to load the checkpoint on (default cpu)")
+    p.add_argument("--require-gates", action="store_true",
+                   help="then evaluate the new version as `latentserve eval` does (metrics written into its "
+                        "manifest; needs its probe in the repository) and exit 2, one line per failed quality "
+                        "gate, unless every gate passes (the version stays in the repository either way)")
     p.set_defaults(func=run)
 
 
@@ -62,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
                         fit_latents=not args.no_latents, max_latent_fit=args.max_latent_fit, probe=args.probe,
                         exporter=args.exporter, seed=args.seed, device=args.device, knob_source=args.knob_source,
                         knob_readouts=args.knob_readouts, parity_atol=args.parity_atol,
-                        gmm_components=args.gmm_components, gmm_covariance=args.gmm_covariance)
+                        gmm_components=args.gmm_components, gmm_covariance=args.gmm_covariance,
+                        gmm_bandwidth=args.gmm_bandwidth)
     m = record.manifest
     print(f"exported {record.name} v{record.version} ({record.family}) -> {record.path}  [{time.time() - t0:.1f}s]")
     for g, spec in sorted(m["graphs"].items()):
@@ -82,4 +91,25 @@ def run(args: argparse.Namespace) -> int:
     total = sum(f["bytes"] for f in m["files"].values())
     print(f"  files: {len(m['files'])} ({total / 1e6:.2f} MB), opset {m['versions']['opset']}, "
           f"exporter {m['versions'].get('onnx_exporter')}")
+    if args.require_gates:
+        from latentserve.models.gates import factor_knobs
+
+        return require_gates(args.repo, record.name, record.version, factor_knobs(m), record.family,
+                             args.threads or 1, "export")
     return 0
+
+
+def require_gates(repo, name: str, version: int, knobs: list[str], family: str, threads: int, command: str) -> int:
+    """Evaluate one version (metrics into its manifest), print its gates; 2 with one line per failure."""
+    import sys
+
+    from latentserve.models import gates
+    from latentserve.models.evaluate import evaluate_record
+
+    metrics = evaluate_record(repo, name, version, threads=threads)
+    g = gates.compute_gates(family, metrics, knobs)
+    print(gates.format_table(f"{name} v{version}", g))
+    lines = gates.failures(g)
+    for line in lines:
+        print(f"latentserve {command}: gate failed: {name} v{version} {line}", file=sys.stderr)
+    return 2 if lines else 0

@@ -79,6 +79,23 @@ def _label_check(info) -> str:
                                      for s, t in checks.items())
 
 
+def _weak(k) -> bool:
+    """A factor knob the quality gate judged too weak (requests need --allow-weak-knobs)."""
+    return k.kind == "factor" and not k.usable
+
+
+def _gates_line(info) -> str:
+    """'geometric judge, gates 9/12 passed' (or that the model was never judged)."""
+    if not info.gates:
+        return "no gates (the server predates them)"
+    n_ok = sum(g.passed for g in info.gates)
+    return f"{info.judge or 'no'} judge, gates {n_ok}/{len(info.gates)} passed"
+
+
+def _gate_value(g) -> str:
+    return "not measured" if g.value != g.value else _fmt(g.value)  # NaN: not measured
+
+
 def describe(info) -> str:
     """One model's details as text (a ModelInfo from the client)."""
     h, w = info.image_size
@@ -88,6 +105,7 @@ def describe(info) -> str:
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
            f"  label check {_label_check(info)}",
+           f"  quality     {_gates_line(info)}",
            f"  methods     {', '.join(info.interpolation_methods) or '-'}",
            f"  limits      {info.max_images_per_request or '?'} images/request, "
            f"{info.max_interpolation_steps or '?'} interpolation steps"]
@@ -100,7 +118,15 @@ def describe(info) -> str:
         out.append("  knobs")
         for k in info.knobs:
             rng = f"[{_fmt(k.low)}, {_fmt(k.high)}]" if k.kind == "factor" else "amount only"
-            out.append(f"    {k.name:<12} {k.kind:<7} {rng:<18} {k.unit:<10} r2={k.r2_fit:.3f}")
+            judged = "" if k.r2_judged != k.r2_judged else f"  judged r2={k.r2_judged:.3f}"
+            weak = "  BELOW THE GATE: refused unless --allow-weak-knobs" if _weak(k) else ""
+            out.append(f"    {k.name:<12} {k.kind:<7} {rng:<18} {k.unit:<10} r2={k.r2_fit:.3f}{judged}{weak}")
+    if info.gates:
+        out.append(f"  gates ({info.judge or 'no'} judge)")
+        for g in info.gates:
+            need = "reported" if g.op == "present" else f"{g.op} {g.threshold:g}"
+            out.append(f"    {'pass' if g.passed else 'FAIL'}  {g.name:<28} {_gate_value(g):<12} (needs {need}; "
+                       f"{g.judge or '-'})")
     if info.metrics:
         out.append("  metrics")
         for key in sorted(info.metrics):
@@ -125,7 +151,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"no models served at {resolve_target(args)}")
         return 0
     rows = [[m.name, str(m.version), m.family, "x".join(map(str, m.image_size)), str(m.latent_dim),
-             str(len(m.class_names)), ",".join(k.name for k in m.knobs if k.kind == "factor") or "-",
-             ",".join(m.sample_sources)] for m in models]
-    print(_table(rows, ["MODEL", "VER", "FAMILY", "IMAGE", "D", "CLASSES", "KNOBS", "SOURCES"]))
+             str(len(m.class_names)),
+             ",".join(k.name + ("*" if _weak(k) else "") for k in m.knobs if k.kind == "factor") or "-",
+             ",".join(m.sample_sources), m.judge or "-",
+             f"{sum(g.passed for g in m.gates)}/{len(m.gates)}" if m.gates else "-"] for m in models]
+    print(_table(rows, ["MODEL", "VER", "FAMILY", "IMAGE", "D", "CLASSES", "KNOBS", "SOURCES", "JUDGE", "GATES"]))
+    if any(_weak(k) for m in models for k in m.knobs):
+        print("* below its quality gate: requests using it are refused unless they pass --allow-weak-knobs")
     return 0

@@ -4,6 +4,15 @@ bits/dim and round-trip figures, and the `encoder` / `decoder` export graphs of 
 The flow's map does not depend on the label; the class lives only in the prior (a learned Gaussian per
 class over z), so the encoder's `logits` are the class-conditional prior log-densities of z (Bayes rule with
 a uniform class prior) and the decoder keeps its `label` input only for the uniform graph signature.
+
+Optional flow + adversarial hybrid (`FlowConfig.adv_weight` > 0; Flow-GAN, Grover et al. 2018): after
+`adv_start` NLL-only steps, each step also draws `adv_batch` tempered prior samples through `Flow.inverse`
+with gradients, takes one step of a spectrally normalised discriminator (projection head on the class unless
+`d_conditional` is off) on the dequantised real batch vs those samples (clamped to [-1, 1]), and the samples'
+adversarial loss takes its own Adam step on the flow (lr = the ramped adv_weight times the NLL's lr; why not
+one step on the sum: `FlowConfig.adv_weight`). The discriminator and that optimiser are training-only (in
+`modules()` / `optimizers()` for checkpoints, not in `graphs()`), so the exported encoder / decoder are the
+same exact maps.
 """
 from __future__ import annotations
 
@@ -14,8 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family
 from latentserve.models.families.vae import eval_mode
+from latentserve.models.nets.gan import SUPPORTED_SIZES, Discriminator
 from latentserve.models.nets.flow import BIN_WIDTH, Flow, FlowConfig, bits_per_dim
 
 
@@ -67,13 +78,32 @@ class FlowFamily(Family):
         super().__init__(config, data_meta, device)  # type check, image_size, n_classes
         self.flow = Flow(config, self.image_size, self.n_classes).to(device)
         self.opt = torch.optim.Adam(self.flow.parameters(), lr=config.lr)
+        # the hybrid's discriminator exists only when it is used: a pure-ML flow keeps today's modules,
+        # checkpoints and RNG stream
+        self.d: Discriminator | None = None
+        self.opt_d: torch.optim.Optimizer | None = None
+        self.opt_adv: torch.optim.Optimizer | None = None
+        if config.adv_weight > 0:
+            if self.image_size not in SUPPORTED_SIZES:
+                raise ValidationError(f"FlowConfig.adv_weight > 0 needs an image size the discriminator supports "
+                                      f"({', '.join(map(str, SUPPORTED_SIZES))}), got {self.image_size}")
+            # built under a forked RNG, so the NLL-only steps before adv_start draw exactly a pure-ML run's noise
+            with torch.random.fork_rng(devices=[]):
+                self.d = Discriminator(self.n_classes if config.d_conditional else 1, self.image_size,
+                                       config.d_width, "sn").to(device)
+            self.opt_d = torch.optim.Adam(self.d.parameters(), lr=config.lr_d, betas=(0.5, 0.999))
+            # the flow's adversarial update has its own Adam, lr = adv_weight_at(step) * lr_at(step) set per step
+            # (why not one step on NLL + adversarial: FlowConfig.adv_weight)
+            self.opt_adv = torch.optim.Adam(self.flow.parameters(), lr=config.lr, betas=(0.5, 0.999))
 
     # -- what the loop checkpoints ------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"flow": self.flow}
+        return {"flow": self.flow, **({"discriminator": self.d} if self.d is not None else {})}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"opt": self.opt}
+        if self.d is None:
+            return {"opt": self.opt}
+        return {"opt": self.opt, "discriminator": self.opt_d, "flow_adv": self.opt_adv}
 
     # -- training -----------------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -90,7 +120,54 @@ class FlowFamily(Family):
         noise = torch.rand(x.shape, generator=generator).to(x.device) - 0.5
         return x + noise * BIN_WIDTH
 
+    def adv_weight_at(self, step: int) -> float:
+        """adv_weight at `step`: 0 before adv_start, then a linear ramp over adv_ramp steps to adv_weight (a
+        function of the step: resume-safe). The adversarial update's lr is this times `lr_at(step)`."""
+        c = self.config
+        if c.adv_weight <= 0 or step < c.adv_start:
+            return 0.0
+        if c.adv_ramp == 0:
+            return float(c.adv_weight)
+        return float(c.adv_weight) * min(1.0, (step - c.adv_start + 1) / c.adv_ramp)
+
+    def _d_labels(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.config.d_conditional else torch.zeros_like(y)
+
+    def _adversarial(self, x_real: torch.Tensor, y_real: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """One discriminator step on x_real (B,3,H,W) vs fresh flow samples, then the generator's adversarial
+        loss on those samples through the updated discriminator, with its graph into the flow (None, and no D
+        step, when a sample is not finite: an exploding inverse must not reach either network)."""
+        c = self.config
+        n = c.adv_batch
+        labels = torch.randint(0, self.n_classes, (n,), device=self.device)  # (n,)
+        eps = torch.randn(n, self.flow.dim, device=self.device)  # (n,D)
+        z = self.flow.prior_mean[labels] + c.adv_sample_temperature * torch.exp(self.flow.prior_logstd[labels]) * eps
+        x_fake = self.flow.inverse(z, labels)  # (n,3,H,W), with gradients into the flow and its prior
+        if not bool(torch.isfinite(x_fake).all()):
+            return None, {"adv_skipped": 1.0}
+        x_fake = x_fake.clamp(-1.0, 1.0)  # what the decoder graph serves; D never sees out-of-range values
+        d_fake_labels, d_real_labels = self._d_labels(labels), self._d_labels(y_real)
+        d_real = self.d(x_real, d_real_labels)  # (B,)
+        d_fake = self.d(x_fake.detach(), d_fake_labels)  # (n,)
+        if c.adv_loss == "hinge":
+            d_loss = F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+        else:
+            d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        self.d.requires_grad_(False)  # the generator's loss must not leave gradients in D
+        score = self.d(x_fake, d_fake_labels)  # (n,)
+        self.d.requires_grad_(True)
+        g_adv = -score.mean() if c.adv_loss == "hinge" else F.softplus(-score).mean()
+        return g_adv, {"d_loss": float(d_loss.detach()), "g_adv": float(g_adv.detach()),
+                       "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, step: int) -> dict[str, float]:
+        """NLL of the dequantised batch (+ class_weight * Bayes-rule CE), one Adam step. With the hybrid on, from
+        adv_start also a discriminator step, and the adversarial loss of flow samples takes its own Adam step
+        on the flow (lr = adv_weight_at(step) * lr_at(step)); either flow step is skipped when its gradient is
+        not finite (`skipped`, `adv_skipped`)."""
         c = self.config
         self.flow.train()
         xd = self.dequantize(x)
@@ -109,16 +186,45 @@ class FlowFamily(Family):
         ce = F.cross_entropy(class_lp, y)  # Bayes rule with a uniform class prior
         # the NLL per dim keeps lr and grad_clip independent of the image size; the class term is per image
         loss = nll / self.flow.dim + c.class_weight * ce
+        hybrid = self.d is not None
+        w, adv, adv_grads = self.adv_weight_at(step), {}, None
+        if w > 0:
+            self.d.train()
+            g_adv, adv = self._adversarial(xd, y)
+            if g_adv is not None:  # taken before the NLL step changes the parameters in place
+                adv_grads = torch.autograd.grad(g_adv, list(self.flow.parameters()), allow_unused=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = 0.0
-        if c.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.flow.parameters(), c.grad_clip))
-        self.opt.step()
+        if c.grad_clip > 0 or hybrid:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.flow.parameters(), c.grad_clip or math.inf))
+        skipped = hybrid and not math.isfinite(grad_norm)
+        if not skipped:
+            self.opt.step()
+        if adv_grads is not None:
+            adv.update(self._adversarial_update(adv_grads, w * self.lr_at(step)))
         with torch.no_grad():
             acc = (class_lp.argmax(1) == y).float().mean().item()
-        return {"loss": loss.item(), "bpd": bits_per_dim(nll.detach(), self.flow.dim).item(), "ce": ce.item(),
-                "acc": acc, "grad_norm": grad_norm}
+        out = {"loss": loss.item(), "bpd": bits_per_dim(nll.detach(), self.flow.dim).item(), "ce": ce.item(),
+               "acc": acc, "grad_norm": grad_norm}
+        if hybrid:
+            out.update(adv_w=w, skipped=float(skipped), **adv)
+        return out
+
+    def _adversarial_update(self, grads: tuple[torch.Tensor | None, ...], lr: float) -> dict[str, float]:
+        """One step of the flow's adversarial Adam on `grads` (clipped to grad_clip), at learning rate `lr`."""
+        params = list(self.flow.parameters())
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.contiguous()  # autograd.grad may hand back expanded views
+        norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip or math.inf))
+        skipped = not math.isfinite(norm)
+        if not skipped:
+            for group in self.opt_adv.param_groups:
+                group["lr"] = lr
+            self.opt_adv.step()
+        for p in params:
+            p.grad = None
+        return {"adv_grad_norm": norm, "adv_skipped": float(skipped)}
 
     # -- figures ------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family
-from latentserve.models.nets.gan import Discriminator, Encoder, GANConfig, Generator
+from latentserve.models.nets.gan import Discriminator, Encoder, GANConfig, Generator, build_generator
 
 # batches of generated images used to re-estimate g_ema's BatchNorm statistics ("standing statistics")
 _STATS_BATCHES = 8
@@ -99,7 +99,7 @@ class GANFamily(Family):
         super().__init__(config, data_meta, torch.device(device))  # type check, image_size, n_classes
         config.validate()
         c = config
-        self.g = Generator(c.z_dim, self.n_classes, self.image_size, c.g_width).to(self.device)
+        self.g = build_generator(c, self.n_classes, self.image_size).to(self.device)
         self.d = Discriminator(self.n_classes, self.image_size, c.d_width, c.d_norm).to(self.device)
         self.e = Encoder(c.z_dim, self.n_classes, self.image_size, c.e_width, c.e_hidden).to(self.device)
         self.g_ema = copy.deepcopy(self.g).requires_grad_(False)

@@ -32,6 +32,7 @@ from latentserve.errors import ValidationError
 
 _LOG_2PI = math.log(2.0 * math.pi)
 BIN_WIDTH = 2.0 / 255.0  # one 8-bit quantisation bin in [-1, 1] units (to_model maps u -> u/127.5 - 1)
+ADV_LOSSES = ("nonsat", "hinge")  # adversarial losses of the optional flow + adversarial hybrid
 
 
 @dataclass
@@ -67,8 +68,33 @@ class FlowConfig:
     warmup_steps: int = 100  # linear lr warm-up (flows diverge easily at the start); >= 0
     lr_final_frac: float = 0.1  # cosine decay to this fraction of lr at lr_decay_steps; (0, 1]
     lr_decay_steps: int = 1200  # length of the cosine schedule; >= 1
-    grad_clip: float = 50.0  # max global grad norm of the per-dim NLL loss; 0 = off
+    # max global grad norm of the per-dim NLL loss (the hybrid's adversarial gradient: apart, same norm); 0 = off
+    grad_clip: float = 50.0
     temperature: float = 0.7  # sampling temperature T for grids and the manifest: z = mu + T * sigma * eps; (0, 2]
+    # -- optional flow + adversarial hybrid (Flow-GAN, Grover et al. 2018) -------------------------------------
+    # Maximum likelihood covers the data (exact inversion, bits/dim) but spends its capacity on every pixel's
+    # noise, so tempered samples are blobs; an adversarial loss on the flow's own samples (drawn with
+    # gradients through `Flow.inverse`) pushes them towards what a discriminator accepts as real, while the
+    # NLL term keeps the coverage. The discriminator (`models.nets.gan.Discriminator`, spectral norm,
+    # projection head) is training-only: checkpointed, never exported; export is unchanged.
+    # Weight of the adversarial loss, as a step size relative to the NLL's: the adversarial gradient gets its
+    # own Adam on the flow's parameters with lr = adv_weight * the NLL's lr at that step. Not one Adam step on
+    # NLL + w * adversarial: that broke the flow even at small w, because Adam rescales each parameter's step,
+    # so a small adversarial gradient on a parameter the NLL is at rest on moves it a full lr step, and the
+    # maximum-likelihood flow is very sharp along such directions (the NLL of real data explodes). With its
+    # own Adam the adversarial drift per step is bounded by adv_weight * lr and the NLL can pull it back.
+    # 0 = pure maximum likelihood (no discriminator is built: today's step, speed and checkpoints); [0, 10]
+    adv_weight: float = 0.0
+    adv_start: int = 300  # NLL-only steps before the adversarial term starts (the flow first learns the data); >= 0
+    adv_ramp: int = 200  # linear ramp of the adversarial weight from 0 to adv_weight; 0 = at once; >= 0
+    adv_batch: int = 32  # flow samples per step that the discriminator and the adversarial loss see; 1..1024
+    # temperature of those samples; None = `temperature`, so the adversarial loss shapes what grids and the
+    # manifest's sampler draw; (0, 2] or None
+    adv_temperature: float | None = None
+    adv_loss: str = "nonsat"  # "nonsat" (non-saturating logistic) | "hinge"
+    d_width: int = 32  # discriminator channels at S/2 (doubling per stride-2 conv, cap 8x); 4..256
+    d_conditional: bool = True  # projection head on the class: samples must look like their class; False = one head
+    lr_d: float = 2e-4  # discriminator Adam learning rate (betas 0.5, 0.999, constant); (0, 1e-2]
 
     def __post_init__(self) -> None:
         self.steps = tuple(int(s) for s in self.steps)
@@ -86,6 +112,22 @@ class FlowConfig:
         _check(self.lr_decay_steps >= 1, f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
         _check(self.grad_clip >= 0.0, f"grad_clip must be >= 0, got {self.grad_clip}")
         _check(0.0 < self.temperature <= 2.0, f"temperature must be in (0, 2], got {self.temperature}")
+        _check(_is_num(self.adv_weight) and 0.0 <= self.adv_weight <= 10.0,
+               f"adv_weight must be in [0, 10], got {self.adv_weight!r}")
+        for name, lo, hi in (("adv_start", 0, 10**9), ("adv_ramp", 0, 10**9), ("adv_batch", 1, 1024),
+                             ("d_width", 4, 256)):
+            v = getattr(self, name)
+            _check(_is_int(v) and lo <= v <= hi, f"{name} must be an int in [{lo}, {hi}], got {v!r}")
+        _check(self.adv_temperature is None or (_is_num(self.adv_temperature) and 0.0 < self.adv_temperature <= 2.0),
+               f"adv_temperature must be in (0, 2] or None, got {self.adv_temperature!r}")
+        _check(self.adv_loss in ADV_LOSSES, f"adv_loss must be one of {', '.join(ADV_LOSSES)}, got {self.adv_loss!r}")
+        _check(isinstance(self.d_conditional, bool), f"d_conditional must be a bool, got {self.d_conditional!r}")
+        _check(_is_num(self.lr_d) and 0.0 < self.lr_d <= 1e-2, f"lr_d must be in (0, 1e-2], got {self.lr_d!r}")
+
+    @property
+    def adv_sample_temperature(self) -> float:
+        """Temperature of the samples the adversarial loss sees (`adv_temperature`, else `temperature`)."""
+        return float(self.temperature if self.adv_temperature is None else self.adv_temperature)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -97,6 +139,14 @@ class FlowConfig:
         factor = 2**self.levels
         _check(image_size % factor == 0 and image_size >= factor,
                f"image_size {image_size} must be a multiple of 2**levels = {factor}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check(ok: bool, msg: str) -> None:

@@ -76,8 +76,21 @@ def repo(tmp_path_factory, trained, dataset):
 
     root = tmp_path_factory.mktemp("repo")
     for fam, run in trained.items():
-        export_run(run, f"shapes-{fam}", repo_root=root, probe="shapes-probe", max_latent_fit=200, data=dataset)
+        # the GAN as bundled: an anchor mixture of its codes (and so its default sample source)
+        extra = {"gmm_covariance": "anchors", "gmm_components": 20} if fam == "gan" else {}
+        export_run(run, f"shapes-{fam}", repo_root=root, probe="shapes-probe", max_latent_fit=200, data=dataset,
+                   **extra)
     return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _short_gan_train():
+    """GAN-train's classifier trains a few steps: the point is the pipeline, not the figure."""
+    from latentserve.models.judges import classifier
+
+    saved, classifier.GAN_TRAIN_STEPS = classifier.GAN_TRAIN_STEPS, 30
+    yield
+    classifier.GAN_TRAIN_STEPS = saved
 
 
 def test_every_family_exports_with_parity(repo, trained):
@@ -101,9 +114,11 @@ def test_every_family_exports_with_parity(repo, trained):
             continue
         space = r.latent_space(rec)
         assert space.latent_dim == rec.latent_dim == m["latent_shape"][0]
-        # full covariances for small latents (GAN, VAE), diagonal ones for a flow's D = 3*H*W
-        assert m["probe"] == "shapes-probe" and m["gmm"]["covariance"] == ("diag" if fam == "flow" else "full")
-        assert (space.gmm_chol is None) == (fam == "flow")
+        # full covariances for small latents (VAE), diagonal ones for a flow's D = 3*H*W and for the GAN's
+        # anchor mixture (its codes themselves, each a small diagonal component)
+        assert m["probe"] == "shapes-probe" and m["gmm"]["covariance"] == ("full" if fam == "vae" else "diag")
+        assert m["gmm"]["kind"] == ("anchors" if fam == "gan" else "em")
+        assert (space.gmm_chol is None) == (fam != "vae")
         assert {k["name"] for k in m["knobs"] if k["kind"] == "factor"} <= {f["name"] for f in m["factors"]}
         if fam == "flow":
             assert m["prior"]["type"] == "class_gaussian" and 0 < m["prior"]["sample_temperature"] <= 2
@@ -135,6 +150,19 @@ def test_evaluate_every_generative_model(repo, trained, dataset):
         else:
             assert m["reconstruction"]["psnr_db"] > 0
         assert r.load(f"shapes-{fam}").manifest["metrics"]["n_per_class"] == 8  # written, checksums intact
+        # the primary figures: the geometric judge, per source, GAN-train, and the gates computed from them
+        judged = m["judged"]
+        assert judged["judge"] == "geometric" and set(judged["sources"]) == {"prior", "latent_gmm"}
+        assert judged["real"]["class_accuracy"]["mean"] >= 0.95  # the judge itself, on real 16 px images
+        assert judged["default_source"] == ("latent_gmm" if fam in ("gan", "vae") else "prior")
+        for src in judged["sources"].values():
+            assert set(src["class_accuracy"]["per_class"]) == {"square", "ellipse", "triangle"}
+            assert set(src["knob_r2"]) <= {"scale", "rotation", "x", "y", "hue"}
+        assert 0 <= judged["gan_train"]["accuracy"] <= 1
+        names = {t["name"] for t in m["gates"]["targets"]}
+        assert {"class_fidelity.square", "gan_train"} <= names and m["gates"]["judge"] == "geometric"
+        if fam == "flow":
+            assert "flow.round_trip_max_abs" in names
 
 
 def test_flow_bits_per_dim_matches_the_family(repo, trained, dataset):

@@ -79,6 +79,21 @@ def test_model_checks_name_the_field(kw, files, message):
     assert str(e.value).startswith(message), str(e.value)
 
 
+def test_a_knob_below_its_quality_gate_is_refused_unless_allowed():
+    from dataclasses import replace
+
+    facts = replace(FACTS, judged_knobs={"rotation": {"r2": 0.12, "usable": False, "judge": "geometric"},
+                                         "scale": {"r2": None, "usable": True, "judge": "geometric"}})
+    weak = spec(factors={"scale": 0.4, "rotation": {"range": [0, 45]}})
+    with pytest.raises(ValidationError) as e:
+        check_spec(weak, facts)
+    msg = str(e.value)
+    assert msg.startswith("spec.factors.rotation: knob 'rotation' of m v3 is below its quality gate: R² 0.12 by "
+                          "the geometric judge"), msg
+    assert check_spec(weak, facts, allow_weak_knobs=True) is weak
+    check_spec(spec(factors={"scale": 0.4}), facts)  # not judged: never refused
+
+
 def test_a_valid_spec_passes_and_round_trips():
     s = check_spec(spec(class_weights={"circle": 1, "square": 3},
                         factors={"scale": {"range": [0.3, 0.5]}, "rotation": {"grid": [0, 90, 4]}}), FACTS, files=True)

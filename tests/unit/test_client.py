@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 
 import grpc
 import numpy as np
@@ -198,6 +199,28 @@ def test_encode_interpolate_edit_requests():
 
 
 # ------------------------------------------------------------------------------------- responses, errors
+def test_model_info_carries_gates_and_weak_knobs():
+    knobs = [pb.Knob(name="scale", kind="factor", low=0.3, high=0.9, r2_judged=0.2, usable=False)]
+    m = pb.ModelInfo(name="g", version=1, knobs=knobs, judge="geometric", gates_passed=False,
+                     gates=[pb.Gate(name="knob_r2.scale", value=0.2, threshold=0.9, op=">=", passed=False,
+                                    judge="geometric", detail="d")])
+    info = lc.model_info_from_proto(m)
+    assert info.judge == "geometric" and not info.gates_passed
+    assert info.gates == (lc.GateInfo("knob_r2.scale", pytest.approx(0.2), 0.9, ">=", False, "geometric", "d"),)
+    assert info.knobs[0].r2_judged == pytest.approx(0.2) and not info.knobs[0].usable
+    # a server without gates sends no judged figures: its knobs are usable, not judged
+    old = lc.model_info_from_proto(pb.ModelInfo(name="g", version=1, knobs=[pb.Knob(name="scale", kind="factor")]))
+    assert old.knobs[0].usable and math.isnan(old.knobs[0].r2_judged) and old.gates == () and old.judge == ""
+
+
+def test_requests_carry_allow_weak_knobs():
+    assert lc.build_sample_request("m", 1, knobs={"scale": 0.5}, allow_weak_knobs=True).allow_weak_knobs
+    assert not lc.build_sample_request("m", 1).allow_weak_knobs
+    assert lc.build_edit_request("m", "h", [("scale", {"target": 0.5})], allow_weak_knobs=True).allow_weak_knobs
+    req = lc.build_augment_request({"model": "m", "count": 4}, allow_weak_knobs=True)
+    assert req.allow_weak_knobs and req.spec.count == 4
+
+
 def test_model_info_conversion():
     m = pb.ModelInfo(name="g", version=2, versions=[1, 2], family="gan", image_shape=[3, 32, 32], latent_shape=[64],
                      class_names=["a", "b"], factors=[pb.Factor(name="scale", low=0.3, high=0.9)],

@@ -136,6 +136,35 @@ def test_model_info_to_pb():
     assert m.limits.max_images_per_request == 256 and m.metrics["eval.acc"] == pytest.approx(0.9)
 
 
+def test_model_info_to_pb_carries_gates_and_judged_knobs():
+    from latentserve.models import gates
+
+    metrics = {"judged": {"judge": "geometric", "default_source": "prior",
+                          "sources": {"prior": {"class_accuracy": {"per_class": {"a": 0.99, "b": 0.5}},
+                                                "knob_r2": {"scale": 0.2}}}}}
+    g = gates.compute_gates("gan", metrics, ["scale"])
+    info = {
+        "name": "m", "version": 1, "versions": [1], "family": "gan", "image_shape": [3, 8, 8], "latent_shape": [4],
+        "class_names": ["a", "b"], "factors": [],
+        "knobs": [{"name": "scale", "kind": "factor", "unit": "", "low": 0, "high": 1, "r2_fit": 0.8,
+                   "r2_judged": 0.2, "usable": False},
+                  {"name": "pca_0", "kind": "pca", "unit": "std", "low": -3, "high": 3, "r2_fit": None}],
+        "sample_sources": ["prior"], "interpolation_methods": ["lerp"], "metrics": {}, "backend": "onnxruntime",
+        "prior": "standard_normal", "limits": {"max_images_per_request": 8, "max_interpolation_steps": 8},
+        "default_sample_source": "prior", "gates": g,
+    }
+    m = codec.model_info_to_pb(info)
+    assert m.judge == "geometric" and not m.gates_passed
+    by_name = {x.name: x for x in m.gates}
+    assert by_name["class_fidelity.a"].passed and not by_name["class_fidelity.b"].passed
+    assert by_name["class_fidelity.a"].judge == "geometric" and by_name["class_fidelity.a"].op == ">="
+    assert math.isnan(by_name["gan_train"].value) and by_name["gan_train"].detail == "not measured"
+    assert m.knobs[0].r2_judged == pytest.approx(0.2) and not m.knobs[0].usable
+    assert math.isnan(m.knobs[1].r2_judged) and m.knobs[1].usable
+    del info["gates"]  # an info without gates (never built by the ingress today) converts to none
+    assert not codec.model_info_to_pb(info).gates
+
+
 def test_default_sample_source_is_the_gmm_for_a_vae_only():
     from latentserve.services.ingress import default_sample_source
 

@@ -93,6 +93,16 @@ def test_flow_bits_per_dim_closed_form():
 
 
 # ----------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module", autouse=True)
+def _short_classifiers():
+    """The toy data has no geometric judge: its judge and GAN-train classifiers train a few steps only."""
+    from latentserve.models.judges import classifier
+
+    saved, classifier.GAN_TRAIN_STEPS = classifier.GAN_TRAIN_STEPS, 30
+    yield
+    classifier.GAN_TRAIN_STEPS = saved
+
+
 @pytest.fixture(scope="module")
 def toy_repo(tmp_path_factory):
     toys = _toys()
@@ -139,6 +149,14 @@ def test_evaluate_generative_writes_metrics_and_keeps_checksums(toy_repo, name, 
     assert set(knob["by_source"]) == {"prior", "latent_gmm"}  # knobs are scored on samples of every source
     assert knob["r2"] == knob["by_source"]["prior"]["r2"] and knob["mae"] == knob["by_source"]["prior"]["mae"]
     assert 0 <= m["probe"]["test_accuracy"] <= 1 and m["probe"]["name"] == "toy-probe"
+    # the primary figures: no geometry for the toy data, so a classifier trained on its real images judges
+    judged = m["judged"]
+    assert judged["judge"] == "real_classifier" and set(judged["sources"]) == {"prior", "latent_gmm"}
+    for src in judged["sources"].values():
+        assert set(src["class_accuracy"]["per_class"]) == {"red", "green"}
+        assert 0 <= src["class_accuracy"]["mean"] <= 1 and 0 <= src["class_accuracy_checked"]["mean"] <= 1
+    assert 0 <= judged["gan_train"]["accuracy"] <= 1 and judged["gan_train"]["source"] == judged["default_source"]
+    assert any(t["name"] == "gan_train" for t in m["gates"]["targets"])
     if name == "toy-flow":
         assert m["gan_test"]["prior"]["temperature"] == 0.8
         assert m["flow"]["roundtrip_max_abs"] < 1e-3  # exact linear bijection, float32 inverse

@@ -177,7 +177,7 @@ def test_save_load_round_trip(fitted, tmp_path):
         np.testing.assert_array_equal(getattr(back, name), getattr(space, name))
     np.testing.assert_allclose(back.move(z[:4], "scale", 1.0), space.move(z[:4], "scale", 1.0))
     meta = back.meta()
-    assert meta["prior"] == {"type": "standard_normal"} and meta["gmm"] == {"components": 2, "covariance": "full"}
+    assert meta["prior"] == {"type": "standard_normal"} and meta["gmm"] == {"components": 2, "covariance": "full", "kind": "em"}
     kinds = {k["name"]: k["kind"] for k in meta["knobs"]}
     assert kinds["scale"] == "factor" and kinds["pca_0"] == "pca"
     assert meta["knobs"][0]["unit"] == "u" and meta["knobs"][0]["r2_fit"] > 0.999
@@ -215,3 +215,40 @@ def test_latents_under_labels_picks_each_rows_class_map():
     per_class = np.stack([z, z + 100, z + 200], axis=1)  # (N, C, D): a class-conditional flow's class_latents
     out = latents_under_labels({"latent": z, "class_latents": per_class}, np.array([2, 0, 1, 2]))
     np.testing.assert_array_equal(out, z + np.array([200, 0, 100, 200], dtype=np.float32)[:, None])
+
+
+def test_anchor_mixture_stays_on_a_ring_that_em_fills():
+    """Codes on a circle (a rotation factor): EM components cover the disc inside it, anchors stay on it."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    ang = rng.uniform(0, 2 * np.pi, n)
+    x = np.stack([np.cos(ang), np.sin(ang)], 1) * 3.0 + rng.normal(0, 0.02, (n, 2))  # radius 3
+    labels = np.zeros(n, np.int64)
+    radius = {}
+    for kind, k in (("full", 3), ("anchors", 400)):
+        space = fit_latent_space(x, labels, np.zeros((n, 0)), [], 1, "standard_normal", n_pca=0,
+                                 gmm_components=k, gmm_covariance=kind, anchor_bandwidth=0.5)
+        z = space.sample_gmm(np.zeros(4000, np.int64), np.random.default_rng(1))
+        radius[kind] = np.abs(np.linalg.norm(z, axis=1) - 3.0)
+    assert np.mean(radius["anchors"] < 0.3) > 0.97
+    assert np.mean(radius["full"] < 0.3) < 0.8  # the reason anchors exist
+    assert space.gmm_kind == "anchors" and space.meta()["gmm"]["kind"] == "anchors"
+
+
+def test_anchor_mixture_round_trips_and_validates(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    labels = np.arange(300) % 3
+    space = fit_latent_space(x, labels, np.zeros((300, 0)), [], 3, "standard_normal", n_pca=0, gmm_components=50,
+                             gmm_covariance="anchors")
+    assert space.gmm_means.shape == (3, 50, 4)
+    assert np.allclose(space.gmm_weights.sum(1), 1.0)
+    # every anchor is a real code of its class
+    for c in range(3):
+        rows = x[labels == c]
+        assert all(np.any(np.all(np.isclose(rows, m), axis=1)) for m in space.gmm_means[c])
+    back = LatentSpace.load(space.save(tmp_path / "s.npz"))
+    assert back.gmm_kind == "anchors" and np.array_equal(back.gmm_means, space.gmm_means)
+    with pytest.raises(ValidationError, match="bandwidth"):
+        fit_latent_space(x, labels, np.zeros((300, 0)), [], 3, "standard_normal", n_pca=0, gmm_components=5,
+                         gmm_covariance="anchors", anchor_bandwidth=0.0)

@@ -502,10 +502,12 @@ def format_table(record: ModelRecord, metrics: dict) -> str:
         for f, m in metrics.get("factors", {}).items():
             rows.append((f"factor {f} R2 / MAE", f"{_fmt(m['r2'])} / {_fmt(m['mae'])}"))
     else:
+        rows += _judged_rows(metrics.get("judged") or {})
         p = metrics.get("probe", {})
-        rows.append((f"probe {p.get('name')} v{p.get('version')} test accuracy", _fmt(p.get("test_accuracy"))))
+        rows.append((f"second opinion: probe {p.get('name')} v{p.get('version')} (a CNN; test accuracy)",
+                     _fmt(p.get("test_accuracy"))))
         for src, m in metrics.get("gan_test", {}).items():
-            rows.append((f"GAN-test accuracy ({src})", _fmt(m["mean"])))
+            rows.append((f"GAN-test accuracy by the probe ({src})", _fmt(m["mean"])))
             if "recognisable" in m:
                 rows.append((f"  recognisable: right class + on the real manifold ({src})",
                              _fmt(m["recognisable"]["mean"])))
@@ -537,3 +539,55 @@ def format_table(record: ModelRecord, metrics: dict) -> str:
     width = max(len(r[0]) for r in rows)
     head = f"{record.name} v{record.version} ({record.family})"
     return "\n".join([head, "-" * max(len(head), width + 12)] + [f"{k:<{width}}  {v}" for k, v in rows])
+
+
+def _judged_rows(judged: dict) -> list[tuple[str, str]]:
+    """The primary figures of `metrics["judged"]` as table rows (class fidelity per class, knobs, GAN-train)."""
+    if not judged:
+        return []
+    j = judged.get("judge")
+    rows = [(f"judge: {j} (primary; default source {judged.get('default_source')})",
+             f"real test images {_fmt((judged.get('real') or {}).get('class_accuracy', {}).get('mean'))}")]
+    for src, m in (judged.get("sources") or {}).items():
+        per = m["class_accuracy"]["per_class"]
+        rows.append((f"class fidelity by the {j} judge ({src}; {' / '.join(per)})",
+                     f"{_fmt(m['class_accuracy']['mean'])} ({' / '.join(_fmt(v) for v in per.values())})"))
+        if m.get("class_accuracy_checked"):
+            rows.append((f"  with the label check ({src})", _fmt(m["class_accuracy_checked"]["mean"])))
+        if m.get("novelty") is not None:
+            rows.append((f"  novelty: distance to the nearest training image / real test images' ({src})",
+                         _fmt(m["novelty"])))
+        if m.get("factor_coverage"):
+            fc = m["factor_coverage"]
+            rows.append((f"  P / R / D / C in judged factor space ({src})",
+                         " / ".join(_fmt(fc[x]) for x in ("precision", "recall", "density", "coverage"))))
+        for k, r2 in (m.get("knob_r2") or {}).items():
+            kept = (m.get("knob_judged_share") or {}).get(k)
+            leak = ((m.get("knob_leakage") or {}).get(k) or {}).get("max")
+            rows.append((f"  knob {k}: judged R2 / kept class / leakage ({src})",
+                         f"{_fmt(r2)} / {_fmt(kept)} / {_fmt(leak)}"))
+    gt = judged.get("gan_train")
+    if gt:
+        rows.append((f"GAN-train: real test accuracy of a classifier trained on {gt['n_synthetic']} "
+                     f"{gt['source']} samples", _fmt(gt["accuracy"])))
+    return rows
+
+
+def sheet_record(repository: Repository | str | Path | None, name: str, path: str | Path,
+                 version: int | None = None, data=None, seed: int = 0) -> Path:
+    """Write the picture of what `name` serves (models/judges/sheet.py): samples of its default source, framed by
+    the primary judge's verdict, beside real test images, per class -> PNG at `path`."""
+    from latentserve.models.judges.scoring import Judge
+    from latentserve.models.judges.sheet import model_sheet
+
+    repo = repository if isinstance(repository, Repository) else Repository(repository)
+    record = repo.load(name, version)
+    if record.family not in GENERATIVE:
+        raise ValidationError(f"{record.name} is a {record.family} model; a sheet shows a generative model's samples")
+    data = data if data is not None else load_test_data(record)
+    space = _latent_space(record)
+    source = default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind)
+    draw = _draw_fns(space, float(record.manifest["prior"].get("sample_temperature", 1.0)))[source]
+    decoder = OnnxGraph(record, "decoder")
+    decode = lambda z, y: decoder(latent=z.astype(np.float32), label=y.astype(np.int64))["image"]  # noqa: E731
+    return model_sheet(path, draw, decode, Judge(data, seed=seed), data, seed=seed)

@@ -2,22 +2,23 @@
 
 Used by both sides: the CLI / client check a spec before contacting the server for what they can check
 alone (`parse_spec`) and against the model's metadata from GetModel (`check_spec` with `ModelFacts`), and the
-server checks the same way before generating anything (services/augment_stream.py). Messages name the field,
-e.g. `spec.factors.scale: 0.9 outside [0.3, 0.6]`. numpy only; no protobuf (the wire conversions live in
+server checks the same way before generating anything (services/augment_stream.py). Each check reports every
+error of the spec at once, one line each naming its field, e.g. `spec.factors.scale: 0.9 outside [0.3, 0.6]`
+(the model checks run once the spec parses). numpy only; no protobuf (the wire conversions live in
 services/client.py and services/codec.py).
 
 A spec (YAML / dict form, every key but `model` and `count` or `class_counts` optional):
 
     model: shapes-gan          version: 0 (= server default; a job records the version it ran with)
     count: 1000                total images (0 or absent with class_counts = their sum)
-    class_counts: {circle: 400, square: 600}   exact images per class ... or
-    class_weights: {circle: 1, square: 2}      classes drawn with these weights; neither = uniform
+    class_counts: {ellipse: 400, square: 600}  exact images per class ... or
+    class_weights: {ellipse: 1, square: 2}     classes drawn with these weights; neither = uniform
     factors:                   knob factors, in factor units, inside the factor's range:
       scale: 0.5                     a fixed value
       rotation: {range: [0, 90]}     uniform per image
       hue: {grid: [0.1, 0.9, 5]}     5 evenly spaced values (low, high, steps)
       shade: {values: [0.2, 0.4]}    these values
-    source: prior | latent_gmm       seed: 7 (>= 1)       temperature: 0 (= model default)
+    source: prior | latent_gmm       seed: 7 (>= 1; absent = 1)       temperature: 0 (= model default)
     class_check: 0.9                 label check threshold in (0, 1); 0 / absent = model default, < 0 = off
     format: png | jpeg | uint8 | float32 (files: png or jpeg)   shard_size: 256   handles: true
 
@@ -209,64 +210,105 @@ def parse_factor(name: str, value: Any, where: str) -> FactorSpec:
     return FactorSpec(name, "values", _numbers(arg, f"{where}.values"))
 
 
+class _Problems:
+    """Collects every error of a spec, so one ValidationError reports them all: one line each, naming its field
+    (a single error is its own one-line message)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.lines.append(line)
+
+    def check(self, fn: Any, *args: Any, default: Any = None) -> Any:
+        """fn(*args), or `default` after noting its ValidationError."""
+        try:
+            return fn(*args)
+        except ValidationError as exc:
+            self.lines.append(str(exc))
+            return default
+
+    def raise_any(self) -> None:
+        if len(self.lines) == 1:
+            raise ValidationError(self.lines[0])
+        if self.lines:
+            raise ValidationError(f"{self.where} has {len(self.lines)} errors:\n" + "\n".join(self.lines))
+
+
 def parse_spec(data: Any, where: str = "spec") -> AugmentSpec:
-    """Dict (YAML) form -> AugmentSpec, with every check that needs no model metadata."""
+    """Dict (YAML) form -> AugmentSpec, with every check that needs no model metadata (all errors at once)."""
     data = _mapping(data, where)
-    unknown = sorted(set(data) - set(SPEC_KEYS))
-    if unknown:
-        raise ValidationError(f"{where}.{unknown[0]}: unknown field; fields: {', '.join(SPEC_KEYS)}")
+    problems = _Problems(where)
+    for key in sorted(set(data) - set(SPEC_KEYS)):
+        problems.add(f"{where}.{key}: unknown field; fields: {', '.join(SPEC_KEYS)}")
     model = data.get("model")
     if not isinstance(model, str) or not model.strip():
-        raise ValidationError(f"{where}.model: required (a served model name)")
-    version = _int(data.get("version", 0) or 0, f"{where}.version", 0, 2**31 - 1)
+        problems.add(f"{where}.model: required (a served model name)")
+    version = problems.check(_int, data.get("version", 0) or 0, f"{where}.version", 0, 2**31 - 1, default=0)
     counts = weights = None
+    counts_ok = True  # class_counts absent or valid: the count checks below may use their sum
     if data.get("class_counts") is not None and data.get("class_weights") is not None:
-        raise ValidationError(f"{where}.class_weights: give class_counts or class_weights, not both")
-    if data.get("class_counts") is not None:
-        counts = {k: _int(v, f"{where}.class_counts.{k}", 0, MAX_COUNT)
-                  for k, v in _mapping(data["class_counts"], f"{where}.class_counts").items()}
-    if data.get("class_weights") is not None:
-        weights = {k: _float(v, f"{where}.class_weights.{k}")
-                   for k, v in _mapping(data["class_weights"], f"{where}.class_weights").items()}
-        for k, v in weights.items():
-            if v < 0:
-                raise ValidationError(f"{where}.class_weights.{k}: {v} is negative")
-        if not weights or sum(weights.values()) <= 0:
-            raise ValidationError(f"{where}.class_weights: at least one weight must be > 0")
-    count = _int(data.get("count", 0) or 0, f"{where}.count", 0, MAX_COUNT)
-    if counts is not None:
-        total = sum(counts.values())
-        if count == 0:
-            count = total
-        elif count != total:
-            raise ValidationError(f"{where}.count: {count} but {where}.class_counts sum to {total}")
-    if count < 1:
-        raise ValidationError(f"{where}.count: at least 1 image required (give count or class_counts)")
-    factors = [parse_factor(k, v, f"{where}.factors.{k}")
-               for k, v in _mapping(data.get("factors") or {}, f"{where}.factors").items()]
+        problems.add(f"{where}.class_weights: give class_counts or class_weights, not both")
+    elif data.get("class_counts") is not None:
+        before = len(problems.lines)
+        table = problems.check(_mapping, data["class_counts"], f"{where}.class_counts", default={})
+        counts = {k: problems.check(_int, v, f"{where}.class_counts.{k}", 0, MAX_COUNT, default=0)
+                  for k, v in table.items()}
+        counts_ok = len(problems.lines) == before
+    elif data.get("class_weights") is not None:
+        table = problems.check(_mapping, data["class_weights"], f"{where}.class_weights")
+        if table is not None:
+            weights = {}
+            for k, v in table.items():
+                w = problems.check(_float, v, f"{where}.class_weights.{k}")
+                if w is not None and w < 0:
+                    problems.add(f"{where}.class_weights.{k}: {w} is negative")
+                elif w is not None:
+                    weights[k] = w
+            if not table or (len(weights) == len(table) and sum(weights.values()) <= 0):
+                problems.add(f"{where}.class_weights: at least one weight must be > 0")
+    count = problems.check(_int, data.get("count", 0) or 0, f"{where}.count", 0, MAX_COUNT)
+    if count is not None and counts_ok:
+        if counts is not None:
+            total = sum(counts.values())
+            if count == 0:
+                count = total
+            elif count != total:
+                problems.add(f"{where}.count: {count} but {where}.class_counts sum to {total}")
+        if count < 1:
+            problems.add(f"{where}.count: at least 1 image required (give count or class_counts)")
+    table = problems.check(_mapping, data.get("factors") or {}, f"{where}.factors", default={})
+    factors = [f for f in (problems.check(parse_factor, k, v, f"{where}.factors.{k}") for k, v in table.items())
+               if f is not None]
     grid = math.prod(len(f.points()) for f in factors if f.kind in ("grid", "values"))
     if grid > MAX_GRID_POINTS:
-        raise ValidationError(f"{where}.factors: the grid has {grid} points, over the maximum {MAX_GRID_POINTS}")
+        problems.add(f"{where}.factors: the grid has {grid} points, over the maximum {MAX_GRID_POINTS}")
     source = data.get("source", "prior") or "prior"
     if source not in SOURCES:
-        raise ValidationError(f"{where}.source: {source!r} is not a source; choose {' or '.join(SOURCES)}")
+        problems.add(f"{where}.source: {source!r} is not a source; choose {' or '.join(SOURCES)}")
     fmt = data.get("format", "png") or "png"
     if fmt not in FORMATS:
-        raise ValidationError(f"{where}.format: {fmt!r} is not a format; choose one of {', '.join(FORMATS)}")
-    temperature = _float(data.get("temperature", 0.0) or 0.0, f"{where}.temperature")
+        problems.add(f"{where}.format: {fmt!r} is not a format; choose one of {', '.join(FORMATS)}")
+    temperature = problems.check(_float, data.get("temperature", 0.0) or 0.0, f"{where}.temperature", default=0.0)
     if not 0 <= temperature <= MAX_TEMPERATURE:
-        raise ValidationError(f"{where}.temperature: {temperature} outside [0, {MAX_TEMPERATURE}] (0 = model default)")
+        problems.add(f"{where}.temperature: {temperature} outside [0, {MAX_TEMPERATURE}] (0 = model default)")
     handles = data.get("handles", True)
     if not isinstance(handles, bool):
-        raise ValidationError(f"{where}.handles: expected true or false, got {handles!r}")
-    check = requested_threshold(_float(data.get("class_check", 0.0) or 0.0, f"{where}.class_check"),
-                                f"{where}.class_check")
+        problems.add(f"{where}.handles: expected true or false, got {handles!r}")
+    check = problems.check(lambda: requested_threshold(_float(data.get("class_check", 0.0) or 0.0,
+                                                              f"{where}.class_check"), f"{where}.class_check"))
+    seed = problems.check(_int, data.get("seed", 1), f"{where}.seed", 0, 2**64 - 1)
+    if seed == 0:  # sample's "0 = a fresh random seed" cannot hold for a job: resumes and workers must agree
+        problems.add(f"{where}.seed: 0 means a fresh random seed for `sample`, but a job must make the same images "
+                     "when it is resumed or split over workers: give a fixed seed >= 1 (absent = 1)")
+    shard_size = problems.check(_int, data.get("shard_size", DEFAULT_SHARD_SIZE) or DEFAULT_SHARD_SIZE,
+                                f"{where}.shard_size", 1, MAX_SHARD_SIZE)
+    problems.raise_any()
     return AugmentSpec(
         model=model.strip(), count=count, version=version, class_counts=counts, class_weights=weights,
-        factors=factors, source=source, seed=_int(data.get("seed", 1), f"{where}.seed", 1, 2**64 - 1),
-        temperature=temperature, format=fmt, handles=handles, class_check=check,
-        shard_size=_int(data.get("shard_size", DEFAULT_SHARD_SIZE) or DEFAULT_SHARD_SIZE, f"{where}.shard_size",
-                        1, MAX_SHARD_SIZE),
+        factors=factors, source=source, seed=seed, temperature=temperature, format=fmt, handles=handles,
+        class_check=check, shard_size=shard_size,
     )
 
 
@@ -288,35 +330,40 @@ def check_spec(spec: AugmentSpec, facts: ModelFacts, files: bool = False, where:
                allow_weak_knobs: bool = False) -> AugmentSpec:
     """Check a parsed spec against the model: classes, factors and their ranges, knobs below their quality
     gate (unless `allow_weak_knobs`), the sample source (and a file format when the images go to files).
-    Returns the spec; ValidationError naming the field otherwise."""
+    Returns the spec; else one ValidationError with every error, one line each naming its field."""
+    problems = _Problems(where)
     names = list(facts.class_names)
     for what, table in (("class_counts", spec.class_counts), ("class_weights", spec.class_weights)):
         for k in table or {}:
             if k not in names:
-                raise ValidationError(f"{where}.{what}.{k}: unknown class; classes: {', '.join(names)}")
+                problems.add(f"{where}.{what}.{k}: unknown class; classes: {', '.join(names)}")
     seen = set()
-    for f in spec.factors:
+    for f in spec.factors:  # at most one error per factor
         if f.name in seen:
-            raise ValidationError(f"{where}.factors.{f.name}: given twice")
+            problems.add(f"{where}.factors.{f.name}: given twice")
+            continue
         seen.add(f.name)
         knob = facts.knobs.get(f.name)
         if knob is None:
-            raise ValidationError(f"{where}.factors.{f.name}: unknown factor; factors of {facts.name}: "
-                                  f"{', '.join(facts.knobs) or '(none)'}")
+            problems.add(f"{where}.factors.{f.name}: unknown factor; factors of {facts.name}: "
+                         f"{', '.join(facts.knobs) or '(none)'}")
+            continue
         low, high, unit = knob
-        for v in (f.values if f.kind != "grid" else f.bounds()):
-            if not low <= v <= high:
-                unit = f" {unit}" if unit else ""
-                raise ValidationError(f"{where}.factors.{f.name}: {v:g} outside [{low:g}, {high:g}]{unit}")
+        outside = [v for v in (f.values if f.kind != "grid" else f.bounds()) if not low <= v <= high]
+        if outside:
+            unit = f" {unit}" if unit else ""
+            problems.add(f"{where}.factors.{f.name}: {outside[0]:g} outside [{low:g}, {high:g}]{unit}")
+            continue
         try:
             refuse_weak_knob(facts.name, facts.version, f.name, facts.judged_knobs, allow_weak_knobs)
         except ValidationError as exc:
-            raise ValidationError(f"{where}.factors.{f.name}: {exc}") from None
+            problems.add(f"{where}.factors.{f.name}: {exc}")
     if spec.source not in facts.sources:
-        raise ValidationError(f"{where}.source: {facts.name} v{facts.version} has no {spec.source!r} source; "
-                              f"sources: {', '.join(facts.sources)}")
+        problems.add(f"{where}.source: {facts.name} v{facts.version} has no {spec.source!r} source; "
+                     f"sources: {', '.join(facts.sources)}")
     if files and spec.format not in FILE_FORMATS:
-        raise ValidationError(f"{where}.format: {spec.format!r} cannot be written as image files; use png or jpeg")
+        problems.add(f"{where}.format: {spec.format!r} cannot be written as image files; use png or jpeg")
+    problems.raise_any()
     return spec
 
 

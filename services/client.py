@@ -6,7 +6,7 @@ methods take and return numpy arrays, PIL images, bytes and plain dataclasses.
     from latentserve.services.client import LatentClient
     with LatentClient("127.0.0.1:9000") as c:
         info = c.get_model("shapes-gan")
-        out = c.sample("shapes-gan", 16, class_name="circle", knobs={"scale": 0.8}, seed=1)
+        out = c.sample("shapes-gan", 16, class_name="ellipse", knobs={"scale": 0.8}, seed=1)
         out.images            # uint8 (16, H, W, 3)
         enc = c.encode("shapes-gan", out.images)
         imgs = c.decode("shapes-gan", enc.latents, enc.labels)
@@ -240,7 +240,7 @@ class EncodeResult:
     latents: np.ndarray  # float32 (N, D)
     labels: np.ndarray  # int64 (N,)
     handles: list[str]  # empty unless return_handles
-    confidence: np.ndarray  # float32 (N,): encoder's probability of the returned label
+    confidence: np.ndarray  # float32 (N,): encoder's probability of the returned label; (0,): class head not trusted
     model: str = ""
     version: int = 0
     # refine_steps > 0: reconstruction MSE ([-1, 1] scale) per image, encoder alone vs refined
@@ -1145,9 +1145,17 @@ def save_png(image: np.ndarray, path: str) -> None:
 
 
 def load_image(path: str) -> np.ndarray:
-    """An image file -> uint8 (H, W, 3) RGB."""
-    with _pil().open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    """An image file -> uint8 (H, W, 3) RGB. A missing file raises NotFoundError, a file PIL cannot read
+    ValidationError, each naming the path."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise NotFoundError(f"{path}: no such file" if not Path(path).exists() else f"{path}: not a file")
+    try:
+        with _pil().open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise ValidationError(f"{path}: not a readable PNG or JPEG image ({exc})") from None
 
 
 def save_latents(path: str, latents: np.ndarray, labels: np.ndarray, **extra: Any) -> None:

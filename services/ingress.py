@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 import grpc
 import numpy as np
@@ -48,6 +48,7 @@ from latentserve.errors import LatentServeError, NotFoundError, UnauthenticatedE
 from latentserve.models import class_check, gates
 from latentserve.models.latent import (PCA_KNOB_PREFIX, LatentSpace, default_sample_source, latents_under_labels,
                                        lerp, slerp)
+from latentserve.models.manifest import read_manifest
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services import augment_spec, augment_stream, codec, metrics
 from latentserve.services import latent_ops as lops
@@ -154,6 +155,10 @@ class ServedVersion:
     def image_shape(self) -> tuple[int, int, int]:
         return self.record.image_shape
 
+    @property
+    def reports_confidence(self) -> bool:
+        return class_head_trusted(self.family, self.record.manifest.get("metrics") or {})
+
 
 def _flatten_metrics(d: Any, prefix: str = "") -> dict[str, float]:
     out: dict[str, float] = {}
@@ -205,6 +210,38 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
                    "max_guidance_steps": config.max_guidance_steps if grad_ops and m.get("probe") else 0,
                    "max_refine_steps": config.max_refine_steps if grad_ops and record.family in lops.REFINABLE else 0},
     }
+
+
+def class_head_trusted(family: str, metrics: dict) -> bool:
+    """Whether Encode reports the class head's probability of each label (`label_confidence`; else none): for
+    a head that evaluation found to classify at least class_check.MIN_HEAD_ACCURACY of the real test images
+    (manifest metrics `encoder_accuracy`) or, not evaluated, a gan/vae head trained as a classifier. A flow's
+    class posterior (Bayes rule over its class Gaussians) is near 1 for nearly every image, right or wrong,
+    so it is reported only where evaluation found it accurate."""
+    accuracy = metrics.get("encoder_accuracy")
+    if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool):
+        return accuracy >= class_check.MIN_HEAD_ACCURACY
+    return family != "flow"
+
+
+def not_served_error(repo: Repository, name: str, served: Iterable[str]) -> NotFoundError:
+    """NOT_FOUND for a model this server does not serve, saying why when the repository has it: a probe is the
+    evaluator / guide of the generative models (evaluation scores samples with it, guided sampling steers by
+    it) and is never served; any other model was left out by the `models` setting."""
+    listed = ", ".join(sorted(served))
+    family = None
+    if name in repo.names():  # only a name the repository lists: a request never chooses a path
+        try:
+            family = read_manifest(repo.resolve(name)[1], validate=False).get("family")
+        except (LatentServeError, OSError):
+            pass
+    if family == "probe":
+        return NotFoundError(f"model {name!r} is not served: it is a probe, the evaluator / guide model that scores "
+                             f"the generative models and steers guided sampling; served models: {listed}")
+    if family is not None:
+        return NotFoundError(f"model {name!r} ({family}) is in the repository but not served here; served models: "
+                             f"{listed}")
+    return NotFoundError(f"unknown model {name!r}; served models: {listed}")
 
 
 def _knob_name(name: str) -> str:
@@ -368,7 +405,7 @@ class LatentIngress:
         if not name:
             raise ValidationError(f"model: required; served models: {', '.join(sorted(self.default_versions))}")
         if name not in self.default_versions:
-            raise NotFoundError(f"unknown model {name!r}; served models: {', '.join(sorted(self.default_versions))}")
+            raise not_served_error(self.repo, name, self.default_versions)
         if version < 0:
             raise ValidationError(f"version must be >= 0 (0 = default), got {version}")
         key = (name, int(version) or self.default_versions[name])
@@ -620,7 +657,8 @@ class LatentIngress:
                 report = pb.RefineReport(mse_before=res.mse_before.tolist(), mse_after=res.mse_after.tolist(),
                                          steps=res.steps)
             resp = pb.EncodeResponse(model=sv.name, version=sv.version, latents=codec.latents_to_pb(z, chosen),
-                                     label_confidence=conf.tolist(), refine=report)
+                                     label_confidence=conf.tolist() if sv.reports_confidence else [],
+                                     refine=report)
             if request.return_handles:
                 resp.handles.extend(await self._handles_for(sv, z, chosen))
             return resp

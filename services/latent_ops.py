@@ -36,7 +36,8 @@ from latentserve.services.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
 EXTRA = "latent-ops"
-INSTALL_HINT = f"pip install 'latentserve[{EXTRA}]' (PyTorch) on the server"
+INSTALL_COMMAND = f"pip install -e '.[{EXTRA}]'"  # the README gives the same command (a unit test checks)
+INSTALL_HINT = f"install the {EXTRA} extra on the server: {INSTALL_COMMAND}"
 # Per-request bounds of the float options (steps are capped by the config's max_* fields).
 MAX_LEARNING_RATE = 1.0
 MAX_STEP_SIZE = 1.0

@@ -22,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--knob", required=True, help="knob name: a factor (e.g. scale) or pcN")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--sweep", metavar="LO:HI:N",
-                     help="N evenly spaced values from LO to HI (write --sweep=-1:1:5 when LO is negative)")
+                     help="N evenly spaced values from LO to HI, e.g. 0.3:0.6:4 or -1:1:5")
     how.add_argument("--set", dest="set_value", type=float, metavar="VALUE",
                      help="set the factor to this target value (factor knobs)")
     how.add_argument("--amount", type=float, help="change by this many units")

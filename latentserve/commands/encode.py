@@ -1,7 +1,8 @@
 """`latentserve encode MODEL img1.png ... -o latents.npz`: images -> latents (+ labels, confidences, handles).
 
-The .npz holds `latents` float32 (N, D), `labels` int64 (N,), `confidence` float32 (N,), `files` (N,),
-`class_names` and, with --handles, `handles` (N,): the format `decode`, `interpolate` and `edit` read back.
+The .npz holds `latents` float32 (N, D), `labels` int64 (N,), `confidence` float32 (N,) (absent when the
+server reports none: a class head that is not calibrated), `files` (N,), `class_names` and, with --handles,
+`handles` (N,): the format `decode`, `interpolate` and `edit` read back.
 """
 from __future__ import annotations
 
@@ -47,14 +48,20 @@ def run(args: argparse.Namespace) -> int:
                             refine_steps=args.refine_steps,
                             refine={"learning_rate": args.refine_lr, "feature_weight": args.refine_feature_weight})
     names = info.class_names
-    save_latents(args.output, res.latents, res.labels, confidence=res.confidence, files=list(args.images),
-                 class_names=list(names), handles=res.handles or None)
+    calibrated = len(res.confidence) == len(res.labels)
+    save_latents(args.output, res.latents, res.labels, confidence=res.confidence if calibrated else None,
+                 files=list(args.images), class_names=list(names), handles=res.handles or None)
     for i, path in enumerate(args.images):
         y = int(res.labels[i])
-        conf = f"{res.confidence[i]:.3f}" if i < len(res.confidence) else "-"
+        conf = f"{res.confidence[i]:.3f}" if calibrated else "-"
         handle = f"\t{res.handles[i]}" if res.handles else ""
         refined = f"\tmse {res.mse_before[i]:.5f} -> {res.mse_after[i]:.5f}" if res.mse_before is not None else ""
         print(f"{path}\t{names[y] if 0 <= y < len(names) else y}\t{conf}{refined}{handle}")
+    if not calibrated:
+        accuracy = info.metrics.get("encoder_accuracy")
+        measured = f"evaluated class accuracy {accuracy:.3f}" if accuracy is not None else "not evaluated"
+        guess = "; the predicted classes are a guess" if args.class_name is None else ""
+        print(f"confidence -: {info.name} v{res.version}'s class head is not calibrated ({measured}){guess}")
     if res.mse_before is not None:
         print(f"refinement ({res.refine_steps} steps): reconstruction MSE {res.mse_before.mean():.5f} -> "
               f"{res.mse_after.mean():.5f} (mean over {len(res.mse_after)} images)")

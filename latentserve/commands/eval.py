@@ -29,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, default=1, help="ONNX Runtime threads (default 1)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write metrics into the manifest")
     p.add_argument("--json", action="store_true", help="also print the full metrics as JSON")
+    p.add_argument("--sheet", default=None, metavar="PNG",
+                   help="also write a picture: per class, samples of the default source framed by the judge's "
+                        "verdict (green right, red wrong) above real test images")
     p.set_defaults(func=run)
 
 
@@ -49,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         print(gates.format_table(f"{record.name} v{record.version}", g))
     if args.json:
         print(json.dumps(metrics, indent=2, sort_keys=True))
+    if args.sheet and record.family != "probe":
+        from latentserve.models.evaluate import sheet_record
+
+        print(f"sheet written to {sheet_record(repo, args.model, args.sheet, version=args.version, seed=args.seed)}")
     if not args.no_write:
         print(f"metrics written to {record.path / 'manifest.json'}")
     return 0

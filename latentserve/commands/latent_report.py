@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import torch
     except ImportError:
-        raise UnsupportedError("latent-report needs PyTorch: pip install 'latentserve[latent-ops]'") from None
+        raise UnsupportedError("latent-report needs PyTorch, the latent-ops extra: "
+                               "pip install -e '.[latent-ops]'") from None
     from latentserve.models.latent_report import ReportSettings, format_report, model_report
     from latentserve.models.repository import Repository
 

@@ -17,7 +17,7 @@ def register(sub) -> None:
     cls = p.add_mutually_exclusive_group()
     cls.add_argument("--class", dest="class_name", default=None, help="class name (or index) of every image")
     cls.add_argument("--class-weights", default=None, metavar="A=W,B=W",
-                     help="draw classes with these weights, e.g. circle=1,square=2")
+                     help="draw classes with these weights, e.g. ellipse=1,square=2")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="set a factor to a target value in its units (repeatable), e.g. --knob scale=0.8")
     p.add_argument("--allow-weak-knobs", action="store_true",

@@ -9,6 +9,8 @@ real images otherwise (models/judges/classifier.py). Per sample source (prior, l
   leakage: how far the other factors moved, as a fraction of their range;
 - coverage in the judge's own factor space: precision / recall / density / coverage of (class, factors) of
   samples vs real test images (geometric judge only);
+- novelty: how far samples are from their nearest training image, relative to real test images (copies of
+  the training set score near 0);
 and once for the default source GAN-train: a classifier trained only on samples, tested on real images.
 """
 from __future__ import annotations
@@ -108,7 +110,8 @@ def judged_metrics(*, data, judge: Judge, factor_specs: list[dict], draws: dict[
         rng = np.random.default_rng([seed, 11, i])
         images = to_u8(decode(draw(labels, rng), labels))
         pred, fac = judge(images)
-        entry: dict = {"class_accuracy": _accuracy(pred, labels, classes), "unjudgeable": float((pred < 0).mean())}
+        entry: dict = {"class_accuracy": _accuracy(pred, labels, classes), "unjudgeable": float((pred < 0).mean()),
+                       "novelty": _novelty(images, data)}
         if checked is not None:
             cpred, _ = judge(to_u8(checked(src, labels)))
             entry["class_accuracy_checked"] = _accuracy(cpred, labels, classes)
@@ -128,6 +131,28 @@ def judged_metrics(*, data, judge: Judge, factor_specs: list[dict], draws: dict[
         out["gan_train"] = {**classifier.gan_train(syn, y, split.images, split.labels, classes, data.meta(), seed),
                             "source": default_source}
     return out
+
+
+NOVELTY_TRAIN = 5000  # training images searched for each sample's nearest one
+
+
+def _nearest_distance(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Euclidean pixel distance (N,) of each uint8 image in x to its nearest in ref."""
+    a = x.reshape(len(x), -1).astype(np.float32)
+    b = ref.reshape(len(ref), -1).astype(np.float32)
+    d2 = (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.sqrt(np.maximum(d2.min(1), 0.0))
+
+
+def _novelty(images: np.ndarray, data) -> float | None:
+    """Median distance of samples to their nearest training image over the same for real test images: about 1
+    when samples are as new as fresh real data, near 0 for copies of the training set (memorisation)."""
+    train = data.train.images[:NOVELTY_TRAIN]
+    test = data.test.images[:len(images)]
+    if len(train) == 0 or len(test) == 0:
+        return None
+    real = float(np.median(_nearest_distance(test, train)))
+    return float(np.median(_nearest_distance(images, train)) / real) if real > 0 else None
 
 
 def _knobs(judge: Judge, space, draw: Draw, decode: Decode, labels: np.ndarray, specs: dict, classes: list[str],

@@ -41,6 +41,8 @@ FLOW_H = "tiny-flow:1:" + "0" * 32
 CORPUS = [
     ("unknown model", "Decode", pb.DecodeRequest(model="nope", latents=[_lat(Z8)]), NOT_FOUND, "unknown model 'nope'.*tiny-gan"),
     ("missing model", "GetModel", pb.GetModelRequest(), INVALID, "model: required"),
+    ("probe model", "Sample", pb.SampleRequest(model="tiny-probe", n=1), NOT_FOUND,
+     "'tiny-probe' is not served: it is a probe, the evaluator / guide model.*served models: tiny-flow"),
     ("unknown version", "GetModel", pb.GetModelRequest(model="tiny-gan", version=9), NOT_FOUND, "no version 9.*1, 2"),
     ("negative version", "GetModel", pb.GetModelRequest(model="tiny-gan", version=-1), INVALID, "version must be >= 0"),
     ("wrong latent size", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat([0.0] * 5)]), INVALID,

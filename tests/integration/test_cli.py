@@ -84,6 +84,16 @@ def test_encode_then_decode(cli, samples, tmp_path):
     assert len(files) == 2 and Image.open(files[0]).size == (W, H)
 
 
+def test_encode_shows_no_confidence_for_an_uncalibrated_class_head(cli, samples, tmp_path):
+    cell = np.asarray(Image.open(samples / "grid.png"))[2:2 + H, 2:2 + W]
+    Image.fromarray(cell).save(tmp_path / "cell.png")
+    rc, out, err = cli("encode", "tiny-flow", str(tmp_path / "cell.png"), "-o", str(tmp_path / "f.npz"))
+    assert rc == 0, err
+    assert out.splitlines()[0].endswith("\t-") and "tiny-flow v1's class head is not calibrated (not evaluated)" in out
+    with np.load(tmp_path / "f.npz") as f:
+        assert "confidence" not in f.files and f["labels"].shape == (1,)
+
+
 def test_interpolate_rows_per_method(cli, samples, tmp_path):
     d = samples
     rc, out, err = cli("interpolate", "tiny-gan", "--a", f"{d / 's.npz'}:0", "--b", f"{d / 's.npz'}:1",
@@ -120,7 +130,7 @@ def test_gradient_latent_ops_from_the_cli(cli, samples, tmp_path):
 def test_edit_sweep(cli, samples, tmp_path):
     d = samples
     rc, out, err = cli("edit", "tiny-gan", "--input", f"{d / 's.npz'}:0", "--input", f"{d / 's.npz'}:1",
-                       "--knob", "brightness", "--sweep=-0.3:0.3:4", "-o", str(tmp_path / "sweep.png"))
+                       "--knob", "brightness", "--sweep", "-0.3:0.3:4", "-o", str(tmp_path / "sweep.png"))
     assert rc == 0, err
     assert "brightness targets" in out
     assert Image.open(tmp_path / "sweep.png").size == grid_size(2, 4)
@@ -192,3 +202,9 @@ def test_async_client(serve_app):
     assert [f.index for f in frames] == [0, 1, 2, 3] and frames[-1].summary is not None
     assert frames[0].image.shape == (8, 8, 3)
     np.testing.assert_array_equal(np.concatenate(imgs), res.images)  # concurrent calls, same images
+
+
+def test_cli_unreachable_server_prints_one_line(capsys):
+    rc = main(["models", "-t", "127.0.0.1:1", "--timeout", "3"])  # nothing listens on port 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("latentserve models: error: UNAVAILABLE")

@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "latentserve"
 MODEL = "tiny-gan"
 STREAM_AFTER_KILL_S = 3.0
+# every test here starts a two-node Ray cluster (two `ray start` sessions, Serve, a deploy) and stops it
+pytestmark = pytest.mark.slow
 
 
 def test_two_node_cluster_serves_shares_handles_and_survives_a_node_kill(tiny_repo, redis_server):

@@ -21,7 +21,7 @@ import pytest
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
 from latentserve.services.cache import image_digest
 from latentserve.services.config import load_config
-from latentserve.services.redis_store import RedisLatentStore, check_redis
+from latentserve.services.redis_store import RedisBackend, RedisLatentStore, check_redis
 from latentserve.services.store import make_handle, open_stores
 from latentserve.v1 import latent_pb2 as pb
 
@@ -383,3 +383,8 @@ def test_handle_round_trip_through_two_replicas_of_one_app(serve_app, redis_serv
             assert diff <= 2.0, (src, dst, diff)
     finally:
         pool.close()
+
+
+def test_unreachable_redis_at_start_is_a_warning_not_an_error():
+    msg = RedisBackend("redis://127.0.0.1:1/0", role="handles").check(timeout_s=0.5)  # nothing listens on port 1
+    assert "not reachable" in msg and "127.0.0.1:1" in msg

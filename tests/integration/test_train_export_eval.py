@@ -26,6 +26,7 @@ TINY = {
     "flow": {"levels": 1, "steps": [2], "hidden": [8]},
 }
 STEPS = 3
+pytestmark = pytest.mark.slow  # trains, exports (ONNX + TorchScript, parity) and evaluates every family
 
 
 def _available(family: str) -> bool:
@@ -234,7 +235,7 @@ def test_cli_export_and_eval(tmp_path, trained, repo, capsys):
     assert Repository(root).versions("cli-model") == [1, 2]
     assert main(["eval", "--model", "cli-model", "--repo", str(root), "--version", "1", "--n-per-class", "4"]) == 0
     out = capsys.readouterr().out
-    assert "GAN-test accuracy (prior)" in out and "metrics written to" in out
+    assert "GAN-test accuracy by the probe (prior)" in out and "metrics written to" in out
     assert "metrics" in Repository(root).load("cli-model", 1).manifest
     assert "metrics" not in Repository(root).load("cli-model", 2).manifest
     # errors are one line, exit code 2

@@ -42,7 +42,8 @@ def spec(**kw):
     ({"factors": {"scale": {"grid": [0.3, 0.6, 0]}}}, "spec.factors.scale.grid.steps: 0 is below the minimum 1"),
     ({"factors": {"scale": {"between": [0, 1]}}}, "spec.factors.scale: expected a number or one of"),
     ({"factors": {"scale": "big"}}, "spec.factors.scale: expected a number"),
-    ({"seed": 0}, "spec.seed: 0 is below the minimum 1"),
+    ({"seed": 0}, "spec.seed: 0 means a fresh random seed for `sample`, but a job must make the same images"),
+    ({"seed": -1}, "spec.seed: -1 is negative"),
     ({"format": "gif"}, "spec.format: 'gif' is not a format"),
     ({"source": "guided"}, "spec.source: 'guided' is not a source"),
     ({"temperature": 11}, "spec.temperature: 11.0 outside [0, 10.0]"),
@@ -54,6 +55,32 @@ def test_parse_errors_name_the_field(data, message):
     with pytest.raises(ValidationError) as e:
         parse_spec({"model": "m", "count": 10, **data})
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_every_parse_error_is_reported_at_once():
+    with pytest.raises(ValidationError) as e:
+        parse_spec({"count": -5, "colour": 1, "seed": 0, "format": "gif",
+                    "factors": {"scale": {"range": [0.6, 0.3]}, "rotation": "big"}})
+    lines = str(e.value).splitlines()
+    assert lines[0] == "spec has 7 errors:", lines
+    for field in ("spec.colour: unknown field", "spec.model: required", "spec.count: -5 is negative",
+                  "spec.seed: 0 means", "spec.format: 'gif'", "spec.factors.scale.range: low 0.6",
+                  "spec.factors.rotation: expected a number"):
+        assert sum(line.startswith(field) for line in lines[1:]) == 1, (field, lines)
+
+
+def test_every_model_check_error_is_reported_at_once():
+    s = parse_spec({"model": "m", "class_counts": {"hexagon": 3, "circle": 2}, "source": "latent_gmm",
+                    "factors": {"hue": 0.1, "scale": 0.9, "rotation": {"range": [0, 45]}}})
+    with pytest.raises(ValidationError) as e:
+        check_spec(s, FACTS, files=True)
+    assert str(e.value).splitlines() == [
+        "spec has 4 errors:",
+        "spec.class_counts.hexagon: unknown class; classes: circle, square, triangle",
+        "spec.factors.hue: unknown factor; factors of m: scale, rotation",
+        "spec.factors.scale: 0.9 outside [0.3, 0.6] fraction",
+        "spec.source: m v3 has no 'latent_gmm' source; sources: prior",
+    ]
 
 
 def test_model_required():

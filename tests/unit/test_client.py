@@ -379,12 +379,37 @@ def test_cli_helpers():
     assert length == pytest.approx(3.0) and cv == pytest.approx(0.0)
 
 
-def test_cli_unreachable_server_prints_one_line(capsys):
+def test_cli_sweep_takes_a_negative_low_end():
+    """`--sweep -1:1:5` (argparse alone reads the value as an option) means the same as `--sweep=-1:1:5`."""
+    from latentserve.cli import build_parser, join_dash_values
+
+    base = ["edit", "g", "--input", "h", "--knob", "pc0"]
+    for argv in (base + ["--sweep", "-1:1:5"], base + ["--sweep=-1:1:5"], base + ["--sweep", "-.5:1:3", "-o", "e.png"]):
+        a = build_parser().parse_args(join_dash_values(argv))
+        assert a.sweep in ("-1:1:5", "-.5:1:3"), argv
+    assert join_dash_values(["--sweep", "-1:1:5"]) == ["--sweep=-1:1:5"]
+    assert join_dash_values(["--sweep", "--set"]) == ["--sweep", "--set"]  # not a value: argparse reports it
+    assert join_dash_values(["--", "--sweep", "-1"]) == ["--", "--sweep", "-1"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"plain text, not a picture", "not a readable PNG or JPEG image"),
+    (None, "no such file"),
+    ("dir", "not a file"),
+])
+def test_cli_encode_of_a_non_image_is_a_user_error(tmp_path, capsys, content, message):
+    """Exit 2 and one plain line, before any server is contacted (the target has nothing listening)."""
     from latentserve.cli import main
 
-    rc = main(["models", "-t", "127.0.0.1:1", "--timeout", "3"])
+    path = tmp_path / "input.png"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    rc = main(["encode", "m", str(path), "-o", str(tmp_path / "z.npz"), "-t", "127.0.0.1:1"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc != 0 and len(err) == 1 and err[0].startswith("latentserve models: error: UNAVAILABLE")
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"latentserve encode: error: {path}: {message}"), err
 
 
 # -------------------------------------------------------------------------------------- bench (pure parts)

@@ -167,7 +167,7 @@ def test_evaluate_generative_writes_metrics_and_keeps_checksums(toy_repo, name, 
     rec = repo.load(name)
     assert rec.manifest["metrics"]["gan_test"]["prior"]["mean"] == m["gan_test"]["prior"]["mean"]
     out = capsys.readouterr().out
-    assert "GAN-test accuracy (prior)" in out and name in out
+    assert "GAN-test accuracy by the probe (prior)" in out and "class fidelity by the" in out and name in out
     assert format_table(rec, m).splitlines()[0].startswith(f"{name} v1")
 
 

@@ -224,6 +224,7 @@ def test_export_gan_like_writes_a_verified_version(tmp_path):
         export_family(_from("gan")(data), "toy-gan", data, TRAINING, repo_root=tmp_path, version=1, config=FAST)
 
 
+@pytest.mark.slow  # two flow exports (ONNX + TorchScript with parity checks)
 def test_export_flow_like_keeps_prior_arrays_out_of_json(tmp_path):
     data = toy_dataset()
     rec = export_family(_from("flow")(data), "toy-flow", data, TRAINING, repo_root=tmp_path, config=FAST)
@@ -283,12 +284,23 @@ def test_batch_specialised_export_is_caught(tmp_path):
                      ["latent", "label"], ["image"])
 
 
-def test_stale_temp_dir_of_a_killed_export_is_removed(tmp_path):
-    import subprocess
-    import sys
+def _unused_pid() -> int:
+    """A pid no process has now (an export's temp dir is stale when the OS knows no process with its pid)."""
+    import os
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "toy-probe" / f".export-1-{int(dead.stdout)}-abcd1234"
+    pid = 4_000_000  # above most systems' pid_max; searched downwards should one exist
+    while True:
+        try:
+            os.kill(pid, 0)  # signal 0: existence check only
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def test_stale_temp_dir_of_a_killed_export_is_removed(tmp_path):
+    stale = tmp_path / "toy-probe" / f".export-1-{_unused_pid()}-abcd1234"
     stale.mkdir(parents=True)
     (stale / "probe.onnx").write_bytes(b"half")
     data = toy_dataset()

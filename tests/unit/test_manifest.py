@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -161,16 +160,6 @@ def test_sha256_and_file_entries(tmp_path):
     entries = file_entries(tmp_path)
     assert sorted(entries) == ["a.bin", "sub/b.bin"]
     assert entries["a.bin"]["bytes"] == 3 and entries["sub/b.bin"]["bytes"] == 0
-
-
-def test_manifest_and_repository_do_not_import_torch():
-    # The serving side imports these two modules; they must stay numpy-only.
-    import subprocess
-
-    code = ("import sys, latentserve.models.manifest, latentserve.models.repository; "
-            "bad = [m for m in ('torch', 'onnx', 'sklearn') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # ----------------------------------------------------------------------------------------------- repository

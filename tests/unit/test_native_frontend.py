@@ -1,21 +1,17 @@
-"""The native gRPC frontend's parts without Ray: the dynamic `Batcher` (services/model_server.py), `Admission`
-control, listening-socket detection and `NativeGrpcServer` with a stub ingress (services/grpc_server.py),
-the uint8 conversion of decoded images (services/codec.py) and the bench's cache-proof requests."""
+"""The native gRPC frontend's logic without servers: the dynamic `Batcher` (services/model_server.py),
+`Admission` control (services/grpc_server.py), the uint8 conversion of decoded images (services/codec.py) and
+the bench's cache-proof requests. The server itself: tests/integration/test_native_frontend.py."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 
-import grpc
 import numpy as np
 import pytest
 
 from latentserve.errors import OverloadedError, ValidationError
-from latentserve.services.grpc_server import Admission, NativeGrpcServer, listening_sockets
+from latentserve.services.grpc_server import Admission
 from latentserve.services.model_server import Batcher, _Item
 from latentserve.v1 import latent_pb2 as pb
-from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
 
 class _Loaded:
@@ -196,109 +192,6 @@ def test_admission_cancelled_waiter_leaves_the_queue():
     asyncio.run(main())
 
 
-# ------------------------------------------------------------------------------------------------ sockets
-def test_listening_sockets_sees_a_listener():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        port = s.getsockname()[1]
-        found = listening_sockets(port)
-        if found is None:
-            pytest.skip("no /proc/net/tcp here")
-        assert len(found) == 1
-    assert listening_sockets(port) == set()
-
-
-# ------------------------------------------------------------------------------------------------ the server
-class _StubIngress:
-    """Every LatentService RPC: GetModel echoes the model name (NOT_FOUND for 'nope' via the ingress's status
-    mapping), ListModels sleeps (to hold admission slots), Interpolate streams two frames."""
-
-    def __init__(self) -> None:
-        from latentserve.services import ingress
-
-        self._ingress = ingress
-
-    async def GetModel(self, request, context):
-        from latentserve.errors import NotFoundError
-
-        if request.model == "nope":
-            self._ingress._set_status(context, NotFoundError("unknown model 'nope'"), "GetModel")
-            return pb.ModelInfo()
-        return pb.ModelInfo(name=request.model)
-
-    async def ListModels(self, request, context):
-        await asyncio.sleep(0.5)
-        return pb.ListModelsResponse()
-
-    async def Interpolate(self, request, context):
-        for i in range(2):
-            yield pb.InterpolateFrame(index=i)
-
-    def __getattr__(self, name):
-        async def unimplemented(request, context):
-            context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-            return None
-
-        return unimplemented
-
-
-@pytest.fixture(params=["grpcio", "cxx"])
-def native_server(request):
-    from latentserve.services import grpc_transport
-    from latentserve.services.config import load_config
-
-    if request.param == "cxx" and grpc_transport.compiled_transport() is None:
-        pytest.skip("built without the compiled gRPC transport (no libgrpc++-dev)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cfg = load_config({"grpc_port": port, "max_ongoing_requests": 1, "max_queued_requests": 1,
-                       "grpc_transport": request.param}, use_env=False)
-    server = NativeGrpcServer(_StubIngress(), cfg)
-    server.start()
-    assert server.stats()["transport"] == request.param
-    yield server
-    server.stop(grace_s=1.0)
-
-
-def test_native_server_serves_health_reflection_errors_streams_and_admission(native_server):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    target = f"127.0.0.1:{native_server.port}"
-    native_server.probe()  # the replica health check
-    with grpc.insecure_channel(target) as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        assert health.Check(health_pb2.HealthCheckRequest(service="latentserve.v1.LatentService"),
-                            timeout=5).status == health_pb2.HealthCheckResponse.SERVING
-        stub = pb_grpc.LatentServiceStub(ch)
-        assert stub.GetModel(pb.GetModelRequest(model="m"), timeout=5).name == "m"
-        with pytest.raises(grpc.RpcError) as ei:
-            stub.GetModel(pb.GetModelRequest(model="nope"), timeout=5)
-        assert ei.value.code() == grpc.StatusCode.NOT_FOUND and "unknown model" in ei.value.details()
-        assert [f.index for f in stub.Interpolate(pb.InterpolateRequest(), timeout=5)] == [0, 1]
-        # 1 running + 1 queued: the third concurrent call is turned away
-        calls = [stub.ListModels.future(pb.ListModelsRequest(), timeout=10) for _ in range(3)]
-        codes = []
-        for c in calls:
-            try:
-                c.result()
-                codes.append(grpc.StatusCode.OK)
-            except grpc.RpcError as exc:
-                codes.append(exc.code())
-        assert sorted(c.name for c in codes) == ["OK", "OK", "RESOURCE_EXHAUSTED"]
-
-
-def test_native_server_stop_reports_not_serving_then_closes(native_server):
-    port = native_server.port
-    native_server.stop(grace_s=1.0)
-    native_server.probe()  # stopped: the health check no longer fails the replica (Serve is replacing it)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        with pytest.raises(grpc.RpcError) as ei:
-            pb_grpc.LatentServiceStub(ch).GetModel(pb.GetModelRequest(model="m"), timeout=2)
-    assert ei.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
 # ------------------------------------------------------------------------------------------------ images
 def test_float_images_to_uint8_matches_the_reference_and_in_place():
     from latentserve.models.data.base import to_uint8
@@ -333,22 +226,3 @@ def test_bench_config_checks_its_connection_count():
     for bad in (0, 65):
         with pytest.raises(ValidationError, match="--connections must be in 1..64"):
             BenchConfig(connections=bad).validate()
-
-
-def test_reset_niceness_undoes_rays_worker_niceness(tmp_path):
-    """A serving process inherits nice 15 from its Ray worker and sets it back to 0 (root), or keeps it with a
-    warning (no CAP_SYS_NICE): either way the call never fails."""
-    import subprocess
-    import sys
-
-    code = ("import os, logging; logging.basicConfig(level=logging.WARNING)\n"
-            "from latentserve.services.grpc_server import reset_niceness\n"
-            "ok = reset_niceness()\n"
-            "print(ok, os.getpriority(os.PRIO_PROCESS, 0))\n")
-    out = subprocess.run(["nice", "-n", "15", sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    ok, nice = out.stdout.split()
-    if os.geteuid() == 0:
-        assert (ok, nice) == ("True", "0")
-    else:
-        assert (ok, nice) == ("False", "15") and "keeps nice 15" in out.stderr

@@ -1,7 +1,9 @@
 """Structural checks of the Docker Compose deployment (docker-compose.yml, docker-compose.gpu.yml, deploy/).
 
-Fast and daemon-free: YAML, file references, the Serve import path (imported, not run), the deploy helpers on
-a fake repository, and `docker compose config` when a Compose v2 CLI is installed (skipped otherwise).
+Daemon-free: YAML, file references, the Serve import path (imported, not run), the deploy helpers on a fake
+repository, and the tools run on the files as they are (bash, redis-server, haproxy -c, promtool, the deploy
+scripts in subprocesses, and `docker compose config` when a Compose v2 CLI is installed, skipped otherwise),
+which makes this an integration test.
 """
 from __future__ import annotations
 

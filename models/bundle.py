@@ -31,18 +31,19 @@ class Job:
 #   learns to draw sharp outlines first and the adversarial term refines them; sampled from an anchor mixture
 #   of its encoded training images (latent.anchor_mixture), because its N(0, I) prior samples are off the data.
 # - VAE: a sharp likelihood (recon_scale 0.04) so corners survive reconstruction, sampled from an anchor mixture.
-# - flow: maximum likelihood plus the adversarial term on its samples (the flow + adversarial hybrid).
-# The anchor bandwidth (0.25 of the anchors' local spacing) trades novelty for fidelity; both are in the eval.
-_ANCHORS = {"gmm_covariance": "anchors", "gmm_components": 1000, "gmm_bandwidth": 0.25}
+# The anchor bandwidth (0.1 of the anchors' local spacing) trades novelty for fidelity; both are in the eval.
+# Anchors per class: 1000 for the VAE; 500 for the GAN, whose codes are twice as long (repository size).
+_ANCHORS = {"gmm_covariance": "anchors", "gmm_components": 500, "gmm_bandwidth": 0.1}
 RECIPE = [
     Job("shapes-probe", "probe", minutes=1),
     Job("shapes-gan", "gan", steps=7000, minutes=30, export_args=_ANCHORS,
         family_args={"g_arch": "decoder", "mode_reg": 1000.0, "mode_reg_final": 200.0, "mode_reg_anneal_steps": 5000,
                      "lr_d": 4e-4}),
-    Job("shapes-vae", "vae", steps=8000, minutes=20, export_args=_ANCHORS,
+    Job("shapes-vae", "vae", steps=8000, minutes=20, export_args={**_ANCHORS, "gmm_components": 1000},
         family_args={"recon_scale": 0.04, "lr_decay_steps": 8000}),
-    Job("shapes-flow", "flow", steps=2000, minutes=22, export_args={"gmm_components": 4},
-        family_args={"adv_weight": 0.1, "adv_start": 400, "adv_ramp": 200, "lr_decay_steps": 2000}),
+    # maximum likelihood only: the flow + adversarial hybrid (adv_weight 0.1 from step 400, 2000 steps) drew no
+    # more recognisable shapes by the judge at this budget and cost likelihood (models/repository/README.md)
+    Job("shapes-flow", "flow", minutes=8, export_args={"gmm_components": 4}),
 ]
 
 

@@ -375,6 +375,12 @@ class LatentSpace:
         for name in _ARRAYS:
             value = getattr(self, name)
             if value is not None:
+                # an anchor mixture's components are codes of real images: half precision (~1e-3 relative) is
+                # far below their spacing and halves the largest arrays of a bundled model
+                half = self.gmm_kind == "anchors" and name in ("gmm_means", "gmm_vars")
+                if half:  # variances stay above float16's smallest normal number, so none rounds to 0
+                    value = np.maximum(value, np.float32(6.2e-5)) if name == "gmm_vars" else value
+                    value = value.astype(np.float16)
                 arrays[name] = value
         for k in self.knobs.values():
             arrays[f"knob_{k.name}"] = k.weight

@@ -145,6 +145,12 @@ def _check_classes(n_classes: int) -> None:
         raise ValidationError(f"n_classes must be an int >= 1, got {n_classes!r}")
 
 
+def _up_channels(width: int, n: int) -> list[int]:
+    """DCGAN sizing of a generator: `width` channels at S/2, doubling per halving of resolution (cap 8x), for
+    the n resolutions 4, 8, ..., S/2."""
+    return [min(width * 2 ** (n - 1 - i), width * 8) for i in range(n)]
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm without its own affine, followed by a per-class gain and bias (embedding lookups)."""
 
@@ -171,8 +177,7 @@ class Generator(nn.Module):
         _check_classes(n_classes)
         n = _n_levels(image_size)
         self.z_dim, self.n_classes, self.image_size = z_dim, n_classes, image_size
-        # DCGAN sizing: `width` channels at S/2, doubling per halving of resolution (cap 8x) down to 4x4
-        chans = [min(width * 2 ** (n - 1 - i), width * 8) for i in range(n)]  # at 4, 8, ..., S/2
+        chans = _up_channels(width, n)  # at 4, 8, ..., S/2
         self.c0 = chans[0]
         # (B,Z,1,1) -> (B,C0,4,4): a 4x4 transposed conv is a Linear layer whose output keeps a known channel
         # count (a reshape(-1, C0, 4, 4) makes the TorchScript-based ONNX exporter lose it before BatchNorm)
@@ -201,7 +206,7 @@ class DecoderGenerator(nn.Module):
         _check_classes(n_classes)
         n = _n_levels(image_size)
         self.z_dim, self.n_classes, self.image_size = z_dim, n_classes, image_size
-        chans = [min(width * 2 ** (n - 1 - i), width * 8) for i in range(n)]  # at 4, 8, ..., S/2
+        chans = _up_channels(width, n)  # at 4, 8, ..., S/2
         self.c0 = chans[0]
         self.embed = nn.Embedding(n_classes, embed)
         self.fc = nn.Sequential(nn.Linear(z_dim + embed, hidden), nn.SiLU(), nn.Linear(hidden, chans[0] * 16))

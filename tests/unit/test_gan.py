@@ -168,9 +168,10 @@ def test_graphs_contract():
     assert fam.manifest_extra()["prior"] == {"type": "standard_normal"}
 
 
-def test_onnx_and_torchscript_export_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("arch", ["dcgan", "decoder"])
+def test_onnx_and_torchscript_export_dynamic_batch(tmp_path, arch):
     ort = pytest.importorskip("onnxruntime")
-    fam = _family()
+    fam = _family(g_arch=arch)
     x, y, f = _batch()
     fam.train_step(x, y, f, 0)  # non-trivial EMA weights / BN statistics
     gen = torch.Generator().manual_seed(5)
@@ -209,3 +210,21 @@ def test_mode_reg_anneals_linearly_then_holds():
     fam = _family(mode_reg=10.0, mode_reg_final=2.0, mode_reg_anneal_steps=100)
     assert [fam.mode_reg_at(s) for s in (0, 50, 100, 5000)] == pytest.approx([10.0, 6.0, 2.0, 2.0])
     assert _family(mode_reg=10.0, mode_reg_final=-1.0).mode_reg_at(5000) == 10.0  # -1: constant
+
+
+def test_decoder_generator_draws_each_class_from_its_embedding():
+    """g_arch "decoder": the label enters through an embedding beside z (no batch statistics), so one row's
+    image does not depend on the rest of the batch, and the class changes the image."""
+    fam = _family(g_arch="decoder")
+    x, y, f = _batch()
+    fam.train_step(x, y, f, 0)
+    g = fam.g.eval()
+    z = torch.randn(4, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        both = g(z, torch.tensor([0, 1, 2, 0]))
+        alone = g(z[:1], torch.tensor([0]))
+    assert both.shape == (4, 3, 32, 32) and float(both.abs().max()) <= 1.0
+    assert torch.allclose(both[:1], alone, atol=1e-6)  # no batch statistics
+    assert float((both[0] - g(z[:1], torch.tensor([1]))[0]).abs().max()) > 0  # the label matters
+    with pytest.raises(ValidationError, match="g_arch"):
+        GANConfig(g_arch="nope")

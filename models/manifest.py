@@ -94,8 +94,9 @@ def _check_spec(spec: Any, where: str) -> None:
     if not isinstance(shape, (list, tuple)) or not shape or shape[0] != BATCH:
         _fail(where, f"shape must be a list starting with {BATCH!r} (dynamic axis 0), got {shape!r}")
     for s in shape[1:]:
-        if not (_is_int(s) and s > 0):
-            _fail(where, f"shape entries after {BATCH!r} must be positive ints, got {shape!r}")
+        # 0 is allowed: a probe of a data set without continuous factors (digits) outputs factors (batch, 0)
+        if not (_is_int(s) and s >= 0):
+            _fail(where, f"shape entries after {BATCH!r} must be ints >= 0, got {shape!r}")
 
 
 def _check_shape(v: Any, key: str, n: int | None) -> None:

@@ -86,6 +86,12 @@ def test_probe_manifest_without_generative_sections():
                                          "features": ["float32", ["batch", 16]]}}}
     m["parity"] = {"probe": {"onnx_max_abs": 0.0, "torchscript_max_abs": 0.0}}
     validate_manifest(m)
+    # a data set without continuous factors (digits): the probe's factor output is (batch, 0)
+    m["graphs"]["probe"]["outputs"]["factors"] = ["float32", ["batch", 0]]
+    validate_manifest(m)
+    m["graphs"]["probe"]["outputs"]["factors"] = ["float32", ["batch", -1]]
+    with pytest.raises(ValidationError, match="ints >= 0"):
+        validate_manifest(m)
 
 
 @pytest.mark.parametrize(

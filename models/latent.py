@@ -284,10 +284,8 @@ class LatentSpace:
             for _ in range(MANIFOLD_STEPS):
                 z2 = self._project_to_anchors(self._set_factor_once(z2, name, knob, t, y), y)
             return z2[0] if single else z2
-        if knob is not None and knob.readout is not None and labels is not None:
-            step = knob.unit_step()
-            amount = knob.readout.solve(z2, self._labels(labels), step, t, bracket=4.0 * (knob.high - knob.low))
-            out = (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
+        if knob is not None and labels is not None:
+            out = self._set_factor_once(z2, name, knob, t, self._labels(labels))
             return out[0] if single else out
         current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
         out = self.move(z2, name, (t - current).astype(np.float32))

@@ -45,13 +45,13 @@ import numpy as np
 
 from latentserve.errors import NotFoundError, ValidationError
 from latentserve.models import class_check
+from latentserve.models.coverage import PRDC_K, inside_manifold, prdc
 from latentserve.models.gates import apply_gates, factor_knobs
 from latentserve.models.latent import default_sample_source, latents_under_labels
 from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
 from latentserve.models.repository import ModelRecord, Repository
 
 DEFAULT_N_PER_CLASS = 100
-PRDC_K = 5
 LATENT_SPACE_FILE = "latent_space.npz"
 
 
@@ -111,45 +111,6 @@ def psnr01(x: np.ndarray, y: np.ndarray) -> float:
     b = (np.clip(y, -1, 1).astype(np.float64) + 1) / 2
     mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)  # (N,)
     return float(np.mean(10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))))
-
-
-def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances (Na, Nb), float64, via the Gram trick (clipped at 0 against rounding)."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.maximum(d2, 0.0))
-
-
-def prdc(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> dict[str, float]:
-    """Precision/recall (Kynkäänniemi 2019) and density/coverage (Naeem 2020) of `fake` vs `real` features.
-
-    real (N, F), fake (M, F). Radii are the distance to the k-th nearest neighbour within the same set
-    (excluding the point itself). precision = share of fakes inside some real ball; recall = share of reals
-    inside some fake ball; density = mean over fakes of (# real balls containing it) / k; coverage = share of
-    real balls that contain at least one fake.
-    """
-    real, fake = np.asarray(real), np.asarray(fake)
-    if len(real) <= k or len(fake) <= k:
-        raise ValidationError(f"PRDC with k={k} needs more than {k} real and fake samples, got {len(real)}, {len(fake)}")
-    r_real = np.sort(_pairwise(real, real), axis=1)[:, k]  # (N,) column 0 is the point itself
-    r_fake = np.sort(_pairwise(fake, fake), axis=1)[:, k]  # (M,)
-    d = _pairwise(real, fake)  # (N, M)
-    inside_real = d <= r_real[:, None]  # fake j inside real ball i
-    return {
-        "precision": float(inside_real.any(0).mean()),
-        "recall": float((d <= r_fake[None, :]).any(1).mean()),
-        "density": float(inside_real.sum(0).mean() / k),
-        "coverage": float((d.min(1) <= r_real).mean()),
-    }
-
-
-def inside_manifold(real: np.ndarray, fake: np.ndarray, k: int = PRDC_K) -> np.ndarray:
-    """(M,) bool: fake j lies inside some real k-NN ball (the per-sample test behind `prdc`'s precision)."""
-    real, fake = np.asarray(real), np.asarray(fake)
-    if len(real) <= k:
-        raise ValidationError(f"the manifold test with k={k} needs more than {k} real samples, got {len(real)}")
-    r_real = np.sort(_pairwise(real, real), axis=1)[:, k]  # (N,)
-    return (_pairwise(real, fake) <= r_real[:, None]).any(0)
 
 
 def _log_normal(z: np.ndarray, mean: np.ndarray, logstd: np.ndarray) -> np.ndarray:
@@ -381,6 +342,7 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     # decide, per source, whether the check is on by default (`class_check.recommend_per_source`).
     threshold = class_check.DEFAULT_THRESHOLD
     classify = lambda x: encoder(image=x.astype(np.float32))["logits"]  # noqa: E731
+    checked_images = {}  # source -> checked samples requested as `labels`, judged again below
     for i, (src, draw_fn) in enumerate(sorted(_draw_fns(space, temperature).items())):
         gen = np.random.default_rng(seed + 3 + i)
 
@@ -389,6 +351,7 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
             return class_check.run_sync(loop, decode, classify)
 
         c = checked(labels)
+        checked_images[src] = c.images
         metrics["gan_test"][src]["class_check"] = {
             **_gan_test(probe, real_probe, split, c.images, labels, classes), "threshold": threshold,
             "accepted": len(labels) / c.draws, "passed": c.passed / len(labels)}
@@ -396,7 +359,7 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
         fake_feat = _probe_outputs(probe, checked(split.labels[cov_idx].astype(np.int64)).images)["features"]
         metrics["coverage"][src]["class_check"] = prdc(real_feat, fake_feat, PRDC_K)
     # the primary figures, by a judge no generator was trained against; they also decide the check's defaults
-    metrics["judged"] = _judged(record, data, space, temperature, decode, classify, threshold, n_per_class, seed)
+    metrics["judged"] = _judged(record, data, space, temperature, decode, checked_images, n_per_class, seed)
     # what Sample and Augment use by default, per source (ModelInfo.default_class_checks)
     metrics["class_check_defaults"] = class_check.recommend_per_source(metrics)
     metrics["class_check_default"] = metrics["class_check_defaults"].get(
@@ -423,23 +386,18 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     return _nan_to_none(metrics)
 
 
-def _judged(record: ModelRecord, data, space, temperature: float, decode, classify, threshold: float,
+def _judged(record: ModelRecord, data, space, temperature: float, decode, checked_images: dict,
             n_per_class: int, seed: int) -> dict:
     """The primary figures: the model's samples scored by a judge it was never trained against
-    (models/judges/scoring.py), per source, with and without the label check, and GAN-train."""
+    (models/judges/scoring.py), per source, with and without the label check (`checked_images`: the checked
+    samples the probe scored, per source), and GAN-train."""
     from latentserve.models.judges.scoring import Judge, judged_metrics
 
-    draw_fns = _draw_fns(space, temperature)
-
-    def checked(src: str, y: np.ndarray) -> np.ndarray:
-        gen = np.random.default_rng([seed, 14, sorted(draw_fns).index(src)])
-        loop = class_check.check_loop(lambda rows, r: draw_fns[src](y[rows], gen), y, threshold)
-        return class_check.run_sync(loop, decode, classify).images
-
     return judged_metrics(
-        data=data, judge=Judge(data, seed=seed), factor_specs=list(record.factors), draws=draw_fns, decode=decode,
-        space=space, default_source=default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind),
-        checked=checked, n_per_class=n_per_class, seed=seed)
+        data=data, judge=Judge(data, seed=seed), factor_specs=list(record.factors),
+        draws=_draw_fns(space, temperature), decode=decode, space=space,
+        default_source=default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind),
+        checked=checked_images, n_per_class=n_per_class, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------- records

@@ -19,10 +19,12 @@ from typing import Callable
 
 import numpy as np
 
+from latentserve.models.coverage import pairwise_distances, prdc
 from latentserve.models.judges import classifier
 from latentserve.models.judges.geometric import PERIOD, Judgement, factor_r2, judge_for
 
 GAN_TRAIN_SAMPLES = 3000
+NOVELTY_TRAIN = 5000  # training images searched for each sample's nearest one
 Decode = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (latents (N,D), labels (N,)) -> images (N,3,H,W) in [-1,1]
 Draw = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # (labels (N,), rng) -> latents (N,D)
 
@@ -65,8 +67,6 @@ class Judge:
 
 
 def _prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
-    from latentserve.models.evaluate import prdc  # the same estimator as the probe-feature figures
-
     if len(real) <= k or len(fake) <= k:
         return {"precision": None, "recall": None, "density": None, "coverage": None}
     return prdc(real, fake, k)
@@ -89,16 +89,20 @@ def _factor_features(factors: np.ndarray, labels: np.ndarray, names: list[str], 
 
 
 def judged_metrics(*, data, judge: Judge, factor_specs: list[dict], draws: dict[str, Draw], decode: Decode,
-                   space, default_source: str, checked: Callable[[str, np.ndarray], np.ndarray] | None,
+                   space, default_source: str, checked: dict[str, np.ndarray] | None,
                    n_per_class: int, seed: int = 0, gan_train: bool = True) -> dict:
-    """All judged figures of one model (see the module doc) -> JSON-able dict."""
+    """All judged figures of one model (see the module doc) -> JSON-able dict. `checked`: per source, samples
+    (network images) drawn with the label check for the same labels, n_per_class per class in class order."""
     classes = judge.classes
     c = len(classes)
     split = data.test
     specs = {f["name"]: f for f in factor_specs}
-    periods = [PERIOD[c] for c in classes] if all(c in PERIOD for c in classes) else None
+    periods = [PERIOD[name] for name in classes] if all(name in PERIOD for name in classes) else None
     labels = np.repeat(np.arange(c, dtype=np.int64), n_per_class)
     real_pred, real_f = judge(split.images)
+    train = data.train.images[:NOVELTY_TRAIN]
+    test = split.images[:len(labels)]
+    real_nearest = float(np.median(_nearest(test, train))) if len(train) and len(test) else 0.0
     out: dict = {"judge": judge.name, "judge_doc": judge.doc, "default_source": default_source,
                  "n_per_class": n_per_class, "real": {"class_accuracy": _accuracy(real_pred, split.labels, classes)},
                  "sources": {}}
@@ -111,9 +115,9 @@ def judged_metrics(*, data, judge: Judge, factor_specs: list[dict], draws: dict[
         images = to_u8(decode(draw(labels, rng), labels))
         pred, fac = judge(images)
         entry: dict = {"class_accuracy": _accuracy(pred, labels, classes), "unjudgeable": float((pred < 0).mean()),
-                       "novelty": _novelty(images, data)}
-        if checked is not None:
-            cpred, _ = judge(to_u8(checked(src, labels)))
+                       "novelty": _novelty(images, train, real_nearest)}
+        if checked is not None and src in checked:
+            cpred, _ = judge(to_u8(checked[src]))
             entry["class_accuracy_checked"] = _accuracy(cpred, labels, classes)
         if fac is not None:
             ok = pred == labels
@@ -133,26 +137,19 @@ def judged_metrics(*, data, judge: Judge, factor_specs: list[dict], draws: dict[
     return out
 
 
-NOVELTY_TRAIN = 5000  # training images searched for each sample's nearest one
 
-
-def _nearest_distance(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Euclidean pixel distance (N,) of each uint8 image in x to its nearest in ref."""
-    a = x.reshape(len(x), -1).astype(np.float32)
-    b = ref.reshape(len(ref), -1).astype(np.float32)
-    d2 = (a * a).sum(1)[:, None] - 2.0 * a @ b.T + (b * b).sum(1)[None, :]
-    return np.sqrt(np.maximum(d2.min(1), 0.0))
-
-
-def _novelty(images: np.ndarray, data) -> float | None:
-    """Median distance of samples to their nearest training image over the same for real test images: about 1
-    when samples are as new as fresh real data, near 0 for copies of the training set (memorisation)."""
-    train = data.train.images[:NOVELTY_TRAIN]
-    test = data.test.images[:len(images)]
-    if len(train) == 0 or len(test) == 0:
+def _novelty(images: np.ndarray, train: np.ndarray, real_nearest: float) -> float | None:
+    """Median distance of samples to their nearest training image over `real_nearest`, the same median for
+    real test images: about 1 when samples are as new as fresh real data, near 0 for copies of the training
+    set (memorisation)."""
+    if len(train) == 0 or not real_nearest > 0:
         return None
-    real = float(np.median(_nearest_distance(test, train)))
-    return float(np.median(_nearest_distance(images, train)) / real) if real > 0 else None
+    return float(np.median(_nearest(images, train)) / real_nearest)
+
+
+def _nearest(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Pixel distance (N,) of each uint8 image in x to its nearest in ref."""
+    return pairwise_distances(x.reshape(len(x), -1), ref.reshape(len(ref), -1)).min(1)
 
 
 def _knobs(judge: Judge, space, draw: Draw, decode: Decode, labels: np.ndarray, specs: dict, classes: list[str],

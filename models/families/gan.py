@@ -118,8 +118,11 @@ class GANFamily(Family):
     def _d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         # real, fake: (B,) scores
         if self.config.loss == "hinge":
-            return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
-        return F.softplus(-real).mean() + F.softplus(fake).mean()
+            return F.relu(1.0 - real).mean() + self._d_fake_loss(fake)
+        return F.softplus(-real).mean() + self._d_fake_loss(fake)
+
+    def _d_fake_loss(self, fake: torch.Tensor) -> torch.Tensor:
+        return F.relu(1.0 + fake).mean() if self.config.loss == "hinge" else F.softplus(fake).mean()
 
     def _g_loss(self, fake: torch.Tensor) -> torch.Tensor:
         if self.config.loss == "hinge":
@@ -137,6 +140,14 @@ class GANFamily(Family):
         frac = min(1.0, step / c.mode_reg_anneal_steps)
         return c.mode_reg + (c.mode_reg_final - c.mode_reg) * frac
 
+    def lr_scale_at(self, step: int) -> float:
+        """Factor on lr_g and lr_e at `step`: cosine from 1 to lr_final_frac over lr_decay_steps (1 if 0)."""
+        c = self.config
+        if c.lr_decay_steps == 0:
+            return 1.0
+        t = min(max(step, 0), c.lr_decay_steps) / c.lr_decay_steps
+        return c.lr_final_frac + (1.0 - c.lr_final_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, step: int) -> dict[str, float]:
         """x (B,3,S,S) in [-1,1]; y (B,) int64; f (B,K) unused (the GAN is unsupervised on factors)."""
         c = self.config
@@ -144,6 +155,10 @@ class GANFamily(Family):
         b = x.shape[0]
         self.g.train()
         self.d.train()
+        scale = self.lr_scale_at(step)
+        for opt, lr in ((self.opt_g, c.lr_g), (self.opt_e, c.lr_e)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
 
         if c.mode_reg > 0:
             return self._joint_step(x, y, step)
@@ -186,9 +201,16 @@ class GANFamily(Family):
         self.e.train()
         z = self._z(b)  # (B,Z)
         lat_real, logits_real = self.e(x)  # (B,Z), (B,C)
-        # one generator pass over prior and encoded latents: BN statistics see both, like at sampling time
-        both = self.g(torch.cat([z, lat_real]), torch.cat([y, y]))  # (2B,3,S,S)
-        fake, rec = both[:b], both[b:]
+        adv_rec = c.w_adv_recon > 0
+        # one generator pass over prior and encoded latents (and, with w_adv_recon, encoded latents plus noise):
+        # BN statistics see all of them, like at sampling time
+        codes, labels = [z, lat_real], [y, y]
+        if adv_rec:
+            codes.append(lat_real + c.recon_noise * torch.randn_like(lat_real))
+            labels.append(y)
+        out_g = self.g(torch.cat(codes), torch.cat(labels))  # (2B or 3B,3,S,S)
+        fake, rec = out_g[:b], out_g[b:2 * b]
+        near = out_g[2 * b:] if adv_rec else None  # (B,3,S,S) decoded near the real codes
 
         # 1. discriminator: real vs prior samples
         for i in range(c.n_dis):
@@ -199,6 +221,8 @@ class GANFamily(Family):
                 fake_i = fake.detach()
             d_real, d_fake = self.d(x, y), self.d(fake_i, y)  # (B,), (B,)
             d_loss = self._d_loss(d_real, d_fake)
+            if adv_rec:
+                d_loss = d_loss + c.w_adv_recon * self._d_fake_loss(self.d(near.detach(), y))
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
@@ -206,6 +230,8 @@ class GANFamily(Family):
         # 2. generator + encoder
         self.d.requires_grad_(False)
         g_loss = self._g_loss(self.d(fake, y))
+        if adv_rec:
+            g_loss = g_loss + c.w_adv_recon * self._g_loss(self.d(near, y))
         self.d.requires_grad_(True)
         lat_fake, _ = self.e(fake)  # (B,Z)
         recon_loss = F.mse_loss(rec, x)

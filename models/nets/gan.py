@@ -77,6 +77,15 @@ class GANConfig:
     w_class: float = 1.0  # weight of the encoder's class cross-entropy on real images. >= 0
     w_ac: float = 5.0  # weight of CE(E_frozen(G(z,y)), y) on G: the encoder's class head as AC-GAN classifier. >= 0
     w_prior: float = 1.0  # weight of moment matching of real codes E(x) to N(0,I) (batch mean 0, variance 1). >= 0
+    # adversarial loss where the model is sampled from: G(E(x) + recon_noise * eps, y) is shown to D as fake and G
+    # is pushed to make it look real (as in VAE-GAN), so decoded codes near encoded images -- the anchor
+    # mixture Sample draws from -- get the sharpness that plain reconstruction (an MSE) does not ask for. >= 0
+    w_adv_recon: float = 0.0
+    recon_noise: float = 0.0  # std of the Gaussian noise on E(x) in that term (code units). [0, 10]
+    # cosine decay of lr_g and lr_e to lr_final_frac of their value over lr_decay_steps (0: constant): late steps
+    # with a small step size refine edges and corners that a constant rate keeps jittering. >= 0
+    lr_decay_steps: int = 0
+    lr_final_frac: float = 0.05  # (0, 1]
     lr_e: float = 1e-3  # Adam learning rate of the encoder. (0, 1e-2]
     # -- plain-GAN path only (mode_reg = 0): encoder inverting the frozen EMA generator -------------------------
     encoder_start: int = 0  # step from which the encoder trains (it trains on every step after). >= 0
@@ -109,8 +118,12 @@ class GANConfig:
         for name in ("ema_start", "encoder_start"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValidationError(f"GANConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
-        for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac"):
+        for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac", "w_adv_recon"):
             rng(name, 0.0, 1e6)
+        rng("recon_noise", 0.0, 10.0)
+        rng("lr_final_frac", 0.0, 1.0, lo_open=True)
+        if not isinstance(self.lr_decay_steps, int) or isinstance(self.lr_decay_steps, bool) or self.lr_decay_steps < 0:
+            raise ValidationError(f"GANConfig.lr_decay_steps must be an int >= 0, got {self.lr_decay_steps!r}")
         if self.mode_reg_final != -1.0:
             rng("mode_reg_final", 0.0, 1e6)
         if not isinstance(self.mode_reg_anneal_steps, int) or self.mode_reg_anneal_steps < 1:

@@ -65,7 +65,8 @@ def test_default_sizes_fit_budget():
 @pytest.mark.parametrize("bad", [
     {"z_dim": 1}, {"z_dim": 64.0}, {"g_width": 0}, {"loss": "wgan"}, {"lr_g": 0.0}, {"beta2": 1.0},
     {"n_dis": 0}, {"ema_decay": -0.1}, {"encoder_start": -1}, {"w_recon": -1.0}, {"e_batch": True},
-    {"mode_reg_final": -0.5}, {"mode_reg_anneal_steps": 0},
+    {"mode_reg_final": -0.5}, {"mode_reg_anneal_steps": 0}, {"w_adv_recon": -1.0}, {"recon_noise": 11.0},
+    {"lr_decay_steps": -1}, {"lr_final_frac": 0.0},
 ])
 def test_config_range_checks(bad):
     with pytest.raises(ValidationError):
@@ -228,3 +229,22 @@ def test_decoder_generator_draws_each_class_from_its_embedding():
     assert float((both[0] - g(z[:1], torch.tensor([1]))[0]).abs().max()) > 0  # the label matters
     with pytest.raises(ValidationError, match="g_arch"):
         GANConfig(g_arch="nope")
+
+
+def test_lr_decays_by_cosine_to_final_fraction():
+    fam = _family(lr_decay_steps=100, lr_final_frac=0.1)
+    assert [fam.lr_scale_at(s) for s in (0, 50, 100, 5000)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    x, y, f = _batch()
+    fam.train_step(x, y, f, 100)
+    assert fam.opt_g.param_groups[0]["lr"] == pytest.approx(0.1 * fam.config.lr_g)
+    assert fam.opt_e.param_groups[0]["lr"] == pytest.approx(0.1 * fam.config.lr_e)
+    assert _family().lr_scale_at(10_000) == 1.0  # 0 steps: constant
+
+
+def test_adversarial_term_near_encoded_images_trains_d_and_g():
+    """w_adv_recon > 0: D also learns G(E(x) + noise) as fake, and G's loss grows by that term."""
+    x, y, f = _batch()
+    plain, near = _family(seed=5), _family(seed=5, w_adv_recon=1.0, recon_noise=0.1)
+    a, b = plain.train_step(x, y, f, 0), near.train_step(x, y, f, 0)
+    assert all(math.isfinite(v) for v in b.values()), b
+    assert b["d_loss"] > a["d_loss"] and b["g_loss"] > a["g_loss"]

@@ -75,7 +75,7 @@ class ExportConfig:
     # 12000, not 5000: a full-covariance component has D(D+3)/2 parameters (560 at D=32)
     max_latent_fit: int = 12000  # most training images encoded for the latent fit. 100..1_000_000
     n_pca: int = 8  # PCA directions stored in the latent space. 0..64
-    # 10 full components, not 4 diagonal ones: measured on a shapes VAE, probe-recognisable GMM samples 56% vs 41%
+    # 10 full components, not a few diagonal ones: a class's codes lie on a curved, correlated set
     gmm_components: int = 10  # GMM components per class. 1..64
     # "full" | "diag" | "auto" (full up to latent size 256, so not for flows) | "anchors": gmm_components
     # encoded training images per class as components sized by their neighbours (latent.anchor_mixture)
@@ -94,7 +94,7 @@ class ExportConfig:
     # probe is in the repository, else "encoded".
     knob_source: str = "auto"
     # a small MLP per knob that reads the factor's current value from (latent, class), for latents up to 256
-    # values (models/knob_readout.py): set_factor solves with it (bundled GAN, scale knob R² 0.66 -> 0.90)
+    # values (models/knob_readout.py): set_factor solves with it
     knob_readouts: bool = True
     # probe-read samples the knobs (and read-outs) are fitted on when they come from samples; 0 = twice
     # max_latent_fit (24,000 at the defaults). 0 or 100..1_000_000

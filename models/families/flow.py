@@ -72,7 +72,7 @@ class FlowDecoderGraph(nn.Module):
 class FlowFamily(Family):
     name = "flow"
     config_cls = FlowConfig
-    default_steps = 1200  # recommended steps at batch 64 (the loop's default batch size): ~9 min on one thread
+    default_steps = 1200  # recommended steps at batch 64 (the loop's default batch size)
 
     def __init__(self, config: FlowConfig, data_meta: dict, device: torch.device) -> None:
         super().__init__(config, data_meta, device)  # type check, image_size, n_classes

@@ -15,14 +15,10 @@ Owns `GANFamily`. The recommended step (`mode_reg > 0`, the default) is a mode-r
    - `w_prior` * moment matching of E(x) to N(0, I)                (real codes live where the prior samples);
 3. the EMA copy of G (`g_ema`) is updated; it is what samples, the exported decoder and evaluation use, because
    averaged weights give visibly cleaner samples than the raw G.
-Measured on 32x32 shapes with one CPU thread, scored with the probe: 4000 steps of batch 64 (~15 min) with
-mode_reg annealed 10 -> 2 over the first 3000 give GAN-test 0.97 (0.67 "recognisable": right class and on the
-real-image manifold) for seed 0 but 0.75 (0.49) for seed 1; 3000 steps gave 0.94 (0.60) and 0.79 (0.44). With
-the knob read-outs (models/knob_readout.py) knob R² scale/x/y/hue 0.90/0.98/0.98/0.99 (seed 0). A constant
-mode_reg 10 gave 0.87 (0.51) at 3000 steps with triangles at 68%, and 1800 steps 0.79 (0.43). Tried at 1800 steps and not adopted: CoordConv inputs plus a full-resolution 3x3 conv
-in G (0.82 / 0.52 but the x knob's R² fell to -0.04), w_class 5 (0.69), and in session 2 lr_d 1e-3, w_ac 15,
-mode_reg 3. The plain-GAN recipes tried (hinge or non-saturating, SN or BN critic) collapsed to z-independent
-patterns in that budget.
+With `w_adv_recon` > 0, G(E(x) + noise, y) is shown to D as fake too and G is pushed to make it look real:
+the bundled model is sampled from codes near encoded images (an anchor mixture), so that is where the
+adversarial loss has to act. The bundle's recipe and its judged figures are in models/bundle.py and
+models/repository/README.md.
 
 `mode_reg = 0` is a plain conditional GAN (`n_dis` D steps, one G step) with the encoder trained afterwards
 (from `encoder_start`) to invert the frozen EMA generator: latent regression on its samples, class CE and
@@ -82,15 +78,10 @@ class _EncoderGraph(nn.Module):
 class GANFamily(Family):
     name = "gan"
     config_cls = GANConfig
-    # The encoder's codes of real images and the N(0, I) prior occupy different regions (measured: knobs fitted
-    # on encoded images gave probe-measured knob R² < 0.3 for x/y/hue on prior samples; fitted on probe-labelled
-    # prior samples the same directions reach held-out R² ~0.88), so Sample's knobs are fitted where it draws.
+    # The encoder's codes of real images and the N(0, I) prior occupy different regions, so Sample's knobs are
+    # fitted on probe-labelled prior samples, where it draws.
     knobs_from_samples = "prior"
-    # recommended steps at batch 64 for 32x32 shapes: ~1,100 CPU-seconds on one thread (3000 steps: ~830).
-    # 4000, not 3000 (measured with the probe, two seeds, mode_reg annealed 10 -> 2 over the first 3000):
-    # encoder-path PSNR 20.7 -> 21.7 dB for both seeds, recognisable 0.60 -> 0.67 (seed 0) and 0.44 -> 0.49
-    # (seed 1), precision up for both; GAN-test 0.943 -> 0.973 (seed 0) but 0.790 -> 0.747 (seed 1, whose
-    # triangles stay weak): at this budget GAN-test depends more on the seed than on the step count.
+    # recommended steps at batch 64 for 32x32 shapes with the default (prior-sampled) recipe
     default_steps = 4000
 
     def __init__(self, config: GANConfig | dict, data_meta: dict, device: torch.device | str = "cpu") -> None:

@@ -72,10 +72,9 @@ class VAEFamily(Family):
     name = "vae"
     config_cls = VAEConfig
     # knobs fitted on probe-labelled latent-GMM samples: the VAE's N(0, I) prior samples fall in the "prior hole"
-    # (encoded codes spread 2-3x wider), so the GMM is where users sample from. Measured (knob R² on GMM samples,
-    # encoded-image fit -> GMM-sample fit): scale 0.41 -> 0.64, x 0.65 -> 0.69, y 0.68 -> 0.74, hue 0.79 -> 0.82
+    # (encoded codes spread wider), so the GMM is where users sample from and where knobs must work
     knobs_from_samples = "latent_gmm"
-    default_steps = 3000  # recommended steps at batch 64 (the loop's default batch size): ~8-9 min on one thread
+    default_steps = 3000  # recommended steps at batch 64 (the loop's default batch size)
 
     def __init__(self, config: VAEConfig, data_meta: dict, device: torch.device) -> None:
         super().__init__(config, data_meta, device)  # type check, image_size, n_classes

@@ -40,7 +40,7 @@ class GANConfig:
     """
 
     # -- sizes -----------------------------------------------------------------------------------------------
-    z_dim: int = 64  # latent dimension D; prior N(0, I_D) (16 measured worse: lower knob R², class accuracy). 2..512
+    z_dim: int = 64  # latent dimension D; prior N(0, I_D) (16 is too few for five factors and the detail). 2..512
     g_width: int = 32  # generator channels at S/2; doubles per halving of resolution (cap 8x). 4..256
     # "dcgan": transposed convs with class-conditional BatchNorm straight to RGB; "decoder": the class embedding
     # beside z, an MLP to 4x4, transposed convs with SiLU and no normalisation, then a 3x3 conv at full
@@ -66,10 +66,6 @@ class GANConfig:
     mode_reg: float = 10.0  # weight of ||G(E(x),y) - x||^2 on real images, trained into G and E. >= 0
     # annealing of mode_reg: linear from mode_reg to mode_reg_final over mode_reg_anneal_steps (then constant), so
     # the reconstruction term steadies early training and the adversarial term sharpens late; -1 = constant.
-    # Measured on shapes (3000 steps, probe-scored): 10 -> 2 gave GAN-test 0.94 vs 0.87 constant (triangles 94%
-    # vs 68%; recognisable 0.60 vs 0.51) at the cost of encoder-path PSNR 20.7 vs 23.1 dB, scale knob R² 0.66 vs
-    # 0.72 and recall 0.75 vs 0.85 (a constant mode_reg 3 had given 0.64 at 1800 steps: unstable early). Nearby
-    # settings scored lower (final 0.5: 0.88; 10 -> 2 over 2000 steps: 0.82): outcomes vary a lot at this budget
     mode_reg_final: float = 2.0
     mode_reg_anneal_steps: int = 3000  # >= 1
     w_latent: float = 1.0  # weight of ||E(G(z,y)) - z||^2 (mean over batch and dims). >= 0

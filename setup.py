@@ -1,4 +1,4 @@
-"""Builds the compiled gRPC transport (services/cxx/grpc_transport.cc) when grpc++ is installed.
+"""Builds the compiled gRPC transport (services/frontends/grpc/cxx/grpc_transport.cc) when grpc++ is installed.
 
 Everything else of the package is pure Python and configured in pyproject.toml. The extension needs Debian's
 libgrpc++-dev (found with pkg-config); without it the package still installs and the native frontend serves
@@ -32,8 +32,8 @@ def _extensions() -> list[Extension]:
     import pybind11
 
     return [Extension(
-        "latentserve.services._grpc_transport",
-        sources=["services/cxx/grpc_transport.cc"],
+        "latentserve.services.frontends.grpc._grpc_transport",
+        sources=["services/frontends/grpc/cxx/grpc_transport.cc"],
         include_dirs=[pybind11.get_include()],
         extra_compile_args=["-std=c++17", "-O2", "-fvisibility=hidden", *cflags],
         extra_link_args=libs,

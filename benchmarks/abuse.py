@@ -29,7 +29,7 @@ def rss_mb(pid: int) -> int:
 
 
 async def worker(ch: grpc.aio.Channel, model: str, dim: int, stop: asyncio.Event, counts: collections.Counter) -> None:
-    from latentserve.services.client import latents_to_protos
+    from latentserve.client import latents_to_protos
     from latentserve.v1 import latent_pb2 as pb
 
     decode = ch.unary_unary("/latentserve.v1.LatentService/Decode", request_serializer=pb.DecodeRequest.SerializeToString,

@@ -37,9 +37,9 @@ def _log(msg: str) -> None:
 
 def run_augment(target: str, spec: dict, out: Path | None, server_cpu) -> dict:
     """One augment job: to `out` (AugmentJob) or, with out=None, the stream alone."""
-    from latentserve.services.augment_job import AugmentJob
-    from latentserve.services.augment_spec import parse_spec
-    from latentserve.services.client import LatentClient
+    from latentserve.client.augment_job import AugmentJob
+    from latentserve.services.augment.spec import parse_spec
+    from latentserve.client import LatentClient
 
     s0, c0, t0 = server_cpu(), time.process_time(), time.perf_counter()
     with LatentClient(target) as client:
@@ -55,12 +55,12 @@ def run_augment(target: str, spec: dict, out: Path | None, server_cpu) -> dict:
 
 
 def run_bulk_decode(target: str, model: str, info, duration: float, warmup: float, server_cpu) -> dict:
-    from latentserve.services.bench import RunStats, drive, latentserve_parser, latentserve_requests
+    from latentserve.tools.bench import RunStats, drive, latentserve_parser, latentserve_requests
 
     async def main() -> RunStats:
         import grpc
 
-        from latentserve.services.client import CHANNEL_OPTIONS
+        from latentserve.client import CHANNEL_OPTIONS
 
         async with grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS)) as channel:
             call = channel.unary_unary("/latentserve.v1.LatentService/Decode")
@@ -77,7 +77,7 @@ def run_bulk_decode(target: str, model: str, info, duration: float, warmup: floa
 def run_raw_ceiling(onnx: Path, info, duration: float, warmup: float) -> dict:
     import onnxruntime as ort
 
-    from latentserve.services.bench import run_raw
+    from latentserve.tools.bench import run_raw
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
@@ -93,7 +93,7 @@ def main() -> int:
     p.add_argument("-t", "--target", default=None, help="a running server (default: start a serving process)")
     p.add_argument("--server-pid", type=int, default=None, help="with --target: its pid, for CPU per image")
     p.add_argument("--grpc-transport", choices=("auto", "cxx", "grpcio"), default="auto",
-                   help="transport of the started serving process (services/grpc_transport.py)")
+                   help="transport of the started serving process (services/frontends/grpc/transport.py)")
     p.add_argument("--count", type=int, default=8000, help="images per augment job (default 8000)")
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--duration", type=float, default=8.0, help="seconds per raw / bulk decode run")
@@ -103,14 +103,14 @@ def main() -> int:
     a = p.parse_args()
 
     from latentserve.models.repository import Repository
-    from latentserve.services.bench import free_port, process_tree_cpu
-    from latentserve.services.client import LatentClient
+    from latentserve.tools.bench import free_port, process_tree_cpu
+    from latentserve.client import LatentClient
 
     server = None
     pid = a.server_pid
     if a.target is None:
         from latentserve.services.config import load_config
-        from latentserve.services.grpc_server import ServingProcess
+        from latentserve.services.frontends.grpc.native import ServingProcess
 
         repo = Repository(a.repo)
         version = repo.versions(a.model)[-1]

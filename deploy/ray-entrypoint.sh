@@ -9,7 +9,7 @@
 #   ray-entrypoint.sh worker   joins $RAY_HEAD_ADDRESS (default ray-head:6379) with `ray start --block`.
 #   ray-entrypoint.sh CMD...   anything else runs as given (e.g. `latentserve models --repo /models`, bash).
 #
-# Metrics: head and workers both start the node's metrics exporter (services/metrics_exporter.py) on
+# Metrics: head and workers both start the node's metrics exporter (services/observability/exporter.py) on
 # :$LATENTSERVE_METRICS_PORT (8080), which serves the latentserve_* series every replica process of this node
 # records into $LATENTSERVE_METRICS_DIR, plus Ray's own metrics from Ray's export port (8090, container-local
 # use only): Prometheus scrapes one endpoint per node (deploy/prometheus.yml).
@@ -105,7 +105,7 @@ start_metrics_exporter() {
   fi
   rm -rf "$LATENTSERVE_METRICS_DIR"
   mkdir -p "$LATENTSERVE_METRICS_DIR"
-  LATENTSERVE_METRICS_PORT="$NODE_METRICS_PORT" python -m latentserve.services.metrics_exporter \
+  LATENTSERVE_METRICS_PORT="$NODE_METRICS_PORT" python -m latentserve.services.observability.exporter \
       --ray-metrics-port "$METRICS_PORT" &
   log "metrics exporter on :$NODE_METRICS_PORT/metrics (Ray's metrics from :$METRICS_PORT)"
 }

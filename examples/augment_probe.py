@@ -6,7 +6,7 @@ test images:
                      half real, half synthetic)
     synthetic only   GAN-train: the service's images alone
 
-The synthetic images come through `AugmentDataset` (services/augment_dataset.py): a reproducible job spec
+The synthetic images come through `AugmentDataset` (latentserve/client/dataset.py): a reproducible job spec
 (class-balanced counts, the model's sampling source, a seed), streamed with bounded prefetch. Real data: the
 `shapes` dataset at the model's image size (a fresh draw: --data-seed), whose classes must be the model's.
 
@@ -28,7 +28,7 @@ import numpy as np
 def load_synthetic(target: str, model: str, count: int, seed: int, source: str, class_names: list[str],
                    token: str | None) -> tuple[np.ndarray, np.ndarray]:
     """`count` class-balanced images of `model` -> uint8 (N, H, W, 3), labels (N,)."""
-    from latentserve.services.augment_dataset import AugmentDataset
+    from latentserve.client.dataset import AugmentDataset
 
     per_class = [count // len(class_names) + (k < count % len(class_names)) for k in range(len(class_names))]
     spec = {"model": model, "class_counts": dict(zip(class_names, per_class)), "seed": seed, "source": source,
@@ -87,7 +87,7 @@ def main() -> int:
     import torch
 
     from latentserve.models.data import load_dataset
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
 
     torch.set_num_threads(a.threads)
     with LatentClient(a.target, token=a.token) as client:

@@ -1,6 +1,6 @@
 """The one error hierarchy of latentserve, shared by the training side, the services, the client and the CLI.
 
-The gRPC ingress maps these to status codes in one place (services/ingress.py); the CLI prints them as one
+The gRPC ingress maps these to status codes in one place (services/core/operations.py); the CLI prints them as one
 line. Messages say what was wrong and what is allowed.
 """
 from __future__ import annotations

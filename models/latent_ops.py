@@ -1,7 +1,7 @@
 """Gradient-based latent operations (torch only): geodesic paths, guided Langevin sampling, encode refinement.
 
 Pure optimisation math on torch modules and tensors, with no serving concepts: the serving engine
-(services/latent_ops.py) keeps one *state* per request and advances many states of the same kind with one
+(services/core/latent_ops.py) keeps one *state* per request and advances many states of the same kind with one
 forward/backward pass per iteration (`geodesic_step`, `guided_step`, `refine_step` take a list of states,
 concatenate their rows, run the decoder (+ probe) once, and update every state in place). States can join
 and leave between iterations, so every per-request quantity (learning rate, step size, weights, step count,

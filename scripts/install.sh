@@ -41,7 +41,7 @@ fi
 
 "$PYTHON" -m pip install -q -e ".${extras:+[$extras]}"
 "$PYTHON" -m latentserve.protogen
-"$PYTHON" -c "from latentserve.services import grpc_transport as t; print('latentserve: gRPC transport', t.resolve('auto'))"
+"$PYTHON" -c "from latentserve.services.frontends.grpc import transport as t; print('latentserve: gRPC transport', t.resolve('auto'))"
 if [ "$PYTHON" = "$(pwd)/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then
   echo "latentserve: installed into .venv: run 'bash scripts/latentserve COMMAND', or 'source .venv/bin/activate'" \
        "once to type 'latentserve COMMAND'"

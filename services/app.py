@@ -11,7 +11,7 @@ Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
 - "native" (default, one node and clusters): one deployment named `LatentIngress` (body
   `grpc_server.NativeReplica`); every replica runs a serving process that holds every served model
   (ONNX Runtime sessions, dynamic batching) in the LatentIngress handlers and its OWN grpc.aio server on
-  `host:grpc_port` with grpc.health.v1 and reflection (services/grpc_server.py explains why a child
+  `host:grpc_port` with grpc.health.v1 and reflection (services/frontends/grpc/native.py explains why a child
   process). The port is bound with SO_REUSEPORT: replicas on one node share it and the kernel spreads
   connections over them. Ray Serve still places the replicas (`ingress_num_cpus + num_cpus` CPUs and
   `num_gpus` GPUs each), health-checks them (`check_health` calls the replica's gRPC health service),
@@ -28,7 +28,7 @@ Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
   makes the ingress replicas serve gRPC themselves through Serve's direct ingress (see `ray_env`). Use it
   when requests must reach any node through Serve's routing, or to scale models independently.
 
-The RPC handlers are the same LatentIngress methods in both frontends (services/ingress.py).
+The RPC handlers are the same LatentIngress methods in both frontends (services/core/operations.py).
 
 Rolling out a new model version without dropping requests: export it into the repository (a version folder
 appears atomically), then run `serve deploy deploy/serve.yaml` again. The builder re-reads the repository, so
@@ -115,8 +115,8 @@ def build_app(config: ServeConfig):
     """The Serve application for `config` (validated again here: the builder may get a hand-made config)."""
     from ray import serve
 
-    from latentserve.services.ingress import LatentIngress
-    from latentserve.services.model_server import ModelServer
+    from latentserve.services.core.operations import LatentIngress
+    from latentserve.services.core.model_server import ModelServer
 
     config.validate()
     models = served_models(config)
@@ -151,7 +151,7 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
     """One LatentIngress deployment whose replicas serve gRPC themselves, models in-process."""
     from ray import serve
 
-    from latentserve.services.grpc_server import NativeReplica
+    from latentserve.services.frontends.grpc.native import NativeReplica
 
     if config.replicas != 1 and not config.autoscaling:
         import logging
@@ -183,10 +183,10 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
 
 
 def native_shutdown_timeout_s(config: ServeConfig) -> float:
-    """Serve's force-kill deadline for a stopping native replica: its drain (services/grpc_server.py) may
+    """Serve's force-kill deadline for a stopping native replica: its drain (services/frontends/grpc/native.py) may
     wait for a replacement to listen, then for its connections to age out, then for calls in flight."""
-    from latentserve.services.grpc_server import NATIVE_REPLACEMENT_WAIT_S
-    from latentserve.services.ingress import LatentIngress
+    from latentserve.services.frontends.grpc.native import NATIVE_REPLACEMENT_WAIT_S
+    from latentserve.services.core.operations import LatentIngress
 
     return (config.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.max_connection_age_s + 2.0
             + LatentIngress.NATIVE_GRACE_S + 15.0)

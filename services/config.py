@@ -12,9 +12,9 @@ Environment variables (all optional; explicit arguments win over them):
     LATENTSERVE_API_TOKEN         require `authorization: Bearer <token>` on every LatentService call
     LATENTSERVE_REDIS_URL         Redis for latent handles and caches: redis://[user:password@]host:port/db or
                                   rediss:// (TLS); unset = in-process LRUs, single-process only
-                                  (services/redis_store.py documents the deployment)
+                                  (services/storage/redis_store.py documents the deployment)
     LATENTSERVE_REDIS_CACHE_URL   optional separate Redis (LRU eviction, no persistence) for the caches
-    LATENTSERVE_METRICS_DIR       per-node directory where replicas record metrics (services/metrics.py)
+    LATENTSERVE_METRICS_DIR       per-node directory where replicas record metrics (services/observability/metrics.py)
     LATENTSERVE_METRICS_PORT      the node's /metrics endpoint (default 8080; 0 = none)
     LATENTSERVE_GRPC_PORT, LATENTSERVE_HOST, LATENTSERVE_REPLICAS, LATENTSERVE_MAX_BATCH_SIZE, ...:
     every other field as LATENTSERVE_<FIELD NAME IN UPPER CASE> (see `ServeConfig`).
@@ -64,7 +64,7 @@ class ServeConfig:
     preferred_batch_size: int = 16
     # how long the first request of a batch waits for company at most; a batch also closes once no request
     # arrived for batch_idle_timeout_s (the burst is over, e.g. every waiting client is queued), so light load
-    # waits ~2 ms while sustained load grows batches up to this wait (services/model_server.py Batcher)
+    # waits ~2 ms while sustained load grows batches up to this wait (services/core/model_server.py Batcher)
     batch_wait_timeout_s: float = 0.01
     batch_idle_timeout_s: float = 0.002  # capped at batch_wait_timeout_s
     max_concurrent_batches: int = 2  # batches in flight per method: one runs while the next one forms
@@ -93,14 +93,14 @@ class ServeConfig:
     # for a replacement replica); a port released by a dead replica is quarantined by Serve for 150 s.
     access_log: bool = False  # Serve's per-request access log lines in replica logs (costs CPU per request)
     proxy_grpc_port: int = 0  # Serve's gRPC proxy port when direct_ingress (0 = grpc_port + ingress_replicas + 1)
-    # Who listens on grpc_port (services/app.py, services/grpc_server.py): "native" = every LatentIngress replica
+    # Who listens on grpc_port (services/app.py, services/frontends/grpc/native.py): "native" = every LatentIngress replica
     # runs its own grpc.aio server with the models in-process, bound with SO_REUSEPORT so the replicas on a node
     # share the port (the kernel spreads connections); Ray Serve keeps placement, health, scaling and rollout.
     # "serve" = Ray Serve's gRPC proxy (or, with direct_ingress, Serve's direct ingress) in front of the
     # ingress deployment, models in model-server deployments unless colocate. Measured (benchmarks/README.md):
     # native serves single-image requests several times faster than the proxy path.
     grpc_frontend: str = "native"
-    # native: what moves the gRPC bytes (services/grpc_transport.py). "cxx" = the compiled grpc++ transport
+    # native: what moves the gRPC bytes (services/frontends/grpc/transport.py). "cxx" = the compiled grpc++ transport
     # (built at install when Debian's libgrpc++-dev is present; hands calls to the handlers in bursts),
     # "grpcio" = grpc.aio, "auto" = cxx when built, else grpcio. Same handlers, statuses and options either
     # way; measured (benchmarks/README.md): cxx takes about half of grpc.aio's CPU per single-image request.
@@ -132,7 +132,7 @@ class ServeConfig:
     # each costs a decode and an encode (the bundled shapes-vae at its default threshold 0.99 needs ~1.7 on average)
     class_check_rounds: int = 8
 
-    # -- gradient-based latent ops (services/latent_ops.py; need PyTorch: the `latent-ops` extra) ----------
+    # -- gradient-based latent ops (services/core/latent_ops.py; need PyTorch: the `latent-ops` extra) ----------
     # Geodesic interpolation, guided sampling and encode refinement run on the TorchScript artefacts. torch
     # is imported on the first such request (or at start with latent_ops_preload), never otherwise.
     latent_ops: bool = True  # serve them when torch is installed (false: UNIMPLEMENTED, like a torch-less server)
@@ -163,7 +163,7 @@ class ServeConfig:
     # copy of recently used handles (handles are content-addressed, so a copy is never stale).
     handle_store_size: int = 100_000
     # Handles (and the caches unless redis_cache_url): redis://[user:password@]host:port/db, rediss:// = TLS,
-    # unix:///path. Shared by every replica and node; see services/redis_store.py for the deployment.
+    # unix:///path. Shared by every replica and node; see services/storage/redis_store.py for the deployment.
     redis_url: str = ""
     redis_cache_url: str = ""  # separate Redis for the encode/result caches ("" = redis_url)
     handle_ttl_s: float = 7 * 86_400.0  # handle expiry (refreshed when the same latent is issued again)
@@ -178,7 +178,7 @@ class ServeConfig:
     redis_backoff_max_s: float = 5.0  # ... doubling per failed probe up to this
     redis_key_prefix: str = "ls:"  # namespace of every key (several deployments may share one Redis)
 
-    # -- metrics (services/metrics.py, services/metrics_exporter.py) ---------------------------------------
+    # -- metrics (services/observability/metrics.py, services/observability/exporter.py) ---------------------------------------
     # Directory (one per node) where every replica process records its metrics (prometheus_client
     # multiprocess files); the node's exporter sums them. "" = nothing recorded. `latentserve serve` uses a
     # fresh temporary directory; the compose nodes set LATENTSERVE_METRICS_DIR.

@@ -1,6 +1,6 @@
 """`latentserve augment --spec spec.yaml --out DIR`: a labelled synthetic dataset from a served model, written
-as an ImageFolder (class subfolders) plus labels.csv; resumable (services/augment_job.py), reproducible
-(services/augment_spec.py documents the spec and what each image depends on).
+as an ImageFolder (class subfolders) plus labels.csv; resumable (latentserve/client/augment_job.py), reproducible
+(services/augment/spec.py documents the spec and what each image depends on).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def load_spec_file(path: str):
     import yaml
 
     from latentserve.errors import ValidationError
-    from latentserve.services.augment_spec import parse_spec
+    from latentserve.services.augment.spec import parse_spec
 
     p = Path(path)
     if not p.is_file():
@@ -71,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from latentserve.services.augment_job import AugmentJob
-    from latentserve.services.client import LatentClient
+    from latentserve.client.augment_job import AugmentJob
+    from latentserve.client import LatentClient
 
     spec = load_spec_file(args.spec)  # every local check before contacting the server
     with LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app,

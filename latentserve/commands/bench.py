@@ -1,7 +1,7 @@
 """`latentserve bench`: decode throughput / latency of latentserve vs raw ONNX Runtime vs Triton, in one run;
 `latentserve bench --cache`: Decode latency on a result-cache hit vs a miss, per cache backend.
 
-The harnesses live in latentserve.services.bench and latentserve.services.cache_bench (see their docstrings
+The harnesses live in latentserve.tools.bench and latentserve.tools.cache_bench (see their docstrings
 for what is measured and how).
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.cache:
         return _run_cache(args)
 
-    from latentserve.services.bench import DEFAULT_REPO, BenchConfig, format_table, run_bench
+    from latentserve.tools.bench import DEFAULT_REPO, BenchConfig, format_table, run_bench
 
     cfg = BenchConfig(model=args.model, repo=args.repo or str(DEFAULT_REPO), onnx=args.onnx,
                       version=args.model_version,
@@ -109,8 +109,8 @@ def _run_cache(args: argparse.Namespace) -> int:
     import shlex
 
     from latentserve.errors import ValidationError
-    from latentserve.services.bench import DEFAULT_REPO
-    from latentserve.services.cache_bench import CacheBenchConfig, format_cache_table, run_cache_bench
+    from latentserve.tools.bench import DEFAULT_REPO
+    from latentserve.tools.cache_bench import CacheBenchConfig, format_cache_table, run_cache_bench
 
     if args.start:
         raise ValidationError("--cache starts its servers itself (one per --cache-modes); drop --start")

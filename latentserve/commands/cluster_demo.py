@@ -4,13 +4,13 @@ What it does, printing each step and what it observed:
 1. Redis for the latent handles, shared by every node: `--redis-url`, or a private password-protected
    `redis-server` on a free loopback port (needs redis-server on PATH).
 2. A Ray head and `--workers` worker nodes on 127.0.0.1 (`ray start --block` each: own processes, own CPUs,
-   free ports, Ray's token authentication on with a fresh token file; services/local_cluster.py).
+   free ports, Ray's token authentication on with a fresh token file; latentserve/tools/local_cluster.py).
 3. Deploys deploy/serve.yaml with deploy/serve_deploy.py (`serve deploy` through the head's dashboard),
    changing only the repository, the ports, the bind address and the replica count (one ingress replica
    per node, `max_replicas_per_node: 1`), and waits for RUNNING.
 4. Shows where Serve placed the replicas (Serve's status).
 5. Sends Sample calls over several connections to the shared gRPC port and counts the answers per node
-   (the `latentserve-node` trailing metadata, services/identity.py).
+   (the `latentserve-node` trailing metadata, services/observability/identity.py).
 6. Issues latent handles on each node and resolves them on every other node (shared Redis).
 7. Kills the last worker node (SIGKILL to all its processes) under a stream of requests: counts failed calls
    (the client retries UNAVAILABLE on a fresh connection), checks the head answers everything afterwards
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from latentserve.errors import ValidationError
-    from latentserve.services import local_cluster as lc
+    from latentserve.tools import local_cluster as lc
     from latentserve.services.app import served_models
     from latentserve.services.config import load_config
 

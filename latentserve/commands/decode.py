@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from latentserve.errors import ValidationError
-    from latentserve.services.client import load_latents, make_grid, save_png
+    from latentserve.client import load_latents, make_grid, save_png
 
     if bool(args.latents) == bool(args.handle):
         raise ValidationError("give a latents file or --handle (one of them)")

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from latentserve.errors import ValidationError
-    from latentserve.services.client import make_grid, parse_ref, save_latents, save_png
+    from latentserve.client import make_grid, parse_ref, save_latents, save_png
 
     inputs = [parse_ref(text, f"--input {text}") for text in args.inputs]
     with connect(args) as client:

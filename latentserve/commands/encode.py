@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentserve.services.client import load_image, save_latents
+    from latentserve.client import load_image, save_latents
 
     images = [load_image(path) for path in args.images]
     shapes = {im.shape for im in images}

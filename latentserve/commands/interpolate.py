@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from latentserve.errors import ValidationError
-    from latentserve.services.client import INTERPOLATION_METHODS, make_grid, parse_ref, save_png
+    from latentserve.client import INTERPOLATION_METHODS, make_grid, parse_ref, save_png
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     bad = [m for m in methods if m not in INTERPOLATION_METHODS]

@@ -35,7 +35,7 @@ def resolve_token(args: argparse.Namespace) -> str | None:
 
 def connect(args: argparse.Namespace):
     """A LatentClient for the parsed connection options."""
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
 
     return LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app)
 

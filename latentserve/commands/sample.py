@@ -52,7 +52,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentserve.services.client import make_grid, parse_weights, save_latents, save_png
+    from latentserve.client import make_grid, parse_weights, save_latents, save_png
 
     knobs: dict[str, float] = {}
     for k in args.knob:

@@ -11,7 +11,7 @@ services/app.py). `--colocate`, `--direct-ingress` and `--fast` are options of t
 select it when `--frontend` is not given.
 
 Metrics: `http://127.0.0.1:8080/metrics` (`--metrics-port`, 0 = off; bound on --host): latentserve_* series
-of every replica process plus Ray's own metrics (ray_serve_*, ...), see services/metrics.py. The replicas
+of every replica process plus Ray's own metrics (ray_serve_*, ...), see services/observability/metrics.py. The replicas
 record into a fresh temporary directory (or LATENTSERVE_METRICS_DIR), removed at exit when temporary.
 
 For a cluster use `serve deploy deploy/serve.yaml` instead (see services/app.py for rolling out versions).
@@ -128,16 +128,16 @@ def run(args: argparse.Namespace) -> int:
     models = served_models(config)  # fail before starting Ray when the repository has nothing to serve
     transport = ""
     if config.grpc_frontend == "native" and args.ray_address == "local":
-        from latentserve.services.grpc_transport import resolve
+        from latentserve.services.frontends.grpc.transport import resolve
 
         transport = resolve(config.grpc_transport)  # 'cxx' without the build: one line, before Ray starts
-    from latentserve.services.redis_store import check_redis
+    from latentserve.services.storage.redis_store import check_redis
 
     for warning in check_redis(config):  # wrong Redis password/db: one-line ValidationError before Ray starts
         print(f"latentserve: warning: {warning}", flush=True)
     exporter, temp_metrics = None, None
     if config.metrics_port:
-        from latentserve.services.metrics_exporter import MetricsExporter
+        from latentserve.services.observability.exporter import MetricsExporter
 
         if not config.metrics_dir:  # a fresh directory: counts of an earlier run must not show up
             temp_metrics = tempfile.mkdtemp(prefix="latentserve-metrics-")
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         if exporter is not None:
-            from latentserve.services.metrics_exporter import ray_metrics_port
+            from latentserve.services.observability.exporter import ray_metrics_port
 
             exporter.ray_metrics_port = ray_metrics_port()
         serve.start(**start_options(config))

@@ -333,7 +333,7 @@ def serve_app(tiny_repo, request, tmp_path_factory):
         "max_geodesic_iterations": 20_000,
         "app_name": APP_NAME, "grpc_frontend": "native" if frontend == "native" else "serve",
         "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
-        # every replica process records its metrics here (services/metrics.py); tests read it directly
+        # every replica process records its metrics here (services/observability/metrics.py); tests read it directly
         # (metrics_exporter.snapshot) or through an exporter + Prometheus (test_metrics.py)
         "metrics_dir": str(tmp_path_factory.mktemp("metrics")),
     }, use_env=False)

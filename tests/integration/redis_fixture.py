@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from latentserve.services.local_cluster import stop_process
+from latentserve.tools.local_cluster import stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 PASSWORD = "s3cret"

@@ -87,7 +87,7 @@ def standalone(serve_app, tiny_repo, redis_server):
     tiny-gan like the session app, handles in a real Redis (so they outlive the process); the one started
     before is stopped first (SO_REUSEPORT would let both listen), the last one at the end."""
     from latentserve.services.config import load_config
-    from latentserve.services.grpc_server import ServingProcess
+    from latentserve.services.frontends.grpc.native import ServingProcess
 
     config = load_config({"repository": str(tiny_repo), "grpc_port": _free_port(), "max_batch_size": 16,
                           "max_images_per_request": 64, "redis_url": redis_server.url(db=5),
@@ -110,7 +110,7 @@ def standalone(serve_app, tiny_repo, redis_server):
 
 # ------------------------------------------------------------------------------------------------ the job
 def test_augment_writes_a_labelled_imagefolder(reference, serve_app):
-    from latentserve.services.client import LatentClient, decode_image_bytes
+    from latentserve.client import LatentClient, decode_image_bytes
 
     manifest = json.loads((reference / "augment.json").read_text())
     assert manifest["complete"] and manifest["version"] == 2 and manifest["count"] == COUNT
@@ -173,7 +173,7 @@ def test_the_job_survives_a_server_restart(reference, standalone, tmp_path):
     assert done_at_kill < COUNT // 100 and "reconnect" in stdout
     assert tree(out) == tree(reference)
     # handles issued before the restart still resolve (Redis), to the images written
-    from latentserve.services.client import LatentClient, decode_image_bytes
+    from latentserve.client import LatentClient, decode_image_bytes
 
     rows = [line.split(",") for line in (out / "labels.csv").read_text().splitlines()[1:4]]
     with LatentClient(standalone.target) as client:
@@ -183,7 +183,7 @@ def test_the_job_survives_a_server_restart(reference, standalone, tmp_path):
 
 
 def test_generation_follows_a_slow_consumer(standalone):
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
 
     server = standalone()
     count, batch = 40_000, 16  # float32 8x8 images: 12 KB per batch, 30 MB in all
@@ -218,8 +218,8 @@ def test_generation_follows_a_slow_consumer(standalone):
 # ------------------------------------------------------------------------------------------------ dataset
 def test_dataset_with_two_workers_yields_every_image_once(serve_app):
     torch = pytest.importorskip("torch")
-    from latentserve.services.augment_dataset import AugmentDataset
-    from latentserve.services.client import LatentClient
+    from latentserve.client.dataset import AugmentDataset
+    from latentserve.client import LatentClient
 
     spec = {"model": "tiny-gan", "count": 150, "seed": 5, "shard_size": 8, "format": "uint8", "handles": False,
             "class_weights": {"square": 1, "triangle": 3}}
@@ -242,7 +242,7 @@ def test_dataset_with_two_workers_yields_every_image_once(serve_app):
 def test_async_client_streams_the_same_chunks(serve_app):
     import asyncio
 
-    from latentserve.services.client import AsyncLatentClient, LatentClient
+    from latentserve.client import AsyncLatentClient, LatentClient
 
     spec = {"model": "tiny-gan", "count": 40, "seed": 9, "shard_size": 16, "format": "uint8",
             "factors": {"brightness": {"values": [-0.2, 0.2]}}}
@@ -264,7 +264,7 @@ def test_async_client_streams_the_same_chunks(serve_app):
 def test_label_checked_images_depend_only_on_the_spec_and_their_index(serve_app, cli, tmp_path):
     """With the label check every image is the first (or most confident) of its own candidate draws, so a
     resumed subset of shards has exactly the rows of the whole job, and the CLI pins the threshold."""
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
 
     spec = {"model": "tiny-vae", "count": 40, "seed": 4, "shard_size": 16, "format": "uint8",
             "source": "latent_gmm", "class_check": 0.79}  # the tiny VAE's head: p(label) 0.74-0.82
@@ -275,7 +275,7 @@ def test_label_checked_images_depend_only_on_the_spec_and_their_index(serve_app,
     assert all(c.class_confidence is not None and len(c.class_confidence) == len(c.labels) for c in whole)
     assert all(u.class_confidence is None for u in unchecked)
     conf = np.concatenate([c.class_confidence for c in whole])
-    from latentserve.services.augment_dataset import AugmentDataset  # training loops see it too
+    from latentserve.client.dataset import AugmentDataset  # training loops see it too
 
     items = sorted(AugmentDataset(serve_app.target, spec, with_info=True, transform=lambda x: x),
                    key=lambda item: item[2]["index"])
@@ -318,7 +318,7 @@ def test_invalid_specs_fail_before_any_work(cli, tmp_path, changes, message):
 
 def test_the_server_checks_specs_too(serve_app):
     from latentserve.errors import ValidationError
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
 
     with LatentClient(serve_app.target) as client:  # local parsing passes; the model checks are the server's
         with pytest.raises(ValidationError, match=r"^INVALID_ARGUMENT: spec.factors.hue: unknown factor"):

@@ -66,7 +66,7 @@ def test_sample_writes_grid_and_latents(samples, cli, tmp_path):
 
 def test_encode_then_decode(cli, samples, tmp_path):
     d = samples
-    from latentserve.services.client import save_png
+    from latentserve.client import save_png
 
     z_images = np.asarray(Image.open(d / "grid.png"))[2:2 + H, 2:2 + W]  # first cell of the grid
     save_png(z_images, str(tmp_path / "one.png"))
@@ -160,7 +160,7 @@ def test_console_script_exit_code_and_one_line(serve_app, tmp_path):
 
 # ------------------------------------------------------------------------------ the Python clients directly
 def test_sync_client_handles_and_formats(serve_app):
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
 
     with LatentClient(serve_app.target, timeout=60) as c:
         assert c.health()
@@ -185,7 +185,7 @@ def test_sync_client_handles_and_formats(serve_app):
 def test_async_client(serve_app):
     import asyncio
 
-    from latentserve.services.client import AsyncLatentClient
+    from latentserve.client import AsyncLatentClient
 
     async def main():
         async with AsyncLatentClient(serve_app.target, timeout=60) as c:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentserve.services.local_cluster import (
+from latentserve.tools.local_cluster import (
     ClientPool,
     LocalCluster,
     RequestStream,

@@ -1,5 +1,5 @@
 """The cluster pieces that need no Ray, against real servers and processes: the client's retry policy and
-`last_server` against an in-process grpc server, process sessions and free ports (services/local_cluster.py)."""
+`last_server` against an in-process grpc server, process sessions and free ports (latentserve/tools/local_cluster.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from latentserve.errors import UnavailableError, ValidationError
-from latentserve.services import client as lc
-from latentserve.services import identity
-from latentserve.services import local_cluster as cl
+from latentserve import client as lc
+from latentserve.services.observability import identity
+from latentserve.tools import local_cluster as cl
 from latentserve.v1 import latent_pb2 as pb
 from latentserve.v1 import latent_pb2_grpc as pb_grpc
 

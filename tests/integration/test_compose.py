@@ -411,7 +411,7 @@ def test_dockerfiles():
     # the compiled gRPC transport: built (or the build fails) against grpc++ headers, its library at run time
     build_stage, runtime_stage = serve.split("\nFROM ${PYTHON_IMAGE}\n", 1)
     assert "libgrpc++-dev" in build_stage and "LATENTSERVE_REQUIRE_CXX=1 pip install" in build_stage
-    assert "latentserve.services._grpc_transport" in build_stage and "setup.py" in build_stage
+    assert "latentserve.services.frontends.grpc._grpc_transport" in build_stage and "setup.py" in build_stage
     runtime_lib = re.search(r"libgrpc\+\+(\d+\.\d+)", runtime_stage)
     assert runtime_lib, "the runtime stage must install the grpc++ library the transport links"
     dev = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libgrpc++-dev"], capture_output=True, text=True)
@@ -611,7 +611,7 @@ def test_prometheus_scrapes_each_ray_node_once(compose):
     ray_port = int(re.search(r'METRICS_PORT="\$\{RAY_METRICS_EXPORT_PORT:-(\d+)\}"', entry).group(1))
     node_port = int(re.search(r'NODE_METRICS_PORT="\$\{LATENTSERVE_METRICS_PORT:-(\d+)\}"', entry).group(1))
     assert "--metrics-export-port=\"$METRICS_PORT\"" in entry
-    assert re.search(r"latentserve\.services\.metrics_exporter \\\n\s*--ray-metrics-port \"\$METRICS_PORT\"", entry)
+    assert re.search(r"latentserve\.services\.observability\.exporter \\\n\s*--ray-metrics-port \"\$METRICS_PORT\"", entry)
     assert entry.count("start_metrics_exporter\n") == 2, "head and workers both start the node exporter"
     env = environment(compose["services"]["ray-head"])
     assert int(env["LATENTSERVE_METRICS_PORT"]) == node_port and env["LATENTSERVE_METRICS_DIR"].startswith("/")

@@ -1,4 +1,4 @@
-"""Quality gates on a real server (models/gates.py through services/ingress.py): ModelInfo carries the gates
+"""Quality gates on a real server (models/gates.py through services/core/operations.py): ModelInfo carries the gates
 and the judged knob figures; Sample, Edit and Augment refuse a knob below its gate with INVALID_ARGUMENT
 naming the knob, the figure and the judge, and accept it with allow_weak_knobs."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from latentserve.errors import ValidationError
-from latentserve.services.client import LatentClient
+from latentserve.client import LatentClient
 
 JUDGED = {"judge": "geometric", "judge_doc": "pixel geometry of the rendered shape", "default_source": "prior",
           "sources": {"prior": {"class_accuracy": {"mean": 0.98, "per_class": {"square": 1.0, "ellipse": 0.97,

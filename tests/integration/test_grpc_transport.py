@@ -1,4 +1,4 @@
-"""The native frontend's two gRPC transports (services/grpc_transport.py) behave alike: every test runs on
+"""The native frontend's two gRPC transports (services/frontends/grpc/transport.py) behave alike: every test runs on
 grpc.aio and on the compiled transport, in-process on a loopback port, driven by grpcio's sync client.
 
 Covered: unary calls with metadata in and trailing metadata out, status codes set, aborted, escaped or
@@ -16,8 +16,7 @@ import grpc
 import pytest
 
 from latentserve.errors import UnavailableError
-from latentserve.services import grpc_transport
-
+from latentserve.services.frontends.grpc import transport as grpc_transport
 SERVICE = "test.Echo"
 TRANSPORTS = ["grpcio", pytest.param("cxx", marks=pytest.mark.skipif(
     grpc_transport.compiled_transport() is None, reason="built without the compiled transport (no libgrpc++-dev)"))]

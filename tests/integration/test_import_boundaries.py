@@ -11,8 +11,8 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
 
 
 def test_plain_serving_modules_never_import_torch():
-    out = _fresh("import sys; import latentserve.services.ingress, latentserve.services.model_server, "
-                 "latentserve.services.latent_ops, latentserve.services.latent_ops_requests, latentserve.services.app; "
+    out = _fresh("import sys; import latentserve.services.core.operations, latentserve.services.core.model_server, "
+                 "latentserve.services.core.latent_ops, latentserve.services.core.latent_ops_settings, latentserve.services.app; "
                  "assert 'torch' not in sys.modules, 'torch imported'")
     assert out.returncode == 0, out.stderr
 

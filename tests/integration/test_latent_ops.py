@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from latentserve.errors import DeadlineExceededError, UnsupportedError, ValidationError
-from latentserve.services.client import AsyncLatentClient, LatentClient, build_interpolate_request
+from latentserve.client import AsyncLatentClient, LatentClient, build_interpolate_request
 
 pytestmark = pytest.mark.timeout(300)
 

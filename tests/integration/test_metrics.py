@@ -1,7 +1,7 @@
 """Metrics scraped for real: the session's Serve app -> the node exporter -> a real Prometheus server.
 
 One Prometheus (Debian's `prometheus`; scripts/test.sh installs it when absent) on a free loopback port scrapes
-a MetricsExporter (services/metrics_exporter.py) every second; the exporter serves the session app's metrics
+a MetricsExporter (services/observability/exporter.py) every second; the exporter serves the session app's metrics
 directory (every replica process records there) plus Ray's metrics export port. Through Prometheus' HTTP API
 the tests check that the request counter grew by exactly the requests sent, the error counter by exactly the
 bad ones, the result-cache hit ratio is the one the traffic implies, Ray Serve's series are there beside ours,
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from latentserve.services.local_cluster import stop_process
-from latentserve.services.metrics_exporter import MetricsExporter, ray_metrics_port
+from latentserve.tools.local_cluster import stop_process
+from latentserve.services.observability.exporter import MetricsExporter, ray_metrics_port
 from latentserve.v1 import latent_pb2 as pb
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

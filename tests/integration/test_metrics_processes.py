@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from latentserve.services.metrics_exporter import MetricsExporter, snapshot, total
+from latentserve.services.observability.exporter import MetricsExporter, snapshot, total
 
 
 def _run(code: str, directory: Path, wait: bool = True) -> subprocess.Popen:
     prelude = textwrap.dedent(f"""
         import asyncio, sys
-        from latentserve.services import metrics
+        from latentserve.services.observability import metrics
         from latentserve.services.config import ServeConfig
         metrics.setup(ServeConfig(metrics_dir={str(directory)!r}))
     """)

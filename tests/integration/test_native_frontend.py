@@ -1,4 +1,4 @@
-"""The native gRPC frontend's server without Ray (services/grpc_server.py): listening-socket detection,
+"""The native gRPC frontend's server without Ray (services/frontends/grpc/native.py): listening-socket detection,
 `NativeGrpcServer` on both transports with a stub ingress on a loopback port, and the serving process's
 niceness reset (in a child process)."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import socket
 import grpc
 import pytest
 
-from latentserve.services.grpc_server import NativeGrpcServer, listening_sockets
+from latentserve.services.frontends.grpc.native import NativeGrpcServer, listening_sockets
 from latentserve.v1 import latent_pb2 as pb
 from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
@@ -34,8 +34,7 @@ class _StubIngress:
     mapping), ListModels sleeps (to hold admission slots), Interpolate streams two frames."""
 
     def __init__(self) -> None:
-        from latentserve.services import ingress
-
+        from latentserve.services.core import operations as ingress
         self._ingress = ingress
 
     async def GetModel(self, request, context):
@@ -64,7 +63,7 @@ class _StubIngress:
 
 @pytest.fixture(params=["grpcio", "cxx"])
 def native_server(request):
-    from latentserve.services import grpc_transport
+    from latentserve.services.frontends.grpc import transport as grpc_transport
     from latentserve.services.config import load_config
 
     if request.param == "cxx" and grpc_transport.compiled_transport() is None:
@@ -125,7 +124,7 @@ def test_reset_niceness_undoes_rays_worker_niceness(tmp_path):
     import sys
 
     code = ("import os, logging; logging.basicConfig(level=logging.WARNING)\n"
-            "from latentserve.services.grpc_server import reset_niceness\n"
+            "from latentserve.services.frontends.grpc.native import reset_niceness\n"
             "ok = reset_niceness()\n"
             "print(ok, os.getpriority(os.PRIO_PROCESS, 0))\n")
     out = subprocess.run(["nice", "-n", "15", sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
-from latentserve.services.cache import image_digest
+from latentserve.services.storage.cache import image_digest
 from latentserve.services.config import load_config
-from latentserve.services.redis_store import RedisBackend, RedisLatentStore, check_redis
-from latentserve.services.store import make_handle, open_stores
+from latentserve.services.storage.redis_store import RedisBackend, RedisLatentStore, check_redis
+from latentserve.services.storage.handles import make_handle, open_stores
 from latentserve.v1 import latent_pb2 as pb
 
 _name = "latentserve_tests_redis_fixture"
@@ -289,11 +289,11 @@ def _bypasses(stats_a: dict, stats_b: dict) -> int:
 def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps, serve_app):
     import grpc
 
-    from latentserve.services.metrics_exporter import snapshot, total
+    from latentserve.services.observability.exporter import snapshot, total
     from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
     server, ((ta, mda, name_a), (tb, mdb, name_b)) = two_apps
-    metrics_dir = serve_app.config.metrics_dir  # the apps' replicas record their metrics there (services/metrics.py)
+    metrics_dir = serve_app.config.metrics_dir  # the apps' replicas record their metrics there (services/observability/metrics.py)
     z, labels, _ = latents(3, seed=7)
     lat = [pb.Latent(values=z[i].tolist(), label=int(labels[i])) for i in range(3)]
     with grpc.insecure_channel(ta) as cha, grpc.insecure_channel(tb) as chb:
@@ -362,7 +362,7 @@ def test_handle_round_trip_through_two_replicas_of_one_app(serve_app, redis_serv
     """Issue #4: a handle issued by one ingress replica of an app resolves on the other replica of the SAME
     app (Redis shared by both). The replica that answered each call is read from the `latentserve-replica`
     trailing metadata; ClientPool retries on fresh connections until the wanted replica answers."""
-    from latentserve.services.local_cluster import ClientPool, resolve, sample_issue
+    from latentserve.tools.local_cluster import ClientPool, resolve, sample_issue
 
     target, md, _ = extra_app("two-replicas", models=["tiny-gan"], colocate=True, ingress_replicas=2,
                               num_cpus=0.25, ingress_num_cpus=0.25, redis_url=redis_server.url(), **FAST_BREAKER)

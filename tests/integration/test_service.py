@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from latentserve.services.client import AsyncLatentClient, LatentClient
+from latentserve.client import AsyncLatentClient, LatentClient
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -269,8 +269,7 @@ def test_bench_harness_spreads_workers_over_connections(serve_app):
     channel), and every request on either is answered."""
     import os
 
-    from latentserve.services import bench
-
+    from latentserve.tools import bench
     port = int(serve_app.target.rsplit(":", 1)[1])
     md = (("application", serve_app.app_name),) if serve_app.frontend == "serve" else ()
 
@@ -321,8 +320,8 @@ def test_oversized_requests_are_split_into_max_batch_size_chunks(serve_app, clie
 def test_torchscript_and_onnx_backends_agree(tiny_repo):
     """The TorchScript backend (torch imported only then) gives the ONNX outputs on the same graphs."""
     from latentserve.models.repository import Repository
-    from latentserve.services.backends import open_session
-    from latentserve.services.model_server import graph_io
+    from latentserve.services.core.backends import open_session
+    from latentserve.services.core.model_server import graph_io
 
     rec = Repository(tiny_repo).load("tiny-vae")
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
-"""Augmentation specs (services/augment_spec.py): parsing and model checks with one-line messages naming the
+"""Augmentation specs (services/augment/spec.py): parsing and model checks with one-line messages naming the
 field, the pure index -> (class, factors, seed) plan, the wire round trip, and the server-side generator's
-bounded prefetch (services/augment_stream.py) with a slow consumer."""
+bounded prefetch (services/augment/stream.py) with a slow consumer."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from latentserve.errors import ValidationError
-from latentserve.services.augment_spec import (
+from latentserve.services.augment.spec import (
     AugmentPlan,
     ModelFacts,
     check_shards,
@@ -18,7 +18,7 @@ from latentserve.services.augment_spec import (
     parse_spec,
     sample_latent,
 )
-from latentserve.services.augment_stream import AugmentStats, generate
+from latentserve.services.augment.stream import AugmentStats, generate
 
 CLASSES = ("circle", "square", "triangle")
 FACTS = ModelFacts(name="m", version=3, class_names=CLASSES,
@@ -203,8 +203,8 @@ def test_shard_selection():
 
 
 def test_wire_round_trip():
-    from latentserve.services import codec
-    from latentserve.services.client import build_augment_request
+    from latentserve.services.frontends.grpc import codec
+    from latentserve.client import build_augment_request
 
     s = spec(class_counts=None, class_weights={"circle": 2.5}, factors={
         "scale": 0.4, "rotation": {"range": [0, 90]}, "hue": {"grid": [0, 1, 5]}, "x": {"values": [1, 2]}},
@@ -252,7 +252,7 @@ def test_generator_stays_a_bounded_distance_ahead_of_a_slow_consumer():
 
 
 def test_dataset_shards_cover_the_job_once_over_ranks_and_workers():
-    from latentserve.services.augment_dataset import AugmentDataset
+    from latentserve.client.dataset import AugmentDataset
 
     s = spec(count=1000, shard_size=30)  # 34 shards
     seen = []

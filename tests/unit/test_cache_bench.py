@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from latentserve.errors import ValidationError
-from latentserve.services.cache_bench import CacheBenchConfig, format_cache_table, summary
+from latentserve.tools.cache_bench import CacheBenchConfig, format_cache_table, summary
 
 
 def test_config_checks():

@@ -20,7 +20,7 @@ from latentserve.errors import (
     UnrecoverableError,
     ValidationError,
 )
-from latentserve.services import client as lc
+from latentserve import client as lc
 from latentserve.v1 import latent_pb2 as pb
 
 
@@ -414,7 +414,7 @@ def test_cli_encode_of_a_non_image_is_a_user_error(tmp_path, capsys, content, me
 
 # -------------------------------------------------------------------------------------- bench (pure parts)
 def test_bench_config_checks():
-    from latentserve.services.bench import BenchConfig
+    from latentserve.tools.bench import BenchConfig
 
     BenchConfig().validate()
     for kwargs in ({"duration": 0}, {"concurrency": ()}, {"concurrency": (0,)}, {"bulk_size": 0}, {"threads": 0},
@@ -424,7 +424,7 @@ def test_bench_config_checks():
 
 
 def test_bench_machine_busy_and_wait_quiet():
-    from latentserve.services.bench import machine_busy, wait_quiet
+    from latentserve.tools.bench import machine_busy, wait_quiet
 
     busy = machine_busy(0.2)
     assert busy is None or 0.0 <= busy <= 1.0
@@ -435,7 +435,7 @@ def test_bench_machine_busy_and_wait_quiet():
 
 
 def test_bench_drive_counts_only_the_measuring_window():
-    from latentserve.services.bench import RunStats, drive
+    from latentserve.tools.bench import RunStats, drive
 
     async def call(req, timeout=None, metadata=None):
         await asyncio.sleep(0.005)
@@ -461,7 +461,7 @@ def test_bench_drive_counts_only_the_measuring_window():
 def test_process_tree_cpu():
     import os
 
-    from latentserve.services.bench import process_tree_cpu
+    from latentserve.tools.bench import process_tree_cpu
 
     t = process_tree_cpu(os.getpid())
     if t is None:
@@ -471,7 +471,7 @@ def test_process_tree_cpu():
 
 
 def test_bench_analyse_ratios_and_checks():
-    from latentserve.services.bench import BenchConfig, RunStats, analyse, format_table
+    from latentserve.tools.bench import BenchConfig, RunStats, analyse, format_table
 
     def rs(system, mode, conc, batch, images, cpu=None):
         return RunStats(system, mode, conc, batch, requests=images // batch, images=images, seconds=1.0,
@@ -499,7 +499,7 @@ def test_kserve_messages_and_triton_onnx(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from latentserve.services.bench import kserve_messages, to_uint8_nhwc, triton_onnx, triton_requests
+    from latentserve.tools.bench import kserve_messages, to_uint8_nhwc, triton_onnx, triton_requests
 
     M = kserve_messages()
     req = M["ModelInferRequest"].FromString(triton_requests(latent_dim=4, n_classes=3, batch=2, seed=0, count=1)[0])

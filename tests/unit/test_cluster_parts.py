@@ -12,10 +12,9 @@ import pytest
 import yaml
 
 from latentserve.errors import ValidationError
-from latentserve.services import client as lc
-from latentserve.services import identity
-from latentserve.services import local_cluster as cl
-
+from latentserve import client as lc
+from latentserve.services.observability import identity
+from latentserve.tools import local_cluster as cl
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from latentserve.errors import ValidationError
-from latentserve.services import codec
+from latentserve.services.frontends.grpc import codec
 from latentserve.v1 import latent_pb2 as pb
 
 SHAPE = (3, 4, 5)  # C, H, W (non-square catches H/W swaps)
@@ -166,7 +166,7 @@ def test_model_info_to_pb_carries_gates_and_judged_knobs():
 
 
 def test_default_sample_source_is_the_gmm_for_a_vae_only():
-    from latentserve.services.ingress import default_sample_source
+    from latentserve.services.core.operations import default_sample_source
 
     assert default_sample_source("vae", has_gmm=True) == "latent_gmm"
     assert default_sample_source("vae", has_gmm=False) == "prior"

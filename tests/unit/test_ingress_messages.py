@@ -1,4 +1,4 @@
-"""What the ingress tells a caller without a server (services/ingress.py): NOT_FOUND for a model it does not
+"""What the ingress tells a caller without a server (services/core/operations.py): NOT_FOUND for a model it does not
 serve says why when the repository has it, and Encode reports a class confidence only for a trusted head."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 from latentserve.errors import NotFoundError
 from latentserve.models.repository import Repository
-from latentserve.services.ingress import class_head_trusted, not_served_error
+from latentserve.services.core.operations import class_head_trusted, not_served_error
 
 
 def _repo(tmp_path, families: dict[str, str]) -> Repository:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from latentserve.errors import UnsupportedError, ValidationError
-from latentserve.services import latent_ops as lops
-from latentserve.services import latent_ops_requests as lreq
+from latentserve.services.core import latent_ops as lops
+from latentserve.services.core import latent_ops_settings as lreq
 from latentserve.services.config import load_config
 from latentserve.v1 import latent_pb2 as pb
 

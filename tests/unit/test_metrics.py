@@ -8,8 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from latentserve.services import metrics
-
+from latentserve.services.observability import metrics
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "latentserve.json"
 

@@ -1,5 +1,5 @@
-"""The native gRPC frontend's logic without servers: the dynamic `Batcher` (services/model_server.py),
-`Admission` control (services/grpc_server.py), the uint8 conversion of decoded images (services/codec.py) and
+"""The native gRPC frontend's logic without servers: the dynamic `Batcher` (services/core/model_server.py),
+`Admission` control (services/frontends/grpc/native.py), the uint8 conversion of decoded images (services/frontends/grpc/codec.py) and
 the bench's cache-proof requests. The server itself: tests/integration/test_native_frontend.py."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from latentserve.errors import OverloadedError, ValidationError
-from latentserve.services.grpc_server import Admission
-from latentserve.services.model_server import Batcher, _Item
+from latentserve.services.frontends.grpc.native import Admission
+from latentserve.services.core.model_server import Batcher, _Item
 from latentserve.v1 import latent_pb2 as pb
 
 
@@ -195,7 +195,7 @@ def test_admission_cancelled_waiter_leaves_the_queue():
 # ------------------------------------------------------------------------------------------------ images
 def test_float_images_to_uint8_matches_the_reference_and_in_place():
     from latentserve.models.data.base import to_uint8
-    from latentserve.services.codec import float_images_to_uint8, images_to_pb
+    from latentserve.services.frontends.grpc.codec import float_images_to_uint8, images_to_pb
 
     x = np.random.default_rng(0).uniform(-1.3, 1.3, (3, 3, 4, 5)).astype(np.float32)  # (N, 3, H, W)
     ref = to_uint8(x)  # (N, H, W, 3)
@@ -210,7 +210,7 @@ def test_float_images_to_uint8_matches_the_reference_and_in_place():
 
 
 def test_bench_requests_are_unique_per_call():
-    from latentserve.services.bench import latentserve_requests
+    from latentserve.tools.bench import latentserve_requests
 
     reqs = latentserve_requests("m", None, 8, 3, 4, seed=0, count=2)
     a, b, c = (pb.DecodeRequest.FromString(reqs[i]) for i in (0, 1, 2))
@@ -220,7 +220,7 @@ def test_bench_requests_are_unique_per_call():
 
 
 def test_bench_config_checks_its_connection_count():
-    from latentserve.services.bench import BenchConfig
+    from latentserve.tools.bench import BenchConfig
 
     BenchConfig(connections=4).validate()
     for bad in (0, 65):

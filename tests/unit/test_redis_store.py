@@ -10,10 +10,10 @@ import pytest
 from redis import exceptions as rex
 
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
-from latentserve.services.cache import MemoryKV, ServingCache, pack_row, unpack_row
+from latentserve.services.storage.cache import MemoryKV, ServingCache, pack_row, unpack_row
 from latentserve.services.config import load_config
-from latentserve.services.redis_store import CircuitBreaker, RedisBackend, RedisKV, RedisLatentStore, redact_url
-from latentserve.services.store import latent_digests, make_handle
+from latentserve.services.storage.redis_store import CircuitBreaker, RedisBackend, RedisKV, RedisLatentStore, redact_url
+from latentserve.services.storage.handles import latent_digests, make_handle
 from latentserve.v1 import latent_pb2 as pb
 
 

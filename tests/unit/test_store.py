@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
-from latentserve.services.cache import MemoryKV, ServingCache
+from latentserve.services.storage.cache import MemoryKV, ServingCache
 from latentserve.services.config import load_config
-from latentserve.services.store import (InProcessLatentStore, latent_digest, latent_digests, make_handle, make_store,
+from latentserve.services.storage.handles import (InProcessLatentStore, latent_digest, latent_digests, make_handle, make_store,
                                         open_stores, pack_latent, parse_handle, unpack_latent)
 
 

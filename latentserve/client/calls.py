@@ -3,7 +3,7 @@
 Owns the client side of the gRPC contract (protos/latentserve/v1/latent.proto). Protobuf types stop here:
 methods take and return numpy arrays, PIL images, bytes and plain dataclasses.
 
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
     with LatentClient("127.0.0.1:9000") as c:
         info = c.get_model("shapes-gan")
         out = c.sample("shapes-gan", 16, class_name="ellipse", knobs={"scale": 0.8}, seed=1)
@@ -30,7 +30,7 @@ safe to repeat (handles are content-addressed; seeded samples are deterministic)
 before its first frame arrived. `retries=0` turns this off.
 
 Which server answered: `client.last_server` is the `ServerInfo(node, replica)` (Ray node id and Serve
-replica id, services/identity.py) from the trailing metadata of the last call that finished (None when the
+replica id, services/observability/identity.py) from the trailing metadata of the last call that finished (None when the
 server sent none), for debugging placement behind a load balancer.
 
 Errors: every grpc.RpcError is re-raised as the latentserve.errors class of its status code (INVALID_ARGUMENT,
@@ -65,7 +65,7 @@ from latentserve.errors import (
     ValidationError,
 )
 from latentserve.models.class_check import requested_threshold
-from latentserve.services.identity import ServerInfo, server_info
+from latentserve.services.observability.identity import ServerInfo, server_info
 from latentserve.v1 import latent_pb2 as pb
 from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
@@ -716,10 +716,10 @@ def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: st
 # ----------------------------------------------------------------------------------- response parsers
 def build_augment_request(spec: Any, shards: Sequence[int] | None = None,
                           allow_weak_knobs: bool = False) -> pb.AugmentRequest:
-    """An AugmentSpec (services/augment_spec.py) or its dict form + shard indices (None = all) -> request.
+    """An AugmentSpec (services/augment/spec.py) or its dict form + shard indices (None = all) -> request.
     The spec is parsed (so every local check runs) before anything is sent. `allow_weak_knobs`: use factor
     knobs below their quality gate (a permission, not part of the spec)."""
-    from latentserve.services.augment_spec import AugmentSpec, parse_spec
+    from latentserve.services.augment.spec import AugmentSpec, parse_spec
 
     if not isinstance(spec, AugmentSpec):
         spec = parse_spec(spec)

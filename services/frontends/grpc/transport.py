@@ -1,6 +1,6 @@
-"""The native frontend's gRPC transport: grpc.aio, or the compiled transport (services/cxx/grpc_transport.cc).
+"""The native frontend's gRPC transport: grpc.aio, or the compiled transport (services/frontends/grpc/cxx/grpc_transport.cc).
 
-`make_server(transport, options)` returns a server that the native frontend (services/grpc_server.py) fills
+`make_server(transport, options)` returns a server that the native frontend (services/frontends/grpc/native.py) fills
 like a grpc.aio server: generated `add_*Servicer_to_server` functions register their handlers, and
 `listen(server, addresses)` binds and starts either kind. With the compiled transport (`CompiledServer`) a grpc++
 server moves the calls' bytes and hands them to this process's event loop in bursts (one eventfd wake-up and
@@ -33,7 +33,7 @@ _EOF = object()  # end of a client stream
 def _load() -> tuple[Any, str]:
     """(the extension module, "") or (None, why it does not import: not built, or e.g. grpc++'s library missing)."""
     try:
-        from latentserve.services import _grpc_transport
+        from latentserve.services.frontends.grpc import _grpc_transport
     except ImportError as exc:
         return None, str(exc)
     return _grpc_transport, ""

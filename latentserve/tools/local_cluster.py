@@ -25,7 +25,7 @@ authentication stays on, set up as in docker-compose.yml: a fresh random token i
 the ports, the bind address (127.0.0.1) and the replica count changed, plus `max_replicas_per_node: 1` for
 the ingress deployment so that its replicas land on different nodes. With the native frontend every node's
 replica binds the same gRPC port (SO_REUSEPORT); the kernel spreads connections over the nodes and
-`ClientPool` tells them apart by the `latentserve-node` trailing metadata (services/identity.py).
+`ClientPool` tells them apart by the `latentserve-node` trailing metadata (services/observability/identity.py).
 """
 from __future__ import annotations
 
@@ -414,7 +414,7 @@ def serve_config_for(base: Mapping[str, Any], repository: str, grpc_port: int, h
 def deploy_files(config: str | None = None) -> tuple[Path, Path]:
     """(Serve config, deploy/serve_deploy.py) of this source tree; `config` replaces the first. Both live in
     the repository's deploy/ folder, which a source checkout (`pip install -e .`) has and a wheel does not."""
-    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    deploy = Path(__file__).resolve().parents[2] / "deploy"
     script = deploy / "serve_deploy.py"
     if not script.is_file():
         raise ValidationError(f"{script} not found: the cluster demo needs the deploy/ folder of a latentserve "
@@ -487,7 +487,7 @@ class ClientPool:
 
     def new_client(self):
         """Open one more client (its own connection) and add it to the pool."""
-        from latentserve.services.client import LatentClient
+        from latentserve.client import LatentClient
 
         client = LatentClient(self.target, token=self.token, timeout=self.timeout, app_name=self.app_name,
                               options=[("grpc.use_local_subchannel_pool", 1)])

@@ -29,7 +29,7 @@ then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()` 
 and rows each batch had.
 
 Gradient latent ops (geodesic paths, guided sampling, encode refinement): `latent_op(job)` hands the job to the
-runner's LatentOpsEngine (services/latent_ops.py), created with its torch import on the first such job (or
+runner's LatentOpsEngine (services/core/latent_ops.py), created with its torch import on the first such job (or
 at start with `latent_ops_preload`), so runners that never see one never import torch.
 """
 from __future__ import annotations
@@ -48,9 +48,9 @@ import numpy as np
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
 from latentserve.models.manifest import GRAPH_INPUTS, GRAPH_OUTPUTS
 from latentserve.models.repository import ModelRecord, Repository
-from latentserve.services import metrics
-from latentserve.services.backends import Session, open_session
-from latentserve.services.codec import DECODE_OUTPUTS, float_images_to_uint8
+from latentserve.services.observability import metrics
+from latentserve.services.core.backends import Session, open_session
+from latentserve.services.frontends.grpc.codec import DECODE_OUTPUTS, float_images_to_uint8
 from latentserve.services.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -319,7 +319,7 @@ class ModelRunner:
         self._decode_batcher = Batcher(self._decode_batch, name=f"{name}-decode", on_wait=wait("decode"), **kw)
         # Fail fast at start: a broken default version must not deploy.
         self._install(self._open(self.default_version))
-        # Gradient latent ops (services/latent_ops.py): created on the first op so torch stays unimported.
+        # Gradient latent ops (services/core/latent_ops.py): created on the first op so torch stays unimported.
         self._latent_ops: Any = None
         if config.latent_ops_preload and config.latent_ops:
             self.latent_ops_engine().load(self.default_version)
@@ -391,13 +391,13 @@ class ModelRunner:
         """This model's LatentOpsEngine (created, and torch imported, on first use; UnsupportedError naming the
         extra to install when the server cannot run gradient ops)."""
         if self._latent_ops is None:
-            from latentserve.services.latent_ops import LatentOpsEngine
+            from latentserve.services.core.latent_ops import LatentOpsEngine
 
             self._latent_ops = LatentOpsEngine(self.config, self.name, self.device)
         return self._latent_ops
 
     async def latent_op(self, job: Any) -> Any:
-        """Run a gradient latent-op job (services/latent_ops.py) for this model, batched with concurrent ones."""
+        """Run a gradient latent-op job (services/core/latent_ops.py) for this model, batched with concurrent ones."""
         if job.version == 0:
             job.version = self.default_version
         return await self.latent_ops_engine().run(job)

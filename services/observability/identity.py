@@ -34,7 +34,7 @@ def replica_identity() -> tuple[tuple[str, str], ...]:
     """The trailing metadata naming the current Ray Serve replica and its node; () outside a Serve replica.
 
     Call it in the replica process (a Ray actor): the native frontend's serving process is a plain child
-    process, so its replica computes this and hands it over (services/grpc_server.py)."""
+    process, so its replica computes this and hands it over (services/frontends/grpc/native.py)."""
     try:
         import ray
 

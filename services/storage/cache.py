@@ -9,7 +9,7 @@
   one lookup point also covers image refs of Edit and Interpolate. Anything that changes the encoder's
   output for the same pixels must go into `options`.
 - Result cache: (model, version, output format, latent digest) -> the serialized `latentserve.v1.Image`. The
-  digest is the handle digest (services/store.py: sha256 of latent + label), so Decode by handle is served
+  digest is the handle digest (services/storage/handles.py: sha256 of latent + label), so Decode by handle is served
   without fetching the latent; deterministic Sample (seed != 0) and Edit compute their latents (cheap) and
   are served from the same entries. Random Sample (seed 0) never touches the cache.
 
@@ -19,12 +19,12 @@ Keys carry the model name and version, so a new version never serves an entry of
 Backends (`KV`): `MemoryKV` (default: a byte-bounded LRU in the ingress process; single-process only, every
 replica has its own) and `services.redis_store.RedisKV` (shared; one MGET per batch, writes pipelined in
 the background). Entries above `max_entry_bytes` are not cached. When Redis is down or slow the lookup is
-bypassed (the request computes everything) and counted; see services/redis_store.py for the circuit breaker.
+bypassed (the request computes everything) and counted; see services/storage/redis_store.py for the circuit breaker.
 
 Counters (`stats()`), per cache, counted per image: hits, misses, bypasses (lookup skipped or failed), errors
 (failed Redis calls), writes, write_drops (not written: Redis unavailable, too many pending writes), too_large.
 The same increments go to the Prometheus counters `latentserve_cache_<counter>_total{cache, model}`
-(services/metrics.py), so hit ratios and bypasses are visible per model on the node's /metrics.
+(services/observability/metrics.py), so hit ratios and bypasses are visible per model on the node's /metrics.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from typing import Awaitable, Callable, Sequence
 import numpy as np
 
 from latentserve.errors import ValidationError
-from latentserve.services import metrics
-from latentserve.services.store import latent_digests
+from latentserve.services.observability import metrics
+from latentserve.services.storage.handles import latent_digests
 from latentserve.v1 import latent_pb2 as pb
 
 logger = logging.getLogger("ray.serve")

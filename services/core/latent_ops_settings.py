@@ -1,11 +1,11 @@
 """Ingress side of the gradient-based latent ops: request options -> checked jobs, results -> reply fields.
 
-Called by the LatentIngress handlers (services/ingress.py) for Interpolate(method=GEODESIC),
+Called by the LatentIngress handlers (services/core/operations.py) for Interpolate(method=GEODESIC),
 Sample(source=GUIDED) and Encode(refine_steps > 0). Every option is checked here, so a bad request fails with
 INVALID_ARGUMENT before any model work: 0 / unset means the server default (ServeConfig), step counts are
 capped by `max_geodesic_iterations` / `max_guidance_steps` / `max_refine_steps`, float options by the
-bounds in services/latent_ops.py. The jobs (plain dataclasses + numpy) run on the model's engine
-(services/latent_ops.py), in-process or behind a model-server handle.
+bounds in services/core/latent_ops.py. The jobs (plain dataclasses + numpy) run on the model's engine
+(services/core/latent_ops.py), in-process or behind a model-server handle.
 
 Guided sampling semantics: chains start from `guidance.start` (PRIOR default, or LATENT_GMM) at the request's
 temperature, after the request's knobs; a factor target that also has a linear knob first moves the start
@@ -21,7 +21,7 @@ import numpy as np
 
 from latentserve.errors import UnsupportedError, ValidationError
 from latentserve.models.latent import lerp, slerp
-from latentserve.services import latent_ops as lops
+from latentserve.services.core import latent_ops as lops
 from latentserve.services.config import ServeConfig
 
 
@@ -76,8 +76,7 @@ def _number(value: float, default: float, hi: float, where: str, allow_off: bool
 # ------------------------------------------------------------------------------------------- geodesic
 def geodesic_settings(config: ServeConfig, options: Any) -> dict:
     """GeodesicOptions -> checked {iterations, learning_rate, space, init}."""
-    from latentserve.services import codec
-
+    from latentserve.services.frontends.grpc import codec
     iterations = _count(options.iterations, config.geodesic_iterations, config.max_geodesic_iterations,
                         "geodesic.iterations", "max_geodesic_iterations")
     lr = _number(options.learning_rate, config.geodesic_learning_rate, lops.MAX_LEARNING_RATE,

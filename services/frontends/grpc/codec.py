@@ -335,9 +335,9 @@ AUGMENT_WIRE_FORMATS = {v: k for k, v in AUGMENT_FORMATS.items()}
 
 
 def augment_spec_from_pb(msg: "pb.AugmentSpec") -> Any:
-    """AugmentSpec proto -> the checked plain spec (services/augment_spec.py parses it: one set of checks
+    """AugmentSpec proto -> the checked plain spec (services/augment/spec.py parses it: one set of checks
     and messages for YAML specs and the wire)."""
-    from latentserve.services.augment_spec import parse_spec
+    from latentserve.services.augment.spec import parse_spec
 
     factors: dict[str, Any] = {}
     for i, f in enumerate(msg.factors):

@@ -5,7 +5,7 @@ per node** (`ServeConfig.metrics_dir`). Every process that handles requests (the
 processes, the serve frontend's ingress and model-server replicas) calls `setup(config)`, after which each
 metric update is a write into that process's memory-mapped file in the directory
 (`counter_<pid>.db`, `histogram_<pid>.db`, `gauge_live*_<pid>.db`). The node's exporter
-(services/metrics_exporter.py: inside `latentserve serve`, or `python -m latentserve.services.metrics_exporter`
+(services/observability/exporter.py: inside `latentserve serve`, or `python -m latentserve.services.observability.exporter`
 next to `ray start` on every compose node) sums all files of the directory at scrape time and serves the
 result together with Ray's own metrics (Ray's metrics export port: `ray_serve_*`, `ray_node_*`, ...) on one
 `/metrics` endpoint. Why this and not the alternatives:
@@ -106,7 +106,7 @@ _CACHE_HELP = {
     "write_drops": "Cache writes dropped (Redis unavailable, too many writes pending)",
     "too_large": "Entries not cached because they exceed cache_max_entry_bytes",
 }
-# Series the exporter itself adds to every scrape (services/metrics_exporter.py).
+# Series the exporter itself adds to every scrape (services/observability/exporter.py).
 EXPORTER_GAUGES = {PREFIX + "ray_metrics_up": "1 when Ray's metrics export port answered this scrape"}
 
 
@@ -314,7 +314,7 @@ def queue_wait(model: str, method: str, seconds: float) -> None:
 
 # ---------------------------------------------------------------------------------------------- caches, Redis
 def cache(cache_name: str, model: str, deltas: dict[str, int]) -> None:
-    """Cache counter increments (services/cache.py ServingCache._add); negative deltas (a scheduled write that
+    """Cache counter increments (services/storage/cache.py ServingCache._add); negative deltas (a scheduled write that
     was then dropped) are not counters: they show as write_drops instead."""
     m = _metrics
     if m is None:

@@ -1,6 +1,6 @@
 """Server side of the Augment RPC: a job's images generated batch by batch, only as fast as they are sent.
 
-The ingress handler (services/ingress.py `Augment`) checks the request (services/augment_spec.py) and
+The ingress handler (services/core/operations.py `Augment`) checks the request (services/augment/spec.py) and
 iterates `generate(...)`, turning each `GeneratedBatch` into a protobuf message. Generation runs in a
 producer task ahead of the sender: it computes the batch's latents (one image at a time, off the
 event loop: `augment_spec.sample_latent`), decodes them through the model's batcher (so concurrent jobs and
@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import numpy as np
 
-from latentserve.services.augment_spec import AugmentPlan, AugmentSpec, sample_latent
+from latentserve.services.augment.spec import AugmentPlan, AugmentSpec, sample_latent
 
 AUGMENT_PREFETCH = 2  # finished batches waiting to be sent, per stream
 # Batches being made at once per stream: two full batches run side by side in the model's batcher (it runs a
@@ -72,7 +72,7 @@ def latents_for(space: Any, spec: AugmentSpec, labels: np.ndarray, seeds: np.nda
 
 
 # check(draw, labels) -> (latents (n, D), rendered images, confidence (n,)): a label check of one batch, where
-# draw(rows, attempt) gives the latents of those rows' attempt-th candidates (services/ingress.py runs it)
+# draw(rows, attempt) gives the latents of those rows' attempt-th candidates (services/core/operations.py runs it)
 Check = Callable[[Callable[[np.ndarray, int], np.ndarray], np.ndarray], Awaitable[tuple[np.ndarray, list, np.ndarray]]]
 
 

@@ -15,7 +15,7 @@
 
 Resumption: running the same spec again with the same DIR skips the committed shards and asks the server for
 the others only; images of a half-written shard are written again with the same bytes (image i depends only
-on (spec, i): services/augment_spec.py). Every file appears under its final name by an atomic rename, so an
+on (spec, i): services/augment/spec.py). Every file appears under its final name by an atomic rename, so an
 interruption at any point (Ctrl-C, SIGKILL, a server restart) leaves no partial file and no duplicate; the
 finished DIR is byte-identical to an uninterrupted run's. Mid-stream, UNAVAILABLE / RESOURCE_EXHAUSTED /
 DEADLINE_EXCEEDED (a server restarting, a replica draining, overload, a server-side request_timeout_s) make
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentserve.errors import DeadlineExceededError, OverloadedError, UnavailableError, ValidationError
-from latentserve.services.augment_spec import AugmentSpec, ModelFacts, check_spec
+from latentserve.services.augment.spec import AugmentSpec, ModelFacts, check_spec
 
 MANIFEST = "augment.json"
 LABELS = "labels.csv"

@@ -1,7 +1,7 @@
 """The native gRPC frontend (`grpc_frontend="native"`): each LatentIngress replica serves gRPC itself.
 
 Owns the server side of the transport in that mode; the RPC handlers themselves are the LatentIngress methods
-(services/ingress.py), the same code Ray Serve's gRPC proxy calls in the "serve" mode, and every status code
+(services/core/operations.py), the same code Ray Serve's gRPC proxy calls in the "serve" mode, and every status code
 still comes from `ingress.status_for`. Pieces:
 
 - `NativeReplica`: the Serve deployment body. It starts and supervises the replica's *serving process*
@@ -14,10 +14,10 @@ still comes from `ingress.status_for`. Pieces:
   throughput); the child also keeps Ray's threads off the serving GIL. The child exits when its replica's
   control channel closes, so it never outlives the replica.
   The replica hands the child its identity (Ray node id, Serve replica id), which the handlers return as
-  trailing metadata (services/identity.py): the child is no Ray actor and cannot look it up.
+  trailing metadata (services/observability/identity.py): the child is no Ray actor and cannot look it up.
 - `NativeGrpcServer`: a gRPC server on its own thread and event loop (uvloop when installed: measured
   ~10-25% less CPU per single-image request than the stdlib loop). Its transport (`grpc_transport`,
-  services/grpc_transport.py) is the compiled grpc++ one when installed, else grpc.aio: the same handlers run
+  services/frontends/grpc/transport.py) is the compiled grpc++ one when installed, else grpc.aio: the same handlers run
   on the loop either way. Bound to `host:grpc_port` with
   SO_REUSEPORT (grpc's default on Linux, set explicitly here): every replica on a node binds the same port and
   the kernel spreads new connections over them; a second, private port on 127.0.0.1 lets the health check
@@ -26,8 +26,8 @@ still comes from `ingress.status_for`. Pieces:
 - `Admission` in place of Serve's queues: at most `max_ongoing_requests` RPCs run per replica, up to
   `max_queued_requests` more wait (-1 = unbounded), the rest get RESOURCE_EXHAUSTED; `request_timeout_s`
   caps each call (DEADLINE_EXCEEDED); a client deadline or cancel cancels the handler task, which drops its
-  work still waiting in a batch queue (services/model_server.py).
-- metrics (services/metrics.py): the servicer's wrappers own each call's metrics record, so calls refused by
+  work still waiting in a batch queue (services/core/model_server.py).
+- metrics (services/observability/metrics.py): the servicer's wrappers own each call's metrics record, so calls refused by
   admission or cut by `request_timeout_s` are counted with their status code like every other call; the
   serving process records into `metrics_dir`, which the node's exporter reads (no port per replica).
 - connection ageing (`max_connection_age_s`): grpc closes every client connection gracefully after that
@@ -59,7 +59,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import grpc
 
 from latentserve.errors import OverloadedError, UnavailableError
-from latentserve.services import metrics
+from latentserve.services.observability import metrics
 from latentserve.services.config import ServeConfig
 
 logger = logging.getLogger("ray.serve")
@@ -68,7 +68,7 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 1),  # replicas on one node share grpc_port (Linux default; explicit on purpose)
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    # clients keep idle channels open with 60 s keepalive pings (services/client.py CHANNEL_OPTIONS)
+    # clients keep idle channels open with 60 s keepalive pings (latentserve/client/ CHANNEL_OPTIONS)
     ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
 )
@@ -146,8 +146,7 @@ class LatentServicer:
     by the ingress's own method of the same name (no second copy of any handler)."""
 
     def __init__(self, ingress: Any, admission: Admission, timeout_s: float) -> None:
-        from latentserve.services import ingress as ingress_mod
-
+        from latentserve.services.core import operations as ingress_mod
         self._ingress = ingress
         self._admission = admission
         self._timeout = float(timeout_s) or None
@@ -336,7 +335,7 @@ class NativeGrpcServer:
         self._stop_lock = threading.Lock()
         self._stopped = False
         self._probe_channel: grpc.Channel | None = None
-        self.transport = ""  # "cxx" or "grpcio" once started (services/grpc_transport.py)
+        self.transport = ""  # "cxx" or "grpcio" once started (services/frontends/grpc/transport.py)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def start(self, timeout_s: float = 60.0) -> None:
@@ -375,8 +374,8 @@ class NativeGrpcServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-        from latentserve.services import grpc_transport
-        from latentserve.services.ingress import SERVICE_NAME
+        from latentserve.services.frontends.grpc import transport as grpc_transport
+        from latentserve.services.core.operations import SERVICE_NAME
         from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
         self._done = asyncio.Event()
@@ -600,7 +599,7 @@ class ServingProcess:
                  identity: tuple[tuple[str, str], ...] = ()) -> None:
         self.config = config
         self.models = dict(models)
-        self.identity = tuple(identity)  # trailing metadata naming the replica (services/identity.py)
+        self.identity = tuple(identity)  # trailing metadata naming the replica (services/observability/identity.py)
         self.proc: Any = None
         self.port = config.grpc_port
         self.private_port = 0
@@ -620,7 +619,7 @@ class ServingProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "latentserve.services.grpc_server", "--control-fd", str(theirs.fileno())],
+                [sys.executable, "-m", "latentserve.services.frontends.grpc.native", "--control-fd", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), env=env, close_fds=True)
         finally:
             theirs.close()
@@ -718,7 +717,7 @@ def reset_niceness(target: int = 0) -> bool:
 
 
 def serving_process_main(argv: list[str] | None = None) -> int:
-    """Entry point of a serving process (`python -m latentserve.services.grpc_server --control-fd N`):
+    """Entry point of a serving process (`python -m latentserve.services.frontends.grpc.native --control-fd N`):
     receive {config, models}, build the LatentIngress (which loads the models and starts the gRPC server),
     report the ports, then serve control commands until "stop" or until the supervisor goes away."""
     import argparse
@@ -736,7 +735,7 @@ def serving_process_main(argv: list[str] | None = None) -> int:
     if spec["config"].get("reset_serving_niceness", True):  # the config travels as ServeConfig.to_dict()
         reset_niceness()  # before any thread starts: threads inherit the value of the thread that starts them
     try:
-        from latentserve.services.ingress import LatentIngress
+        from latentserve.services.core.operations import LatentIngress
 
         ingress = LatentIngress(spec["config"], spec["models"], None, identity=spec.get("identity", ()))
     except BaseException as exc:  # noqa: BLE001 - reported to the replica, which fails its start
@@ -786,7 +785,7 @@ class NativeReplica:
             self._replacement = serve_replacement_state(ctx.app_name, ctx.deployment)
         except Exception:  # noqa: BLE001 - outside a Serve replica (tools, tests): no rollouts to wait for
             pass
-        from latentserve.services.identity import replica_identity
+        from latentserve.services.observability.identity import replica_identity
 
         self.process = ServingProcess(self.config, models, identity=replica_identity())
         self.process.start()
@@ -805,13 +804,13 @@ class NativeReplica:
     def __del__(self) -> None:
         process = getattr(self, "process", None)
         if process is not None:
-            from latentserve.services.ingress import LatentIngress
+            from latentserve.services.core.operations import LatentIngress
 
             process.stop(LatentIngress.NATIVE_GRACE_S, self._replacement)
 
 
 if __name__ == "__main__":
-    # run the canonical module's copy (the ingress imports latentserve.services.grpc_server, not __main__)
-    from latentserve.services.grpc_server import serving_process_main as _main
+    # run the canonical module's copy (the ingress imports latentserve.services.frontends.grpc.native, not __main__)
+    from latentserve.services.frontends.grpc.native import serving_process_main as _main
 
     raise SystemExit(_main())

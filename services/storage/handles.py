@@ -4,13 +4,13 @@ function that builds the configured handle store and serving caches (`open_store
 A handle is `"<model>:<version>:<hex>"` where `<hex>` is the first 32 hex digits of sha256(latent float32
 little-endian bytes + label int64 little-endian bytes) (`latent_digest`), so the same latent of the same model
 version always gets the same handle and a handle can never point at different content. The same digest keys
-the result cache (services/cache.py), so a Decode by handle can be answered from the cache without fetching
+the result cache (services/storage/cache.py), so a Decode by handle can be answered from the cache without fetching
 the latent.
 
 Stores (`LatentStore`):
 - `InProcessLatentStore`: a bounded LRU (+ TTL) in the ingress process. The default without Redis; handles
   are lost on restart and NOT shared between replicas or processes (single-process deployments only).
-- `RedisLatentStore` (services/redis_store.py): shared by every replica and node, survives restarts of the
+- `RedisLatentStore` (services/storage/redis_store.py): shared by every replica and node, survives restarts of the
   service (and of Redis with AOF); selected by `ServeConfig.redis_url` (LATENTSERVE_REDIS_URL).
 
 The ingress uses the async methods (`aput_many` / `aget_many`): a network store must not block the event loop.
@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
-from latentserve.services import metrics
-
+from latentserve.services.observability import metrics
 if TYPE_CHECKING:  # imported lazily at run time: the store module stays free of config/redis imports
-    from latentserve.services.cache import ServingCache
+    from latentserve.services.storage.cache import ServingCache
     from latentserve.services.config import ServeConfig
 
 DIGEST_HEX = 32  # 128 bits of sha256: collisions are not a practical concern for a cache
@@ -242,10 +241,10 @@ def open_stores(config: "ServeConfig", check: bool = True) -> tuple[LatentStore,
     when that is empty. `check=True` (the ingress constructor) connects once to each Redis: a wrong password
     or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
     service must come up and serve (caches bypassed, handles UNAVAILABLE) until Redis is back."""
-    from latentserve.services.cache import MemoryKV, ServingCache
+    from latentserve.services.storage.cache import MemoryKV, ServingCache
 
     if config.redis_url:
-        from latentserve.services.redis_store import RedisBackend, RedisLatentStore
+        from latentserve.services.storage.redis_store import RedisBackend, RedisLatentStore
 
         backend = RedisBackend(config.redis_url, role="handles", timeout_s=config.redis_handle_timeout_s,
                                backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
@@ -259,7 +258,7 @@ def open_stores(config: "ServeConfig", check: bool = True) -> tuple[LatentStore,
     cache_url = config.redis_cache_url or config.redis_url
     enabled = config.encode_cache or config.result_cache
     if cache_url and enabled:
-        from latentserve.services.redis_store import RedisBackend, RedisKV
+        from latentserve.services.storage.redis_store import RedisBackend, RedisKV
 
         cache_backend = RedisBackend(cache_url, role="cache", timeout_s=config.redis_timeout_s,
                                      backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)

@@ -47,7 +47,7 @@ import numpy as np
 
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REPO = REPO_ROOT / "models" / "repository"
 TARGETS = {"bulk_vs_raw": 0.85, "single32_vs_raw": 0.3, "vs_triton": 1.3}
 
@@ -348,7 +348,7 @@ def run_raw(sess, latent_dim: int, n_classes: int, batch: int, duration: float, 
 def latentserve_requests(model: str, version: int | None, latent_dim: int, n_classes: int, batch: int, seed: int,
                          count: int = 16) -> UniqueRequests:
     from latentserve.v1 import latent_pb2 as pb
-    from latentserve.services.client import latents_to_protos
+    from latentserve.client import latents_to_protos
 
     rng = np.random.default_rng(seed)
     out = []
@@ -363,7 +363,7 @@ def latentserve_requests(model: str, version: int | None, latent_dim: int, n_cla
 
 def latentserve_parser(expect: int, image_hw: tuple[int, int]) -> Callable[[bytes], int]:
     from latentserve.v1 import latent_pb2 as pb
-    from latentserve.services.client import images_from_protos
+    from latentserve.client import images_from_protos
 
     def parse(data: bytes) -> int:
         images = images_from_protos(pb.DecodeResponse.FromString(data).images, "uint8")  # (N, H, W, 3)
@@ -659,7 +659,7 @@ def open_channels(target: str, connections: int) -> list:
     channel: without one, channels to the same target share a connection)."""
     import grpc
 
-    from latentserve.services.client import CHANNEL_OPTIONS
+    from latentserve.client import CHANNEL_OPTIONS
 
     options = list(CHANNEL_OPTIONS) + ([("grpc.use_local_subchannel_pool", 1)] if connections > 1 else [])
     return [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
@@ -771,7 +771,7 @@ def run_bench(cfg: BenchConfig) -> dict:
         if not target:
             raise ValidationError("give --target HOST:PORT of a running latentserve server, or --start")
 
-        from latentserve.services.client import LatentClient
+        from latentserve.client import LatentClient
 
         client = LatentClient(target, token=cfg.token, app_name=cfg.app_name, timeout=30)
         _log(f"waiting for latentserve at {target} ...")

@@ -2,13 +2,13 @@
 for training loops that consume synthetic data directly (torch optional: without it the class is a plain
 iterable with the same behaviour).
 
-    from latentserve.services.augment_dataset import AugmentDataset
+    from latentserve.client.dataset import AugmentDataset
     ds = AugmentDataset("127.0.0.1:9000", {"model": "shapes-gan", "count": 10000, "seed": 7,
                                             "format": "float32", "handles": False})
     loader = torch.utils.data.DataLoader(ds, batch_size=128, num_workers=2, multiprocessing_context="spawn")
     for x, y in loader: ...     # x float32 (B, 3, H, W) in [-1, 1], y int64 (B,)
 
-Worker sharding: the job's shards (services/augment_spec.py) are dealt round-robin over `world_size`
+Worker sharding: the job's shards (services/augment/spec.py) are dealt round-robin over `world_size`
 processes (`rank`: distributed training) times the DataLoader's workers, so together they see every image of
 the job exactly once; each worker opens its own gRPC channel inside the worker process (use the "spawn"
 start method, or "forkserver": a gRPC channel must not be inherited through fork). Bounded prefetch: a
@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from latentserve.errors import DeadlineExceededError, OverloadedError, UnavailableError
-from latentserve.services.augment_spec import AugmentSpec, parse_spec
+from latentserve.services.augment.spec import AugmentSpec, parse_spec
 
 try:  # torch is optional: the class works as a plain iterable without it
     import torch
@@ -99,7 +99,7 @@ class AugmentDataset(_Base):
     def _read(self, shards: list[int], chunks: queue.Queue, stop: threading.Event) -> None:
         """Reader thread: stream `shards` into `chunks`, reconnecting after retryable errors and skipping
         images already delivered."""
-        from latentserve.services.client import LatentClient
+        from latentserve.client import LatentClient
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -143,7 +143,7 @@ class AugmentDataset(_Base):
             put(exc)
 
     def _items(self, chunk: Any) -> Iterator[Any]:
-        from latentserve.services.client import decode_image_bytes
+        from latentserve.client import decode_image_bytes
 
         encoded = self.spec.format in ("png", "jpeg")
         for j, index in enumerate(chunk.indices):
@@ -159,7 +159,7 @@ class AugmentDataset(_Base):
                 info = {"index": index, "seed": int(chunk.seeds[j]),
                         "factors": {k: float(v[j]) for k, v in chunk.factors.items()},
                         "handle": chunk.handles[j] if chunk.handles else "",
-                        # the model's own p(label) when the label check ran (services/augment_spec.py), else None
+                        # the model's own p(label) when the label check ran (services/augment/spec.py), else None
                         "class_confidence": (None if chunk.class_confidence is None
                                              else float(chunk.class_confidence[j]))}
                 yield image, label, info

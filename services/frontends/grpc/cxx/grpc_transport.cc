@@ -1,4 +1,4 @@
-// The compiled gRPC transport of the native frontend (services/grpc_transport.py is its Python side).
+// The compiled gRPC transport of the native frontend (services/frontends/grpc/transport.py is its Python side).
 //
 // A grpc++ server with one callback *generic* service: it knows no protobuf and no method, it moves bytes.
 // Every call becomes events in one queue (new call with its first request message, further messages for
@@ -500,7 +500,7 @@ py::list Poll(Transport& t) {
 }  // namespace
 
 PYBIND11_MODULE(_grpc_transport, m) {
-  m.doc() = "latentserve's compiled gRPC transport (see services/grpc_transport.py)";
+  m.doc() = "latentserve's compiled gRPC transport (see services/frontends/grpc/transport.py)";
   m.attr("NEW") = static_cast<int>(kNew);
   m.attr("MESSAGE") = static_cast<int>(kMessage);
   m.attr("HALF_CLOSE") = static_cast<int>(kHalfClose);

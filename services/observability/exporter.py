@@ -1,14 +1,14 @@
 """One node's `/metrics` endpoint: latentserve's metrics from every process of the node, plus Ray's own.
 
 `MetricsExporter(directory, port, host, ray_metrics_port)` serves, on `http://host:port/metrics`:
-1. latentserve's series (services/metrics.py): prometheus_client's MultiProcessCollector sums the files every
+1. latentserve's series (services/observability/metrics.py): prometheus_client's MultiProcessCollector sums the files every
    replica process of this node writes into `directory` (ServeConfig.metrics_dir); files of `live*` gauges
    whose process no longer exists are pruned first, so `latentserve_replicas` counts live processes only;
 2. `latentserve_ray_metrics_up` (1 when step 3 worked);
 3. the body of Ray's metrics export port on this node (`ray_serve_*`, `ray_node_*`, ... as Ray exports
    them), appended unchanged, so one scrape job per node gets both.
 Also `/healthz` (200). Runs in `latentserve serve` (a thread of the command's process) and, on cluster nodes,
-as `python -m latentserve.services.metrics_exporter --ray-metrics-port N` next to `ray start` (the compose
+as `python -m latentserve.services.observability.exporter --ray-metrics-port N` next to `ray start` (the compose
 deployment's deploy/ray-entrypoint.sh), with the directory, port and host from ServeConfig / LATENTSERVE_*
 (metrics_dir, metrics_port, host).
 
@@ -77,7 +77,7 @@ def render(directory: str, ray_up: int | None = None) -> bytes:
     when `ray_up` is given)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 
-    from latentserve.services.metrics import EXPORTER_GAUGES
+    from latentserve.services.observability.metrics import EXPORTER_GAUGES
 
     registry = CollectorRegistry(auto_describe=False)
     if os.path.isdir(directory):
@@ -186,7 +186,7 @@ class MetricsExporter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """A cluster node's exporter: `python -m latentserve.services.metrics_exporter --ray-metrics-port 8090`
+    """A cluster node's exporter: `python -m latentserve.services.observability.exporter --ray-metrics-port 8090`
     (directory, port and host: LATENTSERVE_METRICS_DIR / _METRICS_PORT / _HOST through ServeConfig)."""
     import signal
 

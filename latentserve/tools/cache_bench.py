@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
-from latentserve.services.bench import DEFAULT_REPO, Proc, free_port, wait_until
+from latentserve.tools.bench import DEFAULT_REPO, Proc, free_port, wait_until
 
 MODES = ("redis", "memory", "off")
 TARGET_HIT_P50_MS = 2.0
@@ -164,7 +164,7 @@ def _run_mode(cfg: CacheBenchConfig, mode: str, target: str, info: Any, fmt: int
 
 def run_cache_bench(cfg: CacheBenchConfig) -> dict:
     """Every mode (or the --target); returns the report (also written to cfg.json_out)."""
-    from latentserve.services.client import LatentClient
+    from latentserve.client import LatentClient
     from latentserve.v1 import latent_pb2 as pb
 
     cfg.validate()

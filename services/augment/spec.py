@@ -2,10 +2,10 @@
 
 Used by both sides: the CLI / client check a spec before contacting the server for what they can check
 alone (`parse_spec`) and against the model's metadata from GetModel (`check_spec` with `ModelFacts`), and the
-server checks the same way before generating anything (services/augment_stream.py). Each check reports every
+server checks the same way before generating anything (services/augment/stream.py). Each check reports every
 error of the spec at once, one line each naming its field, e.g. `spec.factors.scale: 0.9 outside [0.3, 0.6]`
 (the model checks run once the spec parses). numpy only; no protobuf (the wire conversions live in
-services/client.py and services/codec.py).
+latentserve/client/ and services/frontends/grpc/codec.py).
 
 A spec (YAML / dict form, every key but `model` and `count` or `class_counts` optional):
 

@@ -2,7 +2,7 @@
 
 Owns `RedisBackend` (one Redis endpoint: redis.asyncio clients, short timeouts, a circuit breaker, the
 fail-fast check at start), `RedisLatentStore` (handles) and `RedisKV` (the encode/result caches of
-services/cache.py). Built by `services.store.open_stores(config)`; nothing else talks to Redis.
+services/storage/cache.py). Built by `services.store.open_stores(config)`; nothing else talks to Redis.
 
 Configuration (services/config.py, env LATENTSERVE_<FIELD>):
     redis_url            LATENTSERVE_REDIS_URL: handles (and the caches unless redis_cache_url is set).
@@ -71,9 +71,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnavailableError, ValidationError
-from latentserve.services import metrics
-from latentserve.services.cache import KV, CacheBypass
-from latentserve.services.store import InProcessLatentStore, LatentStore, pack_latent, unpack_latent
+from latentserve.services.observability import metrics
+from latentserve.services.storage.cache import KV, CacheBypass
+from latentserve.services.storage.handles import InProcessLatentStore, LatentStore, pack_latent, unpack_latent
 
 logger = logging.getLogger("ray.serve")
 T = TypeVar("T")

@@ -1,10 +1,10 @@
 """The gRPC ingress: LatentService (+ grpc.health.v1.Health) as a Ray Serve deployment.
 
 The methods named like the RPCs are THE handlers, whichever transport delivers the call (config
-`grpc_frontend`): "native" (default) = this replica's own grpc.aio server (services/grpc_server.py, started
+`grpc_frontend`): "native" (default) = this replica's own grpc.aio server (services/frontends/grpc/native.py, started
 in `__init__`, models in-process) calls them with a grpc.aio context; "serve" = Ray Serve's gRPC proxy (or
 direct ingress) calls them with the request message and `grpc_context`. Each method: checks the API token,
-validates and converts the request to numpy (services/codec.py), does the latent math with
+validates and converts the request to numpy (services/frontends/grpc/codec.py), does the latent math with
 models/latent.py, calls the model (a co-located ModelRunner, or a ModelServer deployment handle) and
 converts back. Errors are mapped to gRPC status codes in ONE place (`status_for`); a request can never crash
 the replica: unary RPCs answer with the status set on the context, the streaming Interpolate raises
@@ -25,7 +25,7 @@ Semantics decided here (documented for clients):
   RMS distance of consecutive decoded frames on the [-1, 1] scale, before 8-bit quantisation.
 - DEADLINE: the client's deadline cancels the call; the frontend cancels the ingress task and the model call
   it is awaiting, and a cancelled request still waiting in a batch queue is dropped before it runs.
-- Augment (services/augment_stream.py, spec semantics in services/augment_spec.py): the request is checked
+- Augment (services/augment/stream.py, spec semantics in services/augment/spec.py): the request is checked
   completely before the first image is generated; images flow at the client's pace (bounded prefetch); the
   result cache is bypassed (bulk jobs would only evict interactive results).
 - Images: 8-bit output formats (RAW_UINT8, PNG, JPEG) ask the model for uint8 images (converted once per
@@ -50,12 +50,15 @@ from latentserve.models.latent import (PCA_KNOB_PREFIX, LatentSpace, default_sam
                                        lerp, slerp)
 from latentserve.models.manifest import read_manifest
 from latentserve.models.repository import ModelRecord, Repository
-from latentserve.services import augment_spec, augment_stream, codec, metrics
-from latentserve.services import latent_ops as lops
-from latentserve.services import latent_ops_requests as lreq
+from latentserve.services.augment import spec as augment_spec
+from latentserve.services.augment import stream as augment_stream
+from latentserve.services.frontends.grpc import codec
+from latentserve.services.observability import metrics
+from latentserve.services.core import latent_ops as lops
+from latentserve.services.core import latent_ops_settings as lreq
 from latentserve.services.config import ServeConfig
-from latentserve.services.identity import replica_identity
-from latentserve.services.store import LatentStore, make_handle, open_stores, parse_handle
+from latentserve.services.observability.identity import replica_identity
+from latentserve.services.storage.handles import LatentStore, make_handle, open_stores, parse_handle
 from latentserve.v1 import latent_pb2 as pb
 
 logger = logging.getLogger("ray.serve")
@@ -119,7 +122,7 @@ def _set_status(grpc_context: Any, exc: BaseException, rpc: str) -> None:
     if grpc_context is not None:
         grpc_context.set_code(code)
         grpc_context.set_details(message[:4000])
-    metrics.note_status(code.name)  # the code of the call being recorded, if any (services/metrics.py)
+    metrics.note_status(code.name)  # the code of the call being recorded, if any (services/observability/metrics.py)
 
 
 # ------------------------------------------------------------------------------------------- model state
@@ -320,7 +323,7 @@ class LatentIngress:
     (None when co-located, always with the native frontend: the runners are created here).
 
     Serve frontend: this class is the ingress deployment. Native frontend: each replica's serving process
-    (services/grpc_server.py) holds one instance, whose `__init__` ends by starting its gRPC server on
+    (services/frontends/grpc/native.py) holds one instance, whose `__init__` ends by starting its gRPC server on
     grpc_port, and `close()` drains and stops it."""
 
     NATIVE_GRACE_S = 10.0  # native: RPCs in flight when the server stops get this long
@@ -329,12 +332,12 @@ class LatentIngress:
                  identity: tuple[tuple[str, str], ...] | None = None) -> None:
         self.config = ServeConfig(**config).validate()
         metrics.setup(self.config)  # before the stores and runners: they record into it too
-        # trailing metadata naming this replica and its Ray node (services/identity.py); the native serving
+        # trailing metadata naming this replica and its Ray node (services/observability/identity.py); the native serving
         # process is no Ray actor, so its replica passes it in
         self._identity = tuple(tuple(kv) for kv in identity) if identity is not None else replica_identity()
         self.repo = Repository(self.config.repository_path())
         self.default_versions = {name: int(v) for name, v in models.items()}
-        # Handle store + encode/result caches (services/store.py open_stores): in-process, or Redis shared by
+        # Handle store + encode/result caches (services/storage/handles.py open_stores): in-process, or Redis shared by
         # every replica; a wrong Redis password fails here, at start.
         self.store: LatentStore
         self.store, self.cache = open_stores(self.config)
@@ -350,7 +353,7 @@ class LatentIngress:
         self._native = None
         native = self.config.grpc_frontend == "native"
         if handles is None:
-            from latentserve.services.model_server import ModelRunner
+            from latentserve.services.core.model_server import ModelRunner
 
             device = "cuda" if native and self.config.num_gpus > 0 else "cpu"
             self.models = {name: _LocalModel(ModelRunner(self.config, name, v, device=device))
@@ -372,7 +375,7 @@ class LatentIngress:
 
     # -- native frontend ----------------------------------------------------------------------------------
     def _start_native(self) -> None:
-        from latentserve.services.grpc_server import NativeGrpcServer
+        from latentserve.services.frontends.grpc.native import NativeGrpcServer
 
         self._native = NativeGrpcServer(self, self.config)
         self._native.start()
@@ -484,7 +487,7 @@ class LatentIngress:
                       sample_posterior: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """images (N,3,H,W) -> (latents (N,D), labels (N,), confidence of each label (N,)).
         `labels` (N,) with -1 = predict."""
-        # Encode cache (services/cache.py): the encoder runs only for images it has not seen.
+        # Encode cache (services/storage/cache.py): the encoder runs only for images it has not seen.
         out = await self.cache.encoder_outputs(sv.name, sv.version, x, lambda xs: self.models[sv.name].encode(sv.version, xs))
         z = np.asarray(out["latent"], dtype=np.float32)
         if sample_posterior:
@@ -510,7 +513,7 @@ class LatentIngress:
                               labels: np.ndarray | None = None, handles: list[str] | None = None,
                               cacheable: bool = True) -> list:
         """Output images of latents z (N, D) + labels (N,), or of handles, through the result cache
-        (services/cache.py): only the rows it misses are fetched (handles), decoded and encoded."""
+        (services/storage/cache.py): only the rows it misses are fetched (handles), decoded and encoded."""
         async def run(rows: list[int] | None) -> list:
             if handles is not None:
                 zz, ll = await self._get_handles(sv, handles if rows is None else [handles[i] for i in rows])
@@ -579,7 +582,7 @@ class LatentIngress:
         return z, labels
 
     def _identify(self, grpc_context: Any) -> None:
-        """Name the answering replica and node in the response's trailing metadata (services/identity.py)."""
+        """Name the answering replica and node in the response's trailing metadata (services/observability/identity.py)."""
         if self._identity and grpc_context is not None:
             grpc_context.set_trailing_metadata(list(self._identity))  # Serve's context concatenates lists
 
@@ -766,7 +769,7 @@ class LatentIngress:
 
     async def _guided(self, sv: ServedVersion, request: pb.SampleRequest, settings: dict, z: np.ndarray,
                       labels: np.ndarray, grpc_context: Any) -> np.ndarray:
-        """Guided Langevin chains from the start latents z (N, D) (services/latent_ops_requests.py)."""
+        """Guided Langevin chains from the start latents z (N, D) (services/core/latent_ops_settings.py)."""
         model = self.models[sv.name]
         targets, ranges = {}, {}
         if len(request.guidance.factor_targets):

@@ -1,6 +1,6 @@
 """The serving engine of the gradient-based latent ops: geodesic paths, guided sampling, encode refinement.
 
-`LatentOpsEngine` runs on one asyncio event loop beside a model's ModelRunner (services/model_server.py
+`LatentOpsEngine` runs on one asyncio event loop beside a model's ModelRunner (services/core/model_server.py
 creates it on the first op, or at start with `latent_ops_preload`), so it lives wherever the model runs: in
 the native frontend's serving process, in a co-located ingress, or in a ModelServer deployment reached
 through a handle. The ingress builds plain job dataclasses (below, numpy only) and awaits `run(job)`.

@@ -4,6 +4,7 @@ Everything else of the package is pure Python and configured in pyproject.toml. 
 libgrpc++-dev (found with pkg-config); without it the package still installs and the native frontend serves
 over grpc.aio (`grpc_transport: auto`), unless LATENTSERVE_REQUIRE_CXX=1 asks the build to fail instead
 (scripts/test.sh, hence CI, and the Docker image set it, so a missing build step cannot hide).
+LATENTSERVE_NO_CXX=1 skips the extension (a client-only install, `pip install '.[client]'`, never serves).
 """
 import os
 import shlex
@@ -22,6 +23,8 @@ def _pkg_config(*args: str) -> list[str] | None:
 
 
 def _extensions() -> list[Extension]:
+    if os.environ.get("LATENTSERVE_NO_CXX") == "1":
+        return []
     cflags, libs = _pkg_config("--cflags"), _pkg_config("--libs")
     if cflags is None or libs is None:
         if os.environ.get("LATENTSERVE_REQUIRE_CXX") == "1":

@@ -3,16 +3,16 @@ decode figures, in one run on the same server and model.
 
 Rows (each printed with images/s, the ratio to the raw ceiling and to bulk decode, and the server's CPU ms per
 image when its pid is known):
-- raw:           in-process ONNX Runtime, batches of 64, 1 intra-op thread (services/bench.run_raw: the
+- raw:           in-process ONNX Runtime, batches of 64, 1 intra-op thread (latentserve/tools/bench.py run_raw: the
                  serving benchmark's ceiling), run before and after the server rows (the better pass counts);
 - bulk decode:   Decode requests of 64 latents, raw uint8 back, 2 in flight (the serving benchmark's bulk mode,
-                 same harness: services/bench.drive);
+                 same harness: latentserve/tools/bench.py drive);
 - augment raw:   the Augment stream alone, uint8 images, nothing written (the RPC's own rate);
 - augment disk:  `AugmentJob` (what `latentserve augment` runs): PNG files + labels.csv in a temp folder,
                  handles on (the default), progress bar off.
 The server rows run in `--rounds` interleaved rounds and the best pass of each counts (this machine is shared:
 throughput moves with other people's load, CPU per image much less).
-By default it starts a serving process (services/grpc_server.ServingProcess: what each native replica runs)
+By default it starts a serving process (services/frontends/grpc/native.py ServingProcess: what each native replica runs)
 on a free port for `--model` from `--repo`; `-t HOST:PORT [--server-pid PID]` measures a running server.
 
     python benchmarks/dev_repo.py --repo /tmp/bench-repo      # until models/repository/shapes-gan exists

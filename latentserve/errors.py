@@ -1,13 +1,14 @@
 """The one error hierarchy of latentserve, shared by the training side, the services, the client and the CLI.
 
-The gRPC ingress maps these to status codes in one place (services/core/operations.py); the CLI prints them as one
+Each frontend maps `kind` to its status codes in one place (gRPC: services/frontends/grpc/status.py, after
+services/core/failures.py has classified errors from outside this hierarchy); the CLI prints them as one
 line. Messages say what was wrong and what is allowed.
 """
 from __future__ import annotations
 
 
 class LatentServeError(Exception):
-    """Base class. `kind` names the category; the gRPC status code is derived from it at the ingress."""
+    """Base class. `kind` names the category; a frontend derives its status code from it."""
 
     kind = "unrecoverable"
 

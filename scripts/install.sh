@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs latentserve from this checkout: Debian's grpc++ headers for the compiled gRPC transport (when absent,
-# with apt), the package in editable mode with the extras given as the first argument (e.g. `train,dev`), and
-# the generated gRPC code. The README's first command, scripts/test.sh and CI all install through here.
+# with apt), the package in editable mode with the `serve` extra plus the extras given as the first argument
+# (e.g. `train,dev`), and the generated gRPC code. The README's first command, scripts/test.sh and CI all install through here.
 # Without apt (not Debian/Ubuntu) the package installs without the compiled transport and serves over
 # grpc.aio; set LATENTSERVE_REQUIRE_CXX=1 to make that an error instead (CI does).
 # The interpreter is scripts/python.sh's (`python`, else `python3`). One that refuses pip installs outside a
@@ -9,7 +9,7 @@
 # package goes there; python.sh then picks .venv for test.sh and scripts/latentserve.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="serve${1:+,$1}"  # a checkout install serves; a client-only install is `pip install .[client]`
 source scripts/python.sh
 
 # One look at the interpreter: does pip refuse to install into it (PEP 668, as pip decides it), does it lack
@@ -39,7 +39,7 @@ if [ "$managed" = 1 ]; then
   PYTHON="$(pwd)/.venv/bin/python"
 fi
 
-"$PYTHON" -m pip install -q -e ".${extras:+[$extras]}"
+"$PYTHON" -m pip install -q -e ".[$extras]"
 "$PYTHON" -m latentserve.protogen
 "$PYTHON" -c "from latentserve.services.frontends.grpc import transport as t; print('latentserve: gRPC transport', t.resolve('auto'))"
 if [ "$PYTHON" = "$(pwd)/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ]; then

@@ -9,8 +9,8 @@
 Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
 
 - "native" (default, one node and clusters): one deployment named `LatentIngress` (body
-  `grpc_server.NativeReplica`); every replica runs a serving process that holds every served model
-  (ONNX Runtime sessions, dynamic batching) in the LatentIngress handlers and its OWN grpc.aio server on
+  `frontends/grpc/native.py` `NativeReplica`); every replica runs a serving process that holds every served model
+  (ONNX Runtime sessions, dynamic batching) behind the gRPC handlers and its OWN grpc.aio server on
   `host:grpc_port` with grpc.health.v1 and reflection (services/frontends/grpc/native.py explains why a child
   process). The port is bound with SO_REUSEPORT: replicas on one node share it and the kernel spreads
   connections over them. Ray Serve still places the replicas (`ingress_num_cpus + num_cpus` CPUs and
@@ -28,7 +28,7 @@ Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
   makes the ingress replicas serve gRPC themselves through Serve's direct ingress (see `ray_env`). Use it
   when requests must reach any node through Serve's routing, or to scale models independently.
 
-The RPC handlers are the same LatentIngress methods in both frontends (services/core/operations.py).
+The RPC handlers are the same in both frontends (services/frontends/grpc/servicer.py, over services/core/).
 
 Rolling out a new model version without dropping requests: export it into the repository (a version folder
 appears atomically), then run `serve deploy deploy/serve.yaml` again. The builder re-reads the repository, so
@@ -43,22 +43,24 @@ version keep working throughout, because every replica loads any repository vers
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from latentserve.errors import NotFoundError, ValidationError
+from latentserve.models.manifest import GENERATIVE, read_manifest
+from latentserve.models.repository import Repository
 from latentserve.services.config import ServeConfig, load_config
+from latentserve.services.core.model_server import ModelServer, model_deployment_name
+from latentserve.services.frontends.grpc.native import (AUTOSCALING_METRIC, NATIVE_GRACE_S,  # noqa: F401
+                                                        NATIVE_REPLACEMENT_WAIT_S, NativeReplica)
+from latentserve.services.frontends.grpc.servicer import INGRESS_NAME
+from latentserve.services.frontends.serve_proxy import LatentIngress
 
 SERVICER_FUNCTIONS = [
     "latentserve.v1.latent_pb2_grpc.add_LatentServiceServicer_to_server",
     "grpc_health.v1.health_pb2_grpc.add_HealthServicer_to_server",
 ]
-INGRESS_NAME = "LatentIngress"
 GRACEFUL_SHUTDOWN_S = 20.0  # in-flight requests finish on a replica being replaced
-AUTOSCALING_METRIC = "grpc_requests"  # native replicas' running + queued gRPC requests (record_autoscaling_stats)
-
-
-def model_deployment_name(model: str) -> str:
-    return f"model-{model}"
 
 
 def served_models(config: ServeConfig) -> dict[str, int]:
@@ -66,9 +68,6 @@ def served_models(config: ServeConfig) -> dict[str, int]:
 
     Default: every generative model in the repository. Unknown or non-generative names are an error that
     lists what the repository has."""
-    from latentserve.models.manifest import GENERATIVE, read_manifest
-    from latentserve.models.repository import Repository
-
     repo = Repository(config.repository_path())
     names = repo.names()
     families = {}
@@ -115,9 +114,6 @@ def build_app(config: ServeConfig):
     """The Serve application for `config` (validated again here: the builder may get a hand-made config)."""
     from ray import serve
 
-    from latentserve.services.core.operations import LatentIngress
-    from latentserve.services.core.model_server import ModelServer
-
     config.validate()
     models = served_models(config)
     cfg = config.to_dict()
@@ -151,11 +147,7 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
     """One LatentIngress deployment whose replicas serve gRPC themselves, models in-process."""
     from ray import serve
 
-    from latentserve.services.frontends.grpc.native import NativeReplica
-
     if config.replicas != 1 and not config.autoscaling:
-        import logging
-
         logging.getLogger("ray.serve").warning(
             "grpc_frontend native: replicas=%d is ignored; every ingress replica holds all models, "
             "set ingress_replicas (or autoscaling) instead", config.replicas)
@@ -185,17 +177,14 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
 def native_shutdown_timeout_s(config: ServeConfig) -> float:
     """Serve's force-kill deadline for a stopping native replica: its drain (services/frontends/grpc/native.py) may
     wait for a replacement to listen, then for its connections to age out, then for calls in flight."""
-    from latentserve.services.frontends.grpc.native import NATIVE_REPLACEMENT_WAIT_S
-    from latentserve.services.core.operations import LatentIngress
-
     return (config.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.max_connection_age_s + 2.0
-            + LatentIngress.NATIVE_GRACE_S + 15.0)
+            + NATIVE_GRACE_S + 15.0)
 
 
 def native_autoscaling_policy(ctx) -> tuple[float, dict]:
     """Serve autoscaling policy for native replicas: the gRPC traffic never passes Serve's handles, so the
     built-in request counts stay 0; scale on the replicas' own running + queued gRPC requests instead
-    (`LatentIngress.record_autoscaling_stats`): desired = total / target_ongoing_requests. Serve applies
+    (`NativeReplica.record_autoscaling_stats`): desired = total / target_ongoing_requests. Serve applies
     min/max replicas, up/down-scaling delays and factors around it."""
     metrics = (ctx.aggregated_metrics or {}).get(AUTOSCALING_METRIC, {})
     if ctx.current_num_replicas == 0:

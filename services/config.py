@@ -26,8 +26,10 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from latentserve.errors import ValidationError
+from latentserve.models.repository import default_repository_path
 
 BACKENDS = ("onnxruntime", "torchscript")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
@@ -314,8 +316,6 @@ class ServeConfig:
         """The repository root as an absolute path ('' -> the bundled repository)."""
         if self.repository:
             return Path(self.repository).expanduser().resolve()
-        from latentserve.models.repository import default_repository_path
-
         return default_repository_path().resolve()
 
     def with_overrides(self, **overrides: Any) -> "ServeConfig":
@@ -348,8 +348,6 @@ class ServeConfig:
 
 def _redis_url_problem(url: Any) -> str:
     """'' when `url` is empty or a usable Redis URL, else what is wrong (never echoes the password)."""
-    from urllib.parse import urlsplit
-
     if not isinstance(url, str):
         return "must be a string"
     if not url:
@@ -373,8 +371,6 @@ def _redis_url_problem(url: Any) -> str:
 
 def _redact_url_password(url: str) -> str:
     """The URL with its password replaced by ***."""
-    from urllib.parse import urlsplit, urlunsplit
-
     try:
         parts = urlsplit(url)
         if parts.password is None:

@@ -29,6 +29,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+from latentserve.client.calls import LatentClient
+from latentserve.client.messages import decode_image_bytes
 from latentserve.errors import DeadlineExceededError, OverloadedError, UnavailableError
 from latentserve.services.augment.spec import AugmentSpec, parse_spec
 
@@ -99,7 +101,6 @@ class AugmentDataset(_Base):
     def _read(self, shards: list[int], chunks: queue.Queue, stop: threading.Event) -> None:
         """Reader thread: stream `shards` into `chunks`, reconnecting after retryable errors and skipping
         images already delivered."""
-        from latentserve.client import LatentClient
 
         def put(item: Any) -> bool:
             while not stop.is_set():
@@ -143,7 +144,6 @@ class AugmentDataset(_Base):
             put(exc)
 
     def _items(self, chunk: Any) -> Iterator[Any]:
-        from latentserve.client import decode_image_bytes
 
         encoded = self.spec.format in ("png", "jpeg")
         for j, index in enumerate(chunk.indices):

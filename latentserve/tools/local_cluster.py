@@ -413,12 +413,12 @@ def serve_config_for(base: Mapping[str, Any], repository: str, grpc_port: int, h
 
 def deploy_files(config: str | None = None) -> tuple[Path, Path]:
     """(Serve config, deploy/serve_deploy.py) of this source tree; `config` replaces the first. Both live in
-    the repository's deploy/ folder, which a source checkout (`pip install -e .`) has and a wheel does not."""
+    the repository's deploy/ folder, which a source checkout (`pip install -e '.[serve]'`) has and a wheel does not."""
     deploy = Path(__file__).resolve().parents[2] / "deploy"
     script = deploy / "serve_deploy.py"
     if not script.is_file():
         raise ValidationError(f"{script} not found: the cluster demo needs the deploy/ folder of a latentserve "
-                              f"source checkout (installed with `pip install -e .`)")
+                              f"source checkout (installed with `pip install -e '.[serve]'`)")
     path = Path(config) if config else deploy / "serve.yaml"
     if not path.is_file():
         raise ValidationError(f"Serve config {path} not found")

@@ -1,6 +1,6 @@
-"""Ingress side of the gradient-based latent ops: request options -> checked jobs, results -> reply fields.
+"""The operations' side of the gradient-based latent ops: request options -> checked jobs, results -> answers.
 
-Called by the LatentIngress handlers (services/core/operations.py) for Interpolate(method=GEODESIC),
+Called by the operations (services/core/operations.py) for Interpolate(method=GEODESIC),
 Sample(source=GUIDED) and Encode(refine_steps > 0). Every option is checked here, so a bad request fails with
 INVALID_ARGUMENT before any model work: 0 / unset means the server default (ServeConfig), step counts are
 capped by `max_geodesic_iterations` / `max_guidance_steps` / `max_refine_steps`, float options by the
@@ -14,7 +14,6 @@ along that knob (the linear estimate), then the Langevin steps correct it throug
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from latentserve.errors import UnsupportedError, ValidationError
 from latentserve.models.latent import lerp, slerp
 from latentserve.services.core import latent_ops as lops
+from latentserve.services.core.calls import check_method
 from latentserve.services.config import ServeConfig
 
 
@@ -29,23 +29,6 @@ def require_available(config: ServeConfig, what: str) -> None:
     problem = lops.availability_problem(config)
     if problem:
         raise UnsupportedError(f"{what}: {problem}")
-
-
-def deadline(grpc_context: Any, config: ServeConfig) -> float:
-    """Wall-clock time after which a job is abandoned: the gRPC deadline (when the transport exposes it) or
-    request_timeout_s, whichever comes first; 0 = none. Cancellation covers transports without it."""
-    now, ends = time.time(), []
-    remaining = getattr(grpc_context, "time_remaining", None)
-    if callable(remaining):
-        try:
-            r = remaining()
-        except Exception:  # noqa: BLE001 - a context without a deadline
-            r = None
-        if r is not None and math.isfinite(r):
-            ends.append(now + max(0.0, float(r)))
-    if config.request_timeout_s:
-        ends.append(now + config.request_timeout_s)
-    return min(ends) if ends else 0.0
 
 
 def _count(value: int, default: int, cap: int, where: str, cap_name: str) -> int:
@@ -76,7 +59,6 @@ def _number(value: float, default: float, hi: float, where: str, allow_off: bool
 # ------------------------------------------------------------------------------------------- geodesic
 def geodesic_settings(config: ServeConfig, options: Any) -> dict:
     """GeodesicOptions -> checked {iterations, learning_rate, space, init}."""
-    from latentserve.services.frontends.grpc import codec
     iterations = _count(options.iterations, config.geodesic_iterations, config.max_geodesic_iterations,
                         "geodesic.iterations", "max_geodesic_iterations")
     lr = _number(options.learning_rate, config.geodesic_learning_rate, lops.MAX_LEARNING_RATE,
@@ -84,7 +66,7 @@ def geodesic_settings(config: ServeConfig, options: Any) -> dict:
     space = options.space or "pixel"
     if space not in ("pixel", "probe"):
         raise ValidationError(f"geodesic.space: {space!r} is not one of pixel, probe")
-    init = codec.interpolation_method(options.init) if options.init else "lerp"
+    init = check_method(options.init)
     if init not in ("lerp", "slerp"):
         raise ValidationError(f"geodesic.init: {init.upper()} cannot start a path; use LERP or SLERP")
     return {"iterations": iterations, "learning_rate": lr, "space": space, "init": init}

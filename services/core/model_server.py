@@ -48,10 +48,11 @@ import numpy as np
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
 from latentserve.models.manifest import GRAPH_INPUTS, GRAPH_OUTPUTS
 from latentserve.models.repository import ModelRecord, Repository
-from latentserve.services.observability import metrics
 from latentserve.services.core.backends import Session, open_session
-from latentserve.services.frontends.grpc.codec import DECODE_OUTPUTS, float_images_to_uint8
+from latentserve.services.observability import metrics
 from latentserve.services.config import ServeConfig
+from latentserve.services.core.images import DECODE_OUTPUTS, float_images_to_uint8
+from latentserve.services.core.latent_ops import LatentOpsEngine
 
 logger = logging.getLogger("ray.serve")
 GENERATIVE = ("gan", "vae", "flow")
@@ -391,8 +392,6 @@ class ModelRunner:
         """This model's LatentOpsEngine (created, and torch imported, on first use; UnsupportedError naming the
         extra to install when the server cannot run gradient ops)."""
         if self._latent_ops is None:
-            from latentserve.services.core.latent_ops import LatentOpsEngine
-
             self._latent_ops = LatentOpsEngine(self.config, self.name, self.device)
         return self._latent_ops
 
@@ -490,6 +489,11 @@ class ModelRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def model_deployment_name(model: str) -> str:
+    """The Serve deployment name of a model's ModelServer (serve frontend, models not co-located)."""
+    return f"model-{model}"
+
+
 class ModelServer:
     """Ray Serve deployment body for one model (services/app.py wraps it with `serve.deployment`)."""
 
@@ -498,8 +502,6 @@ class ModelServer:
         device = "cuda" if cfg.num_gpus > 0 else "cpu"
         self.runner = ModelRunner(cfg, name, default_version, device=device)
         metrics.setup(cfg)
-        from latentserve.services.app import model_deployment_name
-
         metrics.replica_up(model_deployment_name(name), {name: self.runner.default_version})
 
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -23,13 +23,16 @@ import http.server
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import threading
 import urllib.request
 from typing import Any
 
-from latentserve.errors import ValidationError
+from latentserve.errors import LatentServeError, ValidationError
+from latentserve.services.config import load_config
+from latentserve.services.observability.metrics import EXPORTER_GAUGES
 
 logger = logging.getLogger("latentserve.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -76,8 +79,6 @@ def render(directory: str, ray_up: int | None = None) -> bytes:
     """latentserve's series from `directory` in the Prometheus text format (plus the ray_metrics_up gauge
     when `ray_up` is given)."""
     from prometheus_client import CollectorRegistry, generate_latest, multiprocess
-
-    from latentserve.services.observability.metrics import EXPORTER_GAUGES
 
     registry = CollectorRegistry(auto_describe=False)
     if os.path.isdir(directory):
@@ -188,11 +189,6 @@ class MetricsExporter:
 def main(argv: list[str] | None = None) -> int:
     """A cluster node's exporter: `python -m latentserve.services.observability.exporter --ray-metrics-port 8090`
     (directory, port and host: LATENTSERVE_METRICS_DIR / _METRICS_PORT / _HOST through ServeConfig)."""
-    import signal
-
-    from latentserve.errors import LatentServeError
-    from latentserve.services.config import load_config
-
     p = argparse.ArgumentParser(description="Serve this node's latentserve + Ray metrics on one /metrics endpoint.")
     p.add_argument("--ray-metrics-port", type=int, default=0, help="Ray's metrics export port on this node (0 = none)")
     p.add_argument("--port", type=int, default=None, help="listen port (default: metrics_port, 8080)")

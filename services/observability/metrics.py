@@ -230,7 +230,7 @@ def end_request(rec: RequestRecord | None, token: Any) -> None:
 
 
 def note_status(code: str) -> None:
-    """The current request ends with this gRPC status code name (`ingress._set_status` calls it)."""
+    """The current request ends with this gRPC status code name (`frontends.grpc.status.set_status` calls it)."""
     rec = _current.get()
     if rec is not None:
         rec.code = code

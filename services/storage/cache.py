@@ -17,7 +17,7 @@ Keys carry the model name and version, so a new version never serves an entry of
 `<prefix>e:<model>:<version>:<digest>` and `<prefix>r:<model>:<version>:<format>:<digest>`.
 
 Backends (`KV`): `MemoryKV` (default: a byte-bounded LRU in the ingress process; single-process only, every
-replica has its own) and `services.redis_store.RedisKV` (shared; one MGET per batch, writes pipelined in
+replica has its own) and `storage.redis_store.RedisKV` (shared; one MGET per batch, writes pipelined in
 the background). Entries above `max_entry_bytes` are not cached. When Redis is down or slow the lookup is
 bypassed (the request computes everything) and counted; see services/storage/redis_store.py for the circuit breaker.
 
@@ -35,14 +35,13 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from typing import Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import numpy as np
 
 from latentserve.errors import ValidationError
 from latentserve.services.observability import metrics
 from latentserve.services.storage.handles import latent_digests
-from latentserve.v1 import latent_pb2 as pb
 
 logger = logging.getLogger("ray.serve")
 CACHES = ("encode", "result")
@@ -190,7 +189,7 @@ class ServingCache:
     (or for uncacheable requests) they add no lookup at all."""
 
     def __init__(self, kv: KV, encode: bool = True, result: bool = True, max_entry_bytes: int = 1 << 20,
-                 prefix: str = "ls:") -> None:
+                 prefix: str = "ls:", image_codec: tuple[Callable[[Any], bytes], Callable[[bytes], Any]] | None = None) -> None:
         if not isinstance(max_entry_bytes, int) or max_entry_bytes < 1:
             raise ValidationError(f"cache max entry size must be an integer >= 1 byte, got {max_entry_bytes!r}")
         self.kv = kv
@@ -198,6 +197,8 @@ class ServingCache:
         self.result_enabled = bool(result)
         self.max_entry_bytes = max_entry_bytes
         self.prefix = prefix
+        # result-cache values <-> bytes (the core's Image.to_bytes / from_bytes); None: values are bytes
+        self._dumps, self._loads = image_codec or (bytes, bytes)
         self.counters: dict[str, dict[str, int]] = {c: dict.fromkeys(COUNTERS, 0) for c in CACHES}
         self._lock = threading.Lock()
 
@@ -297,7 +298,7 @@ class ServingCache:
                      run: Callable[[list[int] | None], Awaitable[list]],
                      latents: tuple[np.ndarray, np.ndarray] | None = None, digests: Sequence[str] | None = None,
                      cacheable: bool = True) -> list:
-        """The output images (`latentserve.v1.Image`, one per row) in format `fmt`.
+        """The output images (one per row, values of the image codec) in format `fmt`.
 
         `run(rows)` decodes and encodes the given row indices (None = every row) and returns their images.
         Rows are identified by `digests` (e.g. handle digests) or by `latents` = (z (N, D), labels (N,)).
@@ -314,15 +315,15 @@ class ServingCache:
         values, bypassed = await self._lookup("result", model, keys)
         miss = [i for i, v in enumerate(values) if v is None]
         if not miss:
-            return [pb.Image.FromString(v) for v in values]
+            return [self._loads(v) for v in values]
         got = list(await run(None if len(miss) == n else miss))
         if len(got) != len(miss):
             raise ValueError(f"result cache: run() returned {len(got)} images for {len(miss)} rows")
         if not bypassed:
-            self._write("result", model, [(keys[i], img.SerializeToString()) for i, img in zip(miss, got)])
+            self._write("result", model, [(keys[i], self._dumps(img)) for i, img in zip(miss, got)])
         if len(miss) == n:
             return got
-        out = [pb.Image.FromString(v) if v is not None else None for v in values]
+        out = [self._loads(v) if v is not None else None for v in values]
         for i, img in zip(miss, got):
             out[i] = img
         return out

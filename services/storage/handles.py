@@ -1,5 +1,5 @@
-"""Latent handles: content-addressed names for stored latents, the store interface behind them, and the one
-function that builds the configured handle store and serving caches (`open_stores`).
+"""Latent handles: content-addressed names for stored latents, and the store interface behind them (the
+configured store is built by services/storage/factory.py).
 
 A handle is `"<model>:<version>:<hex>"` where `<hex>` is the first 32 hex digits of sha256(latent float32
 little-endian bytes + label int64 little-endian bytes) (`latent_digest`), so the same latent of the same model
@@ -23,15 +23,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
 from latentserve.services.observability import metrics
-if TYPE_CHECKING:  # imported lazily at run time: the store module stays free of config/redis imports
-    from latentserve.services.storage.cache import ServingCache
-    from latentserve.services.config import ServeConfig
 
 DIGEST_HEX = 32  # 128 bits of sha256: collisions are not a practical concern for a cache
 DEFAULT_HANDLE_TTL_S = 7 * 86_400.0
@@ -223,50 +219,3 @@ class InProcessLatentStore(LatentStore):
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-def make_store(redis_url: str = "", max_entries: int = 100_000) -> LatentStore:
-    """A handle store from a URL and size, with the other settings at their defaults (see `open_stores`)."""
-    from latentserve.services.config import ServeConfig
-
-    return open_stores(ServeConfig(redis_url=redis_url, handle_store_size=max_entries).validate(),
-                       check=bool(redis_url))[0]
-
-
-def open_stores(config: "ServeConfig", check: bool = True) -> tuple[LatentStore, "ServingCache"]:
-    """THE place that builds the handle store and the encode/result caches from the serve config.
-
-    No Redis URL: in-process LRUs (single-process only). `redis_url`: handles in Redis (each replica keeps a
-    read-through copy of `handle_store_size` recent handles); caches in `redis_cache_url`, or in the same Redis
-    when that is empty. `check=True` (the ingress constructor) connects once to each Redis: a wrong password
-    or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
-    service must come up and serve (caches bypassed, handles UNAVAILABLE) until Redis is back."""
-    from latentserve.services.storage.cache import MemoryKV, ServingCache
-
-    if config.redis_url:
-        from latentserve.services.storage.redis_store import RedisBackend, RedisLatentStore
-
-        backend = RedisBackend(config.redis_url, role="handles", timeout_s=config.redis_handle_timeout_s,
-                               backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
-        if check:
-            backend.check(handles=True)
-        store: LatentStore = RedisLatentStore(backend, ttl_s=config.handle_ttl_s, prefix=config.redis_key_prefix,
-                                              local_entries=config.handle_store_size)
-    else:
-        store = InProcessLatentStore(config.handle_store_size, ttl_s=config.handle_ttl_s)
-
-    cache_url = config.redis_cache_url or config.redis_url
-    enabled = config.encode_cache or config.result_cache
-    if cache_url and enabled:
-        from latentserve.services.storage.redis_store import RedisBackend, RedisKV
-
-        cache_backend = RedisBackend(cache_url, role="cache", timeout_s=config.redis_timeout_s,
-                                     backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
-        if check and cache_url != config.redis_url:  # same URL: already checked above
-            cache_backend.check(handles=False)
-        kv = RedisKV(cache_backend, ttl_s=config.cache_ttl_s)
-    else:
-        kv = MemoryKV(config.cache_memory_bytes, ttl_s=config.cache_ttl_s)
-    cache = ServingCache(kv, encode=config.encode_cache, result=config.result_cache,
-                         max_entry_bytes=config.cache_max_entry_bytes, prefix=config.redis_key_prefix)
-    return store, cache

@@ -2,7 +2,7 @@
 
 Owns `RedisBackend` (one Redis endpoint: redis.asyncio clients, short timeouts, a circuit breaker, the
 fail-fast check at start), `RedisLatentStore` (handles) and `RedisKV` (the encode/result caches of
-services/storage/cache.py). Built by `services.store.open_stores(config)`; nothing else talks to Redis.
+services/storage/cache.py). Built by `storage.open_stores(config)`; nothing else talks to Redis.
 
 Configuration (services/config.py, env LATENTSERVE_<FIELD>):
     redis_url            LATENTSERVE_REDIS_URL: handles (and the caches unless redis_cache_url is set).

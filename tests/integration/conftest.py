@@ -334,7 +334,7 @@ def serve_app(tiny_repo, request, tmp_path_factory):
         "app_name": APP_NAME, "grpc_frontend": "native" if frontend == "native" else "serve",
         "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
         # every replica process records its metrics here (services/observability/metrics.py); tests read it directly
-        # (metrics_exporter.snapshot) or through an exporter + Prometheus (test_metrics.py)
+        # (observability.exporter.snapshot) or through an exporter + Prometheus (test_metrics.py)
         "metrics_dir": str(tmp_path_factory.mktemp("metrics")),
     }, use_env=False)
     # Serve's gRPC proxy: the app's own port for the serve frontend; for native its own port, so that

@@ -4,7 +4,7 @@ Two `ray start` nodes, each its own process session and resources (2 CPUs: room 
 which reserves 1.5), Ray token auth on with a temp token file, a real redis-server shared by both nodes.
 The app is deployed with deploy/serve_deploy.py (`serve deploy` through the head's dashboard) from
 deploy/serve.yaml with only the repository, ports, bind address and replica count changed
-(services/local_cluster.serve_config_for). Checked, in order:
+(latentserve/tools/local_cluster.py serve_config_for). Checked, in order:
 
 1. Serve's status places one RUNNING LatentIngress replica on each node;
 2. gRPC requests succeed and both nodes answer them (the `latentserve-node` trailing metadata);

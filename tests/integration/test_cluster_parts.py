@@ -13,6 +13,7 @@ import pytest
 
 from latentserve.errors import UnavailableError, ValidationError
 from latentserve import client as lc
+from latentserve import metadata
 from latentserve.services.observability import identity
 from latentserve.tools import local_cluster as cl
 from latentserve.v1 import latent_pb2 as pb
@@ -29,7 +30,7 @@ class FlakyService(pb_grpc.LatentServiceServicer):
 
     def ListModels(self, request, context):
         self.calls += 1
-        context.set_trailing_metadata(((identity.NODE_KEY, "node-a"), (identity.REPLICA_KEY, "rep-1")))
+        context.set_trailing_metadata(((metadata.NODE_KEY, "node-a"), (metadata.REPLICA_KEY, "rep-1")))
         if self.calls <= self.fail_first:
             context.abort(grpc.StatusCode.UNAVAILABLE, "replica going away")
         return pb.ListModelsResponse()
@@ -58,7 +59,7 @@ def test_client_retries_unavailable_bounded_and_reports_the_server(flaky_server)
     with lc.LatentClient(target, timeout=10) as c:
         assert c.list_models() == []
         assert service.calls == 3  # two UNAVAILABLE answers retried by gRPC's policy
-        assert c.last_server == identity.ServerInfo(node="node-a", replica="rep-1")
+        assert c.last_server == metadata.ServerInfo(node="node-a", replica="rep-1")
 
     target, service = flaky_server(fail_first=100)
     with lc.LatentClient(target, timeout=10) as c:
@@ -84,7 +85,7 @@ def test_async_client_retries_and_reports_the_server(flaky_server):
             await c.list_models()
             return c.last_server
 
-    assert asyncio.run(go()) == identity.ServerInfo("node-a", "rep-1")
+    assert asyncio.run(go()) == metadata.ServerInfo("node-a", "rep-1")
     assert service.calls == 2
 
 

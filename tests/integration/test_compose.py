@@ -403,10 +403,10 @@ def test_dockerfiles():
         assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
         assert "AS build" in text, "multi-stage: build tools stay out of the runtime image"
     assert "torch" not in re.sub(r"#.*", "", serve), "the serving image must not install torch"
-    assert re.search(r'--extras "\$EXTRAS"', serve) and re.search(r'ARG EXTRAS=""', serve)
+    assert re.search(r'--extras "serve,\$EXTRAS"', serve) and re.search(r'ARG EXTRAS=""', serve)
     assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in train
     assert 'torch==${TORCH_VERSION}' in train and "ARG TORCH_VERSION=2.13.*" in train
-    assert "--extras train" in train
+    assert "--extras serve,train" in train
     assert re.search(r'ENTRYPOINT \["/app/deploy/ray-entrypoint.sh"\]', serve)
     # the compiled gRPC transport: built (or the build fails) against grpc++ headers, its library at run time
     build_stage, runtime_stage = serve.split("\nFROM ${PYTHON_IMAGE}\n", 1)
@@ -538,8 +538,12 @@ def test_pyproject_deps(pyproject_deps):
     pyproject = ROOT / "pyproject.toml"
     names = lambda reqs: [pyproject_deps.requirement_name(r) for r in reqs]  # noqa: E731
     base = pyproject_deps.requirements(pyproject, [])
-    assert "torch" not in names(base) and "onnxruntime" in names(base) and "ray" in names(base)
-    gpu_reqs = pyproject_deps.requirements(pyproject, ["gpu"])
+    assert not {"torch", "onnxruntime", "ray", "grpcio"} & set(names(base)), "the base install is arrays and images"
+    client = pyproject_deps.requirements(pyproject, ["client"])
+    assert "grpcio" in names(client) and not {"torch", "onnxruntime", "ray"} & set(names(client))
+    serve = pyproject_deps.requirements(pyproject, ["serve"])
+    assert "torch" not in names(serve) and "onnxruntime" in names(serve) and "ray" in names(serve)
+    gpu_reqs = pyproject_deps.requirements(pyproject, ["serve", "gpu"])
     assert "onnxruntime" not in names(gpu_reqs), "onnxruntime and onnxruntime-gpu must not be installed together"
     assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]") for r in gpu_reqs)
     train = pyproject_deps.requirements(pyproject, ["train"])

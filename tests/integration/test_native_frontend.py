@@ -1,5 +1,5 @@
 """The native gRPC frontend's server without Ray (services/frontends/grpc/native.py): listening-socket detection,
-`NativeGrpcServer` on both transports with a stub ingress on a loopback port, and the serving process's
+`NativeGrpcServer` on both transports with stub handlers on a loopback port, and the serving process's
 niceness reset (in a child process)."""
 from __future__ import annotations
 
@@ -30,18 +30,18 @@ def test_listening_sockets_sees_a_listener():
 
 # ------------------------------------------------------------------------------------------------ the server
 class _StubIngress:
-    """Every LatentService RPC: GetModel echoes the model name (NOT_FOUND for 'nope' via the ingress's status
+    """Every LatentService RPC: GetModel echoes the model name (NOT_FOUND for 'nope' via the gRPC status
     mapping), ListModels sleeps (to hold admission slots), Interpolate streams two frames."""
 
     def __init__(self) -> None:
-        from latentserve.services.core import operations as ingress
-        self._ingress = ingress
+        from latentserve.services.frontends.grpc.status import set_status
+        self._set_status = set_status
 
     async def GetModel(self, request, context):
         from latentserve.errors import NotFoundError
 
         if request.model == "nope":
-            self._ingress._set_status(context, NotFoundError("unknown model 'nope'"), "GetModel")
+            self._set_status(context, NotFoundError("unknown model 'nope'"), "GetModel")
             return pb.ModelInfo()
         return pb.ModelInfo(name=request.model)
 

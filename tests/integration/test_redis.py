@@ -22,7 +22,8 @@ from latentserve.errors import NotFoundError, UnavailableError, ValidationError
 from latentserve.services.storage.cache import image_digest
 from latentserve.services.config import load_config
 from latentserve.services.storage.redis_store import RedisBackend, RedisLatentStore, check_redis
-from latentserve.services.storage.handles import make_handle, open_stores
+from latentserve.services.storage.factory import open_stores
+from latentserve.services.storage.handles import make_handle
 from latentserve.v1 import latent_pb2 as pb
 
 _name = "latentserve_tests_redis_fixture"
@@ -34,6 +35,7 @@ if _name not in sys.modules:  # tests/integration is not a package: load the fix
 _fx = sys.modules[_name]
 redis_factory, redis_server, PASSWORD = _fx.redis_factory, _fx.redis_server, _fx.PASSWORD
 
+PB_IMAGES = (pb.Image.SerializeToString, pb.Image.FromString)  # result-cache values in these tests
 FAST_BREAKER = {"redis_backoff_s": 0.05, "redis_backoff_max_s": 0.3}
 
 
@@ -134,8 +136,8 @@ def test_ttl_expiry(redis_server):
 def test_cache_hits_misses_and_version_invalidation(redis_server):
     # caches in their own db: the documented two-role layout (handles db 0, caches elsewhere)
     cfg = cfg_for(redis_server.url(), redis_cache_url=redis_server.url(db=1))
-    _, cache = open_stores(cfg)
-    _, other_replica = open_stores(cfg)
+    _, cache = open_stores(cfg, image_codec=PB_IMAGES)
+    _, other_replica = open_stores(cfg, image_codec=PB_IMAGES)
     x = np.random.default_rng(3).uniform(-1, 1, (4, 3, 8, 8)).astype(np.float32)
     z, labels, hs = latents(4, seed=3)
     enc_calls: list = []
@@ -168,7 +170,7 @@ def test_cache_hits_misses_and_version_invalidation(redis_server):
 def test_kill9_mid_stream_restart_and_aof(redis_factory):
     server = redis_factory(aof=True)
     cfg = cfg_for(server.url())
-    store, cache = open_stores(cfg)
+    store, cache = open_stores(cfg, image_codec=PB_IMAGES)
     z, labels, hs = latents(4, seed=4)
     x = np.random.default_rng(5).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
     phases: dict[str, dict] = {}

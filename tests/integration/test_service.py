@@ -81,7 +81,7 @@ def test_conditional_samples_have_the_requested_class(client, probe, model):
         assert (predicted == label).mean() >= 0.9, (model, name, predicted)
         enc = client.encode(model, out.images)  # the encoder's class head agrees
         assert (enc.labels == label).mean() >= 0.9
-        if model == "tiny-flow":  # a flow not evaluated reports no confidence (ingress.class_head_trusted)
+        if model == "tiny-flow":  # a flow not evaluated reports no confidence (core.pool.class_head_trusted)
             assert enc.confidence.shape == (0,)
         else:
             assert enc.confidence.shape == (8,) and np.all(enc.confidence > 0.3)

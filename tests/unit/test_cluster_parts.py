@@ -13,6 +13,7 @@ import yaml
 
 from latentserve.errors import ValidationError
 from latentserve import client as lc
+from latentserve import metadata
 from latentserve.services.observability import identity
 from latentserve.tools import local_cluster as cl
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,10 +31,10 @@ def test_retry_options_checks_and_policy():
 
 
 def test_identity_metadata_parsing():
-    assert identity.server_info(None) is None
-    assert identity.server_info([("other", "x")]) is None
-    info = identity.server_info([(identity.NODE_KEY, b"abc"), (identity.REPLICA_KEY, "r1"), ("x", "y")])
-    assert info == identity.ServerInfo(node="abc", replica="r1")
+    assert metadata.server_info(None) is None
+    assert metadata.server_info([("other", "x")]) is None
+    info = metadata.server_info([(metadata.NODE_KEY, b"abc"), (metadata.REPLICA_KEY, "r1"), ("x", "y")])
+    assert info == metadata.ServerInfo(node="abc", replica="r1")
     assert identity.replica_identity() == ()  # not inside a Serve replica
 
 

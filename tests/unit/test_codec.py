@@ -166,7 +166,7 @@ def test_model_info_to_pb_carries_gates_and_judged_knobs():
 
 
 def test_default_sample_source_is_the_gmm_for_a_vae_only():
-    from latentserve.services.core.operations import default_sample_source
+    from latentserve.models.latent import default_sample_source
 
     assert default_sample_source("vae", has_gmm=True) == "latent_gmm"
     assert default_sample_source("vae", has_gmm=False) == "prior"

@@ -6,7 +6,7 @@ import json
 
 from latentserve.errors import NotFoundError
 from latentserve.models.repository import Repository
-from latentserve.services.core.operations import class_head_trusted, not_served_error
+from latentserve.services.core.pool import class_head_trusted, not_served_error
 
 
 def _repo(tmp_path, families: dict[str, str]) -> Repository:

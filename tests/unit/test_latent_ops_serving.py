@@ -14,6 +14,7 @@ import pytest
 from latentserve.errors import UnsupportedError, ValidationError
 from latentserve.services.core import latent_ops as lops
 from latentserve.services.core import latent_ops_settings as lreq
+from latentserve.services.core.calls import GeodesicOptions
 from latentserve.services.config import load_config
 from latentserve.v1 import latent_pb2 as pb
 
@@ -49,20 +50,20 @@ def test_config_range_checks(field, value):
 
 def test_geodesic_settings_defaults_caps_and_init():
     cfg = _config(max_geodesic_iterations=50, geodesic_iterations=20)
-    s = lreq.geodesic_settings(cfg, pb.GeodesicOptions())
+    s = lreq.geodesic_settings(cfg, GeodesicOptions())
     assert s == {"iterations": 20, "learning_rate": cfg.geodesic_learning_rate, "space": "pixel", "init": "lerp"}
-    s = lreq.geodesic_settings(cfg, pb.GeodesicOptions(iterations=50, learning_rate=0.1, space="probe",
-                                                       init=pb.INTERPOLATION_METHOD_SLERP))
+    s = lreq.geodesic_settings(cfg, GeodesicOptions(iterations=50, learning_rate=0.1, space="probe",
+                                                       init="slerp"))
     assert s == {"iterations": 50, "learning_rate": pytest.approx(0.1), "space": "probe", "init": "slerp"}
-    for opts, fragment in [(pb.GeodesicOptions(iterations=51), "Limits.max_geodesic_iterations"),
-                           (pb.GeodesicOptions(iterations=-1), "geodesic.iterations"),
-                           (pb.GeodesicOptions(learning_rate=-0.1), "must be > 0"),
-                           (pb.GeodesicOptions(learning_rate=float("nan")), "finite"),
-                           (pb.GeodesicOptions(space="latent"), "pixel, probe"),
-                           (pb.GeodesicOptions(init=pb.INTERPOLATION_METHOD_GEODESIC), "LERP or SLERP")]:
+    for opts, fragment in [(GeodesicOptions(iterations=51), "Limits.max_geodesic_iterations"),
+                           (GeodesicOptions(iterations=-1), "geodesic.iterations"),
+                           (GeodesicOptions(learning_rate=-0.1), "must be > 0"),
+                           (GeodesicOptions(learning_rate=float("nan")), "finite"),
+                           (GeodesicOptions(space="latent"), "pixel, probe"),
+                           (GeodesicOptions(init="geodesic"), "LERP or SLERP")]:
         with pytest.raises(ValidationError, match=fragment):
             lreq.geodesic_settings(cfg, opts)
-    job = lreq.geodesic_job(1, lreq.geodesic_settings(cfg, pb.GeodesicOptions(init=pb.INTERPOLATION_METHOD_SLERP)),
+    job = lreq.geodesic_job(1, lreq.geodesic_settings(cfg, GeodesicOptions(init="slerp")),
                             np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.zeros(5, np.int64), 0.0)
     assert job.path.shape == (5, 2) and job.rows == 3
     np.testing.assert_allclose(np.linalg.norm(job.path, axis=1), 1.0, atol=1e-6)  # slerp start

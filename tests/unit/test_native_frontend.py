@@ -195,7 +195,8 @@ def test_admission_cancelled_waiter_leaves_the_queue():
 # ------------------------------------------------------------------------------------------------ images
 def test_float_images_to_uint8_matches_the_reference_and_in_place():
     from latentserve.models.data.base import to_uint8
-    from latentserve.services.frontends.grpc.codec import float_images_to_uint8, images_to_pb
+    from latentserve.services.core.images import float_images_to_uint8
+    from latentserve.services.frontends.grpc.codec import images_to_pb
 
     x = np.random.default_rng(0).uniform(-1.3, 1.3, (3, 3, 4, 5)).astype(np.float32)  # (N, 3, H, W)
     ref = to_uint8(x)  # (N, H, W, 3)

@@ -274,7 +274,7 @@ def test_encode_cache_hits_partial_batches_and_versions():
 
 
 def test_result_cache_by_digest_and_latents():
-    cache = ServingCache(MemoryKV(1 << 20))
+    cache = ServingCache(MemoryKV(1 << 20), image_codec=(pb.Image.SerializeToString, pb.Image.FromString))
     z, labels, hs = _latents(3)
     calls: list = []
 
@@ -313,7 +313,8 @@ def test_disabled_caches_do_no_lookup_and_big_entries_are_skipped():
     run(off.encoder_outputs("m", 1, x, _encoder([])))
     run(off.images("m", 1, "png", lambda rows: _images(1), digests=["0" * 32]))
 
-    small = ServingCache(MemoryKV(1 << 20), max_entry_bytes=8)
+    small = ServingCache(MemoryKV(1 << 20), max_entry_bytes=8,
+                         image_codec=(pb.Image.SerializeToString, pb.Image.FromString))
     run(small.images("m", 1, "png", lambda rows: _images(1), digests=["0" * 32]))
     assert small.stats()["result"]["too_large"] == 1 and small.stats()["result"]["writes"] == 0
 

@@ -10,8 +10,9 @@ import pytest
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
 from latentserve.services.storage.cache import MemoryKV, ServingCache
 from latentserve.services.config import load_config
-from latentserve.services.storage.handles import (InProcessLatentStore, latent_digest, latent_digests, make_handle, make_store,
-                                        open_stores, pack_latent, parse_handle, unpack_latent)
+from latentserve.services.storage.factory import make_store, open_stores
+from latentserve.services.storage.handles import (InProcessLatentStore, latent_digest, latent_digests, make_handle,
+                                                  pack_latent, parse_handle, unpack_latent)
 
 
 def test_handles_are_content_addressed():

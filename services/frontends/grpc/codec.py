@@ -1,28 +1,27 @@
-"""Protobuf <-> plain numpy / dict conversion for latentserve.v1: the only module besides the ingress that
-touches the generated pb2 code.
+"""latentserve.v1 protobuf <-> the core's plain calls and answers (services/core/calls.py): the only place
+besides the servicer that touches the generated pb2 code.
 
-Conventions (docs/architecture.md): the networks see float32 (N, 3, H, W) in [-1, 1]; the wire carries one
-`Image` per picture (PNG / JPEG bytes, raw uint8 (H, W, 3) or raw float32 (3, H, W)) and latents as a flat
-float vector plus a class label. Decoded images reach this module as float32 (N, 3, H, W), or as uint8
-(N, H, W, 3) when the model server already converted them (`float_images_to_uint8`, once per batch). Every
-check raises latentserve.errors.ValidationError naming the item ("images[3]", "latents[0]") and what is
-allowed, which the ingress maps to INVALID_ARGUMENT. The hot path avoids copies: raw tensors are read with
-np.frombuffer, a batch of raw uint8 images is serialised with one tobytes (sliced per image), latents are
-checked once per batch; PNG is only produced when asked for.
+Conversions of requests never raise for a value the core checks (an unknown enum value travels as its
+number, a missing oneof as an empty Ref), so a bad request gets the same first error on every frontend.
+Images and latents are wrapped without a copy (raw tensor bytes, repeated latent values); the core checks
+and converts them (services/core/images.py).
 """
 from __future__ import annotations
 
-import io
 import math
+import time
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from latentserve.errors import ValidationError
+from latentserve.services.augment.spec import parse_spec
+from latentserve.services.config import ServeConfig
+from latentserve.services.core import calls
+from latentserve.services.core import images as core_images
+from latentserve.services.core.images import JPEG, PNG, RAW_FLOAT32, RAW_UINT8
 from latentserve.v1 import latent_pb2 as pb
 
-# Image formats by name (the ingress passes these strings around; pb enums stay here).
-PNG, JPEG, RAW_UINT8, RAW_FLOAT32 = "png", "jpeg", "raw_uint8", "raw_float32"
 _FORMATS = {
     pb.IMAGE_FORMAT_UNSPECIFIED: PNG,
     pb.IMAGE_FORMAT_PNG: PNG,
@@ -30,12 +29,6 @@ _FORMATS = {
     pb.IMAGE_FORMAT_RAW_UINT8: RAW_UINT8,
     pb.IMAGE_FORMAT_RAW_FLOAT32: RAW_FLOAT32,
 }
-JPEG_QUALITY = 95
-PNG_COMPRESS_LEVEL = 1  # small images: level 1 is ~3x faster than the default 6 for a few % more bytes
-FLOAT_RANGE_SLACK = 1e-3  # raw float32 images may exceed [-1, 1] by float rounding, not more
-
-DECODE_OUTPUTS = ("float32", "uint8")  # what the model server can return for decoded images
-
 SAMPLE_SOURCES = {
     pb.SAMPLE_SOURCE_UNSPECIFIED: "",  # the model's default (ModelInfo.default_sample_source)
     pb.SAMPLE_SOURCE_PRIOR: "prior",
@@ -52,226 +45,83 @@ INTERPOLATION_METHODS = {
 }
 _INTERPOLATION_ENUM = {"lerp": pb.INTERPOLATION_METHOD_LERP, "slerp": pb.INTERPOLATION_METHOD_SLERP,
                        "geodesic": pb.INTERPOLATION_METHOD_GEODESIC}
+_DTYPE_NAMES = {pb.DTYPE_UINT8: "uint8", pb.DTYPE_FLOAT32: "float32"}
+_DTYPE_ENUM = {"uint8": pb.DTYPE_UINT8, "float32": pb.DTYPE_FLOAT32}
+# Augment specs name formats like the client does (uint8/float32 for the raw tensors).
+SPEC_FORMATS = {PNG: PNG, JPEG: JPEG, RAW_UINT8: "uint8", RAW_FLOAT32: "float32"}
 
 
 # ------------------------------------------------------------------------------------------------ enums
+def _format_name(value: int) -> str:
+    """pb ImageFormat -> its name for the core (an unknown value as its number, refused there)."""
+    return _FORMATS.get(value, str(value))
+
+
 def image_format(value: int) -> str:
-    """pb ImageFormat -> 'png' | 'jpeg' | 'raw_uint8' | 'raw_float32' (unspecified = png)."""
-    try:
-        return _FORMATS[value]
-    except KeyError:
-        raise ValidationError(
-            f"format: unknown image format {value}; allowed: PNG, JPEG, RAW_UINT8, RAW_FLOAT32"
-        ) from None
+    """pb ImageFormat -> 'png' | 'jpeg' | 'raw_uint8' | 'raw_float32' (unspecified = png), checked."""
+    return core_images.check_format(_format_name(value))
 
 
 def sample_source(value: int) -> str:
-    try:
-        return SAMPLE_SOURCES[value]
-    except KeyError:
-        raise ValidationError(f"source: unknown sample source {value}; allowed: PRIOR, LATENT_GMM, GUIDED") from None
+    return calls.check_source(SAMPLE_SOURCES.get(value, str(value)))
 
 
 def interpolation_method(value: int) -> str:
-    try:
-        return INTERPOLATION_METHODS[value]
-    except KeyError:
-        raise ValidationError(f"method: unknown interpolation method {value}; allowed: LERP, SLERP, GEODESIC") from None
+    return calls.check_method(INTERPOLATION_METHODS.get(value, str(value)))
 
 
-# ------------------------------------------------------------------------------------------------ tensors
-_DTYPES = {pb.DTYPE_UINT8: np.dtype("u1"), pb.DTYPE_FLOAT32: np.dtype("<f4")}
-_DTYPE_ENUM = {np.dtype("u1"): pb.DTYPE_UINT8, np.dtype("<f4"): pb.DTYPE_FLOAT32}
+# ------------------------------------------------------------------------------------------------ images, latents
+def image_in(img: "pb.Image") -> core_images.Image:
+    """pb.Image -> core Image (no copy; checked by the core)."""
+    kind = img.WhichOneof("data")
+    if kind == "encoded":
+        return core_images.Image(encoded=img.encoded)
+    if kind == "tensor":
+        t = img.tensor
+        dtype = _DTYPE_NAMES.get(t.dtype) or (pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else str(t.dtype))
+        return core_images.Image(shape=tuple(t.shape), dtype=dtype, data=t.data)
+    return core_images.Image()
+
+
+def image_out(img: core_images.Image) -> "pb.Image":
+    if img.encoded is not None:
+        return pb.Image(encoded=img.encoded)
+    return pb.Image(tensor=pb.Tensor(shape=img.shape, dtype=_DTYPE_ENUM[img.dtype], data=img.data))
+
+
+def images_out(images: Sequence[core_images.Image]) -> list["pb.Image"]:
+    return [image_out(i) for i in images]
 
 
 def tensor_to_array(t: "pb.Tensor", where: str = "tensor") -> np.ndarray:
     """pb.Tensor -> read-only numpy view of its bytes (no copy), shape and size checked."""
-    if t.dtype not in _DTYPES:
-        name = pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else str(t.dtype)
-        raise ValidationError(f"{where}: dtype must be DTYPE_UINT8 or DTYPE_FLOAT32, got {name}")
-    dtype = _DTYPES[t.dtype]
-    shape = tuple(int(s) for s in t.shape)
-    if not shape or any(s < 0 for s in shape):
-        raise ValidationError(f"{where}: shape must be a non-empty list of non-negative sizes, got {list(shape)}")
-    n = math.prod(shape)
-    if len(t.data) != n * dtype.itemsize:
-        raise ValidationError(
-            f"{where}: {len(t.data)} data bytes do not match shape {list(shape)} of {dtype.name} "
-            f"({n * dtype.itemsize} bytes expected)"
-        )
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape)
+    return core_images.tensor_array(image_in(pb.Image(tensor=t)), where)
 
 
 def array_to_tensor(a: np.ndarray) -> "pb.Tensor":
     """uint8 or float32 array -> pb.Tensor (little-endian C order; one copy, by tobytes)."""
-    a = np.asarray(a)
-    dt = np.dtype("<f4") if a.dtype.kind == "f" else np.dtype(a.dtype)
-    if dt not in _DTYPE_ENUM:
-        raise ValidationError(f"tensor dtype {a.dtype} is not supported; use uint8 or float32")
-    return pb.Tensor(shape=a.shape, dtype=_DTYPE_ENUM[dt], data=np.ascontiguousarray(a, dtype=dt).tobytes())
-
-
-# ------------------------------------------------------------------------------------------------ images in
-def _decode_encoded(data: bytes, hw: tuple[int, int], where: str, max_bytes: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H, W, 3). Size is checked from the header before pixels are decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ValidationError(f"{where}: empty image bytes; send a PNG or JPEG, or a raw tensor")
-    if len(data) > max_bytes:
-        raise ValidationError(f"{where}: {len(data)} bytes is over the limit of {max_bytes} bytes per encoded image")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValidationError(f"{where}: not a decodable PNG or JPEG image ({exc})") from None
-    if im.format not in ("PNG", "JPEG"):
-        raise ValidationError(f"{where}: image format {im.format} is not accepted; send PNG or JPEG")
-    w, h = im.size
-    if (h, w) != hw:
-        raise ValidationError(f"{where}: image is {w}x{h} (WxH), the model expects {hw[1]}x{hw[0]}")
-    try:
-        if im.mode != "RGB":
-            # Grey, palette and alpha images are accepted; alpha is dropped (composited on nothing).
-            im = im.convert("RGB")
-        arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt pixel data
-        raise ValidationError(f"{where}: image data is corrupt or truncated ({exc})") from None
-    return arr
+    return image_out(core_images.tensor_image(a)).tensor
 
 
 def images_from_pb(images: Sequence["pb.Image"], image_shape: Sequence[int], max_bytes: int = 4 << 20,
                    field: str = "images") -> np.ndarray:
     """pb Images -> float32 (N, 3, H, W) in [-1, 1] for the model with `image_shape` (3, H, W)."""
-    _, h, w = (int(s) for s in image_shape)
-    out = np.empty((len(images), 3, h, w), dtype=np.float32)
-    for i, img in enumerate(images):
-        out[i] = image_from_pb(img, (3, h, w), max_bytes, f"{field}[{i}]")
-    return out
-
-
-def image_from_pb(img: "pb.Image", image_shape: Sequence[int], max_bytes: int = 4 << 20,
-                  where: str = "image") -> np.ndarray:
-    """One pb Image -> float32 (3, H, W) in [-1, 1]."""
-    _, h, w = (int(s) for s in image_shape)
-    kind = img.WhichOneof("data")
-    if kind == "encoded":
-        u8 = _decode_encoded(img.encoded, (h, w), where, max_bytes)  # (H, W, 3)
-        return (u8.transpose(2, 0, 1).astype(np.float32) / 127.5) - 1.0
-    if kind == "tensor":
-        t = img.tensor
-        if t.dtype == pb.DTYPE_UINT8:
-            a = tensor_to_array(t, f"{where}.tensor")
-            if a.shape != (h, w, 3):
-                raise ValidationError(f"{where}.tensor: uint8 image must have shape [{h}, {w}, 3] (H, W, RGB), got {list(a.shape)}")
-            return (a.transpose(2, 0, 1).astype(np.float32) / 127.5) - 1.0
-        if t.dtype == pb.DTYPE_FLOAT32:
-            a = tensor_to_array(t, f"{where}.tensor")
-            if a.shape != (3, h, w):
-                raise ValidationError(f"{where}.tensor: float32 image must have shape [3, {h}, {w}] (C, H, W), got {list(a.shape)}")
-            if not np.isfinite(a).all():
-                raise ValidationError(f"{where}.tensor: float32 image contains NaN or infinity")
-            lo, hi = float(a.min()), float(a.max())
-            if lo < -1.0 - FLOAT_RANGE_SLACK or hi > 1.0 + FLOAT_RANGE_SLACK:
-                raise ValidationError(f"{where}.tensor: float32 image values must be in [-1, 1], got [{lo:.4g}, {hi:.4g}]")
-            return a
-        tensor_to_array(t, f"{where}.tensor")  # raises the dtype message
-    raise ValidationError(f"{where}: empty Image; set `encoded` (PNG/JPEG bytes) or `tensor`")
-
-
-# ------------------------------------------------------------------------------------------------ images out
-def float_images_to_uint8(x: np.ndarray, inplace: bool = False) -> np.ndarray:
-    """float32 (N, 3, H, W) in [-1, 1] -> C-contiguous uint8 (N, H, W, 3), clipped and rounded exactly like
-    `models.data.base.to_uint8`. `inplace=True` reuses `x` (a float32 array the caller owns) as scratch, so
-    the conversion allocates only the output."""
-    y = x if (inplace and x.dtype == np.float32 and x.flags.writeable) else np.array(x, dtype=np.float32)
-    np.clip(y, -1.0, 1.0, out=y)
-    y += 1.0
-    y *= 127.5
-    np.rint(y, out=y)
-    out = np.empty((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), dtype=np.uint8)  # (N, H, W, 3)
-    np.copyto(out, y.transpose(0, 2, 3, 1), casting="unsafe")  # transpose + cast in one pass
-    return out
+    return core_images.decode_images([image_in(i) for i in images], image_shape, max_bytes, field)
 
 
 def images_to_pb(images: np.ndarray, fmt: str) -> list["pb.Image"]:
-    """Decoded images -> pb Images in `fmt` ('png' | 'jpeg' | 'raw_uint8' | 'raw_float32').
-
-    `images`: float32 (N, 3, H, W) in [-1, 1], or uint8 (N, H, W, 3) already converted by the model server
-    (not accepted for raw_float32: the 8-bit rounding cannot be undone)."""
-    if images.dtype == np.uint8:
-        if fmt == RAW_FLOAT32:
-            raise ValidationError("raw_float32 output needs float images; the model server returned uint8")
-        u8 = np.ascontiguousarray(images)  # (N, H, W, 3)
-    elif fmt == RAW_FLOAT32:
-        x = np.ascontiguousarray(images, dtype="<f4")
-        shape = list(x.shape[1:])
-        return [pb.Image(tensor=pb.Tensor(shape=shape, dtype=pb.DTYPE_FLOAT32, data=x[i].tobytes()))
-                for i in range(len(x))]
-    else:
-        u8 = float_images_to_uint8(images)  # (N, H, W, 3)
-    if fmt == RAW_UINT8:
-        # one bytes object for the batch, sliced per image (a slice of bytes is one memcpy, no numpy per image)
-        shape, data, step = list(u8.shape[1:]), u8.tobytes(), math.prod(u8.shape[1:])
-        tensor, image, dt = pb.Tensor, pb.Image, pb.DTYPE_UINT8
-        return [image(tensor=tensor(shape=shape, dtype=dt, data=data[i * step:(i + 1) * step])) for i in range(len(u8))]
-    return [pb.Image(encoded=b) for b in encode_uint8(u8, fmt)]
+    """Decoded images (float32 (N, 3, H, W) in [-1, 1] or uint8 (N, H, W, 3)) -> pb Images in `fmt`."""
+    return images_out(core_images.encode_images(images, fmt))
 
 
-def encode_uint8(u8: np.ndarray, fmt: str) -> list[bytes]:
-    """uint8 (N, H, W, 3) -> PNG or JPEG bytes per image."""
-    from PIL import Image
-
-    if fmt not in (PNG, JPEG):
-        raise ValidationError(f"cannot encode images as {fmt!r}; allowed: png, jpeg")
-    out = []
-    for img in u8:
-        buf = io.BytesIO()
-        if fmt == PNG:
-            Image.fromarray(img, "RGB").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        else:
-            Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=JPEG_QUALITY)
-        out.append(buf.getvalue())
-    return out
+def latent_in(lat: "pb.Latent") -> core_images.Latent:
+    return core_images.Latent(lat.values, lat.label)
 
 
-# ------------------------------------------------------------------------------------------------ latents
 def latents_from_pb(latents: Sequence["pb.Latent"], dim: int, n_classes: int,
                     field: str = "latents") -> tuple[np.ndarray, np.ndarray]:
     """pb Latents -> (z float32 (N, D), labels int64 (N,)); length, finiteness and label range checked."""
-    n = len(latents)
-    z = np.empty((n, dim), dtype=np.float32)
-    labels = np.empty((n,), dtype=np.int64)
-    for i, lat in enumerate(latents):
-        if len(lat.values) != dim:
-            raise ValidationError(f"{field}[{i}]: latent has {len(lat.values)} values, the model's latent size is {dim}")
-        label = lat.label
-        if not 0 <= label < n_classes:
-            check_label(label, n_classes, f"{field}[{i}].label")
-        z[i] = lat.values
-        labels[i] = label
-    # finiteness once for the whole batch: one float64 sum on the hot path (float32 values cannot overflow
-    # it, so a non-finite sum means a NaN/inf value), the per-row check only to name the offending row
-    if not math.isfinite(float(z.sum(dtype=np.float64))):
-        finite = np.isfinite(z).all(axis=1)
-        if not finite.all():
-            raise ValidationError(f"{field}[{int(np.argmin(finite))}]: latent contains NaN or infinity")
-    return z, labels
-
-
-def latent_values(lat: "pb.Latent", dim: int, where: str = "latent") -> np.ndarray:
-    """One pb Latent's values -> float32 (D,), checked."""
-    if len(lat.values) != dim:
-        raise ValidationError(f"{where}: latent has {len(lat.values)} values, the model's latent size is {dim}")
-    v = np.array(lat.values, dtype=np.float32)
-    if not np.isfinite(v).all():
-        raise ValidationError(f"{where}: latent contains NaN or infinity")
-    return v
-
-
-def check_label(label: int, n_classes: int, where: str = "label") -> int:
-    if not 0 <= int(label) < n_classes:
-        raise ValidationError(f"{where}: class label {label} is out of range; the model has classes 0..{n_classes - 1}")
-    return int(label)
+    return core_images.latents_array([latent_in(lat) for lat in latents], dim, n_classes, field)
 
 
 def latents_to_pb(z: np.ndarray, labels: Iterable[int]) -> list["pb.Latent"]:
@@ -281,6 +131,144 @@ def latents_to_pb(z: np.ndarray, labels: Iterable[int]) -> list["pb.Latent"]:
 
 def latent_to_pb(z: np.ndarray, label: int) -> "pb.Latent":
     return pb.Latent(values=np.asarray(z, dtype=np.float32).tolist(), label=int(label))
+
+
+def ref_in(ref: "pb.LatentRef") -> calls.Ref:
+    kind = ref.WhichOneof("ref") or ""
+    return calls.Ref(kind=kind, latent=latent_in(ref.latent) if kind == "latent" else None,
+                     handle=ref.handle if kind == "handle" else "",
+                     image=image_in(ref.image) if kind == "image" else None,
+                     label=int(ref.label) if ref.HasField("label") else None)
+
+
+# ------------------------------------------------------------------------------------------------ requests
+def deadline(grpc_context: Any, config: ServeConfig) -> float:
+    """Wall-clock time after which gradient work is abandoned: the gRPC deadline (when the transport exposes
+    it) or request_timeout_s, whichever comes first; 0 = none. Cancellation covers transports without it."""
+    now, ends = time.time(), []
+    remaining = getattr(grpc_context, "time_remaining", None)
+    if callable(remaining):
+        try:
+            r = remaining()
+        except Exception:  # noqa: BLE001 - a context without a deadline
+            r = None
+        if r is not None and math.isfinite(r):
+            ends.append(now + max(0.0, float(r)))
+    if config.request_timeout_s:
+        ends.append(now + config.request_timeout_s)
+    return min(ends) if ends else 0.0
+
+
+def encode_call(r: "pb.EncodeRequest", end: float) -> calls.EncodeCall:
+    return calls.EncodeCall(
+        model=r.model, version=r.version, images=[image_in(i) for i in r.images], labels=list(r.labels),
+        sample_posterior=r.sample_posterior, seed=r.seed, refine_steps=r.refine_steps,
+        refine=calls.RefineOptions(learning_rate=r.refine.learning_rate, feature_weight=r.refine.feature_weight),
+        return_handles=r.return_handles, deadline=end)
+
+
+def decode_call(r: "pb.DecodeRequest") -> calls.DecodeCall:
+    return calls.DecodeCall(model=r.model, version=r.version, latents=[latent_in(lat) for lat in r.latents],
+                            handles=list(r.handles), format=_format_name(r.format))
+
+
+def sample_call(r: "pb.SampleRequest", end: float) -> calls.SampleCall:
+    kind = r.WhichOneof("classes")
+    classes = None
+    if kind == "label":
+        classes = ("label", r.label)
+    elif kind == "class_name":
+        classes = ("class_name", r.class_name)
+    elif kind == "class_weights":
+        classes = ("class_weights", dict(r.class_weights.weights))
+    g = r.guidance
+    guidance = calls.GuidanceOptions(
+        steps=g.steps, step_size=g.step_size, class_weight=g.class_weight, noise=g.noise,
+        factor_targets=dict(g.factor_targets), factor_weight=g.factor_weight,
+        start=SAMPLE_SOURCES.get(g.start, str(g.start)))
+    return calls.SampleCall(
+        model=r.model, n=r.n, version=r.version, format=_format_name(r.format),
+        source=SAMPLE_SOURCES.get(r.source, str(r.source)), guidance=guidance, temperature=r.temperature,
+        seed=r.seed, classes=classes, knobs=dict(r.knobs), allow_weak_knobs=r.allow_weak_knobs,
+        class_check=r.class_check, return_handles=r.return_handles, deadline=end)
+
+
+def interpolate_call(r: "pb.InterpolateRequest", end: float) -> calls.InterpolateCall:
+    g = r.geodesic
+    return calls.InterpolateCall(
+        model=r.model, version=r.version, a=ref_in(r.a) if r.HasField("a") else None,
+        b=ref_in(r.b) if r.HasField("b") else None, steps=r.steps,
+        method=INTERPOLATION_METHODS.get(r.method, str(r.method)), format=_format_name(r.format),
+        geodesic=calls.GeodesicOptions(iterations=g.iterations, learning_rate=g.learning_rate, space=g.space,
+                                       init=INTERPOLATION_METHODS.get(g.init, str(g.init)) if g.init else ""),
+        return_handles=r.return_handles, deadline=end)
+
+
+def edit_call(r: "pb.EditRequest") -> calls.EditCall:
+    moves = []
+    for mv in r.moves:
+        how = mv.WhichOneof("how")
+        moves.append(calls.Move(knob=mv.knob, how=how, value=getattr(mv, how) if how else 0.0))
+    return calls.EditCall(model=r.model, version=r.version, inputs=[ref_in(i) for i in r.inputs], moves=moves,
+                          format=_format_name(r.format), allow_weak_knobs=r.allow_weak_knobs,
+                          return_handles=r.return_handles)
+
+
+def augment_call(r: "pb.AugmentRequest") -> calls.AugmentCall:
+    """Parses the spec (ValidationError for a bad one, before any model is looked up)."""
+    return calls.AugmentCall(spec=augment_spec_from_pb(r.spec), shards=list(r.shards),
+                             allow_weak_knobs=r.allow_weak_knobs)
+
+
+# ------------------------------------------------------------------------------------------------ answers
+def encode_response(e: calls.Encoded) -> "pb.EncodeResponse":
+    report = None
+    if e.refine is not None:
+        report = pb.RefineReport(mse_before=e.refine.mse_before.tolist(), mse_after=e.refine.mse_after.tolist(),
+                                 steps=e.refine.steps)
+    resp = pb.EncodeResponse(model=e.model, version=e.version, latents=latents_to_pb(e.latents, e.labels),
+                             label_confidence=e.confidence.tolist() if e.confidence is not None else [],
+                             refine=report)
+    resp.handles.extend(e.handles)
+    return resp
+
+
+def decode_response(g: calls.Generated) -> "pb.DecodeResponse":
+    return pb.DecodeResponse(model=g.model, version=g.version, images=images_out(g.images))
+
+
+def sample_response(g: calls.Generated) -> "pb.SampleResponse":
+    resp = pb.SampleResponse(model=g.model, version=g.version, images=images_out(g.images),
+                             latents=latents_to_pb(g.latents, g.labels))
+    if g.confidence is not None:
+        resp.class_confidence.extend(g.confidence.tolist())
+    resp.handles.extend(g.handles)
+    return resp
+
+
+def edit_response(g: calls.Generated) -> "pb.EditResponse":
+    resp = pb.EditResponse(model=g.model, version=g.version, images=images_out(g.images),
+                           latents=latents_to_pb(g.latents, g.labels))
+    resp.handles.extend(g.handles)
+    return resp
+
+
+def interpolate_frames(p: calls.Path) -> list["pb.InterpolateFrame"]:
+    summary = pb.PathSummary(**p.summary)
+    steps = len(p.t)
+    return [pb.InterpolateFrame(
+        index=i, t=float(p.t[i]), image=image_out(p.images[i]), latent=latent_to_pb(p.latents[i], p.labels[i]),
+        handle=p.handles[i] if p.handles else "", step_distance=float(p.step_distance[i]),
+        summary=summary if i == steps - 1 else None) for i in range(steps)]
+
+
+def augment_batch(run: calls.AugmentRun, b: Any) -> "pb.AugmentBatch":
+    return pb.AugmentBatch(
+        model=run.model, version=run.version, shard=b.shard, start=b.start, images=images_out(b.images),
+        labels=b.labels.tolist(), seeds=b.seeds.tolist(), handles=b.handles, shard_end=b.shard_end,
+        factors=[pb.FactorColumn(name=n, values=b.factors[n].tolist()) for n in run.factor_names],
+        num_shards=run.num_shards, count=run.count,
+        class_confidence=[] if b.confidence is None else b.confidence.tolist())
 
 
 # ------------------------------------------------------------------------------------------------ model info
@@ -329,16 +317,9 @@ def _nan_if_none(v: Any) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ augment
-# Augment specs name formats like the client does (uint8/float32 for the raw tensors).
-AUGMENT_FORMATS = {PNG: PNG, JPEG: JPEG, RAW_UINT8: "uint8", RAW_FLOAT32: "float32"}
-AUGMENT_WIRE_FORMATS = {v: k for k, v in AUGMENT_FORMATS.items()}
-
-
 def augment_spec_from_pb(msg: "pb.AugmentSpec") -> Any:
     """AugmentSpec proto -> the checked plain spec (services/augment/spec.py parses it: one set of checks
-    and messages for YAML specs and the wire)."""
-    from latentserve.services.augment.spec import parse_spec
-
+    and messages for YAML specs and the wire). Raises ValidationError naming the field."""
     factors: dict[str, Any] = {}
     for i, f in enumerate(msg.factors):
         kind = f.WhichOneof("values")
@@ -358,6 +339,6 @@ def augment_spec_from_pb(msg: "pb.AugmentSpec") -> Any:
         "model": msg.model, "version": msg.version, "count": msg.count,
         "class_counts": dict(msg.class_counts) or None, "class_weights": dict(msg.class_weights) or None,
         "factors": factors, "source": sample_source(msg.source), "seed": msg.seed,
-        "temperature": float(msg.temperature), "format": AUGMENT_FORMATS[image_format(msg.format)],
+        "temperature": float(msg.temperature), "format": SPEC_FORMATS[image_format(msg.format)],
         "shard_size": msg.shard_size, "handles": bool(msg.return_handles), "class_check": round(float(msg.class_check), 6),  # float32 on the wire
     })

@@ -1,12 +1,12 @@
 """The native gRPC frontend (`grpc_frontend="native"`): each LatentIngress replica serves gRPC itself.
 
-Owns the server side of the transport in that mode; the RPC handlers themselves are the LatentIngress methods
-(services/core/operations.py), the same code Ray Serve's gRPC proxy calls in the "serve" mode, and every status code
-still comes from `ingress.status_for`. Pieces:
+Owns the server side of the transport in that mode; the RPC handlers are servicer.py's (the same ones Ray
+Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations, and every status
+code comes from status.py. Pieces:
 
 - `NativeReplica`: the Serve deployment body. It starts and supervises the replica's *serving process*
-  (`ServingProcess`, a child process running `serving_process_main`), which holds the LatentIngress with the
-  models and its `NativeGrpcServer`. Serve still places, health-checks (`check_health` = gRPC health through
+  (`ServingProcess`, a child process running `serving_process_main`), which holds the operations with the
+  models and its `NativeGrpcServer` (`NativeServing`). Serve still places, health-checks (`check_health` = gRPC health through
   the child's private port), scales (`record_autoscaling_stats`) and replaces the replicas. The child (and
   not the replica process itself) serves because grpc.aio binds its completion-queue poller to the first
   event loop that used grpc.aio in a process, inside a Ray worker Ray's own loop: every event of our server
@@ -46,21 +46,35 @@ still comes from `ingress.status_for`. Pieces:
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import concurrent.futures
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from latentserve import errors
 from latentserve.errors import OverloadedError, UnavailableError
-from latentserve.services.observability import metrics
 from latentserve.services.config import ServeConfig
+from latentserve.services.core.operations import LatentOperations
+from latentserve.services.frontends.grpc import transport as grpc_transport
+from latentserve.services.frontends.grpc.servicer import INGRESS_NAME, SERVICE_NAME, LatentServiceHandlers
+from latentserve.services.frontends.grpc.status import StatusSet, set_status
+from latentserve.services.observability import metrics
+from latentserve.services.observability.identity import replica_identity
+from latentserve.v1 import latent_pb2 as pb
+from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("ray.serve")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # same as the client: bulk float32 batches fit, a broken peer cannot OOM us
@@ -73,6 +87,8 @@ SERVER_OPTIONS = (
     ("grpc.keepalive_permit_without_calls", 1),
 )
 CONNECTION_AGE_GRACE_S = 30.0  # calls still running on an aged connection get this long (streams included)
+NATIVE_GRACE_S = 10.0  # RPCs in flight when the server stops get this long
+AUTOSCALING_METRIC = "grpc_requests"  # a replica's running + queued gRPC requests (record_autoscaling_stats)
 _LISTEN, _ESTABLISHED = "0A", "01"  # TCP states in /proc/net/tcp
 
 
@@ -134,26 +150,23 @@ class Admission:
 # -------------------------------------------------------------------------------------------- servicer
 def _rpc_methods() -> list[tuple[str, bool]]:
     """(name, server_streaming) of every LatentService RPC, from the proto descriptor."""
-    from latentserve.v1 import latent_pb2 as pb
-
     service = pb.DESCRIPTOR.services_by_name["LatentService"]
     return [(m.name, bool(m.server_streaming)) for m in service.methods]
 
 
 class LatentServicer:
-    """grpc.aio servicer whose methods are the LatentIngress handlers wrapped with admission control and the
+    """grpc.aio servicer whose methods are the LatentServiceHandlers wrapped with admission control and the
     optional server-side timeout. Built from the service descriptor, so every RPC of the contract is served
-    by the ingress's own method of the same name (no second copy of any handler)."""
+    by the handlers' method of the same name (no second copy of any handler)."""
 
-    def __init__(self, ingress: Any, admission: Admission, timeout_s: float) -> None:
-        from latentserve.services.core import operations as ingress_mod
-        self._ingress = ingress
+    def __init__(self, handlers: Any, admission: Admission, timeout_s: float) -> None:
+        self._handlers = handlers
         self._admission = admission
         self._timeout = float(timeout_s) or None
-        self._status_set = ingress_mod._StatusSet
-        self._fail = ingress_mod._set_status
+        self._status_set = StatusSet
+        self._fail = set_status
         for name, streaming in _rpc_methods():
-            method = getattr(ingress, name)
+            method = getattr(handlers, name)
             setattr(self, name, self._stream(name, method) if streaming else self._unary(name, method))
 
     def _unary(self, rpc: str, method: Callable[..., Awaitable[Any]]):
@@ -183,7 +196,7 @@ class LatentServicer:
     def _stream(self, rpc: str, method: Callable[..., AsyncIterator[Any]]):
         admission, timeout, fail, status_set = self._admission, self._timeout, self._fail, self._status_set
 
-        @metrics.counted_stream(rpc, images=False)  # as in _unary; the ingress handler counts the frames
+        @metrics.counted_stream(rpc, images=False)  # as in _unary; the handler counts the frames
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
                 await admission.acquire()
@@ -202,7 +215,7 @@ class LatentServicer:
                     except StopAsyncIteration:
                         return
                     yield item
-            except status_set:  # the ingress already put the status on the context
+            except status_set:  # the handler already put the status on the context
                 return
             except asyncio.TimeoutError as exc:
                 fail(context, exc, rpc)
@@ -215,8 +228,6 @@ class LatentServicer:
 
 
 def _response_type(rpc: str):
-    from latentserve.v1 import latent_pb2 as pb
-
     service = pb.DESCRIPTOR.services_by_name["LatentService"]
     full = service.methods_by_name[rpc].output_type.full_name  # e.g. latentserve.v1.DecodeResponse
     return getattr(pb, full.rsplit(".", 1)[1])
@@ -225,8 +236,6 @@ def _response_type(rpc: str):
 # -------------------------------------------------------------------------------------------- the server
 def check_serving(channel: grpc.Channel, port: int, timeout_s: float) -> None:
     """grpc.health.v1 Check ("") over `channel` must answer SERVING; UnavailableError otherwise."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     try:
         resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
     except grpc.RpcError as exc:
@@ -319,8 +328,8 @@ class NativeGrpcServer:
     `probe()` is the replica health check; `stop()` drains and stops; `call(coro)` runs a coroutine on the
     server's event loop from any thread (e.g. stats that must not race the request path)."""
 
-    def __init__(self, ingress: Any, config: ServeConfig) -> None:
-        self.ingress = ingress
+    def __init__(self, handlers: Any, config: ServeConfig) -> None:
+        self.handlers = handlers
         self.config = config
         self.port = config.grpc_port
         self.private_port = 0
@@ -371,13 +380,6 @@ class NativeGrpcServer:
                 loop.close()
 
     async def _serve(self) -> None:
-        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-        from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
-
-        from latentserve.services.frontends.grpc import transport as grpc_transport
-        from latentserve.services.core.operations import SERVICE_NAME
-        from latentserve.v1 import latent_pb2_grpc as pb_grpc
-
         self._done = asyncio.Event()
         self.transport = grpc_transport.resolve(self.config.grpc_transport)
         if self.transport != "cxx" and self.config.grpc_transport == "auto":  # a cluster node without the build
@@ -385,7 +387,7 @@ class NativeGrpcServer:
                            "the CPU per small request", grpc_transport.import_error())
         server = grpc_transport.make_server(self.transport, server_options(self.config))
         pb_grpc.add_LatentServiceServicer_to_server(
-            LatentServicer(self.ingress, self.admission, self.config.request_timeout_s), server)
+            LatentServicer(self.handlers, self.admission, self.config.request_timeout_s), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # the asyncio servicer for either transport (enable_server_reflection picks by the server's class)
@@ -569,7 +571,7 @@ def serve_replacement_state(app_name: str, deployment: str) -> Callable[[], str]
 
 
 # ------------------------------------------------------------------------------- the serving process
-# Each native replica runs its LatentIngress + NativeGrpcServer in a child process ("serving process") and
+# Each native replica runs its operations + NativeGrpcServer in a child process ("serving process") and
 # supervises it. Why not in the replica itself: grpc.aio binds its completion-queue poller to the first
 # event loop that used grpc.aio in a process, which inside a Ray worker is Ray's own loop; every gRPC event
 # of our server then takes a detour through Ray's loop thread. Measured on the dev decoder (single-image
@@ -609,10 +611,6 @@ class ServingProcess:
         self._stopped = False
 
     def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
-        import subprocess
-        import sys
-        from multiprocessing.connection import Connection
-
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         # the replica may run with a runtime_env (working_dir, py_modules): same import path for the child
@@ -641,8 +639,6 @@ class ServingProcess:
         if "error" in ready:
             self.proc.wait(10)
             kind = ready.get("kind", "")
-            from latentserve import errors
-
             cls = next((c for c in (errors.ValidationError, errors.NotFoundError, errors.IntegrityError,
                                     errors.UnavailableError) if c.__name__ == kind), errors.UnrecoverableError)
             raise cls(f"serving process: {ready['error']}")
@@ -716,14 +712,36 @@ def reset_niceness(target: int = 0) -> bool:
         return False
 
 
+class NativeServing:
+    """What a serving process holds: the operations with the models in-process, the gRPC handlers over them
+    and the replica's gRPC server. Starting it loads the models, then binds and serves; `close` drains and
+    stops the server, then the models."""
+
+    def __init__(self, config: ServeConfig, models: dict[str, int], identity: tuple[tuple[str, str], ...] = ()) -> None:
+        self.config = config
+        device = "cuda" if config.num_gpus > 0 else "cpu"
+        self.ops = LatentOperations.open(config, models, device=device)
+        # after the models loaded: a replica that failed to start is not counted as live
+        metrics.replica_up(INGRESS_NAME, self.ops.pool.default_versions)
+        self.server = NativeGrpcServer(LatentServiceHandlers(self.ops, identity), config)
+        self.server.start()
+        logger.info("latentserve native gRPC server on %s:%d (private health port %d): models %s, backend %s, "
+                    "auth=%s", config.host, config.grpc_port, self.server.private_port,
+                    self.ops.pool.default_versions, config.backend, bool(config.api_token))
+
+    async def stats(self) -> dict:
+        """The operations' statistics plus the gRPC server's (run on the server loop: the state is its own)."""
+        return {**await self.ops.stats(), "colocate": True, "grpc": self.server.stats()}
+
+    def close(self, grace_s: float = NATIVE_GRACE_S, drain_s: float = 0.0) -> None:
+        self.server.stop(grace_s, drain_s)
+        self.ops.close()
+
+
 def serving_process_main(argv: list[str] | None = None) -> int:
     """Entry point of a serving process (`python -m latentserve.services.frontends.grpc.native --control-fd N`):
-    receive {config, models}, build the LatentIngress (which loads the models and starts the gRPC server),
-    report the ports, then serve control commands until "stop" or until the supervisor goes away."""
-    import argparse
-    import sys
-    from multiprocessing.connection import Connection
-
+    receive {config, models}, load the models and start the gRPC server (`NativeServing`), report the ports,
+    then serve control commands until "stop" or until the supervisor goes away."""
     parser = argparse.ArgumentParser(description="latentserve serving process (started by a native replica)")
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
@@ -735,31 +753,30 @@ def serving_process_main(argv: list[str] | None = None) -> int:
     if spec["config"].get("reset_serving_niceness", True):  # the config travels as ServeConfig.to_dict()
         reset_niceness()  # before any thread starts: threads inherit the value of the thread that starts them
     try:
-        from latentserve.services.core.operations import LatentIngress
-
-        ingress = LatentIngress(spec["config"], spec["models"], None, identity=spec.get("identity", ()))
+        serving = NativeServing(ServeConfig(**spec["config"]).validate(), spec["models"],
+                                identity=spec.get("identity", ()))
     except BaseException as exc:  # noqa: BLE001 - reported to the replica, which fails its start
         logger.exception("serving process failed to start")
         conn.send({"error": f"{type(exc).__name__}: {exc}", "kind": type(exc).__name__})
         return 1
-    server = ingress._native
+    server = serving.server
     conn.send({"ready": True, "port": server.port, "private_port": server.private_port})
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):  # the replica is gone: stop at once
-            ingress.close(grace_s=1.0)
+            serving.close(grace_s=1.0)
             return 0
         cmd = msg.get("cmd")
         try:
             if cmd == "stats":
-                result = server.call(ingress._stats()).result(30)
+                result = server.call(serving.stats()).result(30)
             elif cmd == "load":
                 result = float(server.admission.ongoing + server.admission.queued)
             elif cmd == "not_serving":
                 result = server.set_not_serving()
             elif cmd == "stop":
-                ingress.close(grace_s=float(msg.get("grace_s", ingress.NATIVE_GRACE_S)))
+                serving.close(grace_s=float(msg.get("grace_s", NATIVE_GRACE_S)))
                 conn.send({"result": None})
                 return 0
             else:
@@ -773,7 +790,7 @@ class NativeReplica:
     """Ray Serve deployment body of the native frontend (services/app.py deploys it as `LatentIngress`):
     starts and supervises this replica's serving process. Serve keeps placing, health-checking
     (`check_health`), scaling (`record_autoscaling_stats`) and replacing the replicas; `stats` answers the
-    same dict as LatentIngress.stats (the serving process computes it); `__del__` drains."""
+    same dict as the serve frontend's ingress (the serving process computes it); `__del__` drains."""
 
     def __init__(self, config: dict, models: dict[str, int]) -> None:
         self.config = ServeConfig(**config).validate()
@@ -785,8 +802,6 @@ class NativeReplica:
             self._replacement = serve_replacement_state(ctx.app_name, ctx.deployment)
         except Exception:  # noqa: BLE001 - outside a Serve replica (tools, tests): no rollouts to wait for
             pass
-        from latentserve.services.observability.identity import replica_identity
-
         self.process = ServingProcess(self.config, models, identity=replica_identity())
         self.process.start()
 
@@ -797,20 +812,17 @@ class NativeReplica:
         return await asyncio.to_thread(self.process.call, "stats")
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        from latentserve.services.app import AUTOSCALING_METRIC
-
         return {AUTOSCALING_METRIC: float(self.process.call("load", timeout_s=5))}
 
     def __del__(self) -> None:
         process = getattr(self, "process", None)
         if process is not None:
-            from latentserve.services.core.operations import LatentIngress
-
-            process.stop(LatentIngress.NATIVE_GRACE_S, self._replacement)
+            process.stop(NATIVE_GRACE_S, self._replacement)
 
 
 if __name__ == "__main__":
-    # run the canonical module's copy (the ingress imports latentserve.services.frontends.grpc.native, not __main__)
+    # run the canonical module's copy (the serving process imports latentserve.services.frontends.grpc.native,
+    # not __main__)
     from latentserve.services.frontends.grpc.native import serving_process_main as _main
 
     raise SystemExit(_main())

@@ -1,0 +1,50 @@
+"""Any exception an operation can end with -> (kind, message), kind being a latentserve.errors kind or
+"cancelled" / "internal": the one classification every frontend maps to its status codes. Errors of the
+remote model pool (Ray Serve handles: back-pressure, a dead replica, timeouts) are classified here too, so
+no frontend needs to know Ray.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from latentserve.errors import LatentServeError
+
+KINDS = ("validation", "not_found", "overloaded", "deadline", "unavailable", "unauthenticated", "unrecoverable",
+         "unsupported", "cancelled", "internal")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The user exception inside Ray's wrappers (RayTaskError carries the original as `.cause`)."""
+    for _ in range(4):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+        else:
+            break
+    return exc
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """(kind, message for the caller) of `exc`."""
+    exc = unwrap(exc)
+    if isinstance(exc, LatentServeError):
+        return exc.kind, str(exc)
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "deadline", "the request did not finish in time"
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled", "the request was cancelled"
+    try:  # Ray Serve's errors (a remote model pool); ray is absent on hosts that only run the core
+        from ray import exceptions as ray_exc
+        from ray.serve import exceptions as serve_exc
+    except ImportError:
+        return "internal", f"internal error: {type(exc).__name__}: {exc}"
+    if isinstance(exc, serve_exc.BackPressureError):
+        return "overloaded", f"server is at capacity, retry later ({exc.message})"
+    if isinstance(exc, (serve_exc.DeploymentUnavailableError, ray_exc.RayActorError,
+                        getattr(ray_exc, "ActorUnavailableError", ray_exc.RayActorError))):
+        return "unavailable", f"a model server is unavailable, retry later ({type(exc).__name__})"
+    if isinstance(exc, ray_exc.GetTimeoutError):
+        return "deadline", "the request did not finish in time"
+    if isinstance(exc, getattr(serve_exc, "RequestCancelledError", asyncio.CancelledError)):
+        return "cancelled", "the request was cancelled"
+    return "internal", f"internal error: {type(exc).__name__}: {exc}"

@@ -1,0 +1,53 @@
+"""gRPC status codes of latentserve's errors: THE mapping for the gRPC doors (native server on either transport,
+Ray Serve's gRPC proxy). services/core/failures.py classifies an exception into a kind; `status_for` turns
+the kind into a code, `set_status` puts it on the call (and logs what the operator should see).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from latentserve.services.core.failures import classify
+from latentserve.services.observability import metrics
+
+logger = logging.getLogger("ray.serve")
+
+STATUS = {
+    "validation": grpc.StatusCode.INVALID_ARGUMENT,
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "unrecoverable": grpc.StatusCode.INTERNAL,
+    "unsupported": grpc.StatusCode.UNIMPLEMENTED,
+    "cancelled": grpc.StatusCode.CANCELLED,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+
+class StatusSet(Exception):
+    """Raised out of a streaming handler after the status was set on the context (Serve forwards it; the
+    native server ends the stream)."""
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(gRPC status code, message) of any exception."""
+    kind, message = classify(exc)
+    return STATUS.get(kind, grpc.StatusCode.INTERNAL), message
+
+
+def set_status(grpc_context: Any, exc: BaseException, rpc: str) -> None:
+    """Answer the call with the status of `exc`: code and details on the context, logged by severity,
+    recorded in the call's metrics."""
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        logger.error("%s failed", rpc, exc_info=(type(exc), exc, exc.__traceback__))
+    elif code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
+        logger.warning("%s: %s: %s", rpc, code.name, message)
+    if grpc_context is not None:
+        grpc_context.set_code(code)
+        grpc_context.set_details(message[:4000])
+    metrics.note_status(code.name)  # the code of the call being recorded, if any (services/observability/metrics.py)

@@ -1,0 +1,55 @@
+"""Builds the configured handle store and serving caches (`open_stores`): the one place storage is chosen.
+
+In-process LRUs without a Redis URL (one process only); Redis, shared by every replica, with one.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from latentserve.services.config import ServeConfig
+from latentserve.services.storage.cache import MemoryKV, ServingCache
+from latentserve.services.storage.handles import InProcessLatentStore, LatentStore
+from latentserve.services.storage.redis_store import RedisBackend, RedisKV, RedisLatentStore
+
+
+def make_store(redis_url: str = "", max_entries: int = 100_000) -> LatentStore:
+    """A handle store from a URL and size, with the other settings at their defaults (see `open_stores`)."""
+    return open_stores(ServeConfig(redis_url=redis_url, handle_store_size=max_entries).validate(),
+                       check=bool(redis_url))[0]
+
+
+def open_stores(config: ServeConfig, check: bool = True,
+                image_codec: tuple[Callable[[Any], bytes], Callable[[bytes], Any]] | None = None,
+                ) -> tuple[LatentStore, ServingCache]:
+    """THE place that builds the handle store and the encode/result caches from the serve config.
+
+    No Redis URL: in-process LRUs (single-process only). `redis_url`: handles in Redis (each replica keeps a
+    read-through copy of `handle_store_size` recent handles); caches in `redis_cache_url`, or in the same Redis
+    when that is empty. `check=True` (the ingress constructor) connects once to each Redis: a wrong password
+    or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
+    service must come up and serve (caches bypassed, handles UNAVAILABLE) until Redis is back.
+    `image_codec`: how the result cache turns output images into bytes and back (see ServingCache)."""
+    if config.redis_url:
+        backend = RedisBackend(config.redis_url, role="handles", timeout_s=config.redis_handle_timeout_s,
+                               backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
+        if check:
+            backend.check(handles=True)
+        store: LatentStore = RedisLatentStore(backend, ttl_s=config.handle_ttl_s, prefix=config.redis_key_prefix,
+                                              local_entries=config.handle_store_size)
+    else:
+        store = InProcessLatentStore(config.handle_store_size, ttl_s=config.handle_ttl_s)
+
+    cache_url = config.redis_cache_url or config.redis_url
+    enabled = config.encode_cache or config.result_cache
+    if cache_url and enabled:
+        cache_backend = RedisBackend(cache_url, role="cache", timeout_s=config.redis_timeout_s,
+                                     backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
+        if check and cache_url != config.redis_url:  # same URL: already checked above
+            cache_backend.check(handles=False)
+        kv = RedisKV(cache_backend, ttl_s=config.cache_ttl_s)
+    else:
+        kv = MemoryKV(config.cache_memory_bytes, ttl_s=config.cache_ttl_s)
+    cache = ServingCache(kv, encode=config.encode_cache, result=config.result_cache,
+                         max_entry_bytes=config.cache_max_entry_bytes, prefix=config.redis_key_prefix,
+                         image_codec=image_codec)
+    return store, cache

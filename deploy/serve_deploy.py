@@ -16,7 +16,10 @@ Run by deploy/ray-entrypoint.sh when the head starts, and by operators for a rol
    builder reads them from its node's environment itself (every Ray container gets the same .env).
 3. Validate: ServeConfig range checks, grpc_options.port / http_options.port == the app's ports, and the
    repository has the models (`render` = steps 2-4).
-4. Stamp the newest version of every served model into the app's runtime_env (ROLLOUT_ENV_VAR). Serve
+4. Stamp the newest version of every served model into the app's runtime_env (ROLLOUT_ENV_VAR). With the
+   native frontend, http_port > 0 and Serve's proxies on (proxy_location not Disabled), add the HTTP/JSON
+   application `<name>-http` (services.app:http_app_builder, route "/", the same args and stamp) and take
+   the gRPC app off HTTP routing (`with_http_app`). Serve
    rebuilds an app only when its import_path, args or runtime_env change (its "code version"); without the
    stamp, re-deploying an unchanged serve.yaml after exporting version N+1 would be a no-op. With it, Serve
    runs the builder again and replaces the replicas gradually (services/app.py: no request dropped).
@@ -40,6 +43,7 @@ from typing import Any, Mapping
 import yaml
 
 APP_IMPORT_PATH = "latentserve.services.app:app_builder"
+HTTP_IMPORT_PATH = "latentserve.services.app:http_app_builder"
 ENV_PREFIX = "LATENTSERVE_"
 # Read from the environment by the app builder, never written into the Serve config: the API token and
 # every URL field (Redis URLs carry the password). `is_secret` also catches fields added later.
@@ -132,7 +136,7 @@ def validate(doc: Mapping[str, Any], environ: Mapping[str, str]):
     if proxy_port is not None and int(proxy_port) != config.effective_proxy_grpc_port:
         raise _error(f"grpc_options.port ({proxy_port}) differs from the app's gRPC port ({config.effective_proxy_grpc_port})")
     http_port = (doc.get("http_options") or {}).get("port")
-    if http_port is not None and int(http_port) != config.http_port:
+    if http_port is not None and config.http_port and int(http_port) != config.http_port:
         raise _error(f"http_options.port ({http_port}) differs from the app's http_port ({config.http_port})")
     return config, served_models(config)
 
@@ -146,7 +150,25 @@ def render(doc: Mapping[str, Any], environ: Mapping[str, str]):
     args = find_app(out)["args"]
     for name in env_args(environ):
         args[name] = getattr(config, name)
-    return stamp_rollout(out, models), config, models
+    return with_http_app(stamp_rollout(out, models), config), config, models
+
+
+def with_http_app(doc: dict, config: Any) -> dict:
+    """The native frontend's HTTP application beside the gRPC one (step 4), derived from the gRPC app's entry
+    so the two never disagree; any HTTP entry in the file is replaced."""
+    main = find_app(doc)
+    apps = [a for a in doc["applications"] if a.get("import_path") != HTTP_IMPORT_PATH]
+    native = config.grpc_frontend == "native"
+    if native and doc.get("proxy_location", "EveryNode") != "Disabled":
+        # Serve's gRPC proxy would share the replicas' port (SO_REUSEPORT) and take part of the connections
+        doc["grpc_options"] = {**(doc.get("grpc_options") or {}), "grpc_servicer_functions": []}
+    if doc.get("proxy_location", "EveryNode") != "Disabled" and config.http_port and native:
+        main["route_prefix"] = None
+        apps.append({"name": f"{main.get('name', config.app_name)}-http", "route_prefix": "/",
+                     "import_path": HTTP_IMPORT_PATH, "args": copy.deepcopy(main.get("args") or {}),
+                     "runtime_env": copy.deepcopy(main.get("runtime_env") or {})})
+    doc["applications"] = apps
+    return doc
 
 
 def stamp_rollout(doc: dict, models: Mapping[str, int]) -> dict:
@@ -246,13 +268,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"serve_deploy: error: `serve deploy` exited {proc.returncode}", file=sys.stderr)
             return 1
         try:
+            for name in [a.get("name", app_name) for a in doc["applications"] if a.get("import_path") == HTTP_IMPORT_PATH]:
+                wait_running(args.address, name, since, args.timeout)
             wait_running(args.address, app_name, since, args.timeout)
         except RuntimeError as exc:
             print(f"serve_deploy: error: {exc}", file=sys.stderr)
             return 1
     finally:
         os.unlink(rendered)
-    print(f"serve_deploy: {app_name!r} RUNNING ({listed}); gRPC on :{config.grpc_port}", flush=True)
+    http = any(a.get("import_path") == HTTP_IMPORT_PATH for a in doc["applications"])
+    print(f"serve_deploy: {app_name!r} RUNNING ({listed}); gRPC on :{config.grpc_port}"
+          + (f", HTTP/JSON + explorer on :{config.http_port}" if http else ""), flush=True)
     return 0
 
 

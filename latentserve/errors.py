@@ -1,8 +1,8 @@
 """The one error hierarchy of latentserve, shared by the training side, the services, the client and the CLI.
 
-Each frontend maps `kind` to its status codes in one place (gRPC: services/frontends/grpc/status.py, after
-services/core/failures.py has classified errors from outside this hierarchy); the CLI prints them as one
-line. Messages say what was wrong and what is allowed.
+Every frontend's status codes come from one table, services/frontends/statuses.py (kind -> gRPC code and
+HTTP status; services/core/failures.py classifies errors from outside this hierarchy); the CLI prints them as
+one line. Messages say what was wrong and what is allowed.
 """
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ class ValidationError(LatentServeError, ValueError):
     """The request or the input is wrong (bad shape, NaN, unknown class or factor, over a cap)."""
 
     kind = "validation"
+
+
+class PayloadTooLargeError(ValidationError):
+    """An input over a size limit in bytes (an encoded image, an HTTP body): HTTP 413, gRPC INVALID_ARGUMENT."""
+
+    kind = "too_large"
 
 
 class NotFoundError(LatentServeError, LookupError):

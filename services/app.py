@@ -3,6 +3,9 @@
     build_app(config) -> serve Application      (used by `latentserve serve` and the tests)
     app_builder(args) -> serve Application      (Serve's `import_path: latentserve.services.app:app_builder`
                                                  with `args:` from deploy/serve.yaml; env LATENTSERVE_* apply)
+    build_http_app(config) -> Application | None  (the native frontend's HTTP/JSON app; None when the HTTP door
+                                                 is off or rides on the serve frontend's ingress)
+    http_app_builder(args)                      (Serve's import path of that app, deploy/serve.yaml)
     start_options(config) -> dict               (serve.start kwargs: proxies and their ports for the frontend)
     grpc_options(config) -> gRPCOptions          (Serve's gRPC proxy: port + servicer functions, or none)
 
@@ -30,6 +33,11 @@ Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
 
 The RPC handlers are the same in both frontends (services/frontends/grpc/servicer.py, over services/core/).
 
+HTTP/JSON door + explorer page (services/frontends/http/, `http_port`, 0 = off), on Serve's HTTP proxy:
+native = a second application `<app_name>-http` (route "/"; the gRPC app then has no HTTP route) whose
+`LatentHttp` replicas hold the models themselves; serve = the same FastAPI app on the LatentIngress
+deployment, so one application answers both proxies.
+
 Rolling out a new model version without dropping requests: export it into the repository (a version folder
 appears atomically), then run `serve deploy deploy/serve.yaml` again. The builder re-reads the repository, so
 the init arguments name the new default version, and Serve replaces the replicas. Serve frontend: Serve
@@ -54,6 +62,7 @@ from latentserve.services.core.model_server import ModelServer, model_deployment
 from latentserve.services.frontends.grpc.native import (AUTOSCALING_METRIC, NATIVE_GRACE_S,  # noqa: F401
                                                         NATIVE_REPLACEMENT_WAIT_S, NativeReplica)
 from latentserve.services.frontends.grpc.servicer import INGRESS_NAME
+from latentserve.services.frontends.http.ingress import HTTP_INGRESS_NAME, http_ingress, http_latent_ingress
 from latentserve.services.frontends.serve_proxy import LatentIngress
 
 SERVICER_FUNCTIONS = [
@@ -119,7 +128,7 @@ def build_app(config: ServeConfig):
     cfg = config.to_dict()
     if config.grpc_frontend == "native":
         return _native_app(config, models)
-    ingress = serve.deployment(LatentIngress, name=INGRESS_NAME)
+    ingress = serve.deployment(http_latent_ingress() if config.http_port else LatentIngress, name=INGRESS_NAME)
     ingress_opts: dict[str, Any] = {
         "num_replicas": config.ingress_replicas,
         "logging_config": {"enable_access_log": config.access_log},
@@ -172,6 +181,46 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
         opts["num_replicas"] = config.ingress_replicas
     replica = serve.deployment(NativeReplica, name=INGRESS_NAME)
     return replica.options(**opts).bind(config.to_dict(), models)
+
+
+def http_app_name(config: ServeConfig) -> str:
+    return f"{config.app_name}-http"
+
+
+def build_http_app(config: ServeConfig):
+    """The native frontend's HTTP application (`LatentHttp` replicas, models in-process; Ray reserves
+    `ingress_num_cpus` for each, so it fits beside the gRPC replicas), or None: HTTP off, or the serve
+    frontend, whose ingress answers HTTP itself."""
+    from ray import serve
+
+    config.validate()
+    if not config.http_port or config.grpc_frontend != "native":
+        return None
+    deployment = serve.deployment(http_ingress(), name=HTTP_INGRESS_NAME)
+    return deployment.options(
+        num_replicas=config.ingress_replicas,
+        logging_config={"enable_access_log": config.access_log},
+        # the app admits max_ongoing + max_queued calls itself and answers 429 beyond (api.py); Serve's own
+        # queue limit would answer 503 from the proxy instead
+        max_ongoing_requests=config.max_ongoing_requests + max(config.max_queued_requests, 0) + 1,
+        max_queued_requests=-1,
+        graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S,
+        ray_actor_options={"num_cpus": config.ingress_num_cpus},
+    ).bind(config.to_dict(), served_models(config))
+
+
+def http_app_builder(args: dict | None = None):
+    """Serve application builder of the HTTP app (deploy/serve.yaml): `args` over LATENTSERVE_* env."""
+    app = build_http_app(load_config(args or {}))
+    if app is None:
+        raise ValidationError("http_app_builder: the HTTP app is for grpc_frontend native with http_port > 0 "
+                              "(the serve frontend's LatentIngress answers HTTP itself)")
+    return app
+
+
+def grpc_route_prefix(config: ServeConfig) -> str | None:
+    """HTTP route of the gRPC application: none when the native frontend's HTTP app takes "/"."""
+    return None if config.http_port and config.grpc_frontend == "native" else "/"
 
 
 def native_shutdown_timeout_s(config: ServeConfig) -> float:
@@ -238,11 +287,12 @@ def grpc_options(config: ServeConfig):
 
 
 def start_options(config: ServeConfig) -> dict[str, Any]:
-    """`serve.start(**start_options(config))` for a Serve instance that runs this app alone: native = no
-    proxies at all (the replicas serve gRPC; an idle HTTP proxy would only cost CPU), serve = proxies with
-    the gRPC servicers on `effective_proxy_grpc_port` and HTTP on `http_port`."""
-    opts: dict[str, Any] = {"http_options": {"host": config.host, "port": config.http_port},
+    """`serve.start(**start_options(config))` for a Serve instance that runs this app alone: native = the HTTP
+    proxy for the HTTP door on host:http_port, or no proxy at all with http_port 0 (the replicas serve gRPC
+    themselves), serve = proxies with the gRPC servicers on `effective_proxy_grpc_port` and HTTP on
+    `http_port`."""
+    opts: dict[str, Any] = {"http_options": {"host": config.host, "port": config.http_port or 8000},
                             "grpc_options": grpc_options(config)}
-    if config.grpc_frontend == "native":
+    if config.grpc_frontend == "native" and not config.http_port:
         opts["proxy_location"] = "Disabled"
     return opts

@@ -155,7 +155,10 @@ class ServeConfig:
 
     # -- network / security --------------------------------------------------------------------------------
     grpc_port: int = 9000
-    http_port: int = 8000  # Serve always starts its HTTP proxy next to the gRPC one (unused by latentserve)
+    # The HTTP/JSON API and the latent explorer page (services/frontends/http/) on Ray Serve's HTTP proxy,
+    # host:http_port; 0 = no HTTP door (and, with the native frontend, no Serve proxy at all).
+    http_port: int = 8000
+    http_max_body_bytes: int = 64 << 20  # bigger HTTP request bodies are refused (413) before they are read
     host: str = "127.0.0.1"  # address the gRPC proxy listens on (Ray Serve binds all interfaces; we print this)
     api_token: str = ""  # "" = no auth; else LatentService calls need `authorization: Bearer <token>`
     app_name: str = "latentserve"  # Serve application name (route prefix / gRPC `application` metadata)
@@ -261,7 +264,8 @@ class ServeConfig:
         num_range("guidance_factor_weight", 0.0, 1e5)
         num_range("refine_learning_rate", 0.0, 1.0, lo_open=True)
         int_range("grpc_port", 1, 65_535)
-        int_range("http_port", 1, 65_535)
+        int_range("http_port", 0, 65_535)
+        int_range("http_max_body_bytes", 1024, 1 << 30)
         int_range("proxy_grpc_port", 0, 65_535)
         if self.grpc_transport not in GRPC_TRANSPORTS:
             bad("grpc_transport", f"must be one of {', '.join(GRPC_TRANSPORTS)}")
@@ -277,7 +281,7 @@ class ServeConfig:
             bad("proxy_grpc_port", f"must not be one of the direct-ingress ports {self.grpc_port}..{self.grpc_port + self.ingress_replicas}")
         if self.direct_ingress and self.grpc_port + self.ingress_replicas + 1 > 65_535:
             bad("grpc_port", "direct_ingress needs grpc_port + ingress_replicas + 1 <= 65535")
-        if self.http_port == self.grpc_port:
+        if self.http_port and self.http_port == self.grpc_port:
             bad("http_port", "must differ from grpc_port")
         if not isinstance(self.host, str) or not self.host:
             bad("host", "must be a host name or IP address")

@@ -1,7 +1,7 @@
 """`latentserve serve`: start local Ray + Ray Serve with the latentserve gRPC app in one command.
 
-Serves every generative model of the repository (default: the bundled one) on gRPC (default 127.0.0.1:9000),
-prints the address and blocks until Ctrl-C / SIGTERM, then shuts Serve and Ray down cleanly. Flags override
+Serves every generative model of the repository (default: the bundled one) on gRPC (default 127.0.0.1:9000)
+and on HTTP/JSON with the latent explorer page (default http://127.0.0.1:8000/, `--http-port 0` = off), prints the addresses and blocks until Ctrl-C / SIGTERM, then shuts Serve and Ray down cleanly. Flags override
 LATENTSERVE_* environment variables (services/config.py), which override defaults. The API token is taken
 from LATENTSERVE_API_TOKEN only, never from the command line (it would show in `ps`).
 
@@ -38,8 +38,9 @@ def register(sub) -> None:
     p.add_argument("--grpc-transport", choices=("auto", "cxx", "grpcio"), default=None,
                    help="native frontend: cxx = the compiled grpc++ transport, grpcio = grpc.aio, auto (default) "
                         "= cxx when installed (env LATENTSERVE_GRPC_TRANSPORT)")
-    p.add_argument("--http-port", type=int, default=None, help="Ray Serve's HTTP proxy port (default 8000; unused "
-                                                               "by latentserve but always started by Serve)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="HTTP/JSON API and the latent explorer page at http://HOST:PORT/ on Ray Serve's HTTP proxy "
+                        "(default 8000; 0 = off; env LATENTSERVE_HTTP_PORT)")
     p.add_argument("--repo", default=None, help="model repository (default: the bundled models/repository)")
     p.add_argument("--models", default=None, help="comma-separated model names (default: every generative model)")
     p.add_argument("--backend", choices=("onnxruntime", "torchscript"), default=None, help="inference backend")
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     import threading
 
-    from latentserve.services.app import build_app, ray_env, served_models, start_options
+    from latentserve.services.app import (build_app, build_http_app, grpc_route_prefix, http_app_name, ray_env,
+                                          served_models, start_options)
     from latentserve.services.config import load_config
 
     config = load_config(overrides_from_args(args))
@@ -179,7 +181,10 @@ def run(args: argparse.Namespace) -> int:
 
             exporter.ray_metrics_port = ray_metrics_port()
         serve.start(**start_options(config))
-        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
+        serve.run(build_app(config), name=config.app_name, route_prefix=grpc_route_prefix(config), blocking=False)
+        http_app = build_http_app(config)
+        if http_app is not None:
+            serve.run(http_app, name=http_app_name(config), route_prefix="/", blocking=False)
         native = config.grpc_frontend == "native"
         listed = ", ".join(f"{name} v{v}" for name, v in models.items())
         how = (f"native gRPC frontend{', transport ' + transport if transport else ''}" if native
@@ -189,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
         services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")
         print(f"latentserve: gRPC listening on {config.host}:{config.grpc_port} ({services}); Ctrl-C to stop",
               flush=True)
+        if config.http_port:
+            print(f"latentserve: HTTP/JSON API and latent explorer at http://{config.host}:{config.http_port}/ "
+                  f"(API docs: /docs)", flush=True)
         if exporter is not None:
             print(f"latentserve: metrics at {exporter.url} (latentserve_* and Ray's ray_* series)", flush=True)
         if config.direct_ingress:

@@ -393,8 +393,8 @@ class LocalCluster:
 
 def serve_config_for(base: Mapping[str, Any], repository: str, grpc_port: int, http_port: int,
                      replicas: int) -> dict:
-    """deploy/serve.yaml (parsed) for a loopback cluster: only the repository, the ports, the bind address
-    and the ingress replica count change; `max_replicas_per_node: 1` spreads the replicas over the nodes."""
+    """deploy/serve.yaml (parsed) for a loopback cluster: only the repository, the ports, the bind address,
+    the ingress replica count and the proxies (off) change; `max_replicas_per_node: 1` spreads the replicas over the nodes."""
     import copy
 
     doc = copy.deepcopy(dict(base))
@@ -406,6 +406,7 @@ def serve_config_for(base: Mapping[str, Any], repository: str, grpc_port: int, h
                    "grpc_port": int(grpc_port), "http_port": int(http_port), "ingress_replicas": int(replicas)}
     doc["grpc_options"] = {**(doc.get("grpc_options") or {}), "port": int(grpc_port)}
     doc["http_options"] = {**(doc.get("http_options") or {}), "host": LOOPBACK, "port": int(http_port)}
+    doc["proxy_location"] = "Disabled"  # loopback nodes cannot each bind the HTTP port (so: no HTTP app)
     deployments = [d for d in app.get("deployments") or [] if d.get("name") != INGRESS_DEPLOYMENT]
     app["deployments"] = deployments + [{"name": INGRESS_DEPLOYMENT, "max_replicas_per_node": 1}]
     return doc

@@ -9,7 +9,7 @@ import asyncio
 
 from latentserve.errors import LatentServeError
 
-KINDS = ("validation", "not_found", "overloaded", "deadline", "unavailable", "unauthenticated", "unrecoverable",
+KINDS = ("validation", "too_large", "not_found", "overloaded", "deadline", "unavailable", "unauthenticated", "unrecoverable",
          "unsupported", "cancelled", "internal")
 
 

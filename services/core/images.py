@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from latentserve.errors import ValidationError
+from latentserve.errors import PayloadTooLargeError, ValidationError
 
 PNG, JPEG, RAW_UINT8, RAW_FLOAT32 = "png", "jpeg", "raw_uint8", "raw_float32"
 IMAGE_FORMATS = (PNG, JPEG, RAW_UINT8, RAW_FLOAT32)
@@ -104,11 +104,11 @@ def _decode_encoded(data: bytes, hw: tuple[int, int], where: str, max_bytes: int
     if not data:
         raise ValidationError(f"{where}: empty image bytes; send a PNG or JPEG, or a raw tensor")
     if len(data) > max_bytes:
-        raise ValidationError(f"{where}: {len(data)} bytes is over the limit of {max_bytes} bytes per encoded image")
+        raise PayloadTooLargeError(f"{where}: {len(data)} bytes is over the limit of {max_bytes} bytes per encoded image")
     try:
         im = PILImage.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ValidationError(f"{where}: not a decodable PNG or JPEG image ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError):  # PIL's message names its file object (a repr)
+        raise ValidationError(f"{where}: not a decodable PNG or JPEG image") from None
     if im.format not in ("PNG", "JPEG"):
         raise ValidationError(f"{where}: image format {im.format} is not accepted; send PNG or JPEG")
     w, h = im.size

@@ -64,8 +64,8 @@ def check_token(expected: str, authorization: str) -> None:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise UnauthenticatedError(
-            "missing or wrong API token: send metadata 'authorization: Bearer <token>'"
-            if authorization else "missing API token: send metadata 'authorization: Bearer <token>'"
+            "missing or wrong API token: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"
+            if authorization else "missing API token: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"
         )
 
 

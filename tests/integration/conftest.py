@@ -20,6 +20,9 @@ the end. The frontend under test comes from LATENTSERVE_TEST_FRONTEND:
 - `direct` (or LATENTSERVE_TEST_DIRECT=1): colocate + Ray Serve direct ingress; tests that need a second
   app skip (a direct-ingress replica serves one app per port).
 `redis_factory` / `redis_server` (session): real redis-server processes (redis_fixture.py), for any module.
+`http_server` (session): a real `latentserve serve` subprocess (its own local Ray) on the tiny repository with an
+API token: gRPC + the HTTP/JSON API and explorer page; shared by test_http.py and test_explorer.py (browser).
+`http_open` (session): the HTTP app without a token on the session's Serve instance (`serve_app`).
 `extra_app` deploys further apps (token/queues, real exported families, rollout, the other frontend) and
 deletes them afterwards: native apps get their own port, serve-frontend apps are reached through the proxy
 with `application` metadata (Serve's proxy routes requests without it only while exactly one app runs).
@@ -249,6 +252,7 @@ class ServeInfo:
     config: object  # ServeConfig
     app_name: str
     proxy_target: str | None = None  # Serve's gRPC proxy (None when the session runs none)
+    http_port: int = 0  # Serve's HTTP proxy
 
     @property
     def frontend(self) -> str:
@@ -350,11 +354,13 @@ def serve_app(tiny_repo, request, tmp_path_factory):
              runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
     failed_before = request.session.testsfailed
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()}, grpc_options=grpc_options(proxy_config))
+        http_port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port}, grpc_options=grpc_options(proxy_config))
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         wait_serving(f"127.0.0.1:{port}")
         proxy = None if direct else f"127.0.0.1:{proxy_config.effective_proxy_grpc_port}"
-        yield ServeInfo(target=f"127.0.0.1:{port}", config=config, app_name=APP_NAME, proxy_target=proxy)
+        yield ServeInfo(target=f"127.0.0.1:{port}", config=config, app_name=APP_NAME, proxy_target=proxy,
+                        http_port=http_port)
     except BaseException:
         dump_serve_logs()
         raise
@@ -424,3 +430,88 @@ def extra_app(serve_app):
                 pass
         if deployed:
             wait_serving(serve_app.target)  # with one app left, the proxy routes requests without metadata again
+
+
+# ---------------------------------------------------------------------------------------- the HTTP door
+@dataclass
+class HttpServer:
+    url: str  # http://127.0.0.1:PORT/ (the page; the API under api/v1/)
+    grpc_target: str
+    token: str  # "" = none
+    log: Path
+
+    def headers(self, **extra) -> dict:
+        return {**({"Authorization": f"Bearer {self.token}"} if self.token else {}), **extra}
+
+
+def _wait_http(url: str, proc=None, timeout_s: float = 240.0) -> None:
+    import urllib.request
+
+    deadline, last = time.time() + timeout_s, None
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"latentserve serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception as exc:  # noqa: BLE001 - not up yet
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not serving after {timeout_s}s (last: {last})")
+
+
+@pytest.fixture(scope="session")
+def http_server(tiny_repo, tmp_path_factory, request):
+    """`latentserve serve` as a user runs it (a subprocess with its own local Ray), token on, small CPU
+    reservations so both ingress deployments fit on 2 cores. Its output is printed when a test failed."""
+    import signal
+    import subprocess
+
+    log = tmp_path_factory.mktemp("http-server") / "serve.log"
+    grpc_port, http_port, token = free_port(), free_port(), "explorer-t0ken"
+    env = {**os.environ, "LATENTSERVE_API_TOKEN": token, "LATENTSERVE_NUM_CPUS": "0.25",
+           "LATENTSERVE_INGRESS_NUM_CPUS": "0.25", "LATENTSERVE_MAX_INTERPOLATION_STEPS": "16",
+           "LATENTSERVE_MAX_IMAGES_PER_REQUEST": "64", "LATENTSERVE_MAX_IMAGE_BYTES": "4096",
+           "LATENTSERVE_HTTP_MAX_BODY_BYTES": str(1 << 20), "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+           "PYTHONWARNINGS": "ignore"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "latentserve", "serve", "--repo", str(tiny_repo),
+                                 "--port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", "0",
+                                 "--ray-cpus", "2"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    failed_before = request.session.testsfailed
+    server = HttpServer(url=f"http://127.0.0.1:{http_port}/", grpc_target=f"127.0.0.1:{grpc_port}", token=token,
+                        log=log)
+    try:
+        _wait_http(server.url, proc)
+        wait_serving(server.grpc_target, timeout_s=120)
+        yield server
+    except BaseException:
+        print(log.read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(f"\n===== latentserve serve output ({log}) =====\n" + log.read_text(errors="replace")[-6000:])
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def http_open(serve_app):
+    """The HTTP app without a token on the session's Serve instance, behind its HTTP proxy: native = the HTTP
+    application at /open/ (services.app.build_http_app), serve = the session's own ingress at /."""
+    from ray import serve
+
+    from latentserve.services.app import build_http_app
+
+    base = f"http://127.0.0.1:{serve_app.http_port}/"
+    app = build_http_app(serve_app.config)
+    if app is not None:
+        serve.run(app, name=f"{APP_NAME}-http", route_prefix="/open")
+        base += "open/"
+    _wait_http(base, timeout_s=120)
+    yield HttpServer(url=base, grpc_target=serve_app.target, token="", log=Path("/dev/null"))

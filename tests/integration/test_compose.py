@@ -29,8 +29,9 @@ REDIS_SERVICES = ("redis", "redis-cache")
 RAY_SERVICES = ("ray-head", "ray-worker")
 # service -> container ports it may publish on the host; every other service publishes nothing
 # gRPC 9000 is published by the load balancer in front of every Ray node's :9000, never by a Ray node itself
-ALLOWED_PUBLISHED = {"lb": {9000}, "prometheus": {9090}, "grafana": {3000}}
-NEVER_PUBLISHED = {8265, 6379, 8080, 8090, 8000, 8404, 52365, 10001}
+# HTTP 8000 (Serve's HTTP proxies: the JSON API + explorer) likewise, only through the load balancer
+ALLOWED_PUBLISHED = {"lb": {9000, 8000}, "prometheus": {9090}, "grafana": {3000}}
+NEVER_PUBLISHED = {8265, 6379, 8080, 8090, 8404, 52365, 10001}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])((?:[^{}]|\{[^{}]*\})*))?\}")
 
 
@@ -155,7 +156,7 @@ def test_published_ports_only_where_intended(compose):
             assert target in allowed, f"{name} publishes container port {target}"
             assert target not in NEVER_PUBLISHED, f"{name} publishes {target}"
         assert "network_mode" not in svc, f"{name}: host networking would publish every port"
-    assert {t for _, t in published_ports(compose["services"]["lb"])} == {9000}
+    assert {t for _, t in published_ports(compose["services"]["lb"])} == {9000, 8000}
     assert not published_ports(compose["services"]["ray-head"]) and not published_ports(compose["services"]["ray-worker"])
     # Prometheus has no auth and Grafana is an admin UI: loopback only
     for name in ("prometheus", "grafana"):
@@ -358,6 +359,8 @@ def test_haproxy_config(compose):
     assert re.search(r"^\s*bind :9000$", cfg, re.M)
     assert re.search(r"server-template \S+ \d+ ray-head:9000", cfg)
     assert re.search(r"server-template \S+ 1-\d+ ray-worker:9000", cfg)
+    assert re.search(r"^\s*bind :8000$", cfg, re.M) and re.search(r"server-template \S+ 1-\d+ ray-worker:8000", cfg)
+    assert "option httpchk GET /healthz" in cfg
     assert "nameserver docker 127.0.0.11:53" in cfg  # Docker's embedded DNS
     assert "monitor-uri /healthz" in cfg and "prometheus-exporter" in cfg
     haproxy = shutil.which("haproxy")
@@ -486,6 +489,29 @@ def test_serve_deploy_applies_env_over_args(serve_deploy, tmp_path):
     assert doc["applications"][0]["args"].get("replicas") != 3, "render must not modify its input"
     with pytest.raises(ValidationError, match="replicas"):
         serve_deploy.render(doc, {**env, "LATENTSERVE_REPLICAS": "0"})
+
+
+def test_serve_deploy_adds_the_http_app_for_the_native_frontend(serve_deploy, tmp_path):
+    """HTTP/JSON + explorer: a second application on Serve's HTTP proxies, same args and rollout stamp; the gRPC
+    app leaves HTTP routing and Serve's gRPC proxy gets no servicers (the replicas own :9000)."""
+    repo = fake_repo(tmp_path / "repo", {"m-gan": ("gan", [1])})
+    doc = load_yaml(DEPLOY / "serve.yaml")
+    out, config, _ = serve_deploy.render(doc, {"LATENTSERVE_REPOSITORY": str(repo)})
+    grpc_app = serve_deploy.find_app(out)
+    http = [a for a in out["applications"] if a["import_path"] == serve_deploy.HTTP_IMPORT_PATH]
+    assert len(http) == 1 and http[0]["name"] == "latentserve-http" and http[0]["route_prefix"] == "/"
+    assert http[0]["args"] == grpc_app["args"] and http[0]["runtime_env"] == grpc_app["runtime_env"]
+    assert grpc_app["route_prefix"] is None and out["grpc_options"]["grpc_servicer_functions"] == []
+    assert out["proxy_location"] == "EveryNode" and out["http_options"]["port"] == config.http_port == 8000
+    module, _, attr = serve_deploy.HTTP_IMPORT_PATH.partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    again, _, _ = serve_deploy.render(out, {"LATENTSERVE_REPOSITORY": str(repo)})
+    assert again == out  # a rendered config renders to itself (the HTTP entry is replaced, not doubled)
+    off, _, _ = serve_deploy.render(doc, {"LATENTSERVE_REPOSITORY": str(repo), "LATENTSERVE_HTTP_PORT": "0"})
+    assert [a["import_path"] for a in off["applications"]] == [serve_deploy.APP_IMPORT_PATH]
+    disabled = {**doc, "proxy_location": "Disabled"}
+    plain, _, _ = serve_deploy.render(disabled, {"LATENTSERVE_REPOSITORY": str(repo)})
+    assert len(plain["applications"]) == 1
 
 
 def test_serve_deploy_rollout_stamp_changes_with_new_version(serve_deploy, tmp_path):
@@ -746,7 +772,7 @@ def test_docker_compose_config_validates(files, compose_env):
     head = merged["services"]["ray-head"]
     assert head["environment"]["LATENTSERVE_REDIS_URL"] == "redis://:0123abcd@redis:6379/0"
     assert head["environment"]["LATENTSERVE_REDIS_CACHE_URL"] == "redis://:0123abcd@redis-cache:6379/0"
-    assert "ports" not in head and [p["target"] for p in merged["services"]["lb"]["ports"]] == [9000]
+    assert "ports" not in head and [p["target"] for p in merged["services"]["lb"]["ports"]] == [9000, 8000]
     if COMPOSE_GPU in files:
         dev = merged["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
         assert dev["driver"] == "nvidia" and dev["count"] == 1

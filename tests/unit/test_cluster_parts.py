@@ -54,8 +54,9 @@ def test_loopback_serve_config_changes_only_ports_paths_and_replicas(tmp_path):
     assert app["args"]["ingress_replicas"] == 3 and app["args"]["host"] == "127.0.0.1"
     assert app["deployments"] == [{"name": cl.INGRESS_DEPLOYMENT, "max_replicas_per_node": 1}]
     assert out["grpc_options"]["port"] == 41000 and out["http_options"]["port"] == 41001
-    assert {k: v for k, v in out.items() if k not in ("applications", "grpc_options", "http_options")} == \
-        {k: v for k, v in base.items() if k not in ("applications", "grpc_options", "http_options")}
+    assert {k: v for k, v in out.items() if k not in ("applications", "grpc_options", "http_options", "proxy_location")} == \
+        {k: v for k, v in base.items() if k not in ("applications", "grpc_options", "http_options", "proxy_location")}
+    assert out["proxy_location"] == "Disabled"
     assert base["applications"][0]["args"]["grpc_port"] == 9000  # the input is not modified
     # serve_deploy.py accepts it (ports consistent) up to the repository check
     sd = _serve_deploy()

@@ -1,6 +1,7 @@
-"""gRPC status codes of latentserve's errors: THE mapping for the gRPC doors (native server on either transport,
-Ray Serve's gRPC proxy). services/core/failures.py classifies an exception into a kind; `status_for` turns
-the kind into a code, `set_status` puts it on the call (and logs what the operator should see).
+"""gRPC status codes of latentserve's errors for the gRPC doors (native server on either transport, Ray Serve's
+gRPC proxy). services/core/failures.py classifies an exception into a kind; the one table of every door
+(services/frontends/statuses.py) names its code; `status_for` turns that into a grpc.StatusCode, `set_status`
+puts it on the call (and logs what the operator should see).
 """
 from __future__ import annotations
 
@@ -10,22 +11,12 @@ from typing import Any
 import grpc
 
 from latentserve.services.core.failures import classify
+from latentserve.services.frontends.statuses import STATUSES as _TABLE
 from latentserve.services.observability import metrics
 
 logger = logging.getLogger("ray.serve")
 
-STATUS = {
-    "validation": grpc.StatusCode.INVALID_ARGUMENT,
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "deadline": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-    "unrecoverable": grpc.StatusCode.INTERNAL,
-    "unsupported": grpc.StatusCode.UNIMPLEMENTED,
-    "cancelled": grpc.StatusCode.CANCELLED,
-    "internal": grpc.StatusCode.INTERNAL,
-}
+STATUS = {kind: grpc.StatusCode[code] for kind, (code, _http) in _TABLE.items()}
 
 
 class StatusSet(Exception):

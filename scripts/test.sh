@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need (Debian's redis-server, prometheus and haproxy when absent;
+# The README's test command: installs what the tests need (Debian's redis-server, prometheus, haproxy, chromium
+# and chromium-driver when absent;
 # the package with its train+dev extras, the compiled gRPC transport and the generated gRPC code through
 # scripts/install.sh, which must build the transport here), then runs the whole suite.
 # `--fast` runs the unit tier only (tests/unit: pure logic, no servers or subprocesses) and skips the Debian
@@ -14,6 +15,8 @@ if [ "$fast" = 0 ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)          # the explorer page's browser tests
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
   bash scripts/apt_install.sh "${missing[@]}"
 fi
 

@@ -21,7 +21,7 @@ const state = {
   frames: [],
   playing: null,
 };
-const stats = { draws: 0, errors: 0, lastDrawMs: 0, drawMs: [] };
+const stats = { draws: 0, errors: 0, lastDrawMs: 0, drawMs: [], lastMoves: [] };
 window.latentExplorer = stats;
 
 class ApiError extends Error {
@@ -110,7 +110,11 @@ async function loadModels() {
   const sel = $("#model");
   sel.replaceChildren(...models.map((m) => new Option(`${m.name} (${m.family})`, m.name)));
   if (!models.length) throw new ApiError(404, "NOT_FOUND", "this server serves no model");
-  await chooseModel(models[0].name);
+  // start on the model that meets the most quality gates (ties: the first listed)
+  const passed = (m) => ((m.gates && m.gates.targets) || []).filter((t) => t.passed).length;
+  const good = models.reduce((best, m) => (passed(m) > passed(best) ? m : best), models[0]);
+  sel.value = good.name;
+  await chooseModel(good.name);
 }
 
 async function chooseModel(name) {
@@ -197,7 +201,7 @@ function buildKnobs() {
     label.textContent = `${k.name}${k.unit ? ` (${k.unit})` : ""}`;
     const input = document.createElement("input");
     Object.assign(input, { type: "range", id: `knob-${k.name}`, min: k.low, max: k.high,
-                           step: (k.high - k.low) / 200, value: (k.low + k.high) / 2 });
+                           step: (k.high - k.low) / 200, value: k.kind === "pca" ? 0 : (k.low + k.high) / 2 });
     input.dataset.knob = k.name;
     const value = document.createElement("span");
     value.className = "value";
@@ -249,7 +253,9 @@ async function pump() {
     dirty = false;
     const started = changedAt;
     changedAt = 0;
-    const moves = Object.entries(state.knobs).map(([knob, target]) => ({ knob, target }));
+    // factor knobs are set to a value; PCA directions move by an amount (std units) from the picked image
+    const kinds = Object.fromEntries(state.info.knobs.map((k) => [k.name, k.kind]));
+    const moves = Object.entries(state.knobs).map(([knob, v]) => (kinds[knob] === "pca" ? { knob, amount: v } : { knob, target: v }));
     try {
       if (!moves.length) {
         setImage($("#current-image"), state.current.src);
@@ -266,6 +272,7 @@ async function pump() {
       });
       clearError();
       stats.draws += 1;
+      stats.lastMoves = moves;
       stats.lastDrawMs = performance.now() - started;
       stats.drawMs.push(stats.lastDrawMs);
       if (stats.drawMs.length > 1000) stats.drawMs.shift();

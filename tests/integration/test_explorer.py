@@ -144,6 +144,9 @@ def test_moving_a_knob_redraws_the_image_in_the_factors_direction(page, shots):
           what="the newest position drawn")
     assert draws(page) - before < len(positions)
     assert _pixels(page, "current-image").mean() == pytest.approx(127.5 * (1 + 0.4), abs=3.0)
+    link = page.execute_script("return document.querySelector('a[data-for=current-image]')")
+    assert link.get_attribute("href") == page.execute_script("return document.getElementById('current-image').src")
+    assert link.get_attribute("download").endswith(".png") and link.is_displayed()
     page.save_screenshot(str(shots / "explorer-knob.png"))
     assert _severe(page) == []
 
@@ -180,6 +183,8 @@ def test_interpolation_strip_has_the_requested_frames(page, shots):
     page.find_element(By.ID, "interpolate").click()
     _wait(page, lambda d: _count(d, "#strip img") == 5, what="5 frames")
     assert page.find_element(By.ID, "strip").get_attribute("data-frames") == "5"
+    links = page.find_elements(By.CSS_SELECTOR, "#strip a")  # each frame downloads as PNG
+    assert len(links) == 5 and all(a.get_attribute("download").endswith(".png") for a in links)
     first = _wait(page, lambda d: d.find_element(By.ID, "player").get_attribute("src"), what="the animation")
     _wait(page, lambda d: d.find_element(By.ID, "player").get_attribute("src") != first, what="the next frame")
     page.save_screenshot(str(shots / "explorer-interpolation.png"))

@@ -92,6 +92,11 @@ function setImage(el, src) {
   if (old && old !== src) URL.revokeObjectURL(old);
   if (src.startsWith("blob:")) blobUrls.set(el, src); else blobUrls.delete(el);
   el.src = src;
+  const link = document.querySelector(`a[data-for="${el.id}"]`); // its download link, if it has one
+  if (link) {
+    link.href = src;
+    link.hidden = false;
+  }
 }
 
 function downloadLink(src, name) {
@@ -330,11 +335,15 @@ async function interpolate() {
   state.frames = res.frames.map((f) => pngSrc(f.image));
   const strip = $("#strip");
   strip.replaceChildren(...state.frames.map((src, i) => {
+    const a = document.createElement("a"); // a frame downloads as PNG when clicked
+    a.href = src;
+    a.download = `${state.model}-${$("#interp-method").value}-frame${i}.png`;
     const img = document.createElement("img");
     img.src = src;
     img.alt = `frame ${i} (t = ${res.frames[i].t.toFixed(2)})`;
-    img.title = img.alt;
-    return img;
+    img.title = `${img.alt}: click to download`;
+    a.append(img);
+    return a;
   }));
   strip.dataset.frames = String(state.frames.length);
   play(true);

@@ -75,16 +75,16 @@ def served_models(config: ServeConfig) -> dict[str, int]:
         v, path = repo.resolve(name)
         families[name] = read_manifest(path, validate=False).get("family", "?")
     generative = [n for n in names if families[n] in GENERATIVE]
-    if config.models:
-        unknown = [m for m in config.models if m not in names]
+    if config.served.models:
+        unknown = [m for m in config.served.models if m not in names]
         if unknown:
             raise NotFoundError(
                 f"model(s) {', '.join(unknown)} not in repository {repo.root}; it has: {', '.join(names) or '(none)'}"
             )
-        wrong = [f"{m} ({families[m]})" for m in config.models if m not in generative]
+        wrong = [f"{m} ({families[m]})" for m in config.served.models if m not in generative]
         if wrong:
             raise ValidationError(f"only generative models (gan, vae, flow) can be served; not: {', '.join(wrong)}")
-        chosen = list(config.models)
+        chosen = list(config.served.models)
     else:
         chosen = generative
     if not chosen:
@@ -94,19 +94,19 @@ def served_models(config: ServeConfig) -> dict[str, int]:
 
 def _replica_options(config: ServeConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {
-        "logging_config": {"enable_access_log": config.access_log},
-        "max_ongoing_requests": config.max_ongoing_requests,
-        "max_queued_requests": config.max_queued_requests,
+        "logging_config": {"enable_access_log": config.frontend.access_log},
+        "max_ongoing_requests": config.scaling.max_ongoing_requests,
+        "max_queued_requests": config.scaling.max_queued_requests,
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
     }
-    if config.autoscaling:
+    if config.scaling.autoscaling:
         opts["autoscaling_config"] = {
-            "min_replicas": config.min_replicas,
-            "max_replicas": config.max_replicas,
-            "target_ongoing_requests": config.target_ongoing_requests,
+            "min_replicas": config.scaling.min_replicas,
+            "max_replicas": config.scaling.max_replicas,
+            "target_ongoing_requests": config.scaling.target_ongoing_requests,
         }
     else:
-        opts["num_replicas"] = config.replicas
+        opts["num_replicas"] = config.scaling.replicas
     return opts
 
 
@@ -117,25 +117,25 @@ def build_app(config: ServeConfig):
     config.validate()
     models = served_models(config)
     cfg = config.to_dict()
-    if config.grpc_frontend == "native":
+    if config.frontend.grpc_frontend == "native":
         return _native_app(config, models)
     ingress = serve.deployment(LatentIngress, name=INGRESS_NAME)
     ingress_opts: dict[str, Any] = {
-        "num_replicas": config.ingress_replicas,
-        "logging_config": {"enable_access_log": config.access_log},
-        "max_ongoing_requests": config.max_ongoing_requests,
-        "max_queued_requests": config.max_queued_requests,
+        "num_replicas": config.scaling.ingress_replicas,
+        "logging_config": {"enable_access_log": config.frontend.access_log},
+        "max_ongoing_requests": config.scaling.max_ongoing_requests,
+        "max_queued_requests": config.scaling.max_queued_requests,
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
         # co-located: the ingress replica also runs the models, so it reserves the model CPUs too.
-        "ray_actor_options": {"num_cpus": config.ingress_num_cpus + (config.num_cpus if config.colocate else 0.0)},
+        "ray_actor_options": {"num_cpus": config.scaling.ingress_num_cpus + (config.scaling.num_cpus if config.scaling.colocate else 0.0)},
     }
-    if config.colocate:
+    if config.scaling.colocate:
         return ingress.options(**ingress_opts).bind(cfg, models, None)
     server = serve.deployment(ModelServer)
     handles = {
         name: server.options(
             name=model_deployment_name(name),
-            ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+            ray_actor_options={"num_cpus": config.scaling.num_cpus, "num_gpus": config.scaling.num_gpus},
             **_replica_options(config),
         ).bind(cfg, name, version)
         for name, version in models.items()
@@ -147,29 +147,29 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
     """One LatentIngress deployment whose replicas serve gRPC themselves, models in-process."""
     from ray import serve
 
-    if config.replicas != 1 and not config.autoscaling:
+    if config.scaling.replicas != 1 and not config.scaling.autoscaling:
         logging.getLogger("ray.serve").warning(
             "grpc_frontend native: replicas=%d is ignored; every ingress replica holds all models, "
-            "set ingress_replicas (or autoscaling) instead", config.replicas)
+            "set ingress_replicas (or autoscaling) instead", config.scaling.replicas)
     opts: dict[str, Any] = {
-        "logging_config": {"enable_access_log": config.access_log},
+        "logging_config": {"enable_access_log": config.frontend.access_log},
         # Serve's queue limits see only the handle calls (stats); the replica's gRPC server enforces the
         # configured ones on gRPC traffic itself.
-        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_ongoing_requests": config.scaling.max_ongoing_requests,
         "graceful_shutdown_timeout_s": native_shutdown_timeout_s(config),
-        "ray_actor_options": {"num_cpus": config.ingress_num_cpus + config.num_cpus, "num_gpus": config.num_gpus},
+        "ray_actor_options": {"num_cpus": config.scaling.ingress_num_cpus + config.scaling.num_cpus, "num_gpus": config.scaling.num_gpus},
         # make-before-break rollouts: new replicas listen on the shared port before old ones drain
-        "max_surge_percent": config.max_surge_percent,
+        "max_surge_percent": config.frontend.max_surge_percent,
     }
-    if config.autoscaling:
+    if config.scaling.autoscaling:
         opts["autoscaling_config"] = {
-            "min_replicas": config.min_replicas,
-            "max_replicas": config.max_replicas,
-            "target_ongoing_requests": config.target_ongoing_requests,
+            "min_replicas": config.scaling.min_replicas,
+            "max_replicas": config.scaling.max_replicas,
+            "target_ongoing_requests": config.scaling.target_ongoing_requests,
             "policy": {"policy_function": "latentserve.services.app:native_autoscaling_policy"},
         }
     else:
-        opts["num_replicas"] = config.ingress_replicas
+        opts["num_replicas"] = config.scaling.ingress_replicas
     replica = serve.deployment(NativeReplica, name=INGRESS_NAME)
     return replica.options(**opts).bind(config.to_dict(), models)
 
@@ -177,7 +177,7 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
 def native_shutdown_timeout_s(config: ServeConfig) -> float:
     """Serve's force-kill deadline for a stopping native replica: its drain (services/frontends/grpc/native.py) may
     wait for a replacement to listen, then for its connections to age out, then for calls in flight."""
-    return (config.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.max_connection_age_s + 2.0
+    return (config.frontend.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.frontend.max_connection_age_s + 2.0
             + NATIVE_GRACE_S + 15.0)
 
 
@@ -207,14 +207,14 @@ def ray_env(config: ServeConfig) -> dict[str, str]:
     ports pinned to grpc_port, grpc_port + 1, ... so clients keep using grpc_port. Measured on the dev
     decoder (2 shared CPUs): single-image requests at concurrency 32 went from ~100 img/s (proxy, separate
     model servers) to ~590 img/s (direct ingress + colocate)."""
-    if not config.direct_ingress:
+    if not config.frontend.direct_ingress:
         return {}
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(config.grpc_port),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(config.frontend.grpc_port),
         # exclusive upper bound: one port per ingress replica plus one spare for a replica being replaced
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(config.grpc_port + config.ingress_replicas + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(config.frontend.grpc_port + config.scaling.ingress_replicas + 1),
         # Serve keeps a stopping direct-ingress replica up >= 30 s so external load balancers notice; clients
         # connect to the replica itself here, so a short drain keeps Ctrl-C and rollouts quick.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
@@ -228,12 +228,12 @@ def grpc_options(config: ServeConfig):
     port with the replicas through SO_REUSEPORT and take part of the connections)."""
     from ray.serve.config import gRPCOptions
 
-    if config.grpc_frontend == "native":
+    if config.frontend.grpc_frontend == "native":
         return gRPCOptions(port=config.effective_proxy_grpc_port, grpc_servicer_functions=[])
     return gRPCOptions(
         port=config.effective_proxy_grpc_port,
         grpc_servicer_functions=list(SERVICER_FUNCTIONS),
-        request_timeout_s=config.request_timeout_s or None,
+        request_timeout_s=config.scaling.request_timeout_s or None,
     )
 
 
@@ -241,8 +241,8 @@ def start_options(config: ServeConfig) -> dict[str, Any]:
     """`serve.start(**start_options(config))` for a Serve instance that runs this app alone: native = no
     proxies at all (the replicas serve gRPC; an idle HTTP proxy would only cost CPU), serve = proxies with
     the gRPC servicers on `effective_proxy_grpc_port` and HTTP on `http_port`."""
-    opts: dict[str, Any] = {"http_options": {"host": config.host, "port": config.http_port},
+    opts: dict[str, Any] = {"http_options": {"host": config.frontend.host, "port": config.frontend.http_port},
                             "grpc_options": grpc_options(config)}
-    if config.grpc_frontend == "native":
+    if config.frontend.grpc_frontend == "native":
         opts["proxy_location"] = "Disabled"
     return opts

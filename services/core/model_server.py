@@ -306,15 +306,15 @@ class ModelRunner:
         self.default_version = int(default_version) if default_version else versions[-1]
         self._versions: collections.OrderedDict[int, LoadedVersion] = collections.OrderedDict()
         self._load_locks: dict[int, asyncio.Lock] = {}
-        self._executor = ThreadPoolExecutor(max_workers=config.max_concurrent_batches,
+        self._executor = ThreadPoolExecutor(max_workers=config.batching.max_concurrent_batches,
                                             thread_name_prefix=f"infer-{name}")
         self.stats_ = BatchStats()
         metrics.setup(config)
         # One batcher per method and runner (co-located runners of different models never mix), bound to the
         # event loop the runner is used from.
-        kw = dict(max_rows=config.max_batch_size, preferred_rows=config.preferred_batch_size,
-                  wait_s=config.batch_wait_timeout_s,
-                  max_concurrent=config.max_concurrent_batches, idle_s=config.batch_idle_timeout_s)
+        kw = dict(max_rows=config.batching.max_batch_size, preferred_rows=config.batching.preferred_batch_size,
+                  wait_s=config.batching.batch_wait_timeout_s,
+                  max_concurrent=config.batching.max_concurrent_batches, idle_s=config.batching.batch_idle_timeout_s)
         wait = (lambda method: (lambda s: metrics.queue_wait(name, method, s))) if metrics.enabled() else (lambda m: None)
         self._encode_batcher = Batcher(self._encode_batch, name=f"{name}-encode", on_wait=wait("encode"), **kw)
         self._decode_batcher = Batcher(self._decode_batch, name=f"{name}-decode", on_wait=wait("decode"), **kw)
@@ -322,33 +322,33 @@ class ModelRunner:
         self._install(self._open(self.default_version))
         # Gradient latent ops (services/core/latent_ops.py): created on the first op so torch stays unimported.
         self._latent_ops: Any = None
-        if config.latent_ops_preload and config.latent_ops:
+        if config.latent_ops.preload and config.latent_ops.enabled:
             self.latent_ops_engine().load(self.default_version)
 
     # -- versions -----------------------------------------------------------------------------------------
     def _open(self, version: int) -> LoadedVersion:
         """Load, verify and open one version's sessions (blocking; runs in a worker thread on demand)."""
-        record = self.repo.load(self.name, version, verify=self.config.verify_checksums)
+        record = self.repo.load(self.name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
             raise ValidationError(
                 f"model {self.name} is a {record.family} model; only generative models (gan, vae, flow) are served"
             )
-        fmt = "onnx" if self.config.backend == "onnxruntime" else "torchscript"
+        fmt = "onnx" if self.config.served.backend == "onnxruntime" else "torchscript"
         sessions = {}
         for graph in ("encoder", "decoder"):
             ins, outs = graph_io(record, graph)
             sessions[graph] = open_session(
-                self.config.backend, record.graph_path(graph, fmt), ins, outs,
-                intra_op_threads=self.config.intra_op_threads, inter_op_threads=self.config.inter_op_threads,
-                providers=self.config.providers, device=self.device,
+                self.config.served.backend, record.graph_path(graph, fmt), ins, outs,
+                intra_op_threads=self.config.runtime.intra_op_threads, inter_op_threads=self.config.runtime.inter_op_threads,
+                providers=self.config.runtime.providers, device=self.device,
             )
-        logger.info("model %s v%d loaded (%s, %s)", self.name, version, self.config.backend, self.device)
+        logger.info("model %s v%d loaded (%s, %s)", self.name, version, self.config.served.backend, self.device)
         return LoadedVersion(record, sessions["encoder"], sessions["decoder"])
 
     def _install(self, loaded: LoadedVersion) -> None:
         """Add a loaded version (event-loop thread only) and evict the least recently used non-default ones."""
         self._versions[loaded.record.version] = loaded
-        while len(self._versions) > self.config.max_loaded_versions:
+        while len(self._versions) > self.config.served.max_loaded_versions:
             victim = next(v for v in self._versions if v != self.default_version)
             del self._versions[victim]
 
@@ -372,7 +372,7 @@ class ModelRunner:
         """images float32 (N, 3, H, W) in [-1, 1] -> {latent (N, D), logits (N, C)[, logvar (N, D)][, logdet (N,)]
         [, class_latents (N, C, D)]}."""
         item = _Item(await self.version(version), (np.ascontiguousarray(images, dtype=np.float32),))
-        if item.rows > self.config.max_batch_size:
+        if item.rows > self.config.batching.max_batch_size:
             return await self._run_chunked("encode", item)
         return await self._encode_batcher.submit(item)
 
@@ -384,7 +384,7 @@ class ModelRunner:
         item = _Item(await self.version(version),
                      (np.ascontiguousarray(latents, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)),
                      out)
-        if item.rows > self.config.max_batch_size:
+        if item.rows > self.config.batching.max_batch_size:
             return (await self._run_chunked("decode", item))[out]
         return await self._decode_batcher.submit(item)
 
@@ -412,11 +412,11 @@ class ModelRunner:
             "model": self.name,
             "default_version": self.default_version,
             "loaded_versions": list(self._versions),
-            "backend": self.config.backend,
+            "backend": self.config.served.backend,
             "device": self.device,
-            "max_batch_size": self.config.max_batch_size,
+            "max_batch_size": self.config.batching.max_batch_size,
             "preferred_batch_size": self._decode_batcher.preferred_rows,
-            "batch_wait_timeout_s": self.config.batch_wait_timeout_s,
+            "batch_wait_timeout_s": self.config.batching.batch_wait_timeout_s,
             "methods": self.stats_.snapshot(),
         }
 
@@ -448,7 +448,7 @@ class ModelRunner:
 
     async def _run_chunked(self, method: str, item: _Item) -> dict[str, np.ndarray]:
         """An oversized request: chunks of max_batch_size rows, run one after another (not queued)."""
-        size = self.config.max_batch_size
+        size = self.config.batching.max_batch_size
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, item.rows, size):
             chunk = tuple(a[start:start + size] for a in item.arrays)
@@ -498,8 +498,8 @@ class ModelServer:
     """Ray Serve deployment body for one model (services/app.py wraps it with `serve.deployment`)."""
 
     def __init__(self, config: dict, name: str, default_version: int | None = None) -> None:
-        cfg = ServeConfig(**config).validate()
-        device = "cuda" if cfg.num_gpus > 0 else "cpu"
+        cfg = ServeConfig.from_dict(config)
+        device = "cuda" if cfg.scaling.num_gpus > 0 else "cpu"
         self.runner = ModelRunner(cfg, name, default_version, device=device)
         metrics.setup(cfg)
         metrics.replica_up(model_deployment_name(name), {name: self.runner.default_version})

@@ -131,10 +131,10 @@ def exported_names() -> set[str]:
 
 # ---------------------------------------------------------------------------------------------- setup
 def setup(config: Any) -> bool:
-    """Turn recording on in this process, into `config.metrics_dir` (no-op when it is ""). Idempotent; a
+    """Turn recording on in this process, into `config.observability.metrics_dir` (no-op when it is ""). Idempotent; a
     process records into one directory only (a second, different one is ignored with a warning)."""
     global _metrics, _directory
-    directory = getattr(config, "metrics_dir", "") or ""
+    directory = config.observability.metrics_dir
     if not directory:
         return False
     with _lock:

@@ -459,12 +459,12 @@ def check_redis(config: Any) -> list[str]:
     """Connect once to each configured Redis (for `latentserve serve` before Ray starts): ValidationError for
     wrong credentials / db; returns warning lines (unreachable, risky eviction policy), [] when all is well."""
     out = []
-    if config.redis_url:
-        msg = RedisBackend(config.redis_url, role="handles").check(handles=True)
+    if config.storage.redis_url:
+        msg = RedisBackend(config.storage.redis_url, role="handles").check(handles=True)
         if msg:
             out.append(msg)
-    if config.redis_cache_url and config.redis_cache_url != config.redis_url and (config.encode_cache or config.result_cache):
-        msg = RedisBackend(config.redis_cache_url, role="cache").check(handles=False)
+    if config.storage.redis_cache_url and config.storage.redis_cache_url != config.storage.redis_url and (config.storage.encode_cache or config.storage.result_cache):
+        msg = RedisBackend(config.storage.redis_cache_url, role="cache").check(handles=False)
         if msg:
             out.append(msg)
     return out

@@ -1,4 +1,4 @@
-"""Builds the latentserve Ray Serve application from a ServeConfig: the only place that wires deployments.
+"""Wires the latentserve Ray Serve application from a ServeConfig: the only place that chooses deployments.
 
     build_app(config) -> serve Application      (used by `latentserve serve` and the tests)
     app_builder(args) -> serve Application      (Serve's `import_path: latentserve.services.app:app_builder`
@@ -6,40 +6,11 @@
     start_options(config) -> dict               (serve.start kwargs: proxies and their ports for the frontend)
     grpc_options(config) -> gRPCOptions          (Serve's gRPC proxy: port + servicer functions, or none)
 
-Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
-
-- "native" (default, one node and clusters): one deployment named `LatentIngress` (body
-  `frontends/grpc/native.py` `NativeReplica`); every replica runs a serving process that holds every served model
-  (ONNX Runtime sessions, dynamic batching) behind the gRPC handlers and its OWN grpc.aio server on
-  `host:grpc_port` with grpc.health.v1 and reflection (services/frontends/grpc/native.py explains why a child
-  process). The port is bound with SO_REUSEPORT: replicas on one node share it and the kernel spreads
-  connections over them. Ray Serve still places the replicas (`ingress_num_cpus + num_cpus` CPUs and
-  `num_gpus` GPUs each), health-checks them (`check_health` calls the replica's gRPC health service),
-  restarts, scales (`ingress_replicas`, or autoscaling between min_replicas and max_replicas on the
-  replicas' running + queued gRPC requests) and rolls them out. No Serve proxy is needed (`start_options`
-  disables them), so a request costs one grpc.aio hop and no Ray call: single-image requests are several
-  times faster than through the proxy. In a cluster, every node that hosts a replica listens on the port:
-  put a TCP (L4) load balancer in front with a gRPC health check on that port, and set `host: 0.0.0.0`.
-  Queue limits (`max_ongoing_requests`, `max_queued_requests`, RESOURCE_EXHAUSTED beyond) and
-  `request_timeout_s` apply per replica.
-- "serve": Ray Serve's gRPC proxy on every node (`grpc_options`) routes to the `LatentIngress` deployment,
-  which calls one `model-<name>` ModelServer deployment per model (replicas / autoscaling, num_cpus/num_gpus
-  per replica); `colocate=True` runs the models inside the ingress instead, and `direct_ingress=True`
-  makes the ingress replicas serve gRPC themselves through Serve's direct ingress (see `ray_env`). Use it
-  when requests must reach any node through Serve's routing, or to scale models independently.
-
-The RPC handlers are the same in both frontends (services/frontends/grpc/servicer.py, over services/core/).
-
-Rolling out a new model version without dropping requests: export it into the repository (a version folder
-appears atomically), then run `serve deploy deploy/serve.yaml` again. The builder re-reads the repository, so
-the init arguments name the new default version, and Serve replaces the replicas. Serve frontend: Serve
-stops an old replica, then starts its replacement (20% at a time); the proxy queues requests meanwhile and
-an old replica finishes its in-flight requests within `graceful_shutdown_timeout_s`. Native frontend:
-`max_surge_percent` (default 25%) lets Serve start replacements first, so they listen on the shared port
-before old replicas stop (rollouts need room for that many extra replicas); a stopping replica reports
-NOT_SERVING, keeps serving for `drain_period_s` (and, with surge 0, until its replacement listens), then
-stops: clients get GOAWAY and reconnect to a live listener, in-flight RPCs finish. Requests pinning a
-version keep working throughout, because every replica loads any repository version on demand.
+Frontend "native" (default): one `LatentIngress` deployment of NativeReplica bodies, each serving gRPC itself
+with every model in-process (frontends/grpc/native.py). Frontend "serve": Ray Serve's gRPC proxy routes to
+the `LatentIngress` deployment (frontends/serve_proxy.py), which calls one `model-<name>` ModelServer
+deployment per model, or runs the models itself with `colocate`. Replicas, resources, autoscaling, queue
+limits and rollouts: docs/architecture.md, "Serving frontends" and "Deployments and rollouts".
 """
 from __future__ import annotations
 
@@ -204,9 +175,8 @@ def ray_env(config: ServeConfig) -> dict[str, str]:
 
     direct_ingress: Ray Serve's throughput-optimized mode (direct ingress: each ingress replica runs its own
     gRPC server; user code on the replica's main loop; request-path logs buffered) with the replicas' gRPC
-    ports pinned to grpc_port, grpc_port + 1, ... so clients keep using grpc_port. Measured on the dev
-    decoder (2 shared CPUs): single-image requests at concurrency 32 went from ~100 img/s (proxy, separate
-    model servers) to ~590 img/s (direct ingress + colocate)."""
+    ports pinned to grpc_port, grpc_port + 1, ... so clients keep using grpc_port (figures:
+    benchmarks/README.md)."""
     if not config.frontend.direct_ingress:
         return {}
     return {

@@ -1,36 +1,13 @@
 """One model's inference: sessions for its versions, dynamic batching of encode/decode, batch statistics.
 
-`ModelRunner` is the engine (plain class, usable in any process); `ModelServer` is the Ray Serve deployment
-that wraps one runner per served model name (services/app.py binds one per model). With `colocate=True` the
-ingress holds the runners itself and skips the deployment hop.
-
-Versions: the version the app was built with (`default_version`, the newest at deploy time) is loaded and
-checked at start; a request pinning another version of the same model (older, or newer but not rolled out
-yet) loads it on demand, once, into a small LRU (`max_loaded_versions`), so old versions cost nothing until
-used and a canary can be tried before `serve deploy` makes it the default.
-
-Batching: a `Batcher` per runner and method (encode, decode) collects concurrent requests on the event loop
-the runner is used from until `preferred_batch_size` rows wait, for at most `batch_wait_timeout_s` after the
-oldest waiting request arrived and only while requests keep coming (it closes once none arrived for
-`batch_idle_timeout_s`). Requests are combined up to `preferred_batch_size` rows; one request of up to
-`max_batch_size` rows runs as one call. The preferred size is below the clients' concurrency on purpose: 32
-single-image clients then split into groups whose batches alternate (one runs while the gRPC thread reads
-and answers the other group), where one batch of all 32 left the gRPC thread idle while it ran and the model
-idle while the next 32 requests were read; and a batch never takes more than that, because taking the whole
-backlog merged the groups again (measured: c=32 1,770 -> 2,000-2,340 images/s, benchmarks/README.md). At
-most `max_concurrent_batches` batches are in flight, but a batch only runs beside another one when it has at
-least half of `max_batch_size` rows: bulk requests use several cores at once, while single-image requests
-keep gathering behind the running batch. A batch is grouped by version, concatenated and run on a small
-thread pool (ONNX Runtime releases the GIL, so the event loop keeps serving). A request whose caller was cancelled (client deadline, disconnect) while it waited is
-dropped before its batch runs. A request with more rows than `max_batch_size` skips the queue and runs in
-chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="uint8"`), converted once per
-batch in the worker thread, so callers that send 8-bit images never see float32 (a model-server deployment
-then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()` reports how many requests
-and rows each batch had.
-
-Gradient latent ops (geodesic paths, guided sampling, encode refinement): `latent_op(job)` hands the job to the
-runner's LatentOpsEngine (services/core/latent_ops.py), created with its torch import on the first such job (or
-at start with `latent_ops_preload`), so runners that never see one never import torch.
+`ModelRunner` is the engine (a plain class, usable in any process); `ModelServer` is the Ray Serve deployment
+that wraps one runner (serve frontend, models not co-located). Promises: the default version is loaded and
+checked at start, any other version of the repository on first use (an LRU of `max_loaded_versions`);
+concurrent requests are batched per method on the caller's event loop (`Batcher`: how batches form is the
+`batching` config group, docs/architecture.md "Batching"), run on a small thread pool (ONNX Runtime releases
+the GIL), and a request whose caller was cancelled while it waited is dropped before its batch runs. Decode
+returns uint8 (N, H, W, 3) images when asked (converted once per batch in the worker thread). Gradient latent
+ops run on the runner's LatentOpsEngine (latent_ops.py), created with its torch import on the first such job.
 """
 from __future__ import annotations
 
@@ -154,11 +131,10 @@ class Batcher:
         self.preferred_rows = min(self.max_rows, int(preferred_rows) or self.max_rows)
         # rows a batch needs to run beside another one: half of max_rows, not of preferred_rows, so bulk requests
         # use several cores while single-image groups strictly alternate (two small batches running at once
-        # finish together and re-synchronise the groups: measured c=32 1,830-2,013 img/s and 0.57-0.63 ms of
-        # server CPU per image with preferred_rows // 2, 2,032-2,035 and 0.54-0.55 ms with this)
+        # finish together and re-synchronise the groups; benchmarks/README.md, settings A/B)
         self.parallel_rows = max(1, self.max_rows // 2)
         # A forming batch also closes when no request arrived for idle_s: under load requests keep arriving
-        # (each costs the gRPC thread ~0.3-0.5 ms on the dev machine) and the batch grows up to wait_s; once
+        # (each costs the gRPC thread some CPU to read) and the batch grows up to wait_s; once
         # the clients' requests are all queued it runs at once instead of idling out the whole wait.
         self.gap_s = min(self.wait_s, self.wait_s if idle_s is None else float(idle_s))
         self._last_arrival = 0.0

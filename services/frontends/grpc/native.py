@@ -1,48 +1,14 @@
 """The native gRPC frontend (`grpc_frontend="native"`): each LatentIngress replica serves gRPC itself.
 
 Owns the server side of the transport in that mode; the RPC handlers are servicer.py's (the same ones Ray
-Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations, and every status
-code comes from status.py. Pieces:
-
-- `NativeReplica`: the Serve deployment body. It starts and supervises the replica's *serving process*
-  (`ServingProcess`, a child process running `serving_process_main`), which holds the operations with the
-  models and its `NativeGrpcServer` (`NativeServing`). Serve still places, health-checks (`check_health` = gRPC health through
-  the child's private port), scales (`record_autoscaling_stats`) and replaces the replicas. The child (and
-  not the replica process itself) serves because grpc.aio binds its completion-queue poller to the first
-  event loop that used grpc.aio in a process, inside a Ray worker Ray's own loop: every event of our server
-  then detours through Ray's loop thread (measured +13-50% CPU per single-image request, up to 40% less
-  throughput); the child also keeps Ray's threads off the serving GIL. The child exits when its replica's
-  control channel closes, so it never outlives the replica.
-  The replica hands the child its identity (Ray node id, Serve replica id), which the handlers return as
-  trailing metadata (services/observability/identity.py): the child is no Ray actor and cannot look it up.
-- `NativeGrpcServer`: a gRPC server on its own thread and event loop (uvloop when installed: measured
-  ~10-25% less CPU per single-image request than the stdlib loop). Its transport (`grpc_transport`,
-  services/frontends/grpc/transport.py) is the compiled grpc++ one when installed, else grpc.aio: the same handlers run
-  on the loop either way. Bound to `host:grpc_port` with
-  SO_REUSEPORT (grpc's default on Linux, set explicitly here): every replica on a node binds the same port and
-  the kernel spreads new connections over them; a second, private port on 127.0.0.1 lets the health check
-  reach exactly this server. It registers LatentService (`LatentServicer`), grpc.health.v1 (standard aio
-  servicer: "" and latentserve.v1.LatentService, no token needed) and server reflection.
-- `Admission` in place of Serve's queues: at most `max_ongoing_requests` RPCs run per replica, up to
-  `max_queued_requests` more wait (-1 = unbounded), the rest get RESOURCE_EXHAUSTED; `request_timeout_s`
-  caps each call (DEADLINE_EXCEEDED); a client deadline or cancel cancels the handler task, which drops its
-  work still waiting in a batch queue (services/core/model_server.py).
-- metrics (services/observability/metrics.py): the servicer's wrappers own each call's metrics record, so calls refused by
-  admission or cut by `request_timeout_s` are counted with their status code like every other call; the
-  serving process records into `metrics_dir`, which the node's exporter reads (no port per replica).
-- connection ageing (`max_connection_age_s`): grpc closes every client connection gracefully after that
-  long (GOAWAY; the client reconnects and no call fails), so connections rebalance over the replicas that
-  share the port;
-- a drain that fails no call: a stopping replica turns health to NOT_SERVING, keeps serving for
-  `drain_period_s` (load balancers take it out) and, while a replacement replica is still starting, until
-  another socket listens on the port (`wait_for_replacement`). Then, when another replica listens on the
-  port here, the server stops accepting connections (its listening socket leaves the SO_REUSEPORT group, so
-  new connections reach the others; grpc logs one "Closing acceptor" line) and waits until its clients'
-  connections have aged out: they reconnect to the other listeners. Only then is the server stopped
-  (in-flight RPCs get the grace period). Stopping a server that still has busy connections would fail
-  calls that reached it but had not started yet (grpc cancels them: grpc/grpc#41785). Rollouts normally
-  start replacements first (`max_surge_percent`); with Serve's stop-then-start (surge 0) the wait keeps a
-  one-replica rollout from refusing connections while the new replica loads, if the node has room for both.
+Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations. Pieces:
+`NativeReplica` (the Serve deployment body) starts and supervises the replica's serving process
+(`ServingProcess`; the child runs `serving_process_main` and holds `NativeServing`: the operations with the
+models in-process and a `NativeGrpcServer`); `NativeGrpcServer` serves on its own thread and event loop over
+the configured transport (transport.py), on `host:grpc_port` with SO_REUSEPORT plus a private health port;
+`Admission` bounds running and queued calls per replica; connections age out (`max_connection_age_s`) so they
+rebalance; a stopping replica drains without failing a call. Why a child process, the drain sequence and
+the rest: docs/architecture.md, "Native frontend".
 """
 from __future__ import annotations
 
@@ -574,9 +540,8 @@ def serve_replacement_state(app_name: str, deployment: str) -> Callable[[], str]
 # Each native replica runs its operations + NativeGrpcServer in a child process ("serving process") and
 # supervises it. Why not in the replica itself: grpc.aio binds its completion-queue poller to the first
 # event loop that used grpc.aio in a process, which inside a Ray worker is Ray's own loop; every gRPC event
-# of our server then takes a detour through Ray's loop thread. Measured on the dev decoder (single-image
-# requests, c=32, same code in and out of that situation): +13-50% CPU per image and up to 40% less
-# throughput. The child also keeps Ray's threads off the serving process's GIL.
+# of our server would then take a detour through Ray's loop thread (benchmarks/README.md). The child also
+# keeps Ray's threads off the serving process's GIL.
 NATIVE_REPLACEMENT_WAIT_S = 45.0  # a stopping replica waits at most this long for its replacement to listen
 STARTUP_TIMEOUT_S = 600.0  # loading and checking every model in the serving process
 

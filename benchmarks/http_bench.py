@@ -269,16 +269,18 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
+    # rows for benchmarks/README.md's table (the machine column is left for the load seen during the run)
     print(f"\nmodel {args.model}, knob {args.knob}, {args.duration:g} s per row, {os.cpu_count()} CPUs\n")
-    print(f"| {'row':52} | requests | p50 ms | p99 ms | req/s |")
-    print(f"|{'-' * 54}|---------:|-------:|-------:|------:|")
+    print("| date (UTC) | machine | row | requests | p50 ms | p99 ms | rate (x gRPC) |")
+    print("|---|---|---|---|---|---|---|")
+    day = time.strftime("%Y-%m-%d", time.gmtime())
     for name, r in rows:
-        print(f"| {name:52} | {r['n']:8d} | {r['p50']:6.1f} | {r['p99']:6.1f} | {r['rate']:5.1f} |")
-    print(f"\n| {'decode':28} | HTTP img/s | gRPC img/s | HTTP/gRPC | HTTP p50 ms | gRPC p50 ms |")
-    print(f"|{'-' * 30}|-----------:|-----------:|----------:|------------:|------------:|")
+        rate = "-" if r["rate"] != r["rate"] else f"{r['rate']:,.1f} req/s"
+        print(f"| {day} | | {name} | {r['n']} | {r['p50']:.1f} | {r['p99']:.1f} | {rate} |")
     for name, h, g in pairs:
-        print(f"| {name:28} | {h['rate']:10.1f} | {g['rate']:10.1f} | {h['rate'] / g['rate']:9.2f} | "
-              f"{h['p50']:11.1f} | {g['p50']:11.1f} |")
+        print(f"| {day} | | {name}, HTTP | {h['n']} | {h['p50']:.1f} | {h['p99']:.1f} | "
+              f"{h['rate']:,.1f} img/s ({h['rate'] / g['rate']:.2f}) |")
+        print(f"| {day} | | {name}, gRPC | {g['n']} | {g['p50']:.1f} | {g['p99']:.1f} | {g['rate']:,.1f} img/s |")
     return 0
 
 

@@ -90,16 +90,14 @@ def is_secret(field_name: str) -> bool:
 
 
 def env_args(environ: Mapping[str, str]) -> dict[str, str]:
-    """{field: raw string} for every non-secret ServeConfig field set as LATENTSERVE_<FIELD> in `environ`."""
-    from dataclasses import fields
-
-    from latentserve.services.config import ServeConfig
+    """{setting: raw string} for every non-secret ServeConfig setting set as LATENTSERVE_<NAME> in `environ`."""
+    from latentserve.services.config import FLAT
 
     out = {}
-    for f in fields(ServeConfig):
-        key = ENV_PREFIX + f.name.upper()
-        if not is_secret(f.name) and key in environ:
-            out[f.name] = environ[key]
+    for name in FLAT:
+        key = ENV_PREFIX + name.upper()
+        if not is_secret(name) and key in environ:
+            out[name] = environ[key]
     return out
 
 
@@ -136,8 +134,8 @@ def validate(doc: Mapping[str, Any], environ: Mapping[str, str]):
     if proxy_port is not None and int(proxy_port) != config.effective_proxy_grpc_port:
         raise _error(f"grpc_options.port ({proxy_port}) differs from the app's gRPC port ({config.effective_proxy_grpc_port})")
     http_port = (doc.get("http_options") or {}).get("port")
-    if http_port is not None and config.http_port and int(http_port) != config.http_port:
-        raise _error(f"http_options.port ({http_port}) differs from the app's http_port ({config.http_port})")
+    if http_port is not None and config.frontend.http_port and int(http_port) != config.frontend.http_port:
+        raise _error(f"http_options.port ({http_port}) differs from the app's http_port ({config.frontend.http_port})")
     return config, served_models(config)
 
 
@@ -149,7 +147,7 @@ def render(doc: Mapping[str, Any], environ: Mapping[str, str]):
     config, models = validate(out, environ)
     args = find_app(out)["args"]
     for name in env_args(environ):
-        args[name] = getattr(config, name)
+        args[name] = config.to_dict()[name]
     return with_http_app(stamp_rollout(out, models), config), config, models
 
 
@@ -158,13 +156,13 @@ def with_http_app(doc: dict, config: Any) -> dict:
     so the two never disagree; any HTTP entry in the file is replaced."""
     main = find_app(doc)
     apps = [a for a in doc["applications"] if a.get("import_path") != HTTP_IMPORT_PATH]
-    native = config.grpc_frontend == "native"
+    native = config.frontend.grpc_frontend == "native"
     if native and doc.get("proxy_location", "EveryNode") != "Disabled":
         # Serve's gRPC proxy would share the replicas' port (SO_REUSEPORT) and take part of the connections
         doc["grpc_options"] = {**(doc.get("grpc_options") or {}), "grpc_servicer_functions": []}
-    if doc.get("proxy_location", "EveryNode") != "Disabled" and config.http_port and native:
+    if doc.get("proxy_location", "EveryNode") != "Disabled" and config.frontend.http_port and native:
         main["route_prefix"] = None
-        apps.append({"name": f"{main.get('name', config.app_name)}-http", "route_prefix": "/",
+        apps.append({"name": f"{main.get('name', config.frontend.app_name)}-http", "route_prefix": "/",
                      "import_path": HTTP_IMPORT_PATH, "args": copy.deepcopy(main.get("args") or {}),
                      "runtime_env": copy.deepcopy(main.get("runtime_env") or {})})
     doc["applications"] = apps
@@ -256,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
 
-    app_name = find_app(doc).get("name", config.app_name)
+    app_name = find_app(doc).get("name", config.frontend.app_name)
     with tempfile.NamedTemporaryFile("w", prefix="serve-", suffix=".yaml", delete=False) as fh:
         fh.write(text)
         rendered = fh.name
@@ -277,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         os.unlink(rendered)
     http = any(a.get("import_path") == HTTP_IMPORT_PATH for a in doc["applications"])
-    print(f"serve_deploy: {app_name!r} RUNNING ({listed}); gRPC on :{config.grpc_port}"
-          + (f", HTTP/JSON + explorer on :{config.http_port}" if http else ""), flush=True)
+    print(f"serve_deploy: {app_name!r} RUNNING ({listed}); gRPC on :{config.frontend.grpc_port}"
+          + (f", HTTP/JSON + explorer on :{config.frontend.http_port}" if http else ""), flush=True)
     return 0
 
 

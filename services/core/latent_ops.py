@@ -55,7 +55,7 @@ def torch_installed() -> bool:
 
 def availability_problem(config: ServeConfig) -> str:
     """'' when this server can run gradient latent ops, else why not (a message for the caller)."""
-    if not config.latent_ops:
+    if not config.latent_ops.enabled:
         return "gradient-based latent ops are disabled on this server (config latent_ops=false)"
     if not torch_installed():
         return f"gradient-based latent ops need PyTorch, which this server does not have: {INSTALL_HINT}"
@@ -186,7 +186,7 @@ class LatentOpsEngine:
 
         from latentserve.models import latent_ops
 
-        torch.set_num_threads(config.latent_ops_threads)
+        torch.set_num_threads(config.latent_ops.threads)
         self._torch, self._ops = torch, latent_ops
         self.config = config
         self.name = name
@@ -210,8 +210,8 @@ class LatentOpsEngine:
         graphs = self._graphs.get(version)
         if graphs is not None:
             return graphs
-        record = self.repo.load(self.name, version, verify=self.config.verify_checksums)
-        graphs, problem = self._ops.graphs_for_record(self.repo, record, self.config.verify_checksums, self.device)
+        record = self.repo.load(self.name, version, verify=self.config.served.verify_checksums)
+        graphs, problem = self._ops.graphs_for_record(self.repo, record, self.config.served.verify_checksums, self.device)
         self._graphs[version] = graphs
         self._probe_problem[version] = problem
         logger.info("latent ops: %s v%d TorchScript graphs loaded (probe: %s)", self.name, version,
@@ -289,7 +289,7 @@ class LatentOpsEngine:
         step = self._steps[kind]
         stats = self._stats[kind]
         loop = asyncio.get_running_loop()
-        max_rows = self.config.latent_ops_max_batch_rows
+        max_rows = self.config.latent_ops.max_batch_rows
         try:
             while entries:
                 now = time.time()

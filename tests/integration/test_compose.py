@@ -483,7 +483,7 @@ def test_serve_deploy_applies_env_over_args(serve_deploy, tmp_path):
     assert out["grpc_options"]["port"] == 9100
     assert not {"api_token", "redis_url", "redis_cache_url"} & set(args), "secrets must stay out of Serve's config"
     assert "s3cret" not in yaml.safe_dump(out) and "pw@" not in yaml.safe_dump(out)
-    assert config.api_token == "s3cret"  # ...but the validated config (= what the builder sees) has them
+    assert config.frontend.api_token == "s3cret"  # ...but the validated config (= what the builder sees) has them
     assert models == {"m-gan": 2}
     assert serve_deploy.find_app(out)["runtime_env"]["env_vars"][serve_deploy.ROLLOUT_ENV_VAR] == "m-gan=2"
     assert doc["applications"][0]["args"].get("replicas") != 3, "render must not modify its input"
@@ -502,7 +502,7 @@ def test_serve_deploy_adds_the_http_app_for_the_native_frontend(serve_deploy, tm
     assert len(http) == 1 and http[0]["name"] == "latentserve-http" and http[0]["route_prefix"] == "/"
     assert http[0]["args"] == grpc_app["args"] and http[0]["runtime_env"] == grpc_app["runtime_env"]
     assert grpc_app["route_prefix"] is None and out["grpc_options"]["grpc_servicer_functions"] == []
-    assert out["proxy_location"] == "EveryNode" and out["http_options"]["port"] == config.http_port == 8000
+    assert out["proxy_location"] == "EveryNode" and out["http_options"]["port"] == config.frontend.http_port == 8000
     module, _, attr = serve_deploy.HTTP_IMPORT_PATH.partition(":")
     assert callable(getattr(importlib.import_module(module), attr))
     again, _, _ = serve_deploy.render(out, {"LATENTSERVE_REPOSITORY": str(repo)})

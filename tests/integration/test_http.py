@@ -328,7 +328,7 @@ def test_bounded_queue_answers_429(serve_app):
 
     from latentserve.services.app import build_http_app
 
-    if serve_app.config.grpc_frontend != "native":
+    if serve_app.config.frontend.grpc_frontend != "native":
         pytest.skip("the serve frontend's ingress uses Serve's own queues (503 from the proxy)")
     cfg = serve_app.config.with_overrides(app_name="queue", max_ongoing_requests=1, max_queued_requests=1,
                                           models=["tiny-gan"], batch_wait_timeout_s=0.3, batch_idle_timeout_s=0.3)

@@ -74,16 +74,18 @@ def build_api(ops: LatentOperations) -> FastAPI:
     @app.middleware("http")
     async def _body_limit(request: Request, call_next):
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > config.http_max_body_bytes:
+        if length.isdigit() and int(length) > config.limits.http_max_body_bytes:
             _, body = failure(PayloadTooLargeError(
-                f"body: {int(length)} bytes is over the limit of {config.http_max_body_bytes} bytes "
+                f"body: {int(length)} bytes is over the limit of {config.limits.http_max_body_bytes} bytes "
                 "(http_max_body_bytes)"), request.url.path)
             return JSONResponse(body, status_code=413)
         return await call_next(request)
 
     # Admission like the native gRPC server's: at most max_ongoing_requests + max_queued_requests calls in
     # this replica, beyond that 429 (Serve's own queue limit would answer 503 from the proxy).
-    capacity = (config.max_ongoing_requests + config.max_queued_requests) if config.max_queued_requests >= 0 else 0
+    scaling = config.scaling
+    capacity = (scaling.max_ongoing_requests + scaling.max_queued_requests) if scaling.max_queued_requests >= 0 else 0
+    timeout_s = scaling.request_timeout_s
     admitted = [0]
 
     async def call(rpc: str, request: Request, run: Callable[[], Awaitable[Any]],
@@ -96,9 +98,9 @@ def build_api(ops: LatentOperations) -> FastAPI:
             if capacity and admitted[0] > capacity:
                 raise OverloadedError(f"server is at capacity ({capacity} calls: max_ongoing_requests + "
                                       "max_queued_requests), retry later")
-            check_token(config.api_token, request.headers.get("authorization", ""))
+            check_token(config.frontend.api_token, request.headers.get("authorization", ""))
             work = run()
-            result = await (asyncio.wait_for(work, config.request_timeout_s) if config.request_timeout_s else work)
+            result = await (asyncio.wait_for(work, timeout_s) if timeout_s else work)
             return answer(result)
         except asyncio.CancelledError:
             metrics.note_status("CANCELLED")
@@ -111,7 +113,7 @@ def build_api(ops: LatentOperations) -> FastAPI:
             metrics.end_request(rec, token)
 
     def deadline() -> float:
-        return time.time() + config.request_timeout_s if config.request_timeout_s else 0.0
+        return time.time() + timeout_s if timeout_s else 0.0
 
     def images_answer(request: Request) -> Callable[[Any], Any]:
         """Generated -> the PNG bytes (Accept: image/png) or the JSON body."""
@@ -201,7 +203,7 @@ def build_api(ops: LatentOperations) -> FastAPI:
     @app.get("/healthz", tags=["health"])
     async def healthz():
         """Open (probes carry no token); `auth` tells the page whether to ask for one before calling the API."""
-        return {"status": "SERVING", "auth": bool(config.api_token)}
+        return {"status": "SERVING", "auth": bool(config.frontend.api_token)}
 
     @app.get("/", include_in_schema=False)
     async def index():

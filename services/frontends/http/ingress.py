@@ -27,11 +27,11 @@ class HttpIngress:
     """The HTTP API + explorer over operations whose models run in this replica (or behind `handles`)."""
 
     def __init__(self, config: dict, models: dict[str, int], handles: dict[str, Any] | None = None) -> None:
-        cfg = ServeConfig(**config).validate()
+        cfg = ServeConfig.from_dict(config)
         self.ops = LatentOperations.open(cfg, models, remote=handles)
         metrics.replica_up(HTTP_INGRESS_NAME, self.ops.pool.default_versions)
         logger.info("latentserve HTTP ingress up: models %s, auth=%s", self.ops.pool.default_versions,
-                    bool(cfg.api_token))
+                    bool(cfg.frontend.api_token))
 
     def __serve_build_asgi_app__(self):
         return build_api(self.ops)

@@ -144,6 +144,11 @@ class ServeConfig:
     max_geodesic_iterations: int = 500  # per-request caps (INVALID_ARGUMENT above them)
     max_guidance_steps: int = 500
     max_refine_steps: int = 500
+    # Memory budget of the gradient ops (RESOURCE_EXHAUSTED naming the request field when over): a pass's
+    # memory grows with its rows, so rows admitted at once are capped per request and per process.
+    latent_ops_max_request_rows: int = 64  # rows (chains, inner path frames, images) of one gradient request
+    latent_ops_max_request_work: int = 32_768  # rows x iterations of one gradient request (its CPU time)
+    latent_ops_max_process_rows: int = 256  # rows of gradient requests admitted at once in one process
     geodesic_iterations: int = 100  # defaults for requests that leave an option at 0
     geodesic_learning_rate: float = 0.05  # Adam step in latent units
     guidance_steps: int = 50
@@ -251,6 +256,9 @@ class ServeConfig:
         int_range("max_geodesic_iterations", 1, 100_000)
         int_range("max_guidance_steps", 1, 100_000)
         int_range("max_refine_steps", 1, 100_000)
+        int_range("latent_ops_max_request_rows", 1, 65_536)
+        int_range("latent_ops_max_request_work", 1, 1 << 40)
+        int_range("latent_ops_max_process_rows", self.latent_ops_max_request_rows, 1 << 20)
         int_range("class_check_rounds", 1, 64)
         int_range("geodesic_iterations", 1, self.max_geodesic_iterations)
         int_range("guidance_steps", 1, self.max_guidance_steps)

@@ -236,7 +236,8 @@ class RedisBackend:
         if not breaker.allow():
             metrics.redis_call(self.role, None, skipped=True)
             raise CacheBypass(f"Redis ({self.role}) at {self.where} is unavailable "
-                              f"(retrying in {breaker.retry_in():.1f} s; last error: {breaker.last_error})", error=False)
+                              f"(retrying in {breaker.retry_in():.1f} s; last error: {breaker.last_error})", error=False,
+                              cause="not answering; retrying shortly")
         self.calls += 1
         t0 = time.perf_counter()
         try:
@@ -245,13 +246,15 @@ class RedisBackend:
             self.failures += 1
             metrics.redis_call(self.role, time.perf_counter() - t0, error=True)
             breaker.failure(exc, probe)
-            raise CacheBypass(f"Redis ({self.role}) at {self.where} failed: {type(exc).__name__}: {exc}", error=True) from None
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} failed: {type(exc).__name__}: {exc}", error=True,
+                              cause=type(exc).__name__) from None
         except self._all as exc:  # the server answered with an error (e.g. OOM): not a connectivity problem
             self.failures += 1
             metrics.redis_call(self.role, time.perf_counter() - t0, error=True)
             if probe:
                 breaker.success()
-            raise CacheBypass(f"Redis ({self.role}) at {self.where} refused the command: {exc}", error=True) from None
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} refused the command: {exc}", error=True,
+                              cause=f"command refused: {type(exc).__name__}") from None
         except BaseException:
             if probe:
                 breaker.abandon_probe()
@@ -334,7 +337,9 @@ class RedisLatentStore(LatentStore):
             metrics.handle_lookups("unavailable", n)
         else:
             metrics.handle_stores("unavailable", n)
-        return UnavailableError(f"latent handle store unavailable, cannot {what}: {exc}; retry later"
+        # the caller hears what failed and what to do; where Redis is and why it failed go to the log only
+        logger.warning("latent handle store: cannot %s: %s", what, exc)
+        return UnavailableError(f"latent handle store unavailable ({exc.cause or 'no answer'}), cannot {what}; retry later"
                                 + (", or send latent values instead of handles" if what.startswith("resolve") else
                                    ", or call without return_handles"))
 

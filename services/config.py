@@ -164,6 +164,9 @@ class ServeConfig:
     host: str = "127.0.0.1"  # address the gRPC proxy listens on (Ray Serve binds all interfaces; we print this)
     api_token: str = ""  # "" = no auth; else LatentService calls need `authorization: Bearer <token>`
     app_name: str = "latentserve"  # Serve application name (route prefix / gRPC `application` metadata)
+    # gRPC server reflection on the native servers: "auth" = needs the API token when one is set (open
+    # without one), "open" = never needs it, "off" = not served. Health never needs a token.
+    reflection: str = "auth"
 
     # -- latent handles --------------------------------------------------------------------------------------
     # Without Redis: the handle store itself (single-process only). With Redis: each replica's read-through
@@ -291,6 +294,8 @@ class ServeConfig:
             bad("host", "must be a host name or IP address")
         if not isinstance(self.api_token, str) or any(c.isspace() for c in self.api_token):
             bad("api_token", "must be a string without whitespace")
+        if self.reflection not in ("open", "auth", "off"):
+            bad("reflection", "must be one of open, auth, off")
         if not isinstance(self.app_name, str) or not self.app_name or "/" in self.app_name:
             bad("app_name", "must be a non-empty name without '/'")
         int_range("handle_store_size", 1, 100_000_000)

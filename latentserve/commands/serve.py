@@ -80,6 +80,8 @@ def register(sub) -> None:
                         "(default 8080; 0 = none; env LATENTSERVE_METRICS_PORT)")
     p.add_argument("--access-log", action="store_true", default=None,
                    help="log one line per request in the replica logs (off by default: it costs CPU)")
+    p.add_argument("--reflection", choices=("open", "auth", "off"), default=None,
+                   help="gRPC server reflection: auth (default) = needs the API token when one is set, open, off")
     p.add_argument("--ray-address", default="local",
                    help="Ray cluster to use: 'local' starts a new one (default), 'auto' joins a running one")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
@@ -99,7 +101,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
         "grpc_frontend": args.frontend, "grpc_transport": args.grpc_transport, "drain_period_s": args.drain_period,
-        "metrics_port": args.metrics_port,
+        "metrics_port": args.metrics_port, "reflection": args.reflection,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import importlib.util
 import logging
 import threading
@@ -153,6 +154,15 @@ class RefineResult:
     mse_before: np.ndarray  # (n,)
     mse_after: np.ndarray  # (n,)
     steps: int
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim: return free heap pages to the OS. A forward/backward pass frees its activations
+    into malloc's arenas, which otherwise keep them and fragment across passes of varying sizes."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 # ------------------------------------------------------------------------------------------- budget
@@ -397,6 +407,8 @@ class LatentOpsEngine:
             if not entries:
                 self._groups.pop(key, None)
                 self._drivers.pop(key, None)
+                if not self._groups:  # idle: hand the passes' freed heap back to the OS (keeps RSS flat)
+                    await loop.run_in_executor(self._executor, trim_heap)
 
     def _tick(self, step: Any, graphs: Any, batch: list[_Entry]) -> list[Any]:
         """Executor thread: one iteration of every job in `batch`; results of the jobs that finished."""

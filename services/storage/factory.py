@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from latentserve.services.config import ServeConfig
+from latentserve.services.observability import metrics
 from latentserve.services.storage.cache import MemoryKV, ServingCache
 from latentserve.services.storage.handles import InProcessLatentStore, LatentStore
 from latentserve.services.storage.redis_store import RedisBackend, RedisKV, RedisLatentStore
@@ -32,10 +33,13 @@ def open_stores(config: ServeConfig, check: bool = True,
     if config.redis_url:
         backend = RedisBackend(config.redis_url, role="handles", timeout_s=config.redis_handle_timeout_s,
                                backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
+        durable = True
         if check:
             backend.check(handles=True)
+            durable = not backend.persistence()  # unknown (CONFIG disabled, unreachable): assumed durable
+            metrics.handle_store_durable(durable)
         store: LatentStore = RedisLatentStore(backend, ttl_s=config.handle_ttl_s, prefix=config.redis_key_prefix,
-                                              local_entries=config.handle_store_size)
+                                              local_entries=config.handle_store_size, durable=durable)
     else:
         store = InProcessLatentStore(config.handle_store_size, ttl_s=config.handle_ttl_s)
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -297,6 +298,28 @@ class RedisBackend:
         finally:
             client.close()
 
+    def persistence(self, timeout_s: float = CHECK_TIMEOUT_S) -> str:
+        """'' when this Redis persists writes (appendonly yes), else why handles would not survive its
+        restart (logged as a warning). Unknown (CONFIG disabled, unreachable): '' and nothing logged."""
+        from redis import exceptions as rex
+
+        client = self._make_client(timeout_s, sync=True)
+        try:
+            conf = client.config_get("appendonly")
+            conf.update(client.config_get("save"))
+        except (rex.RedisError, OSError):
+            return ""
+        finally:
+            client.close()
+        if conf.get("appendonly") == "yes":
+            return ""
+        snapshots = f"RDB snapshots only (save {conf.get('save')!r}): handles since the last one" if conf.get("save") \
+            else "no persistence at all: every handle"
+        msg = (f"redis: the handle Redis at {self.where} has appendonly no and {snapshots} would be lost if it "
+               f"restarts; run it with --appendonly yes (docker-compose.yml does)")
+        logger.warning(msg)
+        return msg
+
     async def aclose(self) -> None:
         """Close the current loop's client (its pooled connections)."""
         c = self._clients.pop(asyncio.get_running_loop(), None)
@@ -314,10 +337,17 @@ class RedisLatentStore(LatentStore):
     kind = "redis"
 
     def __init__(self, backend: RedisBackend, ttl_s: float = 7 * 86_400.0, prefix: str = "ls:",
-                 local_entries: int = 10_000) -> None:
+                 local_entries: int = 10_000, durable: bool = True) -> None:
         if not ttl_s > 0:
             raise ValidationError(f"handle TTL must be > 0 s, got {ttl_s}")
         self.backend, self.ttl_s, self.prefix = backend, float(ttl_s), prefix
+        # Honest handles: the store's epoch (a random id under `<prefix>epoch`, set once by whichever replica
+        # comes first) is what this replica saw; a Redis that lost its data comes back without it, so a miss
+        # after the epoch changed is reported as a lost handle, not an expired one. A local copy could answer
+        # a handle that Redis lost (two replicas answering differently): it is kept only for a durable Redis.
+        self.durable, self.epoch = bool(durable), ""
+        if not self.durable:
+            local_entries = 0
         self._ttl_ms = max(1, int(round(self.ttl_s * 1000)))
         # Handles are content-addressed (immutable), so a local copy can never be stale; it expires with the TTL
         # and is bounded in entries and bytes (LOCAL_HANDLE_BYTES: flow latents are D = 3 H W floats).
@@ -343,9 +373,48 @@ class RedisLatentStore(LatentStore):
                                 + (", or send latent values instead of handles" if what.startswith("resolve") else
                                    ", or call without return_handles"))
 
+    async def _epoch_now(self) -> str:
+        """The store's epoch, created if absent (SET NX: the first replica's id wins); '' if Redis failed."""
+        key, mine = self.prefix + "epoch", f"{os.urandom(6).hex()}@{int(time.time())}"
+
+        async def op(r: Any) -> Any:
+            await r.set(key, mine, nx=True)
+            return await r.get(key)
+
+        try:
+            value = await self.backend.call(op)
+        except CacheBypass:
+            return ""
+        return value.decode() if isinstance(value, bytes) else str(value or "")
+
+    async def _note_epoch(self) -> None:
+        if not self.epoch:
+            self.epoch = await self._epoch_now()
+
+    async def _missing(self, handle: str) -> NotFoundError:
+        """The NOT_FOUND of a handle Redis does not have: lost with a reset store, or expired / never issued."""
+        seen, now = self.epoch, await self._epoch_now()
+        if seen and now and now != seen:
+            self.epoch = now
+            if self.local is not None:
+                self.local = type(self.local)(self.local.max_entries, ttl_s=self.ttl_s, max_bytes=LOCAL_HANDLE_BYTES)
+            logger.warning("latent handle store: Redis lost its data (epoch %s -> %s): handles issued before are lost",
+                           seen, now)
+            return NotFoundError(
+                f"handle {handle!r:.80} was lost: the handle store was reset (its Redis restarted without "
+                f"persistence) after the handle was issued; send the latent values instead")
+        since = now.rpartition("@")[2]
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(since))) if since.isdigit() else ""
+        return NotFoundError(
+            f"unknown handle {handle!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after they were "
+            f"last issued) or never issued by this service"
+            + (f" (or lost, if issued before the handle store was last reset at {when})" if when else "")
+            + "; send the latent values instead")
+
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
         if not items:
             return
+        await self._note_epoch()
         packed = [(self.prefix + "h:" + h, pack_latent(z, label)) for h, z, label in items]
         ttl_ms = self._ttl_ms
 
@@ -373,6 +442,7 @@ class RedisLatentStore(LatentStore):
             self._add(local_hits=n - len(todo))
             metrics.handle_lookups("local_hit", n - len(todo))
         if todo:
+            await self._note_epoch()
             keys = [self.prefix + "h:" + handles[i] for i in todo]
             try:
                 values = await self.backend.call(lambda r: r.mget(keys))
@@ -384,9 +454,7 @@ class RedisLatentStore(LatentStore):
                     self._add(hits=len(fetched), misses=1)
                     metrics.handle_lookups("hit", len(fetched))
                     metrics.handle_lookups("miss")
-                    raise NotFoundError(
-                        f"unknown handle {handles[i]!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after "
-                        f"they were last issued) or never issued by this service; send the latent values instead")
+                    raise await self._missing(handles[i])
                 found[i] = unpack_latent(v)
                 fetched.append((handles[i], found[i][0], found[i][1]))
             self._add(hits=len(fetched))

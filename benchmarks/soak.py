@@ -26,10 +26,7 @@ import zlib
 import grpc
 import numpy as np
 
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+from abuse import rss_mb, server_parser  # benchmarks/abuse.py, beside this script
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
@@ -105,7 +102,7 @@ async def main(a: argparse.Namespace) -> int:
         info = await c.get_model(a.model)
     seconds = a.seconds if a.seconds else a.minutes * 60
     print(f"soak {seconds:.0f} s of {a.target} (model {a.model}, {a.workers} workers), server pid {a.server_pid}: "
-          f"RSS {rss_mb(a.server_pid):.0f} MB at start; warm-up {a.warmup:.0f} s", flush=True)
+          f"RSS {rss_mb(a.server_pid)} MB at start; warm-up {a.warmup:.0f} s", flush=True)
     stop, counts = asyncio.Event(), collections.Counter()
     tasks = [asyncio.create_task(worker(a, info, stop, counts)) for _ in range(a.workers)]
     t0, samples = time.monotonic(), []
@@ -114,7 +111,7 @@ async def main(a: argparse.Namespace) -> int:
         t, r = time.monotonic() - t0, rss_mb(a.server_pid)
         if t >= a.warmup:
             samples.append(r)
-        print(f"t={t:5.0f}s  RSS {r:6.0f} MB  {'(warm-up) ' if t < a.warmup else ''}{dict(counts)}", flush=True)
+        print(f"t={t:5.0f}s  RSS {r:6d} MB  {'(warm-up) ' if t < a.warmup else ''}{dict(counts)}", flush=True)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     bad = counts["INTERNAL"] + counts["UNKNOWN"]
@@ -129,10 +126,7 @@ async def main(a: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-t", "--target", default="127.0.0.1:9000")
-    p.add_argument("--server-pid", type=int, required=True, help="the serving process (its RSS is watched)")
-    p.add_argument("--model", default="shapes-gan")
+    p = server_parser(__doc__)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--seconds", type=float, default=0.0, help="run this long instead of --minutes")
     p.add_argument("--warmup", type=float, default=60.0)

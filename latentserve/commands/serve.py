@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     import threading
 
-    from latentserve.services.app import build_app, ray_env, served_models, start_options
+    from latentserve.services.app import build_app, local_ray_env, ray_env, served_models, start_options
     from latentserve.services.config import load_config
 
     config = load_config(overrides_from_args(args))
@@ -147,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
         # bound before Ray starts: a taken port is a one-line error, not a half-started server
         exporter = MetricsExporter(config.metrics_dir, config.metrics_port, config.host).start()
 
+    if args.ray_address == "local":  # closed by default: a local session's sockets on loopback (before importing Ray)
+        for key, value in local_ray_env(config).items():
+            os.environ.setdefault(key, value)
     import ray
     from ray import serve
 

@@ -373,37 +373,26 @@ class RedisLatentStore(LatentStore):
                                 + (", or send latent values instead of handles" if what.startswith("resolve") else
                                    ", or call without return_handles"))
 
-    async def _epoch_now(self) -> str:
-        """The store's epoch, created if absent (SET NX: the first replica's id wins); '' if Redis failed."""
-        key, mine = self.prefix + "epoch", f"{os.urandom(6).hex()}@{int(time.time())}"
+    def _saw_epoch(self, value: Any) -> bool:
+        """Note the store's epoch as read on a round trip; True when it changed since this replica last saw
+        it (Redis lost its data: the epoch key went with it). A changed store drops the local copy."""
+        now = value.decode() if isinstance(value, bytes) else str(value or "")
+        seen, self.epoch = self.epoch, now
+        if not seen or now == seen:
+            return False
+        if self.local is not None:
+            self.local = type(self.local)(self.local.max_entries, ttl_s=self.ttl_s, max_bytes=LOCAL_HANDLE_BYTES)
+        logger.warning("latent handle store: Redis lost its data (epoch %s -> %s): handles issued before are lost",
+                       seen, now or "none")
+        return True
 
-        async def op(r: Any) -> Any:
-            await r.set(key, mine, nx=True)
-            return await r.get(key)
-
-        try:
-            value = await self.backend.call(op)
-        except CacheBypass:
-            return ""
-        return value.decode() if isinstance(value, bytes) else str(value or "")
-
-    async def _note_epoch(self) -> None:
-        if not self.epoch:
-            self.epoch = await self._epoch_now()
-
-    async def _missing(self, handle: str) -> NotFoundError:
+    def _missing(self, handle: str, reset: bool) -> NotFoundError:
         """The NOT_FOUND of a handle Redis does not have: lost with a reset store, or expired / never issued."""
-        seen, now = self.epoch, await self._epoch_now()
-        if seen and now and now != seen:
-            self.epoch = now
-            if self.local is not None:
-                self.local = type(self.local)(self.local.max_entries, ttl_s=self.ttl_s, max_bytes=LOCAL_HANDLE_BYTES)
-            logger.warning("latent handle store: Redis lost its data (epoch %s -> %s): handles issued before are lost",
-                           seen, now)
+        if reset:
             return NotFoundError(
                 f"handle {handle!r:.80} was lost: the handle store was reset (its Redis restarted without "
                 f"persistence) after the handle was issued; send the latent values instead")
-        since = now.rpartition("@")[2]
+        since = self.epoch.rpartition("@")[2]
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(since))) if since.isdigit() else ""
         return NotFoundError(
             f"unknown handle {handle!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after they were "
@@ -414,20 +403,23 @@ class RedisLatentStore(LatentStore):
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
         if not items:
             return
-        await self._note_epoch()
         packed = [(self.prefix + "h:" + h, pack_latent(z, label)) for h, z, label in items]
-        ttl_ms = self._ttl_ms
+        ttl_ms, epoch_key = self._ttl_ms, self.prefix + "epoch"
+        mine = f"{os.urandom(6).hex()}@{int(time.time())}"
 
         async def op(r: Any) -> Any:
             pipe = r.pipeline(transaction=False)
             for key, value in packed:
                 pipe.set(key, value, px=ttl_ms)
+            pipe.set(epoch_key, mine, nx=True)  # the store's epoch: set once, by the first writer
+            pipe.get(epoch_key)
             return await pipe.execute()
 
         try:
-            await self.backend.call(op)
+            results = await self.backend.call(op)
         except CacheBypass as exc:
             raise self._unavailable(exc, f"store {len(items)} handle(s)", len(items)) from None
+        self._saw_epoch(results[-1])
         self._add(puts=len(items))
         metrics.handle_stores("ok", len(items))
         if self.local is not None:
@@ -442,19 +434,19 @@ class RedisLatentStore(LatentStore):
             self._add(local_hits=n - len(todo))
             metrics.handle_lookups("local_hit", n - len(todo))
         if todo:
-            await self._note_epoch()
-            keys = [self.prefix + "h:" + handles[i] for i in todo]
+            keys = [self.prefix + "h:" + handles[i] for i in todo] + [self.prefix + "epoch"]
             try:
                 values = await self.backend.call(lambda r: r.mget(keys))
             except CacheBypass as exc:
                 raise self._unavailable(exc, f"resolve {len(todo)} handle(s)", len(todo)) from None
+            reset = self._saw_epoch(values.pop())
             fetched = []
             for i, v in zip(todo, values):
                 if v is None:
                     self._add(hits=len(fetched), misses=1)
                     metrics.handle_lookups("hit", len(fetched))
                     metrics.handle_lookups("miss")
-                    raise await self._missing(handles[i])
+                    raise self._missing(handles[i], reset)
                 found[i] = unpack_latent(v)
                 fetched.append((handles[i], found[i][0], found[i][1]))
             self._add(hits=len(fetched))

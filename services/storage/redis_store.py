@@ -397,7 +397,8 @@ class RedisLatentStore(LatentStore):
         return NotFoundError(
             f"unknown handle {handle!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after they were "
             f"last issued) or never issued by this service"
-            + (f" (or lost, if issued before the handle store was last reset at {when})" if when else "")
+            + (f" (or lost, if issued before the handle store was last reset at {when})" if when else
+               " (or lost: the handle store has issued no handle since it last started empty)" if not self.epoch else "")
             + "; send the latent values instead")
 
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:

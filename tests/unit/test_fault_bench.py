@@ -2,7 +2,8 @@
 successful call after the fault, refused-connection window, and the Redis-down figures."""
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 
 from latentserve.tools.fault_bench import FaultBenchConfig, _Record, _report, format_fault_report, serving_pids
 
@@ -26,4 +27,9 @@ def test_report_counts_failures_outage_and_recovery():
 
 
 def test_serving_pids_of_a_tree_without_serving_processes():
-    assert serving_pids(os.getpid()) == []
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # a tree of its own
+    try:
+        assert serving_pids(child.pid) == []
+    finally:
+        child.kill()
+        child.wait(10)

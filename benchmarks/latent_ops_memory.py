@@ -31,8 +31,8 @@ async def main(a: argparse.Namespace) -> None:
 
     overrides = {k: int(v) for k, v in (s.split("=", 1) for s in a.set)}
     cfg = load_config({"repository": a.repo, **overrides}, use_env=False)
-    rows = min(cfg.latent_ops_max_request_rows, cfg.max_images_per_request)
-    steps = min(cfg.max_guidance_steps, cfg.latent_ops_max_request_work // rows)
+    rows = min(cfg.latent_ops.max_request_rows, cfg.limits.max_images_per_request)
+    steps = min(cfg.latent_ops.max_guidance_steps, cfg.latent_ops.max_request_work // rows)
     ops = LatentOperations.open(cfg, {a.model: a.version})
     await ops.sample(SampleCall(model=a.model, n=8, seed=1, format="raw_uint8"))
     base = rss_mb()

@@ -86,16 +86,14 @@ def is_secret(field_name: str) -> bool:
 
 
 def env_args(environ: Mapping[str, str]) -> dict[str, str]:
-    """{field: raw string} for every non-secret ServeConfig field set as LATENTSERVE_<FIELD> in `environ`."""
-    from dataclasses import fields
-
-    from latentserve.services.config import ServeConfig
+    """{setting: raw string} for every non-secret ServeConfig setting set as LATENTSERVE_<NAME> in `environ`."""
+    from latentserve.services.config import FLAT
 
     out = {}
-    for f in fields(ServeConfig):
-        key = ENV_PREFIX + f.name.upper()
-        if not is_secret(f.name) and key in environ:
-            out[f.name] = environ[key]
+    for name in FLAT:
+        key = ENV_PREFIX + name.upper()
+        if not is_secret(name) and key in environ:
+            out[name] = environ[key]
     return out
 
 
@@ -132,8 +130,8 @@ def validate(doc: Mapping[str, Any], environ: Mapping[str, str]):
     if proxy_port is not None and int(proxy_port) != config.effective_proxy_grpc_port:
         raise _error(f"grpc_options.port ({proxy_port}) differs from the app's gRPC port ({config.effective_proxy_grpc_port})")
     http_port = (doc.get("http_options") or {}).get("port")
-    if http_port is not None and int(http_port) != config.http_port:
-        raise _error(f"http_options.port ({http_port}) differs from the app's http_port ({config.http_port})")
+    if http_port is not None and int(http_port) != config.frontend.http_port:
+        raise _error(f"http_options.port ({http_port}) differs from the app's http_port ({config.frontend.http_port})")
     return config, served_models(config)
 
 
@@ -145,7 +143,7 @@ def render(doc: Mapping[str, Any], environ: Mapping[str, str]):
     config, models = validate(out, environ)
     args = find_app(out)["args"]
     for name in env_args(environ):
-        args[name] = getattr(config, name)
+        args[name] = config.to_dict()[name]
     return stamp_rollout(out, models), config, models
 
 
@@ -234,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
         return 0
 
-    app_name = find_app(doc).get("name", config.app_name)
+    app_name = find_app(doc).get("name", config.frontend.app_name)
     with tempfile.NamedTemporaryFile("w", prefix="serve-", suffix=".yaml", delete=False) as fh:
         fh.write(text)
         rendered = fh.name
@@ -252,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     finally:
         os.unlink(rendered)
-    print(f"serve_deploy: {app_name!r} RUNNING ({listed}); gRPC on :{config.grpc_port}", flush=True)
+    print(f"serve_deploy: {app_name!r} RUNNING ({listed}); gRPC on :{config.frontend.grpc_port}", flush=True)
     return 0
 
 

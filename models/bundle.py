@@ -29,7 +29,8 @@ class Job:
 # cores (each manifest records its training.seconds). What each recipe is for:
 # - GAN: the "decoder" generator and a reconstruction weight that dominates early (annealed 1000 -> 200), so G
 #   learns to draw sharp outlines first and the adversarial term refines them; sampled from an anchor mixture
-#   of its encoded training images (latent.anchor_mixture), because its N(0, I) prior samples are off the data.
+#   of its encoded training images (latent.anchor_mixture), because its N(0, I) prior samples are off the data,
+#   so the adversarial loss is applied there too (w_adv_recon, codes near encoded images), with a cosine lr decay.
 # - VAE: a sharp likelihood (recon_scale 0.04) so corners survive reconstruction, sampled from an anchor mixture.
 # The anchor bandwidth (0.1 of the anchors' local spacing) trades novelty for fidelity; both are in the eval.
 # Anchors per class: 1000 for the VAE; 500 for the GAN, whose codes are twice as long (repository size).
@@ -38,12 +39,14 @@ RECIPE = [
     Job("shapes-probe", "probe", minutes=1),
     Job("shapes-gan", "gan", steps=7000, minutes=30, export_args=_ANCHORS,
         family_args={"g_arch": "decoder", "mode_reg": 1000.0, "mode_reg_final": 200.0, "mode_reg_anneal_steps": 5000,
-                     "lr_d": 4e-4}),
+                     "lr_d": 4e-4, "w_adv_recon": 1.0, "recon_noise": 0.1, "lr_decay_steps": 7000}),
     Job("shapes-vae", "vae", steps=8000, minutes=20, export_args={**_ANCHORS, "gmm_components": 1000},
         family_args={"recon_scale": 0.04, "lr_decay_steps": 8000}),
     # maximum likelihood only: the flow + adversarial hybrid (adv_weight 0.1 from step 400, 2000 steps) drew no
     # more recognisable shapes by the judge at this budget and cost likelihood (models/repository/README.md)
-    Job("shapes-flow", "flow", minutes=8, export_args={"gmm_components": 4}),
+    # coupling widths 48/64/64 (not the family's 64/80/80): the flow is stored four times (ONNX + TorchScript,
+    # encoder + decoder), and the narrower one keeps the repository under 30 MB for a small cost in bits/dim
+    Job("shapes-flow", "flow", minutes=8, export_args={"gmm_components": 4}, family_args={"hidden": [48, 64, 64]}),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Builds the latentserve Ray Serve application from a ServeConfig: the only place that wires deployments.
+"""Wires the latentserve Ray Serve application from a ServeConfig: the only place that chooses deployments.
 
     build_app(config) -> serve Application      (used by `latentserve serve` and the tests)
     app_builder(args) -> serve Application      (Serve's `import_path: latentserve.services.app:app_builder`
@@ -6,40 +6,11 @@
     start_options(config) -> dict               (serve.start kwargs: proxies and their ports for the frontend)
     grpc_options(config) -> gRPCOptions          (Serve's gRPC proxy: port + servicer functions, or none)
 
-Two frontends (config `grpc_frontend`; figures in benchmarks/README.md):
-
-- "native" (default, one node and clusters): one deployment named `LatentIngress` (body
-  `frontends/grpc/native.py` `NativeReplica`); every replica runs a serving process that holds every served model
-  (ONNX Runtime sessions, dynamic batching) behind the gRPC handlers and its OWN grpc.aio server on
-  `host:grpc_port` with grpc.health.v1 and reflection (services/frontends/grpc/native.py explains why a child
-  process). The port is bound with SO_REUSEPORT: replicas on one node share it and the kernel spreads
-  connections over them. Ray Serve still places the replicas (`ingress_num_cpus + num_cpus` CPUs and
-  `num_gpus` GPUs each), health-checks them (`check_health` calls the replica's gRPC health service),
-  restarts, scales (`ingress_replicas`, or autoscaling between min_replicas and max_replicas on the
-  replicas' running + queued gRPC requests) and rolls them out. No Serve proxy is needed (`start_options`
-  disables them), so a request costs one grpc.aio hop and no Ray call: single-image requests are several
-  times faster than through the proxy. In a cluster, every node that hosts a replica listens on the port:
-  put a TCP (L4) load balancer in front with a gRPC health check on that port, and set `host: 0.0.0.0`.
-  Queue limits (`max_ongoing_requests`, `max_queued_requests`, RESOURCE_EXHAUSTED beyond) and
-  `request_timeout_s` apply per replica.
-- "serve": Ray Serve's gRPC proxy on every node (`grpc_options`) routes to the `LatentIngress` deployment,
-  which calls one `model-<name>` ModelServer deployment per model (replicas / autoscaling, num_cpus/num_gpus
-  per replica); `colocate=True` runs the models inside the ingress instead, and `direct_ingress=True`
-  makes the ingress replicas serve gRPC themselves through Serve's direct ingress (see `ray_env`). Use it
-  when requests must reach any node through Serve's routing, or to scale models independently.
-
-The RPC handlers are the same in both frontends (services/frontends/grpc/servicer.py, over services/core/).
-
-Rolling out a new model version without dropping requests: export it into the repository (a version folder
-appears atomically), then run `serve deploy deploy/serve.yaml` again. The builder re-reads the repository, so
-the init arguments name the new default version, and Serve replaces the replicas. Serve frontend: Serve
-stops an old replica, then starts its replacement (20% at a time); the proxy queues requests meanwhile and
-an old replica finishes its in-flight requests within `graceful_shutdown_timeout_s`. Native frontend:
-`max_surge_percent` (default 25%) lets Serve start replacements first, so they listen on the shared port
-before old replicas stop (rollouts need room for that many extra replicas); a stopping replica reports
-NOT_SERVING, keeps serving for `drain_period_s` (and, with surge 0, until its replacement listens), then
-stops: clients get GOAWAY and reconnect to a live listener, in-flight RPCs finish. Requests pinning a
-version keep working throughout, because every replica loads any repository version on demand.
+Frontend "native" (default): one `LatentIngress` deployment of NativeReplica bodies, each serving gRPC itself
+with every model in-process (frontends/grpc/native.py). Frontend "serve": Ray Serve's gRPC proxy routes to
+the `LatentIngress` deployment (frontends/serve_proxy.py), which calls one `model-<name>` ModelServer
+deployment per model, or runs the models itself with `colocate`. Replicas, resources, autoscaling, queue
+limits and rollouts: docs/architecture.md, "Serving frontends" and "Deployments and rollouts".
 """
 from __future__ import annotations
 
@@ -76,16 +47,16 @@ def served_models(config: ServeConfig) -> dict[str, int]:
         v, path = repo.resolve(name)
         families[name] = read_manifest(path, validate=False).get("family", "?")
     generative = [n for n in names if families[n] in GENERATIVE]
-    if config.models:
-        unknown = [m for m in config.models if m not in names]
+    if config.served.models:
+        unknown = [m for m in config.served.models if m not in names]
         if unknown:
             raise NotFoundError(
                 f"model(s) {', '.join(unknown)} not in repository {repo.root}; it has: {', '.join(names) or '(none)'}"
             )
-        wrong = [f"{m} ({families[m]})" for m in config.models if m not in generative]
+        wrong = [f"{m} ({families[m]})" for m in config.served.models if m not in generative]
         if wrong:
             raise ValidationError(f"only generative models (gan, vae, flow) can be served; not: {', '.join(wrong)}")
-        chosen = list(config.models)
+        chosen = list(config.served.models)
     else:
         chosen = generative
     if not chosen:
@@ -95,19 +66,19 @@ def served_models(config: ServeConfig) -> dict[str, int]:
 
 def _replica_options(config: ServeConfig) -> dict[str, Any]:
     opts: dict[str, Any] = {
-        "logging_config": {"enable_access_log": config.access_log},
-        "max_ongoing_requests": config.max_ongoing_requests,
-        "max_queued_requests": config.max_queued_requests,
+        "logging_config": {"enable_access_log": config.frontend.access_log},
+        "max_ongoing_requests": config.scaling.max_ongoing_requests,
+        "max_queued_requests": config.scaling.max_queued_requests,
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
     }
-    if config.autoscaling:
+    if config.scaling.autoscaling:
         opts["autoscaling_config"] = {
-            "min_replicas": config.min_replicas,
-            "max_replicas": config.max_replicas,
-            "target_ongoing_requests": config.target_ongoing_requests,
+            "min_replicas": config.scaling.min_replicas,
+            "max_replicas": config.scaling.max_replicas,
+            "target_ongoing_requests": config.scaling.target_ongoing_requests,
         }
     else:
-        opts["num_replicas"] = config.replicas
+        opts["num_replicas"] = config.scaling.replicas
     return opts
 
 
@@ -118,25 +89,25 @@ def build_app(config: ServeConfig):
     config.validate()
     models = served_models(config)
     cfg = config.to_dict()
-    if config.grpc_frontend == "native":
+    if config.frontend.grpc_frontend == "native":
         return _native_app(config, models)
     ingress = serve.deployment(LatentIngress, name=INGRESS_NAME)
     ingress_opts: dict[str, Any] = {
-        "num_replicas": config.ingress_replicas,
-        "logging_config": {"enable_access_log": config.access_log},
-        "max_ongoing_requests": config.max_ongoing_requests,
-        "max_queued_requests": config.max_queued_requests,
+        "num_replicas": config.scaling.ingress_replicas,
+        "logging_config": {"enable_access_log": config.frontend.access_log},
+        "max_ongoing_requests": config.scaling.max_ongoing_requests,
+        "max_queued_requests": config.scaling.max_queued_requests,
         "graceful_shutdown_timeout_s": GRACEFUL_SHUTDOWN_S,
         # co-located: the ingress replica also runs the models, so it reserves the model CPUs too.
-        "ray_actor_options": {"num_cpus": config.ingress_num_cpus + (config.num_cpus if config.colocate else 0.0)},
+        "ray_actor_options": {"num_cpus": config.scaling.ingress_num_cpus + (config.scaling.num_cpus if config.scaling.colocate else 0.0)},
     }
-    if config.colocate:
+    if config.scaling.colocate:
         return ingress.options(**ingress_opts).bind(cfg, models, None)
     server = serve.deployment(ModelServer)
     handles = {
         name: server.options(
             name=model_deployment_name(name),
-            ray_actor_options={"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+            ray_actor_options={"num_cpus": config.scaling.num_cpus, "num_gpus": config.scaling.num_gpus},
             **_replica_options(config),
         ).bind(cfg, name, version)
         for name, version in models.items()
@@ -148,29 +119,29 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
     """One LatentIngress deployment whose replicas serve gRPC themselves, models in-process."""
     from ray import serve
 
-    if config.replicas != 1 and not config.autoscaling:
+    if config.scaling.replicas != 1 and not config.scaling.autoscaling:
         logging.getLogger("ray.serve").warning(
             "grpc_frontend native: replicas=%d is ignored; every ingress replica holds all models, "
-            "set ingress_replicas (or autoscaling) instead", config.replicas)
+            "set ingress_replicas (or autoscaling) instead", config.scaling.replicas)
     opts: dict[str, Any] = {
-        "logging_config": {"enable_access_log": config.access_log},
+        "logging_config": {"enable_access_log": config.frontend.access_log},
         # Serve's queue limits see only the handle calls (stats); the replica's gRPC server enforces the
         # configured ones on gRPC traffic itself.
-        "max_ongoing_requests": config.max_ongoing_requests,
+        "max_ongoing_requests": config.scaling.max_ongoing_requests,
         "graceful_shutdown_timeout_s": native_shutdown_timeout_s(config),
-        "ray_actor_options": {"num_cpus": config.ingress_num_cpus + config.num_cpus, "num_gpus": config.num_gpus},
+        "ray_actor_options": {"num_cpus": config.scaling.ingress_num_cpus + config.scaling.num_cpus, "num_gpus": config.scaling.num_gpus},
         # make-before-break rollouts: new replicas listen on the shared port before old ones drain
-        "max_surge_percent": config.max_surge_percent,
+        "max_surge_percent": config.frontend.max_surge_percent,
     }
-    if config.autoscaling:
+    if config.scaling.autoscaling:
         opts["autoscaling_config"] = {
-            "min_replicas": config.min_replicas,
-            "max_replicas": config.max_replicas,
-            "target_ongoing_requests": config.target_ongoing_requests,
+            "min_replicas": config.scaling.min_replicas,
+            "max_replicas": config.scaling.max_replicas,
+            "target_ongoing_requests": config.scaling.target_ongoing_requests,
             "policy": {"policy_function": "latentserve.services.app:native_autoscaling_policy"},
         }
     else:
-        opts["num_replicas"] = config.ingress_replicas
+        opts["num_replicas"] = config.scaling.ingress_replicas
     replica = serve.deployment(NativeReplica, name=INGRESS_NAME)
     return replica.options(**opts).bind(config.to_dict(), models)
 
@@ -178,7 +149,7 @@ def _native_app(config: ServeConfig, models: dict[str, int]):
 def native_shutdown_timeout_s(config: ServeConfig) -> float:
     """Serve's force-kill deadline for a stopping native replica: its drain (services/frontends/grpc/native.py) may
     wait for a replacement to listen, then for its connections to age out, then for calls in flight."""
-    return (config.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.max_connection_age_s + 2.0
+    return (config.frontend.drain_period_s + NATIVE_REPLACEMENT_WAIT_S + 1.1 * config.frontend.max_connection_age_s + 2.0
             + NATIVE_GRACE_S + 15.0)
 
 
@@ -205,17 +176,16 @@ def ray_env(config: ServeConfig) -> dict[str, str]:
 
     direct_ingress: Ray Serve's throughput-optimized mode (direct ingress: each ingress replica runs its own
     gRPC server; user code on the replica's main loop; request-path logs buffered) with the replicas' gRPC
-    ports pinned to grpc_port, grpc_port + 1, ... so clients keep using grpc_port. Measured on the dev
-    decoder (2 shared CPUs): single-image requests at concurrency 32 went from ~100 img/s (proxy, separate
-    model servers) to ~590 img/s (direct ingress + colocate)."""
-    if not config.direct_ingress:
+    ports pinned to grpc_port, grpc_port + 1, ... so clients keep using grpc_port (figures:
+    benchmarks/README.md)."""
+    if not config.frontend.direct_ingress:
         return {}
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(config.grpc_port),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(config.frontend.grpc_port),
         # exclusive upper bound: one port per ingress replica plus one spare for a replica being replaced
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(config.grpc_port + config.ingress_replicas + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(config.frontend.grpc_port + config.scaling.ingress_replicas + 1),
         # Serve keeps a stopping direct-ingress replica up >= 30 s so external load balancers notice; clients
         # connect to the replica itself here, so a short drain keeps Ctrl-C and rollouts quick.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
@@ -228,7 +198,7 @@ def local_ray_env(config: ServeConfig) -> dict[str, str]:
     and Windows), in which the node IP is 127.0.0.1 and every socket of the session (GCS, raylet, workers and
     object manager, dashboard agent, metrics export, runtime-env agent) binds loopback; another host opens
     them as Ray normally does. Read by Ray when it is imported: set before `import ray`."""
-    if not _is_loopback(config.host):
+    if not _is_loopback(config.frontend.host):
         return {}
     return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
@@ -249,12 +219,12 @@ def grpc_options(config: ServeConfig):
     port with the replicas through SO_REUSEPORT and take part of the connections)."""
     from ray.serve.config import gRPCOptions
 
-    if config.grpc_frontend == "native":
+    if config.frontend.grpc_frontend == "native":
         return gRPCOptions(port=config.effective_proxy_grpc_port, grpc_servicer_functions=[])
     return gRPCOptions(
         port=config.effective_proxy_grpc_port,
         grpc_servicer_functions=list(SERVICER_FUNCTIONS),
-        request_timeout_s=config.request_timeout_s or None,
+        request_timeout_s=config.scaling.request_timeout_s or None,
     )
 
 
@@ -262,8 +232,8 @@ def start_options(config: ServeConfig) -> dict[str, Any]:
     """`serve.start(**start_options(config))` for a Serve instance that runs this app alone: native = no
     proxies at all (the replicas serve gRPC; an idle HTTP proxy would only cost CPU), serve = proxies with
     the gRPC servicers on `effective_proxy_grpc_port` and HTTP on `http_port`."""
-    opts: dict[str, Any] = {"http_options": {"host": config.host, "port": config.http_port},
+    opts: dict[str, Any] = {"http_options": {"host": config.frontend.host, "port": config.frontend.http_port},
                             "grpc_options": grpc_options(config)}
-    if config.grpc_frontend == "native":
+    if config.frontend.grpc_frontend == "native":
         opts["proxy_location"] = "Disabled"
     return opts

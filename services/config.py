@@ -1,31 +1,23 @@
-"""Typed configuration of the serving side (Ray Serve app behind gRPC), validated once at start.
+"""Typed configuration of the serving side, validated once at start: `ServeConfig`, made of groups
+(`served`, `runtime`, `batching`, `scaling`, `frontend`, `limits`, `latent_ops`, `storage`, `observability`).
 
-Owns `ServeConfig` (every knob of services/app.py, the ingress and the model deployments) and the ONE place
-that reads environment variables (`env_overrides`). Nothing here reads the environment at import time:
-`load_config()` is called by `latentserve serve`, by `services.app.app_builder` (Serve's import path) and
-by tests, which pass explicit overrides.
-
-Environment variables (all optional; explicit arguments win over them):
-    LATENTSERVE_REPOSITORY        model repository root (default: the bundled models/repository)
-    LATENTSERVE_MODELS            comma-separated model names to serve (default: every generative model)
-    LATENTSERVE_BACKEND           onnxruntime | torchscript
-    LATENTSERVE_API_TOKEN         require `authorization: Bearer <token>` on every LatentService call
-    LATENTSERVE_REDIS_URL         Redis for latent handles and caches: redis://[user:password@]host:port/db or
-                                  rediss:// (TLS); unset = in-process LRUs, single-process only
-                                  (services/storage/redis_store.py documents the deployment)
-    LATENTSERVE_REDIS_CACHE_URL   optional separate Redis (LRU eviction, no persistence) for the caches
-    LATENTSERVE_METRICS_DIR       per-node directory where replicas record metrics (services/observability/metrics.py)
-    LATENTSERVE_METRICS_PORT      the node's /metrics endpoint (default 8080; 0 = none)
-    LATENTSERVE_GRPC_PORT, LATENTSERVE_HOST, LATENTSERVE_REPLICAS, LATENTSERVE_MAX_BATCH_SIZE, ...:
-    every other field as LATENTSERVE_<FIELD NAME IN UPPER CASE> (see `ServeConfig`).
+Every setting is declared once, with its doc and its bounds (`setting(...)` metadata: lo / hi / choices /
+a check), and checked by one generic validator; the few rules that relate two settings are in
+`ServeConfig.validate`. Settings have one flat name each (the field name; the latent-ops group prefixes
+its own with `latent_ops_` where they would be ambiguous), which is what YAML (flat, or nested by group),
+Serve's `args` (deploy/serve.yaml), environment variables (LATENTSERVE_<NAME>, read in `env_overrides` only)
+and the `latentserve serve` flags map onto. An unknown name is refused, naming the nearest valid one.
+Nothing is read at import time: `load_config()` is called by `latentserve serve`, by `services.app.app_builder`
+(Serve's import path) and by tests, which pass explicit overrides.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from latentserve.errors import ValidationError
@@ -33,311 +25,325 @@ from latentserve.models.repository import default_repository_path
 
 BACKENDS = ("onnxruntime", "torchscript")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
-GRPC_FRONTENDS = ("native", "serve")  # who listens on grpc_port: see ServeConfig.grpc_frontend
-GRPC_TRANSPORTS = ("auto", "cxx", "grpcio")  # what moves the bytes of the native frontend: ServeConfig.grpc_transport
+GRPC_FRONTENDS = ("native", "serve")  # who listens on grpc_port: see Frontend.grpc_frontend
+GRPC_TRANSPORTS = ("auto", "cxx", "grpcio")  # what moves the bytes of the native frontend: Frontend.grpc_transport
+REFLECTION_MODES = ("open", "auth", "off")  # who may use gRPC server reflection: Frontend.reflection
 ENV_PREFIX = "LATENTSERVE_"
+
+
+def setting(default: Any, doc: str, *, lo: float | str | None = None, hi: float | str | None = None,
+            lo_open: bool = False, also: tuple = (), choices: tuple | None = None,
+            check: Callable[[Any], str] | None = None, flat: str | None = None) -> Any:
+    """A config field: its default, what it means (`doc`), and its bounds: `lo`/`hi` (a number, or the name of
+    another setting of the same group), `lo_open`, `also` (values allowed outside the bounds, e.g. 0 = off),
+    `choices` (for a list: of each item), `check(value) -> problem` for the rest. `flat`: the setting's
+    name outside the group when it is not the field name."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "lo_open": lo_open, "also": also, "choices": choices,
+            "check": check, "flat": flat}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _no_space(v: str) -> str:
+    return "must be a string without whitespace" if any(c.isspace() for c in v) else ""
+
+
+def _redis_url(v: str) -> str:
+    return _redis_url_problem(v)
+
+
+@dataclass
+class Served:
+    """What is served."""
+
+    repository: str = setting("", "model repository root; '' = the bundled models/repository")
+    models: list[str] = setting([], "names to serve; [] = every generative model in the repository")
+    backend: str = setting("onnxruntime", "onnxruntime | torchscript (torch is imported only for torchscript)",
+                           choices=BACKENDS)
+    max_loaded_versions: int = setting(3, "per model: the default version is loaded at start, pinned other ones "
+                                          "on demand (LRU)", lo=1, hi=64)
+    verify_checksums: bool = setting(True, "sha256 of every model file checked when a version is loaded")
+
+
+@dataclass
+class Runtime:
+    """Inference threads. Ray sets OMP_NUM_THREADS=1 in every actor, so they are always set explicitly."""
+
+    intra_op_threads: int = setting(1, "ONNX Runtime intra_op_num_threads / torch.set_num_threads per model replica",
+                                    lo=1, hi=256)
+    inter_op_threads: int = setting(1, "ONNX Runtime inter_op_num_threads (the graphs are sequential chains)",
+                                    lo=1, hi=64)
+    providers: list[str] = setting([], "ONNX Runtime providers; [] = auto: CUDA first when onnxruntime-gpu sees a "
+                                       "GPU", choices=KNOWN_PROVIDERS)
+
+
+@dataclass
+class Batching:
+    """Dynamic batching per model replica, of encode and decode each (services/core/model_server.py Batcher)."""
+
+    max_batch_size: int = setting(64, "rows (images / latents) per model call; bigger requests run in chunks",
+                                  lo=1, hi=4096)
+    preferred_batch_size: int = setting(
+        16, "a forming batch closes once this many rows wait, and combines requests only up to this many (one "
+            "request may still have max_batch_size); 0 = max_batch_size. Below the clients' concurrency on "
+            "purpose: single-image clients then split into groups whose batches alternate with the reading and "
+            "answering of the next group", lo=0, hi=4096)
+    batch_wait_timeout_s: float = setting(
+        0.01, "how long the first request of a batch waits for company at most", lo=0.0, hi=1.0)
+    batch_idle_timeout_s: float = setting(
+        0.002, "a batch also closes once no request arrived for this long (capped at batch_wait_timeout_s), so "
+               "light load waits little while sustained load grows batches", lo=0.0, hi=1.0)
+    max_concurrent_batches: int = setting(2, "batches in flight per method: one runs while the next one forms",
+                                          lo=1, hi=16)
+
+
+@dataclass
+class Scaling:
+    """Replicas, their resources, and back-pressure."""
+
+    replicas: int = setting(1, "model-server replicas per model (ignored when autoscaling)", lo=1, hi=1024)
+    autoscaling: bool = setting(False, "Serve autoscaling between min_replicas and max_replicas")
+    min_replicas: int = setting(1, "autoscaling floor", lo=0, hi=1024)
+    max_replicas: int = setting(4, "autoscaling ceiling", lo=1, hi=1024)
+    target_ongoing_requests: float = setting(16.0, "autoscaling target per replica", lo=0.0, hi=10_000, lo_open=True)
+    num_cpus: float = setting(1.0, "CPUs reserved per model replica (Ray scheduling)", lo=0.0, hi=1024)
+    num_gpus: float = setting(0.0, "GPUs per model replica (needs onnxruntime-gpu or a CUDA torch)", lo=0.0, hi=64)
+    ingress_replicas: int = setting(1, "replicas of the LatentIngress deployment", lo=1, hi=1024)
+    ingress_num_cpus: float = setting(0.5, "CPUs reserved per ingress replica", lo=0.0, hi=1024)
+    max_ongoing_requests: int = setting(
+        128, "concurrent requests per replica; >= max_batch_size * max_concurrent_batches lets a model replica "
+             "fill its batches from single-image requests", lo=1, hi=100_000)
+    max_queued_requests: int = setting(256, "queued beyond that, per replica; full -> RESOURCE_EXHAUSTED; -1 = "
+                                            "unbounded (0 would refuse every request that has to wait)",
+                                       lo=1, hi=1_000_000, also=(-1,))
+    request_timeout_s: float = setting(0.0, "server-side cap per gRPC call (0 = none; client deadlines still "
+                                            "apply)", lo=0.0, hi=86_400)
+    colocate: bool = setting(False, "serve frontend: run the models inside the ingress replica (no model-server "
+                                    "hop)")
+
+
+@dataclass
+class Frontend:
+    """Who listens for gRPC, on which address, and how replicas hand over (services/app.py,
+    services/frontends/)."""
+
+    grpc_frontend: str = setting(
+        "native", "native = every LatentIngress replica runs its own gRPC server with the models in-process, "
+                  "replicas on a node sharing grpc_port (SO_REUSEPORT); serve = Ray Serve's gRPC proxy (or its "
+                  "direct ingress) in front of the ingress deployment", choices=GRPC_FRONTENDS)
+    grpc_transport: str = setting(
+        "auto", "native: cxx = the compiled grpc++ transport (built at install with libgrpc++-dev), grpcio = "
+                "grpc.aio, auto = cxx when built", choices=GRPC_TRANSPORTS)
+    direct_ingress: bool = setting(
+        False, "serve frontend: the ingress replicas serve gRPC themselves (Serve's direct ingress + "
+               "throughput-optimized mode; replica k on grpc_port + k), Serve's proxy moves to proxy_grpc_port; "
+               "needs services.app.ray_env(config) before Ray starts (`latentserve serve` does it)")
+    proxy_grpc_port: int = setting(0, "Serve's gRPC proxy port with direct_ingress (0 = grpc_port + "
+                                      "ingress_replicas + 1)", lo=0, hi=65_535)
+    access_log: bool = setting(False, "Serve's per-request access log lines in replica logs (costs CPU per request)")
+    drain_period_s: float = setting(
+        0.0, "native: a stopping replica answers health checks NOT_SERVING and keeps serving this long (for a "
+             "TCP load balancer), then while its replacement is still starting", lo=0.0, hi=3600)
+    max_surge_percent: int = setting(
+        25, "native rollouts: extra replicas Serve may start (percent, rounded up) so new replicas serve before "
+            "old ones stop; 0 = stop-then-start", lo=0, hi=100)
+    max_connection_age_s: float = setting(
+        10.0, "native: client connections are closed gracefully after this long (GOAWAY; clients reconnect "
+              "without failing a call), so connections rebalance and a draining replica sheds them; 0 = never",
+        lo=1.0, hi=86_400, also=(0, 0.0))
+    reset_serving_niceness: bool = setting(
+        True, "native: the serving process sets its nice value back to 0 (Ray starts workers at nice 15, where "
+              "every normal-priority job on the node preempts the gRPC server); needs CAP_SYS_NICE, else a "
+              "warning")
+    grpc_port: int = setting(9000, "the gRPC port clients connect to", lo=1, hi=65_535)
+    http_port: int = setting(8000, "Serve's HTTP proxy port (Serve always starts one; unused by latentserve)",
+                             lo=1, hi=65_535)
+    host: str = setting("127.0.0.1", "address to listen on", check=lambda v: "" if v else "must be a host name or "
+                                                                                        "IP address")
+    api_token: str = setting("", "'' = no auth; else LatentService calls need `authorization: Bearer <token>`",
+                             check=_no_space)
+    app_name: str = setting("latentserve", "Serve application name (gRPC `application` metadata)",
+                            check=lambda v: "" if v and "/" not in v else "must be a non-empty name without '/'")
+    reflection: str = setting(
+        "auth", "gRPC server reflection on the native servers: auth = needs the API token when one is set (open "
+                "without one), open = never needs it, off = not served. Health never needs a token",
+        choices=REFLECTION_MODES)
+
+
+@dataclass
+class Limits:
+    """Per-request caps (INVALID_ARGUMENT above them)."""
+
+    max_images_per_request: int = setting(256, "images (or latents, handles) per request", lo=1, hi=65_536)
+    max_interpolation_steps: int = setting(64, "frames of an Interpolate path, both ends included", lo=2, hi=4096)
+    max_image_bytes: int = setting(4 << 20, "one encoded PNG/JPEG (protects the decoder from decompression bombs)",
+                                   lo=1024, hi=1 << 30)
+    class_check_rounds: int = setting(8, "label check of Sample / Augment (models/class_check.py): draws per image "
+                                         "at most, the first included; each costs a decode and an encode",
+                                      lo=1, hi=64)
+
+
+@dataclass
+class LatentOps:
+    """Gradient-based latent ops (services/core/latent_ops.py; need PyTorch, the `latent-ops` extra): geodesic
+    interpolation, guided sampling, encode refinement, on the TorchScript artefacts; torch is imported on the
+    first such request (or at start with preload), never otherwise. Caps refuse requests above them; the
+    other values are the defaults of requests that leave an option at 0."""
+
+    enabled: bool = setting(True, "serve them when torch is installed (false: UNIMPLEMENTED)", flat="latent_ops")
+    preload: bool = setting(False, "import torch and load the default versions' graphs at start",
+                            flat="latent_ops_preload")
+    threads: int = setting(1, "torch intra-op threads of a model's latent-ops engine", lo=1, hi=256,
+                           flat="latent_ops_threads")
+    max_batch_rows: int = setting(256, "rows (path frames, chains, images) sharing one forward/backward pass",
+                                  lo=1, hi=65_536, flat="latent_ops_max_batch_rows")
+    max_geodesic_iterations: int = setting(500, "cap", lo=1, hi=100_000)
+    max_guidance_steps: int = setting(500, "cap", lo=1, hi=100_000)
+    max_refine_steps: int = setting(500, "cap", lo=1, hi=100_000)
+    # Memory budget of the gradient ops (RESOURCE_EXHAUSTED naming the request field when over): a pass's memory
+    # grows with its rows, so rows admitted at once are capped per request and per process.
+    max_request_rows: int = setting(64, "rows (chains, inner path frames, images) of one gradient request",
+                                    lo=1, hi=65_536, flat="latent_ops_max_request_rows")
+    max_request_work: int = setting(32_768, "rows x iterations of one gradient request (its CPU time)",
+                                    lo=1, hi=1 << 40, flat="latent_ops_max_request_work")
+    max_process_rows: int = setting(256, "rows of gradient requests admitted at once in one process",
+                                    lo="max_request_rows", hi=1 << 20, flat="latent_ops_max_process_rows")
+    geodesic_iterations: int = setting(100, "default", lo=1, hi="max_geodesic_iterations")
+    geodesic_learning_rate: float = setting(0.05, "Adam step in latent units", lo=0.0, hi=1.0, lo_open=True)
+    guidance_steps: int = setting(50, "default Langevin steps", lo=1, hi="max_guidance_steps")
+    guidance_step_size: float = setting(0.02, "Langevin step eta", lo=0.0, hi=1.0, lo_open=True)
+    guidance_class_weight: float = setting(10.0, "weight of log p(label | decode(z)) (1 = the plain posterior)",
+                                           lo=0.0, hi=1000.0)
+    guidance_noise: float = setting(1.0, "Langevin noise scale (1 = the exact Langevin noise)", lo=0.0, hi=10.0)
+    guidance_factor_weight: float = setting(200.0, "weight of the factor term ((r - target) / range)^2",
+                                            lo=0.0, hi=1e5)
+    refine_learning_rate: float = setting(0.05, "Adam step in latent units", lo=0.0, hi=1.0, lo_open=True)
+
+
+@dataclass
+class Storage:
+    """Latent handles and the encode / result caches: in-process, or Redis shared by every replica
+    (services/storage/)."""
+
+    handle_store_size: int = setting(
+        100_000, "without Redis: the handle store itself (one process only); with Redis: each replica's "
+                 "read-through copy of recent handles", lo=1, hi=100_000_000)
+    redis_url: str = setting("", "handles (and the caches unless redis_cache_url): redis://[user:password@]host:"
+                                 "port/db, rediss:// = TLS, unix:///path; '' = in-process", check=_redis_url)
+    redis_cache_url: str = setting("", "a separate Redis for the caches ('' = redis_url)", check=_redis_url)
+    handle_ttl_s: float = setting(7 * 86_400.0, "handle expiry (refreshed when the same latent is issued again)",
+                                  lo=1.0, hi=366 * 86_400.0)
+    encode_cache: bool = setting(True, "(model, version, image pixels) -> encoder outputs; a hit skips the encoder")
+    result_cache: bool = setting(True, "(model, version, latent, format) -> image; Decode, Edit, seeded Sample")
+    cache_ttl_s: float = setting(86_400.0, "expiry of cache entries", lo=1.0, hi=366 * 86_400.0)
+    cache_max_entry_bytes: int = setting(1 << 20, "bigger entries are not cached", lo=1024, hi=512 << 20)
+    cache_memory_bytes: int = setting(64 << 20, "in-process cache budget per replica (caches not in Redis)",
+                                      lo=1 << 20, hi=1 << 40)
+    redis_timeout_s: float = setting(0.05, "cache calls: after this the cache is bypassed (the request succeeds)",
+                                     lo=0.001, hi=60.0)
+    redis_handle_timeout_s: float = setting(0.5, "handle calls: after this the request fails with UNAVAILABLE",
+                                            lo=0.001, hi=60.0)
+    redis_backoff_s: float = setting(0.2, "circuit breaker: first window Redis is skipped after a failure",
+                                     lo=0.01, hi=600.0)
+    redis_backoff_max_s: float = setting(5.0, "... doubling per failed probe up to this", lo="redis_backoff_s",
+                                         hi=3600.0)
+    redis_key_prefix: str = setting("ls:", "namespace of every key (several deployments may share one Redis)",
+                                    check=lambda v: _no_space(v) or ("at most 64 characters" if len(v) > 64 else ""))
+
+
+@dataclass
+class Observability:
+    """Metrics (services/observability/)."""
+
+    metrics_dir: str = setting("", "per-node directory where every replica process records its metrics; '' = "
+                                   "none recorded (`latentserve serve` uses a fresh temporary one)")
+    metrics_port: int = setting(8080, "the node's /metrics endpoint (latentserve_* + Ray's metrics); 0 = none",
+                                lo=0, hi=65_535)
+
+
+GROUPS = {"served": Served, "runtime": Runtime, "batching": Batching, "scaling": Scaling, "frontend": Frontend,
+          "limits": Limits, "latent_ops": LatentOps, "storage": Storage, "observability": Observability}
+
+
+def _flat_names() -> dict[str, tuple[str, str]]:
+    out = {}
+    for group, cls in GROUPS.items():
+        for f in fields(cls):
+            out[f.metadata.get("flat") or f.name] = (group, f.name)
+    return out
+
+
+FLAT = _flat_names()  # flat name (YAML / env / CLI) -> (group, field)
 
 
 @dataclass
 class ServeConfig:
-    """Everything the Serve app needs. Range checks run in `validate()` (called by `load_config`)."""
+    """Every serving setting, by group. Build it with `load_config` (or `from_dict`), which validates."""
 
-    # -- what is served ----------------------------------------------------------------------------------
-    repository: str = ""  # model repository root; "" = the bundled models/repository
-    models: list[str] = field(default_factory=list)  # names to serve; [] = every generative model in the repo
-    backend: str = "onnxruntime"  # onnxruntime | torchscript (torch is imported only for torchscript)
-    max_loaded_versions: int = 3  # per model: newest is loaded at start, pinned older ones on demand (LRU)
-    verify_checksums: bool = True  # sha256 of every model file checked when a version is loaded
-
-    # -- inference runtime -------------------------------------------------------------------------------
-    # Ray sets OMP_NUM_THREADS=1 in every actor, so ORT/torch threads are always set explicitly from here.
-    intra_op_threads: int = 1  # ORT intra_op_num_threads / torch.set_num_threads per model replica
-    inter_op_threads: int = 1  # ORT inter_op_num_threads (graphs here are sequential chains)
-    providers: list[str] = field(default_factory=list)  # [] = auto: CUDA first when onnxruntime-gpu sees a GPU
-
-    # -- dynamic batching (per model replica, encode and decode each) ------------------------------------
-    max_batch_size: int = 64  # rows (images/latents) per model call; bigger requests are split into chunks
-    # a forming batch closes as soon as this many rows wait, and combines requests only up to this many rows
-    # (one request may still have max_batch_size); 0 = max_batch_size; capped at max_batch_size, so a smaller
-    # max_batch_size needs no change here. Smaller than the clients' concurrency on purpose: single-image
-    # clients then split into groups whose batches alternate (one runs while the next group's requests are
-    # read), instead of all waiting for one big batch and leaving the gRPC thread idle while it runs
-    # (benchmarks/README.md)
-    preferred_batch_size: int = 16
-    # how long the first request of a batch waits for company at most; a batch also closes once no request
-    # arrived for batch_idle_timeout_s (the burst is over, e.g. every waiting client is queued), so light load
-    # waits ~2 ms while sustained load grows batches up to this wait (services/core/model_server.py Batcher)
-    batch_wait_timeout_s: float = 0.01
-    batch_idle_timeout_s: float = 0.002  # capped at batch_wait_timeout_s
-    max_concurrent_batches: int = 2  # batches in flight per method: one runs while the next one forms
-
-    # -- capacity and back-pressure ------------------------------------------------------------------------
-    replicas: int = 1  # model-server replicas per model (ignored when autoscaling is on)
-    autoscaling: bool = False  # Serve autoscaling between min_replicas and max_replicas
-    min_replicas: int = 1
-    max_replicas: int = 4
-    target_ongoing_requests: float = 16.0  # autoscaling target per replica
-    num_cpus: float = 1.0  # CPUs reserved per model replica (Ray scheduling)
-    num_gpus: float = 0.0  # GPUs per model replica (needs onnxruntime-gpu or a CUDA torch)
-    ingress_replicas: int = 1
-    ingress_num_cpus: float = 0.5
-    # Concurrent requests per replica (ingress and model servers); >= max_batch_size * max_concurrent_batches
-    # lets a model replica fill its batches from single-image requests.
-    max_ongoing_requests: int = 128
-    max_queued_requests: int = 256  # queued per caller beyond that; full -> RESOURCE_EXHAUSTED; -1 unbounded
-    request_timeout_s: float = 0.0  # server-side end-to-end cap per gRPC call (0 = none; client deadlines still apply)
-    colocate: bool = False  # run ONNX Runtime inside the ingress replica (no model-server hop); one process
-    # per ingress replica then holds every model. Measured: ~2x single-image throughput.
-    direct_ingress: bool = False  # the ingress replica itself serves gRPC on grpc_port (Ray Serve direct ingress
-    # + throughput-optimized mode), skipping the proxy hop; Serve's proxy moves to proxy_grpc_port. Needs the
-    # RAY_SERVE_* variables of `services.app.ray_env(config)` in the environment before Ray starts (the
-    # `latentserve serve` command does that). Single-node: replica k listens on grpc_port + k (one spare port
-    # for a replacement replica); a port released by a dead replica is quarantined by Serve for 150 s.
-    access_log: bool = False  # Serve's per-request access log lines in replica logs (costs CPU per request)
-    proxy_grpc_port: int = 0  # Serve's gRPC proxy port when direct_ingress (0 = grpc_port + ingress_replicas + 1)
-    # Who listens on grpc_port (services/app.py, services/frontends/grpc/native.py): "native" = every LatentIngress replica
-    # runs its own grpc.aio server with the models in-process, bound with SO_REUSEPORT so the replicas on a node
-    # share the port (the kernel spreads connections); Ray Serve keeps placement, health, scaling and rollout.
-    # "serve" = Ray Serve's gRPC proxy (or, with direct_ingress, Serve's direct ingress) in front of the
-    # ingress deployment, models in model-server deployments unless colocate. Measured (benchmarks/README.md):
-    # native serves single-image requests several times faster than the proxy path.
-    grpc_frontend: str = "native"
-    # native: what moves the gRPC bytes (services/frontends/grpc/transport.py). "cxx" = the compiled grpc++ transport
-    # (built at install when Debian's libgrpc++-dev is present; hands calls to the handlers in bursts),
-    # "grpcio" = grpc.aio, "auto" = cxx when built, else grpcio. Same handlers, statuses and options either
-    # way; measured (benchmarks/README.md): cxx takes about half of grpc.aio's CPU per single-image request.
-    grpc_transport: str = "auto"
-    # native: a stopping replica answers health checks with NOT_SERVING and keeps serving at least this long
-    # (time for a TCP load balancer to take it out), then while its replacement is still starting.
-    drain_period_s: float = 0.0
-    # native rollouts: extra replicas Serve may start (percent of the replica count, rounded up) so new
-    # replicas serve before old ones stop; needs that much spare CPU/GPU. 0 = Serve's stop-then-start.
-    max_surge_percent: int = 25
-    # native: each client connection is closed gracefully after this long (GOAWAY; clients reconnect without
-    # failing a call), so connections rebalance over the replicas sharing the port and a draining replica
-    # sheds its clients before it stops. 0 = never (a stopping replica then cuts its connections).
-    max_connection_age_s: float = 10.0
-    # native: each serving process sets its nice value back to 0. Ray starts its workers (our replicas) at
-    # nice 15 and the serving process inherits it, so on a busy node every normal-priority job preempts the
-    # gRPC server: measured at c=32 with a training job beside it, 34 and 1,012 img/s at nice 15 vs 1,119 and
-    # 1,413 at nice 0 (two rounds). Lowering the value needs CAP_SYS_NICE (root): without it the process keeps
-    # Ray's value and logs a warning. So `latentserve serve` starts its local Ray with RAY_worker_niceness=0 and
-    # docker-compose.yml sets that for its nodes (the image runs as a non-root user); this reset covers
-    # clusters started without it.
-    reset_serving_niceness: bool = True
-
-    # -- per-request caps (INVALID_ARGUMENT above them) ----------------------------------------------------
-    max_images_per_request: int = 256
-    max_interpolation_steps: int = 64
-    max_image_bytes: int = 4 << 20  # one encoded PNG/JPEG; protects the decoder from decompression bombs
-    # label check of Sample / Augment (models/class_check.py): draws per image at most, the first included;
-    # each costs a decode and an encode (the bundled shapes-vae at its default threshold 0.99 needs ~1.7 on average)
-    class_check_rounds: int = 8
-
-    # -- gradient-based latent ops (services/core/latent_ops.py; need PyTorch: the `latent-ops` extra) ----------
-    # Geodesic interpolation, guided sampling and encode refinement run on the TorchScript artefacts. torch
-    # is imported on the first such request (or at start with latent_ops_preload), never otherwise.
-    latent_ops: bool = True  # serve them when torch is installed (false: UNIMPLEMENTED, like a torch-less server)
-    latent_ops_preload: bool = False  # import torch + load the default versions' graphs at start, not on first use
-    latent_ops_threads: int = 1  # torch intra-op threads of a model's latent-ops engine
-    latent_ops_max_batch_rows: int = 256  # rows (inner path frames, chains, images) sharing one forward/backward
-    max_geodesic_iterations: int = 500  # per-request caps (INVALID_ARGUMENT above them)
-    max_guidance_steps: int = 500
-    max_refine_steps: int = 500
-    # Memory budget of the gradient ops (RESOURCE_EXHAUSTED naming the request field when over): a pass's
-    # memory grows with its rows, so rows admitted at once are capped per request and per process.
-    latent_ops_max_request_rows: int = 64  # rows (chains, inner path frames, images) of one gradient request
-    latent_ops_max_request_work: int = 32_768  # rows x iterations of one gradient request (its CPU time)
-    latent_ops_max_process_rows: int = 256  # rows of gradient requests admitted at once in one process
-    geodesic_iterations: int = 100  # defaults for requests that leave an option at 0
-    geodesic_learning_rate: float = 0.05  # Adam step in latent units
-    guidance_steps: int = 50
-    guidance_step_size: float = 0.02  # Langevin step eta
-    guidance_class_weight: float = 10.0  # weight of log p(label | decode(z)) (1 = the plain posterior)
-    guidance_noise: float = 1.0  # Langevin noise scale (1 = sqrt(2 eta) N(0, I), the exact Langevin noise)
-    guidance_factor_weight: float = 200.0  # weight of the factor term ((r - target) / range)^2
-    refine_learning_rate: float = 0.05  # Adam step in latent units
-
-    # -- network / security --------------------------------------------------------------------------------
-    grpc_port: int = 9000
-    http_port: int = 8000  # Serve always starts its HTTP proxy next to the gRPC one (unused by latentserve)
-    host: str = "127.0.0.1"  # address the gRPC proxy listens on (Ray Serve binds all interfaces; we print this)
-    api_token: str = ""  # "" = no auth; else LatentService calls need `authorization: Bearer <token>`
-    app_name: str = "latentserve"  # Serve application name (route prefix / gRPC `application` metadata)
-    # gRPC server reflection on the native servers: "auth" = needs the API token when one is set (open
-    # without one), "open" = never needs it, "off" = not served. Health never needs a token.
-    reflection: str = "auth"
-
-    # -- latent handles --------------------------------------------------------------------------------------
-    # Without Redis: the handle store itself (single-process only). With Redis: each replica's read-through
-    # copy of recently used handles (handles are content-addressed, so a copy is never stale).
-    handle_store_size: int = 100_000
-    # Handles (and the caches unless redis_cache_url): redis://[user:password@]host:port/db, rediss:// = TLS,
-    # unix:///path. Shared by every replica and node; see services/storage/redis_store.py for the deployment.
-    redis_url: str = ""
-    redis_cache_url: str = ""  # separate Redis for the encode/result caches ("" = redis_url)
-    handle_ttl_s: float = 7 * 86_400.0  # handle expiry (refreshed when the same latent is issued again)
-    encode_cache: bool = True  # (model, version, image pixels) -> encoder outputs; a hit skips the encoder
-    result_cache: bool = True  # (model, version, latent, format) -> image; Decode, Edit, seeded Sample
-    cache_ttl_s: float = 86_400.0  # expiry of cache entries in Redis (and in the in-process cache)
-    cache_max_entry_bytes: int = 1 << 20  # bigger entries are not cached
-    cache_memory_bytes: int = 64 << 20  # in-process cache budget per replica (when the caches are not in Redis)
-    redis_timeout_s: float = 0.05  # cache calls: after this the cache is bypassed (the request still succeeds)
-    redis_handle_timeout_s: float = 0.5  # handle calls: after this the request fails with UNAVAILABLE
-    redis_backoff_s: float = 0.2  # circuit breaker: first window Redis is skipped after a failure ...
-    redis_backoff_max_s: float = 5.0  # ... doubling per failed probe up to this
-    redis_key_prefix: str = "ls:"  # namespace of every key (several deployments may share one Redis)
-
-    # -- metrics (services/observability/metrics.py, services/observability/exporter.py) ---------------------------------------
-    # Directory (one per node) where every replica process records its metrics (prometheus_client
-    # multiprocess files); the node's exporter sums them. "" = nothing recorded. `latentserve serve` uses a
-    # fresh temporary directory; the compose nodes set LATENTSERVE_METRICS_DIR.
-    metrics_dir: str = ""
-    # The node's /metrics endpoint (latentserve_* + Ray's own metrics) on host:metrics_port; 0 = none.
-    metrics_port: int = 8080
+    served: Served = field(default_factory=Served)
+    runtime: Runtime = field(default_factory=Runtime)
+    batching: Batching = field(default_factory=Batching)
+    scaling: Scaling = field(default_factory=Scaling)
+    frontend: Frontend = field(default_factory=Frontend)
+    limits: Limits = field(default_factory=Limits)
+    latent_ops: LatentOps = field(default_factory=LatentOps)
+    storage: Storage = field(default_factory=Storage)
+    observability: Observability = field(default_factory=Observability)
 
     # ------------------------------------------------------------------------------------------------------
     def validate(self) -> "ServeConfig":
-        """Range and type checks; raises ValidationError naming the field, what it was and what is allowed."""
-        def bad(name: str, why: str) -> None:
-            raise ValidationError(f"serve config: {name}={getattr(self, name)!r}: {why}")
+        """Every setting against its declared bounds, then the rules between settings; raises ValidationError
+        naming the setting, its value and what is allowed."""
+        for flat, (group, name) in FLAT.items():
+            _check_setting(flat, getattr(self, group), name)
+        f, s = self.frontend, self.scaling
 
-        def int_range(name: str, lo: int, hi: int | None = None) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
-                bad(name, f"must be an integer in [{lo}, {hi if hi is not None else 'inf'}]")
+        def bad(flat: str, why: str) -> None:
+            group, name = FLAT[flat]
+            raise ValidationError(f"serve config: {flat}={getattr(getattr(self, group), name)!r}: {why}")
 
-        def num_range(name: str, lo: float, hi: float | None = None, lo_open: bool = False) -> None:
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-                bad(name, "must be a number")
-            if (v <= lo if lo_open else v < lo) or (hi is not None and v > hi):
-                bad(name, f"must be in {'(' if lo_open else '['}{lo}, {hi if hi is not None else 'inf'}]")
-
-        if not isinstance(self.repository, str):
-            bad("repository", "must be a path string")
-        if not isinstance(self.models, list) or not all(isinstance(m, str) and m for m in self.models):
+        if not all(isinstance(m, str) and m for m in self.served.models):
             bad("models", "must be a list of model names")
-        if len(set(self.models)) != len(self.models):
+        if len(set(self.served.models)) != len(self.served.models):
             bad("models", "lists a model twice")
-        if self.backend not in BACKENDS:
-            bad("backend", f"must be one of {', '.join(BACKENDS)}")
-        int_range("max_loaded_versions", 1, 64)
-        int_range("intra_op_threads", 1, 256)
-        int_range("inter_op_threads", 1, 64)
-        if not isinstance(self.providers, list) or any(p not in KNOWN_PROVIDERS for p in self.providers):
-            bad("providers", f"must be a list of {', '.join(KNOWN_PROVIDERS)} ([] = auto)")
-        int_range("max_batch_size", 1, 4096)
-        int_range("preferred_batch_size", 0, 4096)
-        num_range("batch_wait_timeout_s", 0.0, 1.0)
-        num_range("batch_idle_timeout_s", 0.0, 1.0)
-        int_range("max_concurrent_batches", 1, 16)
-        int_range("replicas", 1, 1024)
-        int_range("min_replicas", 0, 1024)
-        int_range("max_replicas", 1, 1024)
-        if self.autoscaling and self.min_replicas > self.max_replicas:
-            bad("min_replicas", f"must be <= max_replicas ({self.max_replicas})")
-        num_range("target_ongoing_requests", 0.0, 10_000, lo_open=True)
-        num_range("num_cpus", 0.0, 1024)
-        num_range("num_gpus", 0.0, 64)
-        int_range("ingress_replicas", 1, 1024)
-        num_range("ingress_num_cpus", 0.0, 1024)
-        int_range("max_ongoing_requests", 1, 100_000)
-        int_range("max_queued_requests", -1, 1_000_000)
-        if self.max_queued_requests == 0:
-            bad("max_queued_requests", "0 would reject every request that has to wait; use -1 (unbounded) or >= 1")
-        num_range("request_timeout_s", 0.0, 86_400)
-        int_range("max_images_per_request", 1, 65_536)
-        int_range("max_interpolation_steps", 2, 4096)
-        int_range("max_image_bytes", 1024, 1 << 30)
-        if not isinstance(self.latent_ops, bool):
-            bad("latent_ops", "must be true or false")
-        if not isinstance(self.latent_ops_preload, bool):
-            bad("latent_ops_preload", "must be true or false")
-        int_range("latent_ops_threads", 1, 256)
-        int_range("latent_ops_max_batch_rows", 1, 65_536)
-        int_range("max_geodesic_iterations", 1, 100_000)
-        int_range("max_guidance_steps", 1, 100_000)
-        int_range("max_refine_steps", 1, 100_000)
-        int_range("latent_ops_max_request_rows", 1, 65_536)
-        int_range("latent_ops_max_request_work", 1, 1 << 40)
-        int_range("latent_ops_max_process_rows", self.latent_ops_max_request_rows, 1 << 20)
-        int_range("class_check_rounds", 1, 64)
-        int_range("geodesic_iterations", 1, self.max_geodesic_iterations)
-        int_range("guidance_steps", 1, self.max_guidance_steps)
-        num_range("geodesic_learning_rate", 0.0, 1.0, lo_open=True)
-        num_range("guidance_step_size", 0.0, 1.0, lo_open=True)
-        num_range("guidance_class_weight", 0.0, 1000.0)
-        num_range("guidance_noise", 0.0, 10.0)
-        num_range("guidance_factor_weight", 0.0, 1e5)
-        num_range("refine_learning_rate", 0.0, 1.0, lo_open=True)
-        int_range("grpc_port", 1, 65_535)
-        int_range("http_port", 1, 65_535)
-        int_range("proxy_grpc_port", 0, 65_535)
-        if self.grpc_transport not in GRPC_TRANSPORTS:
-            bad("grpc_transport", f"must be one of {', '.join(GRPC_TRANSPORTS)}")
-        if self.grpc_frontend not in GRPC_FRONTENDS:
-            bad("grpc_frontend", f"must be one of {', '.join(GRPC_FRONTENDS)}")
-        if self.grpc_frontend == "native" and self.direct_ingress:
+        if s.autoscaling and s.min_replicas > s.max_replicas:
+            bad("min_replicas", f"must be <= max_replicas ({s.max_replicas})")
+        if f.grpc_frontend == "native" and f.direct_ingress:
             bad("direct_ingress", "is an option of grpc_frontend 'serve' (the native frontend already serves gRPC from the replicas)")
-        num_range("drain_period_s", 0.0, 3600)
-        int_range("max_surge_percent", 0, 100)
-        if self.max_connection_age_s != 0:
-            num_range("max_connection_age_s", 1.0, 86_400)
-        if self.direct_ingress and self.effective_proxy_grpc_port in range(self.grpc_port, self.grpc_port + self.ingress_replicas + 1):
-            bad("proxy_grpc_port", f"must not be one of the direct-ingress ports {self.grpc_port}..{self.grpc_port + self.ingress_replicas}")
-        if self.direct_ingress and self.grpc_port + self.ingress_replicas + 1 > 65_535:
+        if f.direct_ingress and self.effective_proxy_grpc_port in range(f.grpc_port, f.grpc_port + s.ingress_replicas + 1):
+            bad("proxy_grpc_port", f"must not be one of the direct-ingress ports {f.grpc_port}..{f.grpc_port + s.ingress_replicas}")
+        if f.direct_ingress and f.grpc_port + s.ingress_replicas + 1 > 65_535:
             bad("grpc_port", "direct_ingress needs grpc_port + ingress_replicas + 1 <= 65535")
-        if self.http_port == self.grpc_port:
+        if f.http_port == f.grpc_port:
             bad("http_port", "must differ from grpc_port")
-        if not isinstance(self.host, str) or not self.host:
-            bad("host", "must be a host name or IP address")
-        if not isinstance(self.api_token, str) or any(c.isspace() for c in self.api_token):
-            bad("api_token", "must be a string without whitespace")
-        if self.reflection not in ("open", "auth", "off"):
-            bad("reflection", "must be one of open, auth, off")
-        if not isinstance(self.app_name, str) or not self.app_name or "/" in self.app_name:
-            bad("app_name", "must be a non-empty name without '/'")
-        int_range("handle_store_size", 1, 100_000_000)
-        for name in ("redis_url", "redis_cache_url"):
-            problem = _redis_url_problem(getattr(self, name))
-            if problem:  # not via bad(): the URL may hold a password
-                raise ValidationError(f"serve config: {name}: {problem}")
-        num_range("handle_ttl_s", 1.0, 366 * 86_400.0)
-        num_range("cache_ttl_s", 1.0, 366 * 86_400.0)
-        int_range("cache_max_entry_bytes", 1024, 512 << 20)
-        int_range("cache_memory_bytes", 1 << 20, 1 << 40)
-        num_range("redis_timeout_s", 0.001, 60.0)
-        num_range("redis_handle_timeout_s", 0.001, 60.0)
-        num_range("redis_backoff_s", 0.01, 600.0)
-        num_range("redis_backoff_max_s", 0.01, 3600.0)
-        if self.redis_backoff_max_s < self.redis_backoff_s:
-            bad("redis_backoff_max_s", f"must be >= redis_backoff_s ({self.redis_backoff_s})")
-        if not isinstance(self.redis_key_prefix, str) or len(self.redis_key_prefix) > 64 or any(c.isspace() for c in self.redis_key_prefix):
-            bad("redis_key_prefix", "must be a string of at most 64 characters without whitespace")
-        if not isinstance(self.metrics_dir, str):
-            bad("metrics_dir", "must be a directory path string (\"\" = no metrics)")
-        int_range("metrics_port", 0, 65_535)
-        if self.metrics_port and self.metrics_port in (self.grpc_port, self.http_port):
+        metrics_port = self.observability.metrics_port
+        if metrics_port and metrics_port in (f.grpc_port, f.http_port):
             bad("metrics_port", "must differ from grpc_port and http_port")
-        if self.colocate and self.num_gpus > 0:
+        if s.colocate and s.num_gpus > 0:
             bad("colocate", "co-located inference runs in the ingress replica, which reserves no GPU; set num_gpus=0")
         return self
 
     # ------------------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ServeConfig":
+        """A validated config from flat names (`to_dict()`, Serve args) or groups, nothing from the environment."""
+        return _build(values)
+
     def repository_path(self) -> Path:
         """The repository root as an absolute path ('' -> the bundled repository)."""
-        if self.repository:
-            return Path(self.repository).expanduser().resolve()
+        if self.served.repository:
+            return Path(self.served.repository).expanduser().resolve()
         return default_repository_path().resolve()
 
     def with_overrides(self, **overrides: Any) -> "ServeConfig":
-        """A validated copy with some fields replaced (unknown names raise ValidationError)."""
-        return _build({**dataclasses.asdict(self), **overrides})
+        """A validated copy with some settings (flat names) replaced (unknown names raise ValidationError)."""
+        return _build({**self.to_dict(), **overrides})
 
     def to_dict(self) -> dict:
-        """JSON-able dict (Serve `args`, logging). The token is kept: callers that print must use `redacted()`."""
-        return dataclasses.asdict(self)
+        """{flat name: value}: JSON-able, what Serve args and the serving process receive. The token is kept:
+        callers that print must use `redacted()`."""
+        return {flat: _copy(getattr(getattr(self, group), name)) for flat, (group, name) in FLAT.items()}
 
     def redacted(self) -> dict:
         d = self.to_dict()
@@ -350,13 +356,65 @@ class ServeConfig:
     @property
     def effective_proxy_grpc_port(self) -> int:
         """Port of Serve's gRPC proxy: grpc_port, or with direct_ingress proxy_grpc_port (0 = after the replicas)."""
-        if not self.direct_ingress:
-            return self.grpc_port
-        return self.proxy_grpc_port or self.grpc_port + self.ingress_replicas + 1
+        f = self.frontend
+        if not f.direct_ingress:
+            return f.grpc_port
+        return f.proxy_grpc_port or f.grpc_port + self.scaling.ingress_replicas + 1
 
     @property
     def grpc_address(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self.frontend.host}:{self.frontend.grpc_port}"
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else v
+
+
+def _check_setting(flat: str, group: Any, name: str) -> None:
+    """The one validator: type from the default, then the declared bounds, choices and check."""
+    spec = next(f for f in fields(group) if f.name == name)
+    meta, value = spec.metadata, getattr(group, name)
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+
+    def bad(why: str) -> None:
+        raise ValidationError(f"serve config: {flat}={value!r}: {why}")
+
+    def bound(b: Any) -> Any:
+        return getattr(group, b) if isinstance(b, str) else b
+
+    lo, hi = bound(meta["lo"]), bound(meta["hi"])
+    span = f"{'(' if meta['lo_open'] else '['}{lo}, {hi if hi is not None else 'inf'}]"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            bad("must be true or false")
+    elif isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            bad(f"must be an integer in {span}")
+    elif isinstance(default, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            bad("must be a number")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            bad("must be a string")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            bad("must be a list")
+    if meta["choices"] is not None:
+        items = value if isinstance(value, list) else [value]
+        if any(v not in meta["choices"] for v in items):
+            bad(f"must be {'a list of ' if isinstance(value, list) else ''}one of {', '.join(meta['choices'])}")
+    if lo is not None and value not in meta["also"]:
+        below = value <= lo if meta["lo_open"] else value < lo
+        if below or (hi is not None and value > hi):
+            kind = "an integer" if isinstance(default, int) and not isinstance(default, bool) else ""
+            also = "".join(f" or {a}" for a in dict.fromkeys(meta["also"]))
+            bad(f"must be {kind + ' ' if kind else ''}in {span}{also}")
+    if meta["check"] is not None:
+        problem = meta["check"](value)
+        if problem:
+            if flat in ("redis_url", "redis_cache_url"):  # the URL may hold a password: never echo it
+                raise ValidationError(f"serve config: {flat}: {problem}")
+            bad(problem)
 
 
 def _redis_url_problem(url: Any) -> str:
@@ -397,16 +455,15 @@ def _redact_url_password(url: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-_FIELDS = {f.name: f for f in fields(ServeConfig)}
-
-
 def _parse(name: str, raw: Any) -> Any:
-    """Coerce a string (env var / CLI / YAML) to the field's type; non-strings pass through."""
-    default = _FIELDS[name].default
-    if default is dataclasses.MISSING:  # list fields (default_factory)
+    """Coerce a string (env var / CLI / YAML) to the setting's type; non-strings pass through."""
+    group, fname = FLAT[name]
+    spec = next(f for f in fields(GROUPS[group]) if f.name == fname)
+    if spec.default is dataclasses.MISSING:  # list settings
         if isinstance(raw, str):
             return [p.strip() for p in raw.split(",") if p.strip()]
         return list(raw) if isinstance(raw, (list, tuple)) else raw
+    default = spec.default
     if not isinstance(raw, str):
         return raw
     try:
@@ -429,33 +486,62 @@ def _parse(name: str, raw: Any) -> Any:
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
-    """The ONE function that reads environment variables: LATENTSERVE_<FIELD> for every ServeConfig field.
+    """The ONE function that reads environment variables: LATENTSERVE_<NAME> for every setting's flat name.
 
     Unknown LATENTSERVE_* variables are ignored (other tools share the prefix, e.g. the client's target)."""
     env = os.environ if environ is None else environ
     out: dict[str, Any] = {}
-    for name in _FIELDS:
+    for name in FLAT:
         key = ENV_PREFIX + name.upper()
         if key in env:
             out[name] = _parse(name, env[key])
     return out
 
 
+def _unknown(name: str, group: str = "") -> ValidationError:
+    """An unknown setting, naming the nearest valid one (in `group` when it was given in one)."""
+    valid = [f"{group}.{f.name}" for f in fields(GROUPS[group])] if group else [*FLAT, *GROUPS]
+    full = f"{group}.{name}" if group else name
+    near = difflib.get_close_matches(full, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; settings: {', '.join(valid if group else FLAT)}"
+    return ValidationError(f"serve config: unknown field {full!r}{hint}")
+
+
+def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings given flat ({max_batch_size: 8}) or by group ({batching: {max_batch_size: 8}}) -> flat names."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in GROUPS and isinstance(value, Mapping):
+            names = {f.name: f.metadata.get("flat") or f.name for f in fields(GROUPS[key])}
+            for k, v in value.items():
+                if k not in names:
+                    raise _unknown(k, key) if k not in FLAT else ValidationError(
+                        f"serve config: {k!r} is not in group {key!r}; it is in {FLAT[k][0]!r}")
+                out[names[k]] = v
+        elif key in FLAT:
+            out[key] = value
+        else:
+            raise _unknown(key)
+    return out
+
+
 def _build(values: Mapping[str, Any]) -> ServeConfig:
-    unknown = sorted(set(values) - set(_FIELDS))
-    if unknown:
-        raise ValidationError(f"serve config: unknown field(s) {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
-    parsed = {k: _parse(k, v) for k, v in values.items()}
-    return ServeConfig(**parsed).validate()
+    flat = flatten(values)
+    groups: dict[str, dict[str, Any]] = {g: {} for g in GROUPS}
+    for name, value in flat.items():
+        group, fname = FLAT[name]
+        groups[group][fname] = _parse(name, value)
+    return ServeConfig(**{g: GROUPS[g](**kw) for g, kw in groups.items()}).validate()
 
 
 def load_config(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
                 use_env: bool = True) -> ServeConfig:
     """Defaults <- environment (LATENTSERVE_*) <- explicit `overrides` (None values are skipped), validated.
 
-    `overrides` may hold strings (parsed like env values), e.g. Serve's YAML `args` or CLI flags."""
+    `overrides` (flat names or groups) may hold strings (parsed like env values), e.g. Serve's YAML `args` or
+    CLI flags."""
     values: dict[str, Any] = env_overrides(environ) if use_env else {}
-    for k, v in (overrides or {}).items():
+    for k, v in flatten({k: v for k, v in (overrides or {}).items() if v is not None}).items():
         if v is not None:
             values[k] = v
     return _build(values)

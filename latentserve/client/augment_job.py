@@ -48,8 +48,8 @@ EXTENSIONS = {"png": ".png", "jpeg": ".jpg"}
 RETRYABLE = (UnavailableError, OverloadedError, DeadlineExceededError)
 BACKOFF_S = (0.25, 8.0)  # first and largest wait between reconnects
 # Small files cost a create + write + rename each: mostly waiting on the file system, not CPU. Parallel writers
-# (measured on this machine's ext4: ~1.5 ms per atomic write from one thread, ~0.15 ms with 8) keep the
-# job at the stream's pace; each chunk's files are all written before the next chunk is read.
+# keep the job at the stream's pace (benchmarks/README.md, Augmentation); each chunk's files are all written
+# before the next chunk is read.
 WRITER_THREADS = 8
 
 

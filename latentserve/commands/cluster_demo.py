@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     # clear errors before Ray starts: the repository has models, a node has room for one replica
     app_args = lc.serve_config_for(base, repo, 9000, 8000, 1)["applications"][0]["args"]
     config = load_config(app_args, use_env=False)
-    need = config.ingress_num_cpus + config.num_cpus
+    need = config.scaling.ingress_num_cpus + config.scaling.num_cpus
     if args.cpus_per_node < need:
         raise ValidationError(f"--cpus-per-node {args.cpus_per_node}: a replica of {config_path} reserves "
                               f"ingress_num_cpus + num_cpus = {need:g} CPUs")

@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parity-atol", type=float, default=1e-4, metavar="TOL",
                    help="largest allowed difference of the ONNX / TorchScript outputs from eager PyTorch, absolute "
                         "part (default 1e-4; at most 1e-2). A flow trained well past its recipe may need a little "
-                        "more (measured: 1.05e-4 at 5x the bundle's steps)")
+                        "more")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent-fit subset and GMM init (default 0)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="device to load the checkpoint on (default cpu)")

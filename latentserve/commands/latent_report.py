@@ -71,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     cfg = ServeConfig()  # the server's defaults for every option a request leaves at 0
     settings = ReportSettings(
-        pairs=args.pairs, steps=args.steps, geodesic_iterations=args.iterations or cfg.geodesic_iterations,
-        geodesic_learning_rate=cfg.geodesic_learning_rate, n_per_class=args.n_per_class, n_factor=args.n_factor,
-        guidance_steps=cfg.guidance_steps, guidance_step_size=cfg.guidance_step_size,
-        guidance_class_weight=cfg.guidance_class_weight, guidance_noise=cfg.guidance_noise,
-        guidance_factor_weight=cfg.guidance_factor_weight, refine_images=args.refine_images,
-        refine_steps=args.refine_steps, refine_learning_rate=cfg.refine_learning_rate, seed=args.seed)
+        pairs=args.pairs, steps=args.steps, geodesic_iterations=args.iterations or cfg.latent_ops.geodesic_iterations,
+        geodesic_learning_rate=cfg.latent_ops.geodesic_learning_rate, n_per_class=args.n_per_class, n_factor=args.n_factor,
+        guidance_steps=cfg.latent_ops.guidance_steps, guidance_step_size=cfg.latent_ops.guidance_step_size,
+        guidance_class_weight=cfg.latent_ops.guidance_class_weight, guidance_noise=cfg.latent_ops.guidance_noise,
+        guidance_factor_weight=cfg.latent_ops.guidance_factor_weight, refine_images=args.refine_images,
+        refine_steps=args.refine_steps, refine_learning_rate=cfg.latent_ops.refine_learning_rate, seed=args.seed)
     holdout_settings = _holdout_settings(args, cfg) if args.disks_holdout else None
     models = args.models or ([] if args.disks_holdout else ["shapes-gan", "shapes-vae"])
     repo = Repository(args.repo)
@@ -118,8 +118,8 @@ def _holdout_settings(args: argparse.Namespace, cfg):
     if not band[0] < band[1]:
         raise ValidationError(f"--disks-band must be LO:HI with LO < HI, got {args.disks_band}")
     return HoldoutSettings(band=(band[0], band[1]), image_size=args.disks_image_size, seed=args.seed,
-                           geodesic_iterations=args.iterations or cfg.geodesic_iterations,
-                           geodesic_learning_rate=cfg.geodesic_learning_rate)
+                           geodesic_iterations=args.iterations or cfg.latent_ops.geodesic_iterations,
+                           geodesic_learning_rate=cfg.latent_ops.geodesic_learning_rate)
 
 
 def _strips(repo, name: str, s, pairs: int) -> list[dict]:

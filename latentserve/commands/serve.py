@@ -129,23 +129,23 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(overrides_from_args(args))
     models = served_models(config)  # fail before starting Ray when the repository has nothing to serve
     transport = ""
-    if config.grpc_frontend == "native" and args.ray_address == "local":
+    if config.frontend.grpc_frontend == "native" and args.ray_address == "local":
         from latentserve.services.frontends.grpc.transport import resolve
 
-        transport = resolve(config.grpc_transport)  # 'cxx' without the build: one line, before Ray starts
+        transport = resolve(config.frontend.grpc_transport)  # 'cxx' without the build: one line, before Ray starts
     from latentserve.services.storage.redis_store import check_redis
 
     for warning in check_redis(config):  # wrong Redis password/db: one-line ValidationError before Ray starts
         print(f"latentserve: warning: {warning}", flush=True)
     exporter, temp_metrics = None, None
-    if config.metrics_port:
+    if config.observability.metrics_port:
         from latentserve.services.observability.exporter import MetricsExporter
 
-        if not config.metrics_dir:  # a fresh directory: counts of an earlier run must not show up
+        if not config.observability.metrics_dir:  # a fresh directory: counts of an earlier run must not show up
             temp_metrics = tempfile.mkdtemp(prefix="latentserve-metrics-")
             config = config.with_overrides(metrics_dir=temp_metrics)
         # bound before Ray starts: a taken port is a one-line error, not a half-started server
-        exporter = MetricsExporter(config.metrics_dir, config.metrics_port, config.host).start()
+        exporter = MetricsExporter(config.observability.metrics_dir, config.observability.metrics_port, config.frontend.host).start()
 
     if args.ray_address == "local":  # closed by default: a local session's sockets on loopback (before importing Ray)
         for key, value in local_ray_env(config).items():
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         print("latentserve: warning: --direct-ingress needs these variables in the cluster's environment "
               "when it was started: " + " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     os.environ.update(env)  # before ray.init: Ray's processes inherit the driver's environment
-    if args.ray_address == "local" and config.reset_serving_niceness:
+    if args.ray_address == "local" and config.frontend.reset_serving_niceness:
         # Ray's workers (our replicas and their serving processes) would start at nice 15; a local server
         # starts them at 0 (no privilege needed, unlike lowering the value later; ServeConfig doc)
         os.environ.setdefault("RAY_worker_niceness", "0")
@@ -184,21 +184,21 @@ def run(args: argparse.Namespace) -> int:
 
             exporter.ray_metrics_port = ray_metrics_port()
         serve.start(**start_options(config))
-        serve.run(build_app(config), name=config.app_name, route_prefix="/", blocking=False)
-        native = config.grpc_frontend == "native"
+        serve.run(build_app(config), name=config.frontend.app_name, route_prefix="/", blocking=False)
+        native = config.frontend.grpc_frontend == "native"
         listed = ", ".join(f"{name} v{v}" for name, v in models.items())
         how = (f"native gRPC frontend{', transport ' + transport if transport else ''}" if native
-               else "Serve gRPC proxy" + (", co-located" if config.colocate else ""))
-        print(f"latentserve: serving {listed} ({config.backend}, {how}"
-              f"{', API token required' if config.api_token else ''})")
+               else "Serve gRPC proxy" + (", co-located" if config.scaling.colocate else ""))
+        print(f"latentserve: serving {listed} ({config.served.backend}, {how}"
+              f"{', API token required' if config.frontend.api_token else ''})")
         services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")
-        print(f"latentserve: gRPC listening on {config.host}:{config.grpc_port} ({services}); Ctrl-C to stop",
+        print(f"latentserve: gRPC listening on {config.frontend.host}:{config.frontend.grpc_port} ({services}); Ctrl-C to stop",
               flush=True)
         if exporter is not None:
             print(f"latentserve: metrics at {exporter.url} (latentserve_* and Ray's ray_* series)", flush=True)
-        if config.direct_ingress:
-            print(f"latentserve: direct ingress on {config.host}:{config.grpc_port}; Serve's gRPC proxy on "
-                  f"{config.host}:{config.effective_proxy_grpc_port}", flush=True)
+        if config.frontend.direct_ingress:
+            print(f"latentserve: direct ingress on {config.frontend.host}:{config.frontend.grpc_port}; Serve's gRPC proxy on "
+                  f"{config.frontend.host}:{config.effective_proxy_grpc_port}", flush=True)
         while not stop.wait(1.0):
             pass
         print("latentserve: shutting down ...", flush=True)

@@ -72,7 +72,8 @@ def _prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
     return prdc(real, fake, k)
 
 
-def _factor_features(factors: np.ndarray, labels: np.ndarray, names: list[str], specs: dict, periods) -> np.ndarray:
+def _factor_features(factors: np.ndarray, labels: np.ndarray, names: list[str], specs: dict, periods,
+                     n_classes: int) -> np.ndarray:
     """Judged factors -> comparable features: each factor scaled to its range, rotation as a point on the
     circle of its class's period (so 0 and the period meet), the class one-hot scaled to dominate."""
     cols = []
@@ -84,7 +85,7 @@ def _factor_features(factors: np.ndarray, labels: np.ndarray, names: list[str], 
         else:
             lo, hi = specs[name]["low"], specs[name]["high"]
             cols.append((v - lo) / max(hi - lo, 1e-9))
-    onehot = np.eye(int(labels.max()) + 1 if len(labels) else 1)[labels] * 10.0
+    onehot = np.eye(n_classes)[labels] * 10.0  # every class's column, even one no accepted sample has
     return np.concatenate([np.stack(cols, 1), onehot], 1) if cols else onehot
 
 
@@ -122,8 +123,9 @@ def judged_metrics(*, data, judge: Judge, factor_specs: list[dict], draws: dict[
         if fac is not None:
             ok = pred == labels
             real_ok = real_pred == split.labels
-            fr = _factor_features(real_f[real_ok], split.labels[real_ok], judge.factor_names, specs, periods)
-            ff = _factor_features(fac[ok], labels[ok], judge.factor_names, specs, periods)
+            fr = _factor_features(real_f[real_ok], split.labels[real_ok], judge.factor_names, specs, periods,
+                                  len(classes))
+            ff = _factor_features(fac[ok], labels[ok], judge.factor_names, specs, periods, len(classes))
             entry["factor_coverage"] = _prdc(fr, ff)
             entry["knob_r2"], entry["knob_leakage"], entry["knob_judged_share"] = _knobs(
                 judge, space, draw, decode, labels, specs, classes, np.random.default_rng([seed, 12, i]))

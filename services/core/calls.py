@@ -44,8 +44,8 @@ class GuidanceOptions:
     steps: int = 0
     step_size: float = 0.0
     class_weight: float = 0.0
-    noise: float = 0.0
     factor_targets: dict[str, float] = field(default_factory=dict)  # factor -> value, through the regressor
+    noise: float = 0.0
     factor_weight: float = 0.0
     start: str = ""  # "prior" | "latent_gmm" | "" (the model's default)
 

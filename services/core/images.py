@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -46,21 +45,90 @@ class Image:
     def kind(self) -> str:
         return "encoded" if self.encoded is not None else "tensor" if self.dtype else ""
 
-    # result-cache form: 1 byte kind, then the bytes (encoded) or dtype, rank, shape and data (tensor)
+    # The result cache's form: exactly the protobuf wire bytes of a latentserve.v1.Image (encoded = field 1;
+    # tensor = field 2: Tensor{shape = 1 packed, dtype = 2, data = 3}), so entries written by any version or
+    # frontend of the service read back the same. Written by hand: the core imports no protobuf.
     def to_bytes(self) -> bytes:
         if self.encoded is not None:
-            return b"E" + self.encoded
-        head = struct.pack(f"<cBB{len(self.shape)}I", b"T", list(TENSOR_DTYPES).index(self.dtype), len(self.shape),
-                           *self.shape)
-        return head + self.data
+            return b"\x0a" + _varint(len(self.encoded)) + self.encoded
+        tensor = b""
+        if self.shape:
+            packed = b"".join(_varint(int(d)) for d in self.shape)
+            tensor += b"\x0a" + _varint(len(packed)) + packed
+        tensor += b"\x10" + _varint(_DTYPE_CODES[self.dtype])
+        if self.data:
+            tensor += b"\x1a" + _varint(len(self.data)) + self.data
+        return b"\x12" + _varint(len(tensor)) + tensor
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "Image":
-        if blob[:1] == b"E":
-            return cls(encoded=blob[1:])
-        dtype, rank = blob[1], blob[2]
-        shape = struct.unpack_from(f"<{rank}I", blob, 3)
-        return cls(shape=tuple(shape), dtype=list(TENSOR_DTYPES)[dtype], data=blob[3 + 4 * rank:])
+        fields = dict(_fields(blob))
+        if 1 in fields:
+            return cls(encoded=bytes(fields[1]))
+        if 2 not in fields:
+            return cls()
+        shape: list[int] = []
+        dtype, data = 0, b""
+        for num, value in _fields(fields[2]):
+            if num == 1:  # packed (or, from an old writer, one varint per element)
+                shape.extend(_varints(value) if isinstance(value, (bytes, memoryview)) else [value])
+            elif num == 2:
+                dtype = value
+            elif num == 3:
+                data = bytes(value)
+        return cls(shape=tuple(shape), dtype=_DTYPE_NAMES.get(dtype, str(dtype)), data=data)
+
+
+_DTYPE_CODES = {"uint8": 1, "float32": 2}  # latentserve.v1.DType
+_DTYPE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes | memoryview, i: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, i
+        shift += 7
+
+
+def _varints(buf: bytes | memoryview) -> list[int]:
+    out, i = [], 0
+    while i < len(buf):
+        n, i = _read_varint(buf, i)
+        out.append(n)
+    return out
+
+
+def _fields(buf: bytes | memoryview) -> list[tuple[int, object]]:
+    """(field number, value) of a protobuf message's varint and length-delimited fields, in order."""
+    out, i, view = [], 0, memoryview(buf)
+    while i < len(view):
+        key, i = _read_varint(view, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(view, i)
+        elif wire == 2:
+            size, i = _read_varint(view, i)
+            value, i = view[i:i + size], i + size
+        else:
+            raise ValueError(f"unexpected protobuf wire type {wire} in a cached image")
+        out.append((num, value))
+    return out
 
 
 def check_format(fmt: str) -> str:

@@ -57,7 +57,7 @@ def torch_installed() -> bool:
 
 def availability_problem(config: ServeConfig) -> str:
     """'' when this server can run gradient latent ops, else why not (a message for the caller)."""
-    if not config.latent_ops:
+    if not config.latent_ops.enabled:
         return "gradient-based latent ops are disabled on this server (config latent_ops=false)"
     if not torch_installed():
         return f"gradient-based latent ops need PyTorch, which this server does not have: {INSTALL_HINT}"
@@ -198,13 +198,13 @@ def admit(config: ServeConfig, job: Any) -> None:
     latent_ops_max_request_rows and rows x iterations <= latent_ops_max_request_work. Before any model work."""
     rows_field, iters_field = job.fields
     rows, iters = int(job.rows), iterations_of(job)
-    if rows > config.latent_ops_max_request_rows:
+    if rows > config.latent_ops.max_request_rows:
         raise OverloadedError(f"{rows_field}: {rows} rows is over this server's budget of "
-                              f"{config.latent_ops_max_request_rows} rows per gradient request "
+                              f"{config.latent_ops.max_request_rows} rows per gradient request "
                               f"(latent_ops_max_request_rows); split the request")
-    if rows * iters > config.latent_ops_max_request_work:
+    if rows * iters > config.latent_ops.max_request_work:
         raise OverloadedError(f"{rows_field} x {iters_field}: {rows} rows x {iters} iterations = {rows * iters} is "
-                              f"over this server's budget of {config.latent_ops_max_request_work} row-iterations "
+                              f"over this server's budget of {config.latent_ops.max_request_work} row-iterations "
                               f"per gradient request (latent_ops_max_request_work); ask for fewer rows or iterations")
 
 
@@ -243,7 +243,7 @@ class LatentOpsEngine:
 
         from latentserve.models import latent_ops
 
-        torch.set_num_threads(config.latent_ops_threads)
+        torch.set_num_threads(config.latent_ops.threads)
         self._torch, self._ops = torch, latent_ops
         self.config = config
         self.name = name
@@ -267,8 +267,8 @@ class LatentOpsEngine:
         graphs = self._graphs.get(version)
         if graphs is not None:
             return graphs
-        record = self.repo.load(self.name, version, verify=self.config.verify_checksums)
-        graphs, problem = self._ops.graphs_for_record(self.repo, record, self.config.verify_checksums, self.device)
+        record = self.repo.load(self.name, version, verify=self.config.served.verify_checksums)
+        graphs, problem = self._ops.graphs_for_record(self.repo, record, self.config.served.verify_checksums, self.device)
         self._graphs[version] = graphs
         self._probe_problem[version] = problem
         logger.info("latent ops: %s v%d TorchScript graphs loaded (probe: %s)", self.name, version,
@@ -315,9 +315,9 @@ class LatentOpsEngine:
         it from the batch at the next iteration."""
         admit(self.config, job)
         rows = int(job.rows)
-        if not PROCESS_ROWS.take(rows, self.config.latent_ops_max_process_rows):
+        if not PROCESS_ROWS.take(rows, self.config.latent_ops.max_process_rows):
             raise OverloadedError(f"{job.fields[0]}: this server's gradient ops are at their memory budget "
-                                  f"({self.config.latent_ops_max_process_rows} rows at once, "
+                                  f"({self.config.latent_ops.max_process_rows} rows at once, "
                                   f"latent_ops_max_process_rows); retry later")
         try:
             return await self._run(job)
@@ -358,7 +358,7 @@ class LatentOpsEngine:
         step = self._steps[kind]
         stats = self._stats[kind]
         loop = asyncio.get_running_loop()
-        max_rows = self.config.latent_ops_max_batch_rows
+        max_rows = self.config.latent_ops.max_batch_rows
         try:
             while entries:
                 now = time.time()
@@ -422,5 +422,10 @@ class LatentOpsEngine:
 
     def close(self) -> None:
         for task in list(self._drivers.values()):
-            task.get_loop().call_soon_threadsafe(task.cancel)
+            if task.done():  # e.g. cancelled with its loop (asyncio.run's end) before it could unregister
+                continue
+            try:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # its loop is closed: nothing of it runs any more
+                pass
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -59,9 +59,9 @@ def _number(value: float, default: float, hi: float, where: str, allow_off: bool
 # ------------------------------------------------------------------------------------------- geodesic
 def geodesic_settings(config: ServeConfig, options: Any) -> dict:
     """GeodesicOptions -> checked {iterations, learning_rate, space, init}."""
-    iterations = _count(options.iterations, config.geodesic_iterations, config.max_geodesic_iterations,
+    iterations = _count(options.iterations, config.latent_ops.geodesic_iterations, config.latent_ops.max_geodesic_iterations,
                         "geodesic.iterations", "max_geodesic_iterations")
-    lr = _number(options.learning_rate, config.geodesic_learning_rate, lops.MAX_LEARNING_RATE,
+    lr = _number(options.learning_rate, config.latent_ops.geodesic_learning_rate, lops.MAX_LEARNING_RATE,
                  "geodesic.learning_rate")
     space = options.space or "pixel"
     if space not in ("pixel", "probe"):
@@ -104,13 +104,13 @@ def path_summary(steps: np.ndarray, reference_steps: np.ndarray | None, space: s
 def guidance_settings(config: ServeConfig, options: Any) -> dict:
     """GuidanceOptions -> checked {steps, step_size, class_weight, noise, factor_weight}."""
     return {
-        "steps": _count(options.steps, config.guidance_steps, config.max_guidance_steps, "guidance.steps",
+        "steps": _count(options.steps, config.latent_ops.guidance_steps, config.latent_ops.max_guidance_steps, "guidance.steps",
                         "max_guidance_steps"),
-        "step_size": _number(options.step_size, config.guidance_step_size, lops.MAX_STEP_SIZE, "guidance.step_size"),
-        "class_weight": _number(options.class_weight, config.guidance_class_weight, lops.MAX_CLASS_WEIGHT,
+        "step_size": _number(options.step_size, config.latent_ops.guidance_step_size, lops.MAX_STEP_SIZE, "guidance.step_size"),
+        "class_weight": _number(options.class_weight, config.latent_ops.guidance_class_weight, lops.MAX_CLASS_WEIGHT,
                                 "guidance.class_weight", allow_off=True),
-        "noise": _number(options.noise, config.guidance_noise, lops.MAX_NOISE, "guidance.noise", allow_off=True),
-        "factor_weight": _number(options.factor_weight, config.guidance_factor_weight, lops.MAX_FACTOR_WEIGHT,
+        "noise": _number(options.noise, config.latent_ops.guidance_noise, lops.MAX_NOISE, "guidance.noise", allow_off=True),
+        "factor_weight": _number(options.factor_weight, config.latent_ops.guidance_factor_weight, lops.MAX_FACTOR_WEIGHT,
                                  "guidance.factor_weight"),
     }
 
@@ -143,8 +143,8 @@ def refine_settings(config: ServeConfig, family: str, steps: int, options: Any) 
     if family not in lops.REFINABLE:
         raise ValidationError(f"refine_steps: only {' and '.join(lops.REFINABLE)} encoders are refined; a {family} "
                               f"encoder is already exact")
-    n = _count(steps, 0, config.max_refine_steps, "refine_steps", "max_refine_steps")
-    lr = _number(options.learning_rate, config.refine_learning_rate, lops.MAX_LEARNING_RATE, "refine.learning_rate")
+    n = _count(steps, 0, config.latent_ops.max_refine_steps, "refine_steps", "max_refine_steps")
+    lr = _number(options.learning_rate, config.latent_ops.refine_learning_rate, lops.MAX_LEARNING_RATE, "refine.learning_rate")
     fw = float(options.feature_weight)
     if not math.isfinite(fw) or not 0 <= fw <= lops.MAX_FEATURE_WEIGHT:
         raise ValidationError(f"refine.feature_weight: must be in [0, {lops.MAX_FEATURE_WEIGHT}], got {options.feature_weight}")

@@ -1,36 +1,13 @@
 """One model's inference: sessions for its versions, dynamic batching of encode/decode, batch statistics.
 
-`ModelRunner` is the engine (plain class, usable in any process); `ModelServer` is the Ray Serve deployment
-that wraps one runner per served model name (services/app.py binds one per model). With `colocate=True` the
-ingress holds the runners itself and skips the deployment hop.
-
-Versions: the version the app was built with (`default_version`, the newest at deploy time) is loaded and
-checked at start; a request pinning another version of the same model (older, or newer but not rolled out
-yet) loads it on demand, once, into a small LRU (`max_loaded_versions`), so old versions cost nothing until
-used and a canary can be tried before `serve deploy` makes it the default.
-
-Batching: a `Batcher` per runner and method (encode, decode) collects concurrent requests on the event loop
-the runner is used from until `preferred_batch_size` rows wait, for at most `batch_wait_timeout_s` after the
-oldest waiting request arrived and only while requests keep coming (it closes once none arrived for
-`batch_idle_timeout_s`). Requests are combined up to `preferred_batch_size` rows; one request of up to
-`max_batch_size` rows runs as one call. The preferred size is below the clients' concurrency on purpose: 32
-single-image clients then split into groups whose batches alternate (one runs while the gRPC thread reads
-and answers the other group), where one batch of all 32 left the gRPC thread idle while it ran and the model
-idle while the next 32 requests were read; and a batch never takes more than that, because taking the whole
-backlog merged the groups again (measured: c=32 1,770 -> 2,000-2,340 images/s, benchmarks/README.md). At
-most `max_concurrent_batches` batches are in flight, but a batch only runs beside another one when it has at
-least half of `max_batch_size` rows: bulk requests use several cores at once, while single-image requests
-keep gathering behind the running batch. A batch is grouped by version, concatenated and run on a small
-thread pool (ONNX Runtime releases the GIL, so the event loop keeps serving). A request whose caller was cancelled (client deadline, disconnect) while it waited is
-dropped before its batch runs. A request with more rows than `max_batch_size` skips the queue and runs in
-chunks of `max_batch_size`. Decode can return uint8 (N, H, W, 3) images (`out="uint8"`), converted once per
-batch in the worker thread, so callers that send 8-bit images never see float32 (a model-server deployment
-then ships 4x fewer bytes through Ray). Every model call is recorded: `stats()` reports how many requests
-and rows each batch had.
-
-Gradient latent ops (geodesic paths, guided sampling, encode refinement): `latent_op(job)` hands the job to the
-runner's LatentOpsEngine (services/core/latent_ops.py), created with its torch import on the first such job (or
-at start with `latent_ops_preload`), so runners that never see one never import torch.
+`ModelRunner` is the engine (a plain class, usable in any process); `ModelServer` is the Ray Serve deployment
+that wraps one runner (serve frontend, models not co-located). Promises: the default version is loaded and
+checked at start, any other version of the repository on first use (an LRU of `max_loaded_versions`);
+concurrent requests are batched per method on the caller's event loop (`Batcher`: how batches form is the
+`batching` config group, docs/architecture.md "Batching"), run on a small thread pool (ONNX Runtime releases
+the GIL), and a request whose caller was cancelled while it waited is dropped before its batch runs. Decode
+returns uint8 (N, H, W, 3) images when asked (converted once per batch in the worker thread). Gradient latent
+ops run on the runner's LatentOpsEngine (latent_ops.py), created with its torch import on the first such job.
 """
 from __future__ import annotations
 
@@ -155,11 +132,10 @@ class Batcher:
         self.preferred_rows = min(self.max_rows, int(preferred_rows) or self.max_rows)
         # rows a batch needs to run beside another one: half of max_rows, not of preferred_rows, so bulk requests
         # use several cores while single-image groups strictly alternate (two small batches running at once
-        # finish together and re-synchronise the groups: measured c=32 1,830-2,013 img/s and 0.57-0.63 ms of
-        # server CPU per image with preferred_rows // 2, 2,032-2,035 and 0.54-0.55 ms with this)
+        # finish together and re-synchronise the groups; benchmarks/README.md, settings A/B)
         self.parallel_rows = max(1, self.max_rows // 2)
         # A forming batch also closes when no request arrived for idle_s: under load requests keep arriving
-        # (each costs the gRPC thread ~0.3-0.5 ms on the dev machine) and the batch grows up to wait_s; once
+        # (each costs the gRPC thread some CPU to read) and the batch grows up to wait_s; once
         # the clients' requests are all queued it runs at once instead of idling out the whole wait.
         self.gap_s = min(self.wait_s, self.wait_s if idle_s is None else float(idle_s))
         self._last_arrival = 0.0
@@ -307,15 +283,15 @@ class ModelRunner:
         self.default_version = int(default_version) if default_version else versions[-1]
         self._versions: collections.OrderedDict[int, LoadedVersion] = collections.OrderedDict()
         self._load_locks: dict[int, asyncio.Lock] = {}
-        self._executor = ThreadPoolExecutor(max_workers=config.max_concurrent_batches,
+        self._executor = ThreadPoolExecutor(max_workers=config.batching.max_concurrent_batches,
                                             thread_name_prefix=f"infer-{name}")
         self.stats_ = BatchStats()
         metrics.setup(config)
         # One batcher per method and runner (co-located runners of different models never mix), bound to the
         # event loop the runner is used from.
-        kw = dict(max_rows=config.max_batch_size, preferred_rows=config.preferred_batch_size,
-                  wait_s=config.batch_wait_timeout_s,
-                  max_concurrent=config.max_concurrent_batches, idle_s=config.batch_idle_timeout_s)
+        kw = dict(max_rows=config.batching.max_batch_size, preferred_rows=config.batching.preferred_batch_size,
+                  wait_s=config.batching.batch_wait_timeout_s,
+                  max_concurrent=config.batching.max_concurrent_batches, idle_s=config.batching.batch_idle_timeout_s)
         wait = (lambda method: (lambda s: metrics.queue_wait(name, method, s))) if metrics.enabled() else (lambda m: None)
         self._encode_batcher = Batcher(self._encode_batch, name=f"{name}-encode", on_wait=wait("encode"), **kw)
         self._decode_batcher = Batcher(self._decode_batch, name=f"{name}-decode", on_wait=wait("decode"), **kw)
@@ -323,33 +299,33 @@ class ModelRunner:
         self._install(self._open(self.default_version))
         # Gradient latent ops (services/core/latent_ops.py): created on the first op so torch stays unimported.
         self._latent_ops: Any = None
-        if config.latent_ops_preload and config.latent_ops:
+        if config.latent_ops.preload and config.latent_ops.enabled:
             self.latent_ops_engine().load(self.default_version)
 
     # -- versions -----------------------------------------------------------------------------------------
     def _open(self, version: int) -> LoadedVersion:
         """Load, verify and open one version's sessions (blocking; runs in a worker thread on demand)."""
-        record = self.repo.load(self.name, version, verify=self.config.verify_checksums)
+        record = self.repo.load(self.name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
             raise ValidationError(
                 f"model {self.name} is a {record.family} model; only generative models (gan, vae, flow) are served"
             )
-        fmt = "onnx" if self.config.backend == "onnxruntime" else "torchscript"
+        fmt = "onnx" if self.config.served.backend == "onnxruntime" else "torchscript"
         sessions = {}
         for graph in ("encoder", "decoder"):
             ins, outs = graph_io(record, graph)
             sessions[graph] = open_session(
-                self.config.backend, record.graph_path(graph, fmt), ins, outs,
-                intra_op_threads=self.config.intra_op_threads, inter_op_threads=self.config.inter_op_threads,
-                providers=self.config.providers, device=self.device,
+                self.config.served.backend, record.graph_path(graph, fmt), ins, outs,
+                intra_op_threads=self.config.runtime.intra_op_threads, inter_op_threads=self.config.runtime.inter_op_threads,
+                providers=self.config.runtime.providers, device=self.device,
             )
-        logger.info("model %s v%d loaded (%s, %s)", self.name, version, self.config.backend, self.device)
+        logger.info("model %s v%d loaded (%s, %s)", self.name, version, self.config.served.backend, self.device)
         return LoadedVersion(record, sessions["encoder"], sessions["decoder"])
 
     def _install(self, loaded: LoadedVersion) -> None:
         """Add a loaded version (event-loop thread only) and evict the least recently used non-default ones."""
         self._versions[loaded.record.version] = loaded
-        while len(self._versions) > self.config.max_loaded_versions:
+        while len(self._versions) > self.config.served.max_loaded_versions:
             victim = next(v for v in self._versions if v != self.default_version)
             del self._versions[victim]
 
@@ -373,7 +349,7 @@ class ModelRunner:
         """images float32 (N, 3, H, W) in [-1, 1] -> {latent (N, D), logits (N, C)[, logvar (N, D)][, logdet (N,)]
         [, class_latents (N, C, D)]}."""
         item = _Item(await self.version(version), (np.ascontiguousarray(images, dtype=np.float32),))
-        if item.rows > self.config.max_batch_size:
+        if item.rows > self.config.batching.max_batch_size:
             return await self._run_chunked("encode", item)
         return await self._encode_batcher.submit(item)
 
@@ -385,7 +361,7 @@ class ModelRunner:
         item = _Item(await self.version(version),
                      (np.ascontiguousarray(latents, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)),
                      out)
-        if item.rows > self.config.max_batch_size:
+        if item.rows > self.config.batching.max_batch_size:
             result = await self._run_chunked("decode", item)
             images, finite = result[out], result["finite"]
         else:
@@ -419,11 +395,11 @@ class ModelRunner:
             "model": self.name,
             "default_version": self.default_version,
             "loaded_versions": list(self._versions),
-            "backend": self.config.backend,
+            "backend": self.config.served.backend,
             "device": self.device,
-            "max_batch_size": self.config.max_batch_size,
+            "max_batch_size": self.config.batching.max_batch_size,
             "preferred_batch_size": self._decode_batcher.preferred_rows,
-            "batch_wait_timeout_s": self.config.batch_wait_timeout_s,
+            "batch_wait_timeout_s": self.config.batching.batch_wait_timeout_s,
             "methods": self.stats_.snapshot(),
         }
 
@@ -458,7 +434,7 @@ class ModelRunner:
 
     async def _run_chunked(self, method: str, item: _Item) -> dict[str, np.ndarray]:
         """An oversized request: chunks of max_batch_size rows, run one after another (not queued)."""
-        size = self.config.max_batch_size
+        size = self.config.batching.max_batch_size
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, item.rows, size):
             chunk = tuple(a[start:start + size] for a in item.arrays)
@@ -508,8 +484,8 @@ class ModelServer:
     """Ray Serve deployment body for one model (services/app.py wraps it with `serve.deployment`)."""
 
     def __init__(self, config: dict, name: str, default_version: int | None = None) -> None:
-        cfg = ServeConfig(**config).validate()
-        device = "cuda" if cfg.num_gpus > 0 else "cpu"
+        cfg = ServeConfig.from_dict(config)
+        device = "cuda" if cfg.scaling.num_gpus > 0 else "cpu"
         self.runner = ModelRunner(cfg, name, default_version, device=device)
         metrics.setup(cfg)
         metrics.replica_up(model_deployment_name(name), {name: self.runner.default_version})

@@ -162,7 +162,7 @@ class LatentOperations:
         if call.refine_steps:
             lreq.require_available(self.config, "refine_steps")
             refine = lreq.refine_settings(self.config, sv.family, call.refine_steps, call.refine)
-        x = imgs.decode_images(call.images, sv.image_shape, self.config.max_image_bytes)
+        x = imgs.decode_images(call.images, sv.image_shape, self.config.limits.max_image_bytes)
         z, chosen, conf = await self._encode(sv, x, labels, call.sample_posterior, call.seed)
         report = None
         if call.refine_steps:  # warm-started from the encoder's latents (after sample_posterior)
@@ -225,7 +225,7 @@ class LatentOperations:
         confidence = None
         if threshold > 0:
             checked = await self._checked(sv, class_check.check_loop(draw, labels, threshold,
-                                                                    self.config.class_check_rounds))
+                                                                    self.config.limits.class_check_rounds))
             z, confidence = checked.latents, checked.confidence
             images = await self._images_out(checked.images, fmt)
         else:
@@ -339,7 +339,7 @@ class LatentOperations:
         method = check_method(call.method)
         if method == "geodesic":
             lreq.require_available(self.config, "method GEODESIC")
-        steps, cap = int(call.steps), self.config.max_interpolation_steps
+        steps, cap = int(call.steps), self.config.limits.max_interpolation_steps
         if not 2 <= steps <= cap:
             raise ValidationError(f"steps: {steps} is outside [2, {cap}] (frames including both ends; Limits.max_interpolation_steps)")
         if call.a is None or call.b is None:
@@ -438,11 +438,11 @@ class LatentOperations:
             return await self._handles_for(sv, z, labels)
 
         async def check(draw: Any, labels: np.ndarray) -> tuple[np.ndarray, list, np.ndarray]:
-            loop = class_check.check_loop(draw, labels, threshold, self.config.class_check_rounds)
+            loop = class_check.check_loop(draw, labels, threshold, self.config.limits.class_check_rounds)
             c = await self._checked(sv, loop, offload=True)  # per-image draws: cheap per batch
             return c.latents, await self._images_out(c.images, fmt), c.confidence
 
-        batch_size = max(1, min(spec.shard_size, self.config.max_batch_size))
+        batch_size = max(1, min(spec.shard_size, self.config.batching.max_batch_size))
         batches = augment_stream.generate(spec, plan, shards, sv.space, temperature, render, batch_size,
                                           store if spec.handles else None, self.augment_stats,
                                           check=check if threshold > 0 else None)
@@ -453,12 +453,12 @@ class LatentOperations:
     async def stats(self) -> dict:
         """Request counts, handle store size, caches, augment jobs and every model's batch statistics."""
         return {"uptime_s": round(time.time() - self._started, 3), "requests": dict(self.requests),
-                "handles": self.store.stats(), "cache": self.cache.stats(), "frontend": self.config.grpc_frontend,
+                "handles": self.store.stats(), "cache": self.cache.stats(), "frontend": self.config.frontend.grpc_frontend,
                 "models": await self.pool.stats(), "augment": self.augment_stats.snapshot()}
 
     # -- plumbing -----------------------------------------------------------------------------------------
     def _count(self, n: int, what: str) -> None:
-        cap = self.config.max_images_per_request
+        cap = self.config.limits.max_images_per_request
         if n < 1:
             raise ValidationError(f"{what}: at least 1 required, got {n}")
         if n > cap:
@@ -574,7 +574,7 @@ class LatentOperations:
                 handles.append((ref.handle, given))
             elif kind == "image":
                 image_idx.append(i)
-                images.append(imgs.decode_image(ref.image, sv.image_shape, self.config.max_image_bytes, f"{where}[{i}].image"))
+                images.append(imgs.decode_image(ref.image, sv.image_shape, self.config.limits.max_image_bytes, f"{where}[{i}].image"))
                 image_labels.append(given)
             else:
                 raise ValidationError(f"{where}[{i}]: empty LatentRef; set latent, handle or image")

@@ -172,13 +172,13 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
         "default_class_check": checks.get(default_source, 0.0),
         "interpolation_methods": ["lerp", "slerp"] + (["geodesic"] if grad_ops else []),
         "metrics": _flatten_metrics(m.get("metrics") or {}),
-        "backend": config.backend,
+        "backend": config.served.backend,
         "prior": prior,
-        "limits": {"max_images_per_request": config.max_images_per_request,
-                   "max_interpolation_steps": config.max_interpolation_steps,
-                   "max_geodesic_iterations": config.max_geodesic_iterations if grad_ops else 0,
-                   "max_guidance_steps": config.max_guidance_steps if grad_ops and m.get("probe") else 0,
-                   "max_refine_steps": config.max_refine_steps if grad_ops and record.family in lops.REFINABLE else 0},
+        "limits": {"max_images_per_request": config.limits.max_images_per_request,
+                   "max_interpolation_steps": config.limits.max_interpolation_steps,
+                   "max_geodesic_iterations": config.latent_ops.max_geodesic_iterations if grad_ops else 0,
+                   "max_guidance_steps": config.latent_ops.max_guidance_steps if grad_ops and m.get("probe") else 0,
+                   "max_refine_steps": config.latent_ops.max_refine_steps if grad_ops and record.family in lops.REFINABLE else 0},
     }
 
 
@@ -251,7 +251,7 @@ class ModelPool:
         return self.handles[name]
 
     def _load_version(self, name: str, version: int) -> ServedVersion:
-        record = self.repo.load(name, version, verify=self.config.verify_checksums)
+        record = self.repo.load(name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
             raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae and flow models are served")
         space = self.repo.latent_space(record)

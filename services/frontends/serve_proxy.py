@@ -23,17 +23,17 @@ class LatentIngress(LatentServiceHandlers):
     ModelServer deployment handle (None: co-located, the runners live in this replica)."""
 
     def __init__(self, config: dict, models: dict[str, int], handles: dict[str, Any] | None = None) -> None:
-        cfg = ServeConfig(**config).validate()
+        cfg = ServeConfig.from_dict(config)
         ops = LatentOperations.open(cfg, models, remote=handles)
         # after the models loaded: a replica that failed to start is not counted as live
         metrics.replica_up(INGRESS_NAME, ops.pool.default_versions)
         super().__init__(ops, replica_identity())
         logger.info("latentserve ingress up: models %s, backend %s, frontend serve, colocate=%s, auth=%s",
-                    ops.pool.default_versions, cfg.backend, handles is None, bool(cfg.api_token))
+                    ops.pool.default_versions, cfg.served.backend, handles is None, bool(cfg.frontend.api_token))
 
     async def stats(self) -> dict:
         """Request counts, handle store size and every model's batch statistics (a Serve handle call)."""
-        return {**await self.ops.stats(), "colocate": self.config.colocate}
+        return {**await self.ops.stats(), "colocate": self.config.scaling.colocate}
 
     def close(self) -> None:
         self.ops.close()

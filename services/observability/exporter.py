@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s metrics-exporter -- %(message)s")
     try:
         config = load_config({"metrics_port": args.port, "metrics_dir": args.dir})
-        if not config.metrics_dir or not config.metrics_port:
+        if not config.observability.metrics_dir or not config.observability.metrics_port:
             raise ValidationError("metrics exporter: set metrics_dir and metrics_port (LATENTSERVE_METRICS_DIR, "
                                   "LATENTSERVE_METRICS_PORT)")
-        exporter = MetricsExporter(config.metrics_dir, config.metrics_port, config.host, args.ray_metrics_port).start()
+        exporter = MetricsExporter(config.observability.metrics_dir, config.observability.metrics_port, config.frontend.host, args.ray_metrics_port).start()
     except LatentServeError as exc:
         print(f"metrics-exporter: error: {exc}", file=sys.stderr)
         return 2
-    logger.info("serving %s (files in %s, Ray metrics from :%d)", exporter.url, config.metrics_dir,
+    logger.info("serving %s (files in %s, Ray metrics from :%d)", exporter.url, config.observability.metrics_dir,
                 args.ray_metrics_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())

@@ -1,32 +1,11 @@
-"""latentserve's Prometheus metrics: what is recorded, where, and how every process's counts reach one endpoint.
+"""latentserve's Prometheus metrics: what is recorded, and how every process's counts reach one endpoint.
 
-Design (also in docs/architecture.md, "Metrics"): prometheus_client in **multiprocess mode with one directory
-per node** (`ServeConfig.metrics_dir`). Every process that handles requests (the native frontend's serving
-processes, the serve frontend's ingress and model-server replicas) calls `setup(config)`, after which each
-metric update is a write into that process's memory-mapped file in the directory
-(`counter_<pid>.db`, `histogram_<pid>.db`, `gauge_live*_<pid>.db`). The node's exporter
-(services/observability/exporter.py: inside `latentserve serve`, or `python -m latentserve.services.observability.exporter`
-next to `ray start` on every compose node) sums all files of the directory at scrape time and serves the
-result together with Ray's own metrics (Ray's metrics export port: `ray_serve_*`, `ray_node_*`, ...) on one
-`/metrics` endpoint. Why this and not the alternatives:
-- `ray.util.metrics` (Ray's agent would export our series beside Ray's) is not available in the native
-  frontend's serving processes, which are plain child processes, not Ray workers;
-- a registry per process with an HTTP port each would need a port per replica and service discovery;
-- periodic snapshots pushed to an aggregator lag behind and lose the last interval when a process dies.
-Here every count is in the file the moment the request ends (exact, nothing to flush), a scrape reads the
-files without talking to the serving processes, and a replica restart is handled sensibly: the files of a
-dead process stay, so counters and histograms keep their totals (sums over every process that ever ran on
-the node since the directory was created: monotonic, no reset at all), while the `live*` gauges
-(`latentserve_replicas`, `latentserve_model_info`) drop a dead process's file (the exporter prunes files of
-pids that no longer exist). Cost: one mmap write per counter increment, two per histogram observation
-(~1-2 us each); label children are cached so the hot path does no label lookup.
-
-Metric names carry the `latentserve_` prefix and their unit; labels are few and fixed (`rpc`, `model`,
-`version`, `code`, plus `cache`, `method`, `role`, `result`, `deployment` with small fixed value sets).
-Label values never come from a request: `model`/`version` are only set from a model the server resolved
-(an unknown model counts under model=""), `code` is the gRPC status name.
-
-Without `metrics_dir` (unit tests, library use) nothing is recorded: every recording function is a no-op.
+Every process that handles requests calls `setup(config)`; from then on each update is a write into that
+process's memory-mapped prometheus_client file in the node's `metrics_dir` (multiprocess mode), which the
+node's exporter (exporter.py) sums at scrape time. Counts are exact (written before the response is sent),
+a dead process's counters keep their totals, its `live*` gauges are dropped. Names carry the `latentserve_`
+prefix and their unit; labels are few and fixed, and no label value comes from a request. Without
+`metrics_dir` every recording function is a no-op. Why this design: docs/architecture.md, "Metrics".
 """
 from __future__ import annotations
 
@@ -42,7 +21,7 @@ from typing import Any
 logger = logging.getLogger("ray.serve")
 
 PREFIX = "latentserve_"
-# Request latencies: single-image decodes take ~1-5 ms, bulk and gradient ops up to seconds.
+# Request latencies: from sub-millisecond cache hits to gradient ops of many seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 QUEUE_BUCKETS = (0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -134,10 +113,10 @@ def exported_names() -> set[str]:
 
 # ---------------------------------------------------------------------------------------------- setup
 def setup(config: Any) -> bool:
-    """Turn recording on in this process, into `config.metrics_dir` (no-op when it is ""). Idempotent; a
+    """Turn recording on in this process, into `config.observability.metrics_dir` (no-op when it is ""). Idempotent; a
     process records into one directory only (a second, different one is ignored with a warning)."""
     global _metrics, _directory
-    directory = getattr(config, "metrics_dir", "") or ""
+    directory = config.observability.metrics_dir
     if not directory:
         return False
     with _lock:
@@ -152,7 +131,7 @@ def setup(config: Any) -> bool:
         # may have imported it before we knew the directory, so switch the class here (the metrics below are
         # created after this line, and label children are created lazily with the same class). The process
         # id names this process's files; prometheus_client calls os.getpid() on every update to notice a
-        # fork (a syscall: ~20% of an update's cost), so it gets the pid from a cell that a fork refreshes.
+        # fork (a syscall on every update), so it gets the pid from a cell that a fork refreshes.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
         pid = [os.getpid()]
         os.register_at_fork(after_in_child=lambda: pid.__setitem__(0, os.getpid()))

@@ -8,7 +8,8 @@
   (not the PNG bytes) means PNG, JPEG-identical and raw tensors of the same pixels share an entry, and the
   one lookup point also covers image refs of Edit and Interpolate. Anything that changes the encoder's
   output for the same pixels must go into `options`.
-- Result cache: (model, version, output format, latent digest) -> the serialized `latentserve.v1.Image`. The
+- Result cache: (model, version, output format, latent digest) -> the output image's bytes (the image codec
+  the operations give: services/core/images.py `Image.to_bytes`). The
   digest is the handle digest (services/storage/handles.py: sha256 of latent + label), so Decode by handle is served
   without fetching the latent; deterministic Sample (seed != 0) and Edit compute their latents (cheap) and
   are served from the same entries. Random Sample (seed 0) never touches the cache.

@@ -15,7 +15,7 @@ from latentserve.services.storage.redis_store import RedisBackend, RedisKV, Redi
 
 def make_store(redis_url: str = "", max_entries: int = 100_000) -> LatentStore:
     """A handle store from a URL and size, with the other settings at their defaults (see `open_stores`)."""
-    return open_stores(ServeConfig(redis_url=redis_url, handle_store_size=max_entries).validate(),
+    return open_stores(ServeConfig.from_dict({"redis_url": redis_url, "handle_store_size": max_entries}),
                        check=bool(redis_url))[0]
 
 
@@ -30,30 +30,31 @@ def open_stores(config: ServeConfig, check: bool = True,
     or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
     service must come up and serve (caches bypassed, handles UNAVAILABLE) until Redis is back.
     `image_codec`: how the result cache turns output images into bytes and back (see ServingCache)."""
-    if config.redis_url:
-        backend = RedisBackend(config.redis_url, role="handles", timeout_s=config.redis_handle_timeout_s,
-                               backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
+    storage = config.storage
+    if storage.redis_url:
+        backend = RedisBackend(storage.redis_url, role="handles", timeout_s=storage.redis_handle_timeout_s,
+                               backoff_s=storage.redis_backoff_s, backoff_max_s=storage.redis_backoff_max_s)
         durable = True
         if check:
             backend.check(handles=True)
             durable = not backend.persistence()  # unknown (CONFIG disabled, unreachable): assumed durable
             metrics.handle_store_durable(durable)
-        store: LatentStore = RedisLatentStore(backend, ttl_s=config.handle_ttl_s, prefix=config.redis_key_prefix,
-                                              local_entries=config.handle_store_size, durable=durable)
+        store: LatentStore = RedisLatentStore(backend, ttl_s=storage.handle_ttl_s, prefix=storage.redis_key_prefix,
+                                              local_entries=storage.handle_store_size, durable=durable)
     else:
-        store = InProcessLatentStore(config.handle_store_size, ttl_s=config.handle_ttl_s)
+        store = InProcessLatentStore(config.storage.handle_store_size, ttl_s=config.storage.handle_ttl_s)
 
-    cache_url = config.redis_cache_url or config.redis_url
-    enabled = config.encode_cache or config.result_cache
+    cache_url = config.storage.redis_cache_url or config.storage.redis_url
+    enabled = config.storage.encode_cache or config.storage.result_cache
     if cache_url and enabled:
-        cache_backend = RedisBackend(cache_url, role="cache", timeout_s=config.redis_timeout_s,
-                                     backoff_s=config.redis_backoff_s, backoff_max_s=config.redis_backoff_max_s)
-        if check and cache_url != config.redis_url:  # same URL: already checked above
+        cache_backend = RedisBackend(cache_url, role="cache", timeout_s=config.storage.redis_timeout_s,
+                                     backoff_s=config.storage.redis_backoff_s, backoff_max_s=config.storage.redis_backoff_max_s)
+        if check and cache_url != config.storage.redis_url:  # same URL: already checked above
             cache_backend.check(handles=False)
-        kv = RedisKV(cache_backend, ttl_s=config.cache_ttl_s)
+        kv = RedisKV(cache_backend, ttl_s=config.storage.cache_ttl_s)
     else:
-        kv = MemoryKV(config.cache_memory_bytes, ttl_s=config.cache_ttl_s)
-    cache = ServingCache(kv, encode=config.encode_cache, result=config.result_cache,
-                         max_entry_bytes=config.cache_max_entry_bytes, prefix=config.redis_key_prefix,
+        kv = MemoryKV(config.storage.cache_memory_bytes, ttl_s=config.storage.cache_ttl_s)
+    cache = ServingCache(kv, encode=config.storage.encode_cache, result=config.storage.result_cache,
+                         max_entry_bytes=config.storage.cache_max_entry_bytes, prefix=config.storage.redis_key_prefix,
                          image_codec=image_codec)
     return store, cache

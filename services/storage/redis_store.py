@@ -1,61 +1,12 @@
-"""Redis behind latent handles and the serving caches: shared by every ingress replica on every node.
+"""Redis behind latent handles and the serving caches, shared by every replica on every node.
 
-Owns `RedisBackend` (one Redis endpoint: redis.asyncio clients, short timeouts, a circuit breaker, the
-fail-fast check at start), `RedisLatentStore` (handles) and `RedisKV` (the encode/result caches of
-services/storage/cache.py). Built by `storage.open_stores(config)`; nothing else talks to Redis.
-
-Configuration (services/config.py, env LATENTSERVE_<FIELD>):
-    redis_url            LATENTSERVE_REDIS_URL: handles (and the caches unless redis_cache_url is set).
-                         redis://[[user]:password@]host:port/db, rediss:// for TLS (e.g.
-                         rediss://:pw@host:6380/0?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem), unix:///path.
-                         Unset: in-process LRUs, single-process only (handles die with the process and are
-                         unknown to other replicas).
-    redis_cache_url      a separate Redis for the caches ("" = the handles' Redis).
-    handle_ttl_s         7 days: every handle is SET with this expiry (re-storing the same latent refreshes it).
-    cache_ttl_s          1 day: expiry of cache entries (they are also evicted by Redis' LRU, see below).
-    handle_store_size    without Redis: the in-process store's size; with Redis: each replica's read-through
-                         copy of recently used handles (capped at 10,000 entries / 32 MiB).
-    encode_cache, result_cache, cache_max_entry_bytes (1 MiB; bigger entries are not cached),
-    cache_memory_bytes   (in-process cache budget when no Redis is used),
-    redis_timeout_s      50 ms: cache calls; after it the cache is bypassed,
-    redis_handle_timeout_s 500 ms: handle calls; after it the request fails with UNAVAILABLE,
-    redis_backoff_s, redis_backoff_max_s, redis_key_prefix ("ls:").
-
-Deployment (for docker-compose / deploy/): the chosen arrangement is TWO Redis roles, because Redis applies
-one eviction policy to a whole instance (all dbs):
-  - handles: `appendonly yes`, `appendfsync everysec` (or `always` to lose nothing on a crash),
-    `maxmemory-policy noeviction`, maxmemory sized for (handles issued per day x handle_ttl_s x ~(8 + 4 D +
-    100) bytes). Handles are never evicted, they only expire; when full, issuing a handle fails with
-    UNAVAILABLE (other requests keep working). LATENTSERVE_REDIS_URL=redis://:<pw>@redis-handles:6379/0
-  - caches: `maxmemory <N>mb`, `maxmemory-policy allkeys-lru`, `save ""`, `appendonly no` (a cache needs no
-    persistence). LATENTSERVE_REDIS_CACHE_URL=redis://:<pw>@redis-cache:6379/0
-  Both with `requirepass` (or ACL users); the password goes in the URL (never logged: `ServeConfig.redacted`).
-  A single instance also works (set only LATENTSERVE_REDIS_URL; caches and handles share it, told apart by
-  key prefix): `noeviction` with maxmemory sized for both (TTLs bound memory; when full, cache writes are
-  dropped and issuing handles fails), or `volatile-ttl`, which evicts the keys nearest to expiry first: cache
-  entries (<= 1 day left) mostly go before handles (up to 7 days left), but a handle in its last day can go
-  first. Never `allkeys-*` on the handle Redis: it evicts live handles (the start check logs a warning).
-  Memory per entry: handle ~ 150 + 4 D bytes; result ~ 100 + image bytes; encode ~ 150 + 4 (D + C [+ D]) bytes.
-
-Key layout (`redis_key_prefix` = "ls:" by default): `ls:h:<handle>` -> label i64 LE + latent f32 LE;
-`ls:e:<model>:<version>:<image digest>` -> encoder outputs; `ls:r:<model>:<version>:<format>:<latent digest>`
--> serialized latentserve.v1.Image. Versions are in every key: a new version never reads an old one's entry.
-
-Round trips: one MGET per batch for a lookup; writes are one pipeline per batch (handles: awaited, so an
-issued handle resolves everywhere at once; caches: in the background, off the response path, at most
-`MAX_PENDING_WRITES` in flight per replica). With the caches disabled nothing is sent.
-
-Faults: every call is bounded by socket timeouts (redis-py retries once, immediately, only when a pooled
-connection turned out dead, e.g. after a Redis restart). A failed call opens a circuit breaker: Redis is
-skipped for a backoff window (redis_backoff_s doubling to redis_backoff_max_s, +-20% jitter); then ONE call
-probes it while the others keep skipping (no retry storm); success closes the breaker and caching resumes
-by itself. While open, caches are bypassed (requests succeed, counted as bypasses) and handle operations
-fail at once with UnavailableError (gRPC UNAVAILABLE), never a hang. A wrong password or db index fails at
-start with a one-line ValidationError (`RedisBackend.check`, `check_redis`).
-
-Event loops: redis.asyncio connections belong to the loop that opened them, and a replica may serve from
-more than one loop (Serve's user loop, a native grpc.aio server's loop), so each loop gets its own client
-(sharing the breaker and counters).
+Owns `RedisBackend` (one Redis endpoint: redis.asyncio clients per event loop, short timeouts, a circuit
+breaker, the fail-fast check at start), `RedisLatentStore` (handles) and `RedisKV` (the caches' KV). Promises:
+one round trip per batch (MGET; writes pipelined, awaited for handles, in the background for caches); a call
+never hangs (timeouts, then the breaker skips Redis: caches are bypassed, handle calls fail UNAVAILABLE; one
+probe per backoff window, no retry storm); a wrong password or db fails at start in one line; passwords are
+never logged. Configuration, key layout and the two-Redis deployment: docs/architecture.md, "Handles, caches
+and Redis".
 """
 from __future__ import annotations
 
@@ -525,12 +476,12 @@ def check_redis(config: Any) -> list[str]:
     """Connect once to each configured Redis (for `latentserve serve` before Ray starts): ValidationError for
     wrong credentials / db; returns warning lines (unreachable, risky eviction policy), [] when all is well."""
     out = []
-    if config.redis_url:
-        msg = RedisBackend(config.redis_url, role="handles").check(handles=True)
+    if config.storage.redis_url:
+        msg = RedisBackend(config.storage.redis_url, role="handles").check(handles=True)
         if msg:
             out.append(msg)
-    if config.redis_cache_url and config.redis_cache_url != config.redis_url and (config.encode_cache or config.result_cache):
-        msg = RedisBackend(config.redis_cache_url, role="cache").check(handles=False)
+    if config.storage.redis_cache_url and config.storage.redis_cache_url != config.storage.redis_url and (config.storage.encode_cache or config.storage.result_cache):
+        msg = RedisBackend(config.storage.redis_cache_url, role="cache").check(handles=False)
         if msg:
             out.append(msg)
     return out

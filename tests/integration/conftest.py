@@ -12,7 +12,7 @@ Every generative model has a `brightness` knob (exact for these linear maps), 2 
 2-component GMM per class. Images are 3x8x8, classes square/ellipse/triangle.
 
 `serve_app` (session): ray.init(num_cpus=2, no dashboard) + serve.start + serve.run(build_app(config)) on a
-free port, metrics recorded into a session directory (`config.metrics_dir`); waits for grpc.health.v1 SERVING, dumps Serve logs when a test failed, shuts everything down at
+free port, metrics recorded into a session directory (`config.observability.metrics_dir`); waits for grpc.health.v1 SERVING, dumps Serve logs when a test failed, shuts everything down at
 the end. The frontend under test comes from LATENTSERVE_TEST_FRONTEND:
 - `native` (default, the default frontend): the ingress replica serves gRPC itself; Serve's gRPC proxy also
   runs, on another port (`ServeInfo.proxy_target`), so serve-frontend apps can be deployed next to it;
@@ -252,7 +252,7 @@ class ServeInfo:
 
     @property
     def frontend(self) -> str:
-        return "direct" if self.config.direct_ingress else self.config.grpc_frontend
+        return "direct" if self.config.frontend.direct_ingress else self.config.frontend.grpc_frontend
 
 
 def wait_serving(target: str, timeout_s: float = 60.0, metadata=None) -> None:
@@ -401,7 +401,7 @@ def extra_app(serve_app):
     deployed: list[str] = []
 
     def deploy(name: str, frontend: str | None = None, **overrides):
-        frontend = frontend or serve_app.config.grpc_frontend
+        frontend = frontend or serve_app.config.frontend.grpc_frontend
         native = frontend == "native"
         if not native and serve_app.proxy_target is None:
             pytest.skip("this session runs no Serve gRPC proxy")

@@ -102,7 +102,7 @@ def standalone(serve_app, tiny_repo, redis_server):
         started.append(proc)
         return proc
 
-    start.target = f"127.0.0.1:{config.grpc_port}"
+    start.target = f"127.0.0.1:{config.frontend.grpc_port}"
     yield start
     for proc in started:
         proc.stop(1.0)

@@ -480,7 +480,7 @@ def test_serve_deploy_applies_env_over_args(serve_deploy, tmp_path):
     assert out["grpc_options"]["port"] == 9100
     assert not {"api_token", "redis_url", "redis_cache_url"} & set(args), "secrets must stay out of Serve's config"
     assert "s3cret" not in yaml.safe_dump(out) and "pw@" not in yaml.safe_dump(out)
-    assert config.api_token == "s3cret"  # ...but the validated config (= what the builder sees) has them
+    assert config.frontend.api_token == "s3cret"  # ...but the validated config (= what the builder sees) has them
     assert models == {"m-gan": 2}
     assert serve_deploy.find_app(out)["runtime_env"]["env_vars"][serve_deploy.ROLLOUT_ENV_VAR] == "m-gan=2"
     assert doc["applications"][0]["args"].get("replicas") != 3, "render must not modify its input"

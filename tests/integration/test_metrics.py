@@ -75,7 +75,7 @@ class Prometheus:
 def prometheus(serve_app, tmp_path_factory, request):
     if not os.path.exists(PROMETHEUS):
         pytest.fail(f"prometheus is not installed ({PROMETHEUS}); scripts/test.sh installs Debian's package")
-    exporter = MetricsExporter(serve_app.config.metrics_dir, _free_port(), "127.0.0.1", ray_metrics_port()).start()
+    exporter = MetricsExporter(serve_app.config.observability.metrics_dir, _free_port(), "127.0.0.1", ray_metrics_port()).start()
     work = tmp_path_factory.mktemp("prometheus")
     (work / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"

@@ -26,7 +26,7 @@ def _run(code: str, directory: Path, wait: bool = True) -> subprocess.Popen:
         import asyncio, sys
         from latentserve.services.observability import metrics
         from latentserve.services.config import ServeConfig
-        metrics.setup(ServeConfig(metrics_dir={str(directory)!r}))
+        metrics.setup(ServeConfig.from_dict({{"metrics_dir": {str(directory)!r}}}))
     """)
     proc = subprocess.Popen([sys.executable, "-c", prelude + textwrap.dedent(code)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

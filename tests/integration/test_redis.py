@@ -92,7 +92,7 @@ def test_handles_resolve_on_another_replica_one_mget_per_batch(redis_server):
     asyncio.run(go())
     with redis_server.client() as c:
         ttl_ms = c.pttl(f"ls:h:{hs[0]}")
-    assert 0.99 * cfg.handle_ttl_s * 1000 < ttl_ms <= cfg.handle_ttl_s * 1000  # days, not seconds
+    assert 0.99 * cfg.storage.handle_ttl_s * 1000 < ttl_ms <= cfg.storage.handle_ttl_s * 1000  # days, not seconds
 
 
 def test_auth_wrong_password_fails_at_start_with_one_line(redis_server):
@@ -256,11 +256,11 @@ def two_apps(serve_app, redis_factory, wait_serving):
         pytest.skip("extra apps need Serve's proxy or the native frontend (direct ingress serves one app per port)")
     server = redis_factory(aof=True)
     base = serve_app.config
-    native = getattr(base, "grpc_frontend", "serve") == "native"
+    native = base.frontend.grpc_frontend == "native"
     apps = []
     try:
         for name in ("redis-a", "redis-b"):
-            port = _fx._free_port() if native else base.grpc_port
+            port = _fx._free_port() if native else base.frontend.grpc_port
             cfg = base.with_overrides(
                 app_name=name, models=["tiny-gan"], colocate=True, num_cpus=0.25, ingress_num_cpus=0.25,
                 ingress_replicas=1, grpc_port=port, redis_url=server.url(), **FAST_BREAKER)
@@ -295,7 +295,7 @@ def test_service_handles_shared_and_redis_kill_fails_no_request(two_apps, serve_
     from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
     server, ((ta, mda, name_a), (tb, mdb, name_b)) = two_apps
-    metrics_dir = serve_app.config.metrics_dir  # the apps' replicas record their metrics there (services/observability/metrics.py)
+    metrics_dir = serve_app.config.observability.metrics_dir  # the apps' replicas record their metrics there (services/observability/metrics.py)
     z, labels, _ = latents(3, seed=7)
     lat = [pb.Latent(values=z[i].tolist(), label=int(labels[i])) for i in range(3)]
     with grpc.insecure_channel(ta) as cha, grpc.insecure_channel(tb) as chb:

@@ -474,12 +474,12 @@ def test_the_other_frontend_serves_the_same_results(serve_app, extra_app):
     from latentserve.v1 import latent_pb2 as pb
     from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
-    other = "serve" if serve_app.config.grpc_frontend == "native" else "native"
+    other = "serve" if serve_app.config.frontend.grpc_frontend == "native" else "native"
     target, md, _ = extra_app("other-frontend", frontend=other, models=["tiny-gan"], colocate=False,
                               num_cpus=0.25, ingress_num_cpus=0.25)
     z = np.random.default_rng(5).standard_normal((3, 8)).astype(np.float32)
     # with two apps behind Serve's proxy, requests to the session app must name it too
-    main_app = serve_app.app_name if serve_app.config.grpc_frontend == "serve" else None
+    main_app = serve_app.app_name if serve_app.config.frontend.grpc_frontend == "serve" else None
     with LatentClient(target, timeout=60, app_name="other-frontend" if md else None) as c, \
             LatentClient(serve_app.target, timeout=60, app_name=main_app) as client:
         assert c.health()

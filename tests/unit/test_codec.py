@@ -172,3 +172,16 @@ def test_default_sample_source_is_the_gmm_for_a_vae_only():
     assert default_sample_source("vae", has_gmm=False) == "prior"
     assert default_sample_source("gan", has_gmm=True) == "prior"
     assert default_sample_source("flow", has_gmm=True) == "prior"
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "raw_uint8", "raw_float32"])
+def test_core_images_cache_as_the_protobuf_image_bytes(fmt):
+    """The result cache stores the core's Image.to_bytes: the same bytes as latentserve.v1.Image, so entries
+    written by another version or frontend of the service read back the same."""
+    from latentserve.services.core.images import Image, encode_images
+
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    for im in encode_images(x, fmt):
+        wire = codec.image_out(im).SerializeToString()
+        assert im.to_bytes() == wire
+        assert Image.from_bytes(wire) == im and codec.image_in(pb.Image.FromString(wire)) == im

@@ -260,3 +260,14 @@ def test_validate_disks():
     out = validate("disks", n_per_class=100, vary_position=True)
     assert out["accuracy"]["disk"] >= 0.99 and out["rejected"]["disk"] <= 0.01
     assert min(out["r2"]["disk"].values()) >= 0.99
+
+
+def test_factor_features_keep_a_column_for_every_class():
+    """A source whose accepted samples miss a class still gets the real images' feature width (PRDC compares
+    the two): the class one-hot has a column per class, not per class present."""
+    from latentserve.models.judges.scoring import _factor_features
+
+    specs = {"scale": {"low": 0.0, "high": 1.0}}
+    some = _factor_features(np.array([[0.5], [0.2]]), np.array([0, 1]), ["scale"], specs, None, 3)
+    assert some.shape == (2, 4)
+    assert some[1, 2] == 10.0 and some[1, 3] == 0.0

@@ -51,7 +51,7 @@ def test_config_range_checks(field, value):
 def test_geodesic_settings_defaults_caps_and_init():
     cfg = _config(max_geodesic_iterations=50, geodesic_iterations=20)
     s = lreq.geodesic_settings(cfg, GeodesicOptions())
-    assert s == {"iterations": 20, "learning_rate": cfg.geodesic_learning_rate, "space": "pixel", "init": "lerp"}
+    assert s == {"iterations": 20, "learning_rate": cfg.latent_ops.geodesic_learning_rate, "space": "pixel", "init": "lerp"}
     s = lreq.geodesic_settings(cfg, GeodesicOptions(iterations=50, learning_rate=0.1, space="probe",
                                                        init="slerp"))
     assert s == {"iterations": 50, "learning_rate": pytest.approx(0.1), "space": "probe", "init": "slerp"}
@@ -73,11 +73,11 @@ def test_geodesic_settings_defaults_caps_and_init():
 def test_guidance_settings_off_switches_and_factor_targets():
     cfg = _config()
     s = lreq.guidance_settings(cfg, pb.GuidanceOptions(class_weight=-1, noise=-1))
-    assert s["class_weight"] == 0 and s["noise"] == 0 and s["steps"] == cfg.guidance_steps
+    assert s["class_weight"] == 0 and s["noise"] == 0 and s["steps"] == cfg.latent_ops.guidance_steps
     with pytest.raises(ValidationError, match="guidance.step_size"):
         lreq.guidance_settings(cfg, pb.GuidanceOptions(step_size=5))
     with pytest.raises(ValidationError, match="Limits.max_guidance_steps"):
-        lreq.guidance_settings(cfg, pb.GuidanceOptions(steps=cfg.max_guidance_steps + 1))
+        lreq.guidance_settings(cfg, pb.GuidanceOptions(steps=cfg.latent_ops.max_guidance_steps + 1))
     factors = [{"name": "scale", "low": 0.2, "high": 0.8}, {"name": "hue", "low": 0.0, "high": 1.0}]
     t, r = lreq.factor_targets({"scale": 0.5}, factors, ["scale", "x"], "m")
     assert t == {"scale": 0.5} and r == {"scale": pytest.approx(0.6)}
@@ -90,7 +90,7 @@ def test_guidance_settings_off_switches_and_factor_targets():
 def test_refine_settings():
     cfg = _config(max_refine_steps=10)
     assert lreq.refine_settings(cfg, "gan", 10, pb.RefineOptions(feature_weight=0.5)) == {
-        "steps": 10, "learning_rate": cfg.refine_learning_rate, "feature_weight": 0.5}
+        "steps": 10, "learning_rate": cfg.latent_ops.refine_learning_rate, "feature_weight": 0.5}
     with pytest.raises(ValidationError, match="already exact"):
         lreq.refine_settings(cfg, "flow", 3, pb.RefineOptions())
     with pytest.raises(ValidationError, match="Limits.max_refine_steps"):

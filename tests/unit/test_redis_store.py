@@ -374,7 +374,7 @@ def test_redis_cache_bypass_and_background_writes():
 def test_config_fields_env_and_redaction():
     cfg = load_config(environ={"LATENTSERVE_REDIS_URL": "rediss://:s3cret@redis:6380/1",
                                "LATENTSERVE_HANDLE_TTL_S": "3600", "LATENTSERVE_RESULT_CACHE": "0"})
-    assert cfg.redis_url.startswith("rediss://") and cfg.handle_ttl_s == 3600.0 and not cfg.result_cache
+    assert cfg.storage.redis_url.startswith("rediss://") and cfg.storage.handle_ttl_s == 3600.0 and not cfg.storage.result_cache
     assert cfg.redacted()["redis_url"] == "rediss://:***@redis:6380/1"
     for bad, needle in (("redis://:pw@h:6379/abc", "db number"), ("http://h", "redis://"),
                         ("redis://:pw@/0", "needs a host")):

@@ -114,7 +114,7 @@ def test_make_store_and_open_stores_without_redis():
         InProcessLatentStore(0)
     cfg = load_config({"handle_store_size": 5, "cache_memory_bytes": 2 << 20, "result_cache": False}, use_env=False)
     store, cache = open_stores(cfg)
-    assert isinstance(store, InProcessLatentStore) and store.max_entries == 5 and store.ttl_s == cfg.handle_ttl_s
+    assert isinstance(store, InProcessLatentStore) and store.max_entries == 5 and store.ttl_s == cfg.storage.handle_ttl_s
     assert isinstance(cache, ServingCache) and isinstance(cache.kv, MemoryKV) and cache.kv.max_bytes == 2 << 20
     assert cache.encode_enabled and not cache.result_enabled
 

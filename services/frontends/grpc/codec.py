@@ -154,8 +154,8 @@ def deadline(grpc_context: Any, config: ServeConfig) -> float:
             r = None
         if r is not None and math.isfinite(r):
             ends.append(now + max(0.0, float(r)))
-    if config.request_timeout_s:
-        ends.append(now + config.request_timeout_s)
+    if config.scaling.request_timeout_s:
+        ends.append(now + config.scaling.request_timeout_s)
     return min(ends) if ends else 0.0
 
 

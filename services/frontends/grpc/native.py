@@ -1,48 +1,14 @@
 """The native gRPC frontend (`grpc_frontend="native"`): each LatentIngress replica serves gRPC itself.
 
 Owns the server side of the transport in that mode; the RPC handlers are servicer.py's (the same ones Ray
-Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations, and every status
-code comes from status.py. Pieces:
-
-- `NativeReplica`: the Serve deployment body. It starts and supervises the replica's *serving process*
-  (`ServingProcess`, a child process running `serving_process_main`), which holds the operations with the
-  models and its `NativeGrpcServer` (`NativeServing`). Serve still places, health-checks (`check_health` = gRPC health through
-  the child's private port), scales (`record_autoscaling_stats`) and replaces the replicas. The child (and
-  not the replica process itself) serves because grpc.aio binds its completion-queue poller to the first
-  event loop that used grpc.aio in a process, inside a Ray worker Ray's own loop: every event of our server
-  then detours through Ray's loop thread (measured +13-50% CPU per single-image request, up to 40% less
-  throughput); the child also keeps Ray's threads off the serving GIL. The child exits when its replica's
-  control channel closes, so it never outlives the replica.
-  The replica hands the child its identity (Ray node id, Serve replica id), which the handlers return as
-  trailing metadata (services/observability/identity.py): the child is no Ray actor and cannot look it up.
-- `NativeGrpcServer`: a gRPC server on its own thread and event loop (uvloop when installed: measured
-  ~10-25% less CPU per single-image request than the stdlib loop). Its transport (`grpc_transport`,
-  services/frontends/grpc/transport.py) is the compiled grpc++ one when installed, else grpc.aio: the same handlers run
-  on the loop either way. Bound to `host:grpc_port` with
-  SO_REUSEPORT (grpc's default on Linux, set explicitly here): every replica on a node binds the same port and
-  the kernel spreads new connections over them; a second, private port on 127.0.0.1 lets the health check
-  reach exactly this server. It registers LatentService (`LatentServicer`), grpc.health.v1 (standard aio
-  servicer: "" and latentserve.v1.LatentService, no token needed) and server reflection.
-- `Admission` in place of Serve's queues: at most `max_ongoing_requests` RPCs run per replica, up to
-  `max_queued_requests` more wait (-1 = unbounded), the rest get RESOURCE_EXHAUSTED; `request_timeout_s`
-  caps each call (DEADLINE_EXCEEDED); a client deadline or cancel cancels the handler task, which drops its
-  work still waiting in a batch queue (services/core/model_server.py).
-- metrics (services/observability/metrics.py): the servicer's wrappers own each call's metrics record, so calls refused by
-  admission or cut by `request_timeout_s` are counted with their status code like every other call; the
-  serving process records into `metrics_dir`, which the node's exporter reads (no port per replica).
-- connection ageing (`max_connection_age_s`): grpc closes every client connection gracefully after that
-  long (GOAWAY; the client reconnects and no call fails), so connections rebalance over the replicas that
-  share the port;
-- a drain that fails no call: a stopping replica turns health to NOT_SERVING, keeps serving for
-  `drain_period_s` (load balancers take it out) and, while a replacement replica is still starting, until
-  another socket listens on the port (`wait_for_replacement`). Then, when another replica listens on the
-  port here, the server stops accepting connections (its listening socket leaves the SO_REUSEPORT group, so
-  new connections reach the others; grpc logs one "Closing acceptor" line) and waits until its clients'
-  connections have aged out: they reconnect to the other listeners. Only then is the server stopped
-  (in-flight RPCs get the grace period). Stopping a server that still has busy connections would fail
-  calls that reached it but had not started yet (grpc cancels them: grpc/grpc#41785). Rollouts normally
-  start replacements first (`max_surge_percent`); with Serve's stop-then-start (surge 0) the wait keeps a
-  one-replica rollout from refusing connections while the new replica loads, if the node has room for both.
+Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations. Pieces:
+`NativeReplica` (the Serve deployment body) starts and supervises the replica's serving process
+(`ServingProcess`; the child runs `serving_process_main` and holds `NativeServing`: the operations with the
+models in-process and a `NativeGrpcServer`); `NativeGrpcServer` serves on its own thread and event loop over
+the configured transport (transport.py), on `host:grpc_port` with SO_REUSEPORT plus a private health port;
+`Admission` bounds running and queued calls per replica; connections age out (`max_connection_age_s`) so they
+rebalance; a stopping replica drains without failing a call. Why a child process, the drain sequence and
+the rest: docs/architecture.md, "Native frontend".
 """
 from __future__ import annotations
 
@@ -95,8 +61,8 @@ _LISTEN, _ESTABLISHED = "0A", "01"  # TCP states in /proc/net/tcp
 
 def server_options(config: ServeConfig) -> list[tuple[str, int]]:
     opts = list(SERVER_OPTIONS)
-    if config.max_connection_age_s > 0:
-        opts += [("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+    if config.frontend.max_connection_age_s > 0:
+        opts += [("grpc.max_connection_age_ms", int(config.frontend.max_connection_age_s * 1000)),
                  ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE_S * 1000))]
     return opts
 
@@ -358,9 +324,9 @@ class NativeGrpcServer:
     def __init__(self, handlers: Any, config: ServeConfig) -> None:
         self.handlers = handlers
         self.config = config
-        self.port = config.grpc_port
+        self.port = config.frontend.grpc_port
         self.private_port = 0
-        self.admission = Admission(config.max_ongoing_requests, config.max_queued_requests)
+        self.admission = Admission(config.scaling.max_ongoing_requests, config.scaling.max_queued_requests)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None  # grpc.aio.Server or grpc_transport.CompiledServer
         self._health: Any = None
@@ -408,22 +374,22 @@ class NativeGrpcServer:
 
     async def _serve(self) -> None:
         self._done = asyncio.Event()
-        self.transport = grpc_transport.resolve(self.config.grpc_transport)
-        if self.transport != "cxx" and self.config.grpc_transport == "auto":  # a cluster node without the build
+        self.transport = grpc_transport.resolve(self.config.frontend.grpc_transport)
+        if self.transport != "cxx" and self.config.frontend.grpc_transport == "auto":  # a cluster node without the build
             logger.warning("the compiled gRPC transport is unavailable (%s): serving over grpc.aio, at about twice "
                            "the CPU per small request", grpc_transport.import_error())
         server = grpc_transport.make_server(self.transport, server_options(self.config))
         pb_grpc.add_LatentServiceServicer_to_server(
-            LatentServicer(self.handlers, self.admission, self.config.request_timeout_s), server)
+            LatentServicer(self.handlers, self.admission, self.config.scaling.request_timeout_s), server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # the asyncio servicer for either transport (enable_server_reflection picks by the server's class)
-        if self.config.reflection != "off":
+        if self.config.frontend.reflection != "off":
             names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-            token = self.config.api_token if self.config.reflection == "auth" else ""
+            token = self.config.frontend.api_token if self.config.frontend.reflection == "auth" else ""
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_reflection_servicer(names, token), server)
         _, self.private_port = await grpc_transport.listen(
-            server, [_bind_address(self.config.host, self.port), "127.0.0.1:0"])
+            server, [_bind_address(self.config.frontend.host, self.port), "127.0.0.1:0"])
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -461,7 +427,7 @@ class NativeGrpcServer:
     def _shed_connections(self, max_wait_s: float) -> str:
         """Close our listener (others take new connections) and wait until our clients' connections have
         aged out (they reconnect elsewhere without failing a call), at most `max_wait_s`."""
-        if self.config.max_connection_age_s <= 0:
+        if self.config.frontend.max_connection_age_s <= 0:
             return "connection ageing off"
         if not other_listeners(self.port):
             return "no other listener to hand clients to"
@@ -501,7 +467,7 @@ class NativeGrpcServer:
         if drain_s > 0:
             time.sleep(drain_s)
         # connections age out within max_connection_age (+10% jitter); calls on them within the age grace
-        shed = self._shed_connections(1.1 * self.config.max_connection_age_s + 2.0)
+        shed = self._shed_connections(1.1 * self.config.frontend.max_connection_age_s + 2.0)
         logger.info("stopping the gRPC server on port %d (%s; %d requests running)", self.port, shed,
                     self.admission.ongoing)
 
@@ -603,9 +569,8 @@ def serve_replacement_state(app_name: str, deployment: str) -> Callable[[], str]
 # Each native replica runs its operations + NativeGrpcServer in a child process ("serving process") and
 # supervises it. Why not in the replica itself: grpc.aio binds its completion-queue poller to the first
 # event loop that used grpc.aio in a process, which inside a Ray worker is Ray's own loop; every gRPC event
-# of our server then takes a detour through Ray's loop thread. Measured on the dev decoder (single-image
-# requests, c=32, same code in and out of that situation): +13-50% CPU per image and up to 40% less
-# throughput. The child also keeps Ray's threads off the serving process's GIL.
+# of our server would then take a detour through Ray's loop thread (benchmarks/README.md). The child also
+# keeps Ray's threads off the serving process's GIL.
 NATIVE_REPLACEMENT_WAIT_S = 45.0  # a stopping replica waits at most this long for its replacement to listen
 STARTUP_TIMEOUT_S = 600.0  # loading and checking every model in the serving process
 
@@ -632,7 +597,7 @@ class ServingProcess:
         self.models = dict(models)
         self.identity = tuple(identity)  # trailing metadata naming the replica (services/observability/identity.py)
         self.proc: Any = None
-        self.port = config.grpc_port
+        self.port = config.frontend.grpc_port
         self.private_port = 0
         self._conn: Any = None
         self._lock = threading.Lock()  # one control exchange at a time (Serve calls from several threads)
@@ -673,7 +638,7 @@ class ServingProcess:
             raise cls(f"serving process: {ready['error']}")
         self.private_port = int(ready["private_port"])
         logger.info("latentserve serving process pid %d: gRPC on %s:%d (private health port %d)", self.proc.pid,
-                    self.config.host, self.port, self.private_port)
+                    self.config.frontend.host, self.port, self.private_port)
 
     def call(self, cmd: str, timeout_s: float = 30.0, **kw: Any) -> Any:
         if self._conn is None or self._stopped:
@@ -706,9 +671,9 @@ class ServingProcess:
             if self.proc.poll() is None:
                 self.call("not_serving", timeout_s=10)
                 why = wait_for_replacement(self.port, (self.proc.pid,), replacement_state or (lambda: "none"),
-                                           self.config.drain_period_s, replacement_wait_s)
+                                           self.config.frontend.drain_period_s, replacement_wait_s)
                 logger.info("stopping the serving process pid %d (%s)", self.proc.pid, why)
-                self.call("stop", timeout_s=1.1 * self.config.max_connection_age_s + grace_s + 30, grace_s=grace_s)
+                self.call("stop", timeout_s=1.1 * self.config.frontend.max_connection_age_s + grace_s + 30, grace_s=grace_s)
         except Exception:  # noqa: BLE001 - whatever happened, the child must end
             logger.warning("serving process did not stop cleanly", exc_info=True)
         finally:
@@ -748,15 +713,15 @@ class NativeServing:
 
     def __init__(self, config: ServeConfig, models: dict[str, int], identity: tuple[tuple[str, str], ...] = ()) -> None:
         self.config = config
-        device = "cuda" if config.num_gpus > 0 else "cpu"
+        device = "cuda" if config.scaling.num_gpus > 0 else "cpu"
         self.ops = LatentOperations.open(config, models, device=device)
         # after the models loaded: a replica that failed to start is not counted as live
         metrics.replica_up(INGRESS_NAME, self.ops.pool.default_versions)
         self.server = NativeGrpcServer(LatentServiceHandlers(self.ops, identity), config)
         self.server.start()
         logger.info("latentserve native gRPC server on %s:%d (private health port %d): models %s, backend %s, "
-                    "auth=%s", config.host, config.grpc_port, self.server.private_port,
-                    self.ops.pool.default_versions, config.backend, bool(config.api_token))
+                    "auth=%s", config.frontend.host, config.frontend.grpc_port, self.server.private_port,
+                    self.ops.pool.default_versions, config.served.backend, bool(config.frontend.api_token))
 
     async def stats(self) -> dict:
         """The operations' statistics plus the gRPC server's (run on the server loop: the state is its own)."""
@@ -782,7 +747,7 @@ def serving_process_main(argv: list[str] | None = None) -> int:
     if spec["config"].get("reset_serving_niceness", True):  # the config travels as ServeConfig.to_dict()
         reset_niceness()  # before any thread starts: threads inherit the value of the thread that starts them
     try:
-        serving = NativeServing(ServeConfig(**spec["config"]).validate(), spec["models"],
+        serving = NativeServing(ServeConfig.from_dict(spec["config"]), spec["models"],
                                 identity=spec.get("identity", ()))
     except BaseException as exc:  # noqa: BLE001 - reported to the replica, which fails its start
         logger.exception("serving process failed to start")
@@ -822,7 +787,7 @@ class NativeReplica:
     same dict as the serve frontend's ingress (the serving process computes it); `__del__` drains."""
 
     def __init__(self, config: dict, models: dict[str, int]) -> None:
-        self.config = ServeConfig(**config).validate()
+        self.config = ServeConfig.from_dict(config)
         self._replacement: Callable[[], str] | None = None
         try:
             from ray import serve

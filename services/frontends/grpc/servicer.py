@@ -41,12 +41,12 @@ class LatentServiceHandlers:
     # -- per-call plumbing --------------------------------------------------------------------------------
     def _authorize(self, grpc_context: Any) -> None:
         value = ""
-        if self.config.api_token and grpc_context is not None:
+        if self.config.frontend.api_token and grpc_context is not None:
             for key, v in grpc_context.invocation_metadata():
                 if key == AUTHORIZATION_KEY:
                     value = v if isinstance(v, str) else v.decode("latin-1")
                     break
-        check_token(self.config.api_token, value)
+        check_token(self.config.frontend.api_token, value)
 
     def _identify(self, grpc_context: Any) -> str:
         """A new request id; the trailing metadata names it and this replica."""

@@ -7,8 +7,8 @@ server moves the calls' bytes and hands them to this process's event loop in bur
 one `poll()` per burst); the handlers are the same async functions grpc.aio would run, with a
 `ServicerContext` offering the grpc.aio context methods our handlers, grpc's health servicer and the
 reflection servicer use. Why: grpc.aio's own machinery (its completion-queue poller thread, the per-call
-callbacks into the event loop) was half of the serving process's CPU on single-image requests (py-spy at
-concurrency 32: 1,190 of 2,300 samples), more than our handlers and the model together.
+callbacks into the event loop) cost more of the serving process's CPU on single-image requests than our
+handlers and the model together (benchmarks/README.md).
 
 Transports (`ServeConfig.grpc_transport`): "cxx" (needs the extension, built at install when Debian's
 libgrpc++-dev is present), "grpcio", "auto" = cxx when built, else grpcio.

@@ -23,6 +23,15 @@ import grpc
 import numpy as np
 
 
+def server_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every watch-a-running-server script shares (this one, soak.py): target, pid, model."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("-t", "--target", default="127.0.0.1:9000")
+    p.add_argument("--server-pid", type=int, required=True, help="the serving process (its RSS is watched)")
+    p.add_argument("--model", default="shapes-gan")
+    return p
+
+
 def rss_mb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(f.read().split("VmRSS:")[1].split()[0]) // 1024
@@ -100,10 +109,7 @@ async def main(a: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("-t", "--target", default="127.0.0.1:9000")
-    p.add_argument("--server-pid", type=int, required=True, help="the serving process (its RSS is watched)")
-    p.add_argument("--model", default="shapes-gan")
+    p = server_parser(__doc__)
     p.add_argument("--latent-dim", type=int, default=64)
     p.add_argument("--seconds", type=float, default=60.0)
     raise SystemExit(asyncio.run(main(p.parse_args())))

@@ -4,6 +4,8 @@
 - `latentserve-node` / `latentserve-replica` trailing metadata: which Ray node and Serve replica answered a call
   (set by every LatentService handler; read by the client as `ServerInfo`). For debugging and checking
   placement behind a load balancer; neither is a secret. A server outside Ray Serve sends none.
+- `latentserve-request-id` trailing metadata: the call's id, which the server's log lines about the call carry
+  (an INTERNAL status's details name it too): quote it when reporting a failure.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Iterable
 AUTHORIZATION_KEY = "authorization"
 NODE_KEY = "latentserve-node"
 REPLICA_KEY = "latentserve-replica"
+REQUEST_ID_KEY = "latentserve-request-id"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,14 @@ class ServerInfo:
 
     node: str  # Ray node id (hex)
     replica: str  # Ray Serve replica id
+
+
+def request_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The request id from a call's trailing metadata ('' when the server sent none)."""
+    for key, value in metadata or ():
+        if key == REQUEST_ID_KEY:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 def server_info(metadata: Iterable[tuple[str, str | bytes]] | None) -> ServerInfo | None:

@@ -21,6 +21,7 @@ app on the LatentIngress deployment (docs/architecture.md, "Serving frontends").
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -237,6 +238,26 @@ def ray_env(config: ServeConfig) -> dict[str, str]:
         # connect to the replica itself here, so a short drain keeps Ctrl-C and rollouts quick.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
+
+
+def local_ray_env(config: ServeConfig) -> dict[str, str]:
+    """Environment for a Ray this process starts itself (`latentserve serve`, no --ray-address): closed by
+    default. While `host` is a loopback address, Ray runs in its single-machine mode (what it does on macOS
+    and Windows), in which the node IP is 127.0.0.1 and every socket of the session (GCS, raylet, workers and
+    object manager, dashboard agent, metrics export, runtime-env agent) binds loopback; another host opens
+    them as Ray normally does. Read by Ray when it is imported: set before `import ray`."""
+    if not _is_loopback(config.frontend.host):
+        return {}
+    return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def grpc_options(config: ServeConfig):

@@ -27,6 +27,7 @@ BACKENDS = ("onnxruntime", "torchscript")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
 GRPC_FRONTENDS = ("native", "serve")  # who listens on grpc_port: see Frontend.grpc_frontend
 GRPC_TRANSPORTS = ("auto", "cxx", "grpcio")  # what moves the bytes of the native frontend: Frontend.grpc_transport
+REFLECTION_MODES = ("open", "auth", "off")  # who may use gRPC server reflection: Frontend.reflection
 ENV_PREFIX = "LATENTSERVE_"
 
 
@@ -166,6 +167,10 @@ class Frontend:
                              check=_no_space)
     app_name: str = setting("latentserve", "Serve application name (gRPC `application` metadata)",
                             check=lambda v: "" if v and "/" not in v else "must be a non-empty name without '/'")
+    reflection: str = setting(
+        "auth", "gRPC server reflection on the native servers: auth = needs the API token when one is set (open "
+                "without one), open = never needs it, off = not served. Health never needs a token",
+        choices=REFLECTION_MODES)
 
 
 @dataclass
@@ -200,6 +205,14 @@ class LatentOps:
     max_geodesic_iterations: int = setting(500, "cap", lo=1, hi=100_000)
     max_guidance_steps: int = setting(500, "cap", lo=1, hi=100_000)
     max_refine_steps: int = setting(500, "cap", lo=1, hi=100_000)
+    # Memory budget of the gradient ops (RESOURCE_EXHAUSTED naming the request field when over): a pass's memory
+    # grows with its rows, so rows admitted at once are capped per request and per process.
+    max_request_rows: int = setting(64, "rows (chains, inner path frames, images) of one gradient request",
+                                    lo=1, hi=65_536, flat="latent_ops_max_request_rows")
+    max_request_work: int = setting(32_768, "rows x iterations of one gradient request (its CPU time)",
+                                    lo=1, hi=1 << 40, flat="latent_ops_max_request_work")
+    max_process_rows: int = setting(256, "rows of gradient requests admitted at once in one process",
+                                    lo="max_request_rows", hi=1 << 20, flat="latent_ops_max_process_rows")
     geodesic_iterations: int = setting(100, "default", lo=1, hi="max_geodesic_iterations")
     geodesic_learning_rate: float = setting(0.05, "Adam step in latent units", lo=0.0, hi=1.0, lo_open=True)
     guidance_steps: int = setting(50, "default Langevin steps", lo=1, hi="max_guidance_steps")

@@ -74,6 +74,12 @@ def register(sub) -> None:
                             "(cache disabled) (default: all three)")
     cache.add_argument("--requests", type=int, default=400, help="measured sequential requests per phase (default 400)")
     cache.add_argument("--format", choices=("png", "raw_uint8"), default="png", help="output image format (default png)")
+    fault = p.add_argument_group("fault benchmark (--fault)")
+    fault.add_argument("--fault", choices=("kill-replica", "redis-down"), default=None,
+                       help="start `latentserve serve` (+ --serve-args), put it under load and kill a serving process "
+                            "(kill-replica) or the handle Redis (redis-down, back after 3 s); prints failed requests "
+                            "and outage times (latentserve/tools/fault_bench.py)")
+    fault.add_argument("--fault-clients", type=int, default=16, help="client threads, default retries (default 16)")
     p.set_defaults(func=run)
 
 
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.cache:
         return _run_cache(args)
+    if args.fault:
+        return _run_fault(args)
 
     from latentserve.tools.bench import DEFAULT_REPO, BenchConfig, format_table, run_bench
 
@@ -124,4 +132,22 @@ def _run_cache(args: argparse.Namespace) -> int:
     print(format_cache_table(report))
     if report.get("json_out"):
         print(f"wrote {report['json_out']}")
+    return 0
+
+
+def _run_fault(args: argparse.Namespace) -> int:
+    import json
+    import shlex
+
+    from latentserve.tools.bench import DEFAULT_REPO
+    from latentserve.tools.fault_bench import FaultBenchConfig, format_fault_report, run_fault_bench
+
+    duration = args.duration if args.duration != 10.0 else 20.0  # a fault run needs time to recover in
+    report = run_fault_bench(FaultBenchConfig(fault=args.fault, model=args.model, repo=args.repo or str(DEFAULT_REPO),
+                                              serve_args=tuple(shlex.split(args.serve_args)),
+                                              concurrency=args.fault_clients, duration=duration))
+    print(format_fault_report(report))
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=1)
     return 0

@@ -82,6 +82,8 @@ def register(sub) -> None:
                         "(default 8080; 0 = none; env LATENTSERVE_METRICS_PORT)")
     p.add_argument("--access-log", action="store_true", default=None,
                    help="log one line per request in the replica logs (off by default: it costs CPU)")
+    p.add_argument("--reflection", choices=("open", "auth", "off"), default=None,
+                   help="gRPC server reflection: auth (default) = needs the API token when one is set, open, off")
     p.add_argument("--ray-address", default="local",
                    help="Ray cluster to use: 'local' starts a new one (default), 'auto' joins a running one")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
@@ -101,7 +103,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "request_timeout_s": args.request_timeout, "colocate": args.colocate,
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
         "grpc_frontend": args.frontend, "grpc_transport": args.grpc_transport, "drain_period_s": args.drain_period,
-        "metrics_port": args.metrics_port,
+        "metrics_port": args.metrics_port, "reflection": args.reflection,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)
@@ -123,8 +125,8 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     import threading
 
-    from latentserve.services.app import (build_app, build_http_app, grpc_route_prefix, http_app_name, ray_env,
-                                          served_models, start_options)
+    from latentserve.services.app import (build_app, build_http_app, grpc_route_prefix, http_app_name, local_ray_env,
+                                          ray_env, served_models, start_options)
     from latentserve.services.config import load_config
 
     config = load_config(overrides_from_args(args))
@@ -148,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
         # bound before Ray starts: a taken port is a one-line error, not a half-started server
         exporter = MetricsExporter(config.observability.metrics_dir, config.observability.metrics_port, config.frontend.host).start()
 
+    if args.ray_address == "local":  # closed by default: a local session's sockets on loopback (before importing Ray)
+        for key, value in local_ray_env(config).items():
+            os.environ.setdefault(key, value)
     import ray
     from ray import serve
 

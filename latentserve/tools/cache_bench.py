@@ -119,13 +119,14 @@ def result_cache_hits(metrics_url: str) -> float:
                if s.name == "latentserve_cache_hits_total" and s.labels.get("cache") == "result")
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_redis(workdir: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """A throw-away redis-server (no persistence) on `port` (0 = a free one) -> (process, URL)."""
     import redis
 
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(exe).exists():
         raise NotFoundError("redis-server is not installed (mode redis); install it or use --cache-modes memory,off")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
                              "--appendonly", "no", "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
                              "--daemonize", "no", "--logfile", str(workdir / "redis.log")],

@@ -23,6 +23,9 @@ IMAGE_FORMATS = (PNG, JPEG, RAW_UINT8, RAW_FLOAT32)
 JPEG_QUALITY = 95
 PNG_COMPRESS_LEVEL = 1  # small images: level 1 is faster than the default 6 for a few % more bytes
 FLOAT_RANGE_SLACK = 1e-3  # raw float32 images may exceed [-1, 1] by float rounding, not more
+# Latent values a caller may send: |value| <= this. Prior draws lie within a few units; the bound leaves room
+# for edits and extrapolation while keeping every network's activations far from float32 overflow.
+LATENT_ABS_LIMIT = 1000.0
 DECODE_OUTPUTS = ("float32", "uint8")  # what a model runner can return for decoded images
 TENSOR_DTYPES = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
 
@@ -165,30 +168,50 @@ def tensor_image(a: np.ndarray) -> Image:
 
 
 # ------------------------------------------------------------------------------------------------ images in
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the complete end chunk (length, type, CRC) every whole PNG has
+
+
 def _decode_encoded(data: bytes, hw: tuple[int, int], where: str, max_bytes: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (H, W, 3). Size is checked from the header before pixels are decoded."""
-    from PIL import Image as PILImage, UnidentifiedImageError
+    """PNG/JPEG bytes -> uint8 (H, W, 3). The pixel size is checked from the header before any pixel is
+    decoded (a decompression bomb is refused by its header); a PNG must be whole (CRCs verified, end chunk
+    present) and a JPEG must decode to its end, so truncated or corrupt files are refused, not padded.
+    Messages name the item and never carry the decoder's own text (it can hold object reprs)."""
+    import warnings
+
+    from PIL import Image as PILImage
 
     if not data:
         raise ValidationError(f"{where}: empty image bytes; send a PNG or JPEG, or a raw tensor")
     if len(data) > max_bytes:
         raise PayloadTooLargeError(f"{where}: {len(data)} bytes is over the limit of {max_bytes} bytes per encoded image")
-    try:
-        im = PILImage.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError):  # PIL's message names its file object (a repr)
-        raise ValidationError(f"{where}: not a decodable PNG or JPEG image") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+        try:
+            im = PILImage.open(io.BytesIO(data))  # reads the header only
+        except PILImage.DecompressionBombError:
+            raise ValidationError(f"{where}: the image header declares too many pixels (a decompression bomb?); "
+                                  f"the model expects {hw[1]}x{hw[0]} (WxH)") from None
+        except Exception:  # noqa: BLE001 - any decoder failure on caller bytes is the caller's bad input
+            raise ValidationError(f"{where}: not a decodable PNG or JPEG image") from None
     if im.format not in ("PNG", "JPEG"):
         raise ValidationError(f"{where}: image format {im.format} is not accepted; send PNG or JPEG")
     w, h = im.size
     if (h, w) != hw:
-        raise ValidationError(f"{where}: image is {w}x{h} (WxH), the model expects {hw[1]}x{hw[0]}")
+        raise ValidationError(f"{where}: image is {w}x{h} (WxH) by its header, the model expects {hw[1]}x{hw[0]}")
     try:
+        if im.format == "PNG":
+            if PNG_IEND not in data[-4096:]:
+                raise ValueError("no end chunk")
+            im.verify()  # chunk CRCs through to IEND; the object cannot decode afterwards: open again
+            im = PILImage.open(io.BytesIO(data))
         if im.mode != "RGB":
             # Grey, palette and alpha images are accepted; alpha is dropped (composited on nothing).
             im = im.convert("RGB")
         arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt pixel data
-        raise ValidationError(f"{where}: image data is corrupt or truncated ({exc})") from None
+    except Exception:  # noqa: BLE001 - truncated / corrupt pixel data
+        raise ValidationError(f"{where}: image data is corrupt or truncated; send a whole PNG or JPEG file") from None
+    if arr.shape != (hw[0], hw[1], 3):
+        raise ValidationError(f"{where}: image decoded to shape {list(arr.shape)}, expected [{hw[0]}, {hw[1]}, 3]")
     return arr
 
 
@@ -309,12 +332,10 @@ def latents_array(latents: Sequence[Latent], dim: int, n_classes: int,
             check_label(label, n_classes, f"{field}[{i}].label")
         z[i] = lat.values
         labels[i] = label
-    # finiteness once for the whole batch: one float64 sum on the hot path (float32 values cannot overflow
-    # it, so a non-finite sum means a NaN/inf value), the per-row check only to name the offending row
-    if not math.isfinite(float(z.sum(dtype=np.float64))):
-        finite = np.isfinite(z).all(axis=1)
-        if not finite.all():
-            raise ValidationError(f"{field}[{int(np.argmin(finite))}]: latent contains NaN or infinity")
+    # finiteness and range once for the whole batch (NaN fails the comparison); per row only to name the culprit
+    if not float(np.abs(z).max(initial=0.0)) <= LATENT_ABS_LIMIT:
+        bad = ~(np.abs(z) <= LATENT_ABS_LIMIT).all(axis=1)
+        check_latent_row(z[int(np.argmax(bad))], f"{field}[{int(np.argmax(bad))}]")
     return z, labels
 
 
@@ -323,6 +344,16 @@ def latent_values(lat: Latent, dim: int, where: str = "latent") -> np.ndarray:
     if len(lat.values) != dim:
         raise ValidationError(f"{where}: latent has {len(lat.values)} values, the model's latent size is {dim}")
     v = np.array(lat.values, dtype=np.float32)
+    check_latent_row(v, where)
+    return v
+
+
+def check_latent_row(v: np.ndarray, where: str) -> None:
+    """A latent's values must be finite and within +-LATENT_ABS_LIMIT."""
     if not np.isfinite(v).all():
         raise ValidationError(f"{where}: latent contains NaN or infinity")
-    return v
+    m = float(np.abs(v).max(initial=0.0))
+    if m > LATENT_ABS_LIMIT:
+        raise ValidationError(f"{where}: latent value {m:.6g} is out of range; latent values must lie within "
+                              f"+-{LATENT_ABS_LIMIT:g}")
+

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import importlib.util
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from latentserve.errors import DeadlineExceededError, UnsupportedError, ValidationError
+from latentserve.errors import DeadlineExceededError, OverloadedError, UnsupportedError, ValidationError
 from latentserve.models.repository import Repository
 from latentserve.services.config import ServeConfig
 
@@ -74,6 +76,7 @@ class GeodesicJob:
     learning_rate: float
     deadline: float = 0.0  # time.time() after which the job is abandoned (0 = none)
     kind = "geodesic"
+    fields = ("steps", "geodesic.iterations")  # the request fields that set rows and iterations (budget errors)
 
     @property
     def rows(self) -> int:
@@ -108,6 +111,7 @@ class GuidedJob:
     seed: int = 0
     deadline: float = 0.0
     kind = "guided"
+    fields = ("n", "guidance.steps")
 
     @property
     def rows(self) -> int:
@@ -133,6 +137,7 @@ class RefineJob:
     feature_weight: float = 0.0
     deadline: float = 0.0
     kind = "refine"
+    fields = ("images", "refine_steps")
 
     @property
     def rows(self) -> int:
@@ -149,6 +154,58 @@ class RefineResult:
     mse_before: np.ndarray  # (n,)
     mse_after: np.ndarray  # (n,)
     steps: int
+
+
+def trim_heap() -> None:
+    """glibc's malloc_trim: return free heap pages to the OS. A forward/backward pass frees its activations
+    into malloc's arenas, which otherwise keep them and fragment across passes of varying sizes."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+# ------------------------------------------------------------------------------------------- budget
+class RowBudget:
+    """Rows of gradient jobs admitted at once in this process, over every model's engine: memory of a
+    forward/backward pass grows with its rows, so capping admitted rows caps the process's extra memory."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self._lock = threading.Lock()
+
+    def take(self, rows: int, cap: int) -> bool:
+        with self._lock:
+            if self.rows + rows > cap:
+                return False
+            self.rows += rows
+            return True
+
+    def give(self, rows: int) -> None:
+        with self._lock:
+            self.rows -= rows
+
+
+PROCESS_ROWS = RowBudget()
+
+
+def iterations_of(job: Any) -> int:
+    return int(job.iterations if job.kind == "geodesic" else job.steps)
+
+
+def admit(config: ServeConfig, job: Any) -> None:
+    """Refuse (RESOURCE_EXHAUSTED naming the field) a job over the per-request budget: rows <=
+    latent_ops_max_request_rows and rows x iterations <= latent_ops_max_request_work. Before any model work."""
+    rows_field, iters_field = job.fields
+    rows, iters = int(job.rows), iterations_of(job)
+    if rows > config.latent_ops.max_request_rows:
+        raise OverloadedError(f"{rows_field}: {rows} rows is over this server's budget of "
+                              f"{config.latent_ops.max_request_rows} rows per gradient request "
+                              f"(latent_ops_max_request_rows); split the request")
+    if rows * iters > config.latent_ops.max_request_work:
+        raise OverloadedError(f"{rows_field} x {iters_field}: {rows} rows x {iters} iterations = {rows * iters} is "
+                              f"over this server's budget of {config.latent_ops.max_request_work} row-iterations "
+                              f"per gradient request (latent_ops_max_request_work); ask for fewer rows or iterations")
 
 
 # ------------------------------------------------------------------------------------------- engine
@@ -256,6 +313,18 @@ class LatentOpsEngine:
     async def run(self, job: Any) -> Any:
         """Run one job to its end, batched with concurrent jobs of its group; cancelling the caller removes
         it from the batch at the next iteration."""
+        admit(self.config, job)
+        rows = int(job.rows)
+        if not PROCESS_ROWS.take(rows, self.config.latent_ops.max_process_rows):
+            raise OverloadedError(f"{job.fields[0]}: this server's gradient ops are at their memory budget "
+                                  f"({self.config.latent_ops.max_process_rows} rows at once, "
+                                  f"latent_ops_max_process_rows); retry later")
+        try:
+            return await self._run(job)
+        finally:
+            PROCESS_ROWS.give(rows)
+
+    async def _run(self, job: Any) -> Any:
         graphs = await self.graphs(job.version)
         if job.needs_probe and graphs.probe is None:
             raise ValidationError(f"{self._what(job)} needs the model's probe: {self._probe_problem[job.version]}")
@@ -338,6 +407,8 @@ class LatentOpsEngine:
             if not entries:
                 self._groups.pop(key, None)
                 self._drivers.pop(key, None)
+                if not self._groups:  # idle: hand the passes' freed heap back to the OS (keeps RSS flat)
+                    await loop.run_in_executor(self._executor, trim_heap)
 
     def _tick(self, step: Any, graphs: Any, batch: list[_Entry]) -> list[Any]:
         """Executor thread: one iteration of every job in `batch`; results of the jobs that finished."""
@@ -351,5 +422,10 @@ class LatentOpsEngine:
 
     def close(self) -> None:
         for task in list(self._drivers.values()):
-            task.get_loop().call_soon_threadsafe(task.cancel)
+            if task.done():  # e.g. cancelled with its loop (asyncio.run's end) before it could unregister
+                continue
+            try:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # its loop is closed: nothing of it runs any more
+                pass
         self._executor.shutdown(wait=False, cancel_futures=True)

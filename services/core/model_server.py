@@ -12,6 +12,7 @@ ops run on the runner's LatentOpsEngine (latent_ops.py), created with its torch 
 from __future__ import annotations
 
 import asyncio
+import math
 import collections
 import logging
 import threading
@@ -361,8 +362,14 @@ class ModelRunner:
                      (np.ascontiguousarray(latents, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)),
                      out)
         if item.rows > self.config.batching.max_batch_size:
-            return (await self._run_chunked("decode", item))[out]
-        return await self._decode_batcher.submit(item)
+            result = await self._run_chunked("decode", item)
+            images, finite = result[out], result["finite"]
+        else:
+            images, finite = await self._decode_batcher.submit(item)
+        if not finite.all():
+            raise ValidationError(f"latents[{int(np.argmin(finite))}]: the model decodes this latent to non-finite "
+                                  f"pixels; use values nearer the model's prior")
+        return images
 
     def latent_ops_engine(self) -> Any:
         """This model's LatentOpsEngine (created, and torch imported, on first use; UnsupportedError naming the
@@ -409,6 +416,9 @@ class ModelRunner:
             out = {}
             if "float32" in outs:
                 out["float32"] = x
+            # rows decoded to NaN/inf pixels (a latent far off the prior): each request checks its own rows
+            out["finite"] = (np.ones(len(x), dtype=bool) if math.isfinite(float(x.sum(dtype=np.float64)))
+                             else np.isfinite(x.reshape(len(x), -1)).all(axis=1))
             if "uint8" in outs:
                 # in place when nobody needs the floats: saves a (B, 3, H, W) temporary
                 out["uint8"] = float_images_to_uint8(x, inplace="float32" not in outs)  # (B, H, W, 3)
@@ -454,8 +464,8 @@ class ModelRunner:
     async def _encode_batch(self, items: list[_Item]) -> list[dict[str, np.ndarray]]:
         return await self._batch("encode", items)
 
-    async def _decode_batch(self, items: list[_Item]) -> list[np.ndarray]:
-        return [r[it.out] for r, it in zip(await self._batch("decode", items), items)]
+    async def _decode_batch(self, items: list[_Item]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(r[it.out], r["finite"]) for r, it in zip(await self._batch("decode", items), items)]
 
     def close(self) -> None:
         if self._latent_ops is not None:

@@ -70,6 +70,9 @@ def _define(registry: Any = None) -> dict[str, Any]:
                                  "was open (Redis recently failed)", ["role"], **kw),
         "model_info": Gauge(PREFIX + "model_info", "1 for each model and default version served by a live "
                             "replica", ["model", "version"], multiprocess_mode="livemax", **kw),
+        "handle_store_durable": Gauge(PREFIX + "handle_store_durable", "1 when the handle Redis persists its "
+                                      "data (appendonly yes), so handles survive its restart; 0 when they would "
+                                      "be lost; absent without Redis", [], multiprocess_mode="livemin", **kw),
         "replicas": Gauge(PREFIX + "replicas", "Live replica processes on this node (native: serving "
                           "processes; serve: ingress and model-server replicas)", ["deployment"],
                           multiprocess_mode="livesum", **kw),
@@ -331,6 +334,12 @@ def redis_call(role: str, seconds: float | None, error: bool = False, skipped: b
 
 
 # ---------------------------------------------------------------------------------------------- gauges
+def handle_store_durable(durable: bool) -> None:
+    m = _metrics
+    if m is not None:
+        m.m["handle_store_durable"].set(1 if durable else 0)
+
+
 def replica_up(deployment: str, models: dict[str, int]) -> None:
     """This process is a live replica of `deployment` serving these {model: default version}."""
     m = _metrics

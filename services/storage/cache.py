@@ -55,9 +55,10 @@ class CacheBypass(Exception):
     """A KV could not serve a call (Redis circuit open, or the call failed): the caller computes instead.
     `error` is True when a Redis call actually failed (counted as an error as well as a bypass)."""
 
-    def __init__(self, reason: str, error: bool) -> None:
+    def __init__(self, reason: str, error: bool, cause: str = "") -> None:
         super().__init__(reason)
         self.error = error
+        self.cause = cause  # what went wrong, without where (an exception type name, "circuit open"): for callers
 
 
 # ---------------------------------------------------------------------------------------------- backends

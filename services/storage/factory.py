@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from latentserve.services.config import ServeConfig
+from latentserve.services.observability import metrics
 from latentserve.services.storage.cache import MemoryKV, ServingCache
 from latentserve.services.storage.handles import InProcessLatentStore, LatentStore
 from latentserve.services.storage.redis_store import RedisBackend, RedisKV, RedisLatentStore
@@ -29,13 +30,17 @@ def open_stores(config: ServeConfig, check: bool = True,
     or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
     service must come up and serve (caches bypassed, handles UNAVAILABLE) until Redis is back.
     `image_codec`: how the result cache turns output images into bytes and back (see ServingCache)."""
-    if config.storage.redis_url:
-        backend = RedisBackend(config.storage.redis_url, role="handles", timeout_s=config.storage.redis_handle_timeout_s,
-                               backoff_s=config.storage.redis_backoff_s, backoff_max_s=config.storage.redis_backoff_max_s)
+    storage = config.storage
+    if storage.redis_url:
+        backend = RedisBackend(storage.redis_url, role="handles", timeout_s=storage.redis_handle_timeout_s,
+                               backoff_s=storage.redis_backoff_s, backoff_max_s=storage.redis_backoff_max_s)
+        durable = True
         if check:
             backend.check(handles=True)
-        store: LatentStore = RedisLatentStore(backend, ttl_s=config.storage.handle_ttl_s, prefix=config.storage.redis_key_prefix,
-                                              local_entries=config.storage.handle_store_size)
+            durable = not backend.persistence()  # unknown (CONFIG disabled, unreachable): assumed durable
+            metrics.handle_store_durable(durable)
+        store: LatentStore = RedisLatentStore(backend, ttl_s=storage.handle_ttl_s, prefix=storage.redis_key_prefix,
+                                              local_entries=storage.handle_store_size, durable=durable)
     else:
         store = InProcessLatentStore(config.storage.handle_store_size, ttl_s=config.storage.handle_ttl_s)
 

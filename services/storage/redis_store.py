@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import threading
 import time
@@ -187,7 +188,8 @@ class RedisBackend:
         if not breaker.allow():
             metrics.redis_call(self.role, None, skipped=True)
             raise CacheBypass(f"Redis ({self.role}) at {self.where} is unavailable "
-                              f"(retrying in {breaker.retry_in():.1f} s; last error: {breaker.last_error})", error=False)
+                              f"(retrying in {breaker.retry_in():.1f} s; last error: {breaker.last_error})", error=False,
+                              cause="not answering; retrying shortly")
         self.calls += 1
         t0 = time.perf_counter()
         try:
@@ -196,13 +198,15 @@ class RedisBackend:
             self.failures += 1
             metrics.redis_call(self.role, time.perf_counter() - t0, error=True)
             breaker.failure(exc, probe)
-            raise CacheBypass(f"Redis ({self.role}) at {self.where} failed: {type(exc).__name__}: {exc}", error=True) from None
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} failed: {type(exc).__name__}: {exc}", error=True,
+                              cause=type(exc).__name__) from None
         except self._all as exc:  # the server answered with an error (e.g. OOM): not a connectivity problem
             self.failures += 1
             metrics.redis_call(self.role, time.perf_counter() - t0, error=True)
             if probe:
                 breaker.success()
-            raise CacheBypass(f"Redis ({self.role}) at {self.where} refused the command: {exc}", error=True) from None
+            raise CacheBypass(f"Redis ({self.role}) at {self.where} refused the command: {exc}", error=True,
+                              cause=f"command refused: {type(exc).__name__}") from None
         except BaseException:
             if probe:
                 breaker.abandon_probe()
@@ -245,6 +249,28 @@ class RedisBackend:
         finally:
             client.close()
 
+    def persistence(self, timeout_s: float = CHECK_TIMEOUT_S) -> str:
+        """'' when this Redis persists writes (appendonly yes), else why handles would not survive its
+        restart (logged as a warning). Unknown (CONFIG disabled, unreachable): '' and nothing logged."""
+        from redis import exceptions as rex
+
+        client = self._make_client(timeout_s, sync=True)
+        try:
+            conf = client.config_get("appendonly")
+            conf.update(client.config_get("save"))
+        except (rex.RedisError, OSError):
+            return ""
+        finally:
+            client.close()
+        if conf.get("appendonly") == "yes":
+            return ""
+        snapshots = f"RDB snapshots only (save {conf.get('save')!r}): handles since the last one" if conf.get("save") \
+            else "no persistence at all: every handle"
+        msg = (f"redis: the handle Redis at {self.where} has appendonly no and {snapshots} would be lost if it "
+               f"restarts; run it with --appendonly yes (docker-compose.yml does)")
+        logger.warning(msg)
+        return msg
+
     async def aclose(self) -> None:
         """Close the current loop's client (its pooled connections)."""
         c = self._clients.pop(asyncio.get_running_loop(), None)
@@ -262,10 +288,17 @@ class RedisLatentStore(LatentStore):
     kind = "redis"
 
     def __init__(self, backend: RedisBackend, ttl_s: float = 7 * 86_400.0, prefix: str = "ls:",
-                 local_entries: int = 10_000) -> None:
+                 local_entries: int = 10_000, durable: bool = True) -> None:
         if not ttl_s > 0:
             raise ValidationError(f"handle TTL must be > 0 s, got {ttl_s}")
         self.backend, self.ttl_s, self.prefix = backend, float(ttl_s), prefix
+        # Honest handles: the store's epoch (a random id under `<prefix>epoch`, set once by whichever replica
+        # comes first) is what this replica saw; a Redis that lost its data comes back without it, so a miss
+        # after the epoch changed is reported as a lost handle, not an expired one. A local copy could answer
+        # a handle that Redis lost (two replicas answering differently): it is kept only for a durable Redis.
+        self.durable, self.epoch = bool(durable), ""
+        if not self.durable:
+            local_entries = 0
         self._ttl_ms = max(1, int(round(self.ttl_s * 1000)))
         # Handles are content-addressed (immutable), so a local copy can never be stale; it expires with the TTL
         # and is bounded in entries and bytes (LOCAL_HANDLE_BYTES: flow latents are D = 3 H W floats).
@@ -285,26 +318,60 @@ class RedisLatentStore(LatentStore):
             metrics.handle_lookups("unavailable", n)
         else:
             metrics.handle_stores("unavailable", n)
-        return UnavailableError(f"latent handle store unavailable, cannot {what}: {exc}; retry later"
+        # the caller hears what failed and what to do; where Redis is and why it failed go to the log only
+        logger.warning("latent handle store: cannot %s: %s", what, exc)
+        return UnavailableError(f"latent handle store unavailable ({exc.cause or 'no answer'}), cannot {what}; retry later"
                                 + (", or send latent values instead of handles" if what.startswith("resolve") else
                                    ", or call without return_handles"))
+
+    def _saw_epoch(self, value: Any) -> bool:
+        """Note the store's epoch as read on a round trip; True when it changed since this replica last saw
+        it (Redis lost its data: the epoch key went with it). A changed store drops the local copy."""
+        now = value.decode() if isinstance(value, bytes) else str(value or "")
+        seen, self.epoch = self.epoch, now
+        if not seen or now == seen:
+            return False
+        if self.local is not None:
+            self.local = type(self.local)(self.local.max_entries, ttl_s=self.ttl_s, max_bytes=LOCAL_HANDLE_BYTES)
+        logger.warning("latent handle store: Redis lost its data (epoch %s -> %s): handles issued before are lost",
+                       seen, now or "none")
+        return True
+
+    def _missing(self, handle: str, reset: bool) -> NotFoundError:
+        """The NOT_FOUND of a handle Redis does not have: lost with a reset store, or expired / never issued."""
+        if reset:
+            return NotFoundError(
+                f"handle {handle!r:.80} was lost: the handle store was reset (its Redis restarted without "
+                f"persistence) after the handle was issued; send the latent values instead")
+        since = self.epoch.rpartition("@")[2]
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(since))) if since.isdigit() else ""
+        return NotFoundError(
+            f"unknown handle {handle!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after they were "
+            f"last issued) or never issued by this service"
+            + (f" (or lost, if issued before the handle store was last reset at {when})" if when else
+               " (or lost: the handle store has issued no handle since it last started empty)" if not self.epoch else "")
+            + "; send the latent values instead")
 
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
         if not items:
             return
         packed = [(self.prefix + "h:" + h, pack_latent(z, label)) for h, z, label in items]
-        ttl_ms = self._ttl_ms
+        ttl_ms, epoch_key = self._ttl_ms, self.prefix + "epoch"
+        mine = f"{os.urandom(6).hex()}@{int(time.time())}"
 
         async def op(r: Any) -> Any:
             pipe = r.pipeline(transaction=False)
             for key, value in packed:
                 pipe.set(key, value, px=ttl_ms)
+            pipe.set(epoch_key, mine, nx=True)  # the store's epoch: set once, by the first writer
+            pipe.get(epoch_key)
             return await pipe.execute()
 
         try:
-            await self.backend.call(op)
+            results = await self.backend.call(op)
         except CacheBypass as exc:
             raise self._unavailable(exc, f"store {len(items)} handle(s)", len(items)) from None
+        self._saw_epoch(results[-1])
         self._add(puts=len(items))
         metrics.handle_stores("ok", len(items))
         if self.local is not None:
@@ -319,20 +386,19 @@ class RedisLatentStore(LatentStore):
             self._add(local_hits=n - len(todo))
             metrics.handle_lookups("local_hit", n - len(todo))
         if todo:
-            keys = [self.prefix + "h:" + handles[i] for i in todo]
+            keys = [self.prefix + "h:" + handles[i] for i in todo] + [self.prefix + "epoch"]
             try:
                 values = await self.backend.call(lambda r: r.mget(keys))
             except CacheBypass as exc:
                 raise self._unavailable(exc, f"resolve {len(todo)} handle(s)", len(todo)) from None
+            reset = self._saw_epoch(values.pop())
             fetched = []
             for i, v in zip(todo, values):
                 if v is None:
                     self._add(hits=len(fetched), misses=1)
                     metrics.handle_lookups("hit", len(fetched))
                     metrics.handle_lookups("miss")
-                    raise NotFoundError(
-                        f"unknown handle {handles[i]!r:.80}: expired (handles live {self.ttl_s / 86_400:g} days after "
-                        f"they were last issued) or never issued by this service; send the latent values instead")
+                    raise self._missing(handles[i], reset)
                 found[i] = unpack_latent(v)
                 fetched.append((handles[i], found[i][0], found[i][1]))
             self._add(hits=len(fetched))

@@ -334,7 +334,8 @@ def serve_app(tiny_repo, request, tmp_path_factory):
         "repository": str(tiny_repo), "grpc_port": port, "max_batch_size": 16, "batch_wait_timeout_s": 0.02,
         "max_images_per_request": 64, "max_interpolation_steps": 16, "num_cpus": 0.25, "ingress_num_cpus": 0.25,
         # a cap high enough that a geodesic at the cap outlives any test deadline (cancellation tests)
-        "max_geodesic_iterations": 20_000,
+        "max_geodesic_iterations": 20_000, "latent_ops_max_request_work": 16 * 20_000,
+        "latent_ops_max_request_rows": 32,  # below max_images_per_request: test_bad_input sends one row over
         "app_name": APP_NAME, "grpc_frontend": "native" if frontend == "native" else "serve",
         "colocate": direct, "direct_ingress": direct, "proxy_grpc_port": free_port() if direct else 0,
         # every replica process records its metrics here (services/observability/metrics.py); tests read it directly

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import struct
 import threading
 import time
+import zlib
 
 import grpc
 import numpy as np
@@ -20,6 +23,7 @@ from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.timeout(300)
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def _png(h: int, w: int) -> bytes:
@@ -32,8 +36,31 @@ def _lat(values, label=0) -> pb.Latent:
     return pb.Latent(values=list(values), label=label)
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _png_header(w: int, h: int) -> bytes:
+    """A PNG whose header declares w x h RGB pixels, with a little zlib data (a decompression bomb's shape)."""
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(b"\0" * 200_000, 9)) + _chunk(b"IEND", b""))
+
+
+def _jpeg(h: int, w: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    b = bytearray(data)
+    b[at] ^= 0xFF
+    return bytes(b)
+
+
 Z8 = [0.0] * 8
 GOOD_PNG = _png(8, 8)
+HUGE = 3e38  # finite in float32, but decodes to NaN pixels
 REF = pb.LatentRef(latent=_lat(Z8))
 FLOW_H = "tiny-flow:1:" + "0" * 32
 
@@ -130,6 +157,35 @@ CORPUS = [
     ("edit move without how", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF], moves=[pb.Move(knob="brightness")]),
      INVALID, "set amount"),
     ("edit no moves", "Edit", pb.EditRequest(model="tiny-gan", inputs=[REF]), INVALID, "at least one move"),
+    # hostile images: sizes come from the header before any pixel is decoded; partial files are refused
+    ("decompression bomb", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=_png_header(30000, 30000))]),
+     INVALID, r"images\[0\]: the image header declares too many pixels"),
+    ("big header", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=_png_header(10000, 10000))]),
+     INVALID, r"images\[0\]: image is 10000x10000 \(WxH\) by its header"),
+    ("truncated png", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=GOOD_PNG),
+                                                                           pb.Image(encoded=GOOD_PNG[:-20])]),
+     INVALID, r"images\[1\]: image data is corrupt or truncated"),
+    ("png without its end", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=GOOD_PNG[:-1])]),
+     INVALID, r"images\[0\]: image data is corrupt or truncated"),
+    ("corrupt png", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=_flipped(GOOD_PNG, 45))]),
+     INVALID, r"images\[0\]: image data is corrupt or truncated"),
+    ("truncated jpeg", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=_jpeg(8, 8)[:-30])]),
+     INVALID, r"images\[0\]: image data is corrupt or truncated"),
+    ("not an image (no repr)", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=b"\x89PN" * 10)]),
+     INVALID, r"^images\[0\]: not a decodable PNG or JPEG image$"),
+    # latents far outside any prior (finite in float32, NaN pixels once decoded)
+    ("huge latent", "Decode", pb.DecodeRequest(model="tiny-gan", latents=[_lat(Z8), _lat([HUGE] * 8)]), INVALID,
+     r"latents\[1\]: latent value 3e\+38 is out of range.*within \+-1000"),
+    ("huge latent ref", "Interpolate", pb.InterpolateRequest(model="tiny-gan", a=REF, b=pb.LatentRef(
+        latent=_lat([0.0] * 7 + [-HUGE])), steps=4), INVALID, "out of range"),
+    ("huge edit input", "Edit", pb.EditRequest(model="tiny-gan", inputs=[pb.LatentRef(latent=_lat([HUGE] + Z8[1:]))],
+                                               moves=[pb.Move(knob="brightness", amount=0.1)]), INVALID, "out of range"),
+    # the gradient ops' memory budget (the test app allows 32 rows per request)
+    ("guided rows over budget", "Sample", pb.SampleRequest(model="tiny-gan", n=33, source=pb.SAMPLE_SOURCE_GUIDED,
+                                                           guidance=pb.GuidanceOptions(steps=2)), EXHAUSTED,
+     r"^n: 33 rows is over this server's budget of 32 rows per gradient request"),
+    ("refine rows over budget", "Encode", pb.EncodeRequest(model="tiny-gan", images=[pb.Image(encoded=GOOD_PNG)] * 40,
+                                                           refine_steps=2), EXHAUSTED, r"^images: 40 rows"),
     ("edit bad image ref", "Edit", pb.EditRequest(model="tiny-gan", inputs=[pb.LatentRef(image=pb.Image(
         encoded=_png(4, 4)))], moves=[pb.Move(knob="brightness", amount=0.1)]), INVALID, r"inputs\[0\]\.image: image is 4x4"),
 ]
@@ -154,9 +210,12 @@ def test_bad_request(stub, case):
     with pytest.raises(grpc.RpcError) as ei:
         _call(stub, rpc, request)
     assert ei.value.code() == code, ei.value.details()
-    import re
-
-    assert re.search(pattern, ei.value.details() or ""), ei.value.details()
+    details = ei.value.details() or ""
+    assert re.search(pattern, details), details
+    # nothing internal reaches the caller: no object reprs, heap addresses, URLs
+    assert not re.search(r"0x[0-9a-f]{6,}|object at|://", details), details
+    # the call's request id, which the server's log lines carry
+    assert re.fullmatch(r"[0-9a-f]{16}", dict(ei.value.trailing_metadata() or ()).get("latentserve-request-id", ""))
 
 
 def test_client_deadline_is_honoured(stub):

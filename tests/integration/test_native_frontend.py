@@ -134,3 +134,58 @@ def test_reset_niceness_undoes_rays_worker_niceness(tmp_path):
         assert (ok, nice) == ("True", "0")
     else:
         assert (ok, nice) == ("False", "15") and "keeps nice 15" in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------ closed doors
+@pytest.mark.parametrize("transport", ["grpcio", "cxx"])
+@pytest.mark.parametrize("mode", ["auth", "open", "off"])
+def test_reflection_needs_the_token_unless_open_and_health_never(transport, mode):
+    """With an API token: reflection answers only with it (auth, the default), always (open), never (off);
+    health answers without it. A request whose bytes are no valid message is INVALID_ARGUMENT (compiled
+    transport), never INTERNAL."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from latentserve.services.config import load_config
+    from latentserve.services.frontends.grpc import transport as grpc_transport
+
+    if transport == "cxx" and grpc_transport.compiled_transport() is None:
+        pytest.skip("built without the compiled gRPC transport (no libgrpc++-dev)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_config({"grpc_port": port, "grpc_transport": transport, "api_token": "s3cret", "reflection": mode},
+                      use_env=False)
+    server = NativeGrpcServer(_StubIngress(), cfg)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING  # no token
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            ask = [reflection_pb2.ServerReflectionRequest(list_services="")]
+
+            def services(metadata=()):
+                answers = list(refl.ServerReflectionInfo(iter(ask), timeout=5, metadata=metadata))
+                return {s.name for s in answers[0].list_services_response.service}
+
+            good = (("authorization", "Bearer s3cret"),)
+            if mode == "off":
+                with pytest.raises(grpc.RpcError) as ei:
+                    services(good)
+                assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            else:
+                assert "latentserve.v1.LatentService" in services(good)
+                if mode == "auth":
+                    for md in ((), (("authorization", "Bearer wrong"),)):
+                        with pytest.raises(grpc.RpcError) as ei:
+                            services(md)
+                        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED, ei.value
+                else:
+                    assert "latentserve.v1.LatentService" in services()
+            if transport == "cxx":
+                with pytest.raises(grpc.RpcError) as ei:
+                    ch.unary_unary("/latentserve.v1.LatentService/GetModel")(b"\xff" * 12, timeout=5)
+                assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request" in ei.value.details()
+    finally:
+        server.stop(grace_s=1.0)

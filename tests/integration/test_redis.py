@@ -390,3 +390,45 @@ def test_handle_round_trip_through_two_replicas_of_one_app(serve_app, redis_serv
 def test_unreachable_redis_at_start_is_a_warning_not_an_error():
     msg = RedisBackend("redis://127.0.0.1:1/0", role="handles").check(timeout_s=0.5)  # nothing listens on port 1
     assert "not reachable" in msg and "127.0.0.1:1" in msg
+
+
+@pytest.mark.parametrize("aof", [True, False], ids=["aof", "no-persistence"])
+def test_handles_across_a_redis_restart_survive_or_are_reported_lost(redis_factory, aof):
+    """A real redis-server restarted (kill -9): with AOF every replica still resolves the handles; without
+    persistence the store says so at start (metric + log), keeps no per-replica copy (so replicas cannot answer
+    differently), and a handle issued before the restart is reported lost, not expired."""
+    from latentserve.errors import NotFoundError
+
+    server = redis_factory(aof=aof)
+    cfg = cfg_for(server.url())
+    a, b = open_stores(cfg)[0], open_stores(cfg)[0]
+    assert a.durable is aof and (a.local is not None) is aof
+    z, labels, hs = latents(3, seed=7)
+
+    async def resolve(store, handles):
+        deadline = time.time() + 10
+        while True:  # the breaker opens on the first call to the restarted server; retry until it answers
+            try:
+                return await store.aget_many(handles)
+            except UnavailableError:
+                if time.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def go():
+        await a.aput_many([(h, z[i], int(labels[i])) for i, h in enumerate(hs)])
+        for store in (a, b):  # both replicas resolve (and, with AOF, keep a local copy)
+            np.testing.assert_array_equal(np.stack([g[0] for g in await store.aget_many(hs)]), z)
+        server.restart()
+        if aof:
+            for store in (a, b, open_stores(cfg)[0]):
+                np.testing.assert_array_equal(np.stack([g[0] for g in await resolve(store, hs)]), z)
+            return
+        for store in (a, b):
+            with pytest.raises(NotFoundError, match="was lost: the handle store was reset"):
+                await resolve(store, hs[:1])
+        fresh = open_stores(cfg)[0]
+        with pytest.raises(NotFoundError, match=r"expired .* or never issued .*\(or lost: the handle store has issued no handle since it last started"):
+            await resolve(fresh, hs[1:2])
+
+    asyncio.run(go())

@@ -120,7 +120,11 @@ def test_settings_come_in_documented_groups_with_flat_names_for_yaml_env_and_cli
 
     from latentserve.services.config import FLAT, GROUPS
 
-    assert len(FLAT) == sum(len(fields(g)) for g in GROUPS.values()) == 76  # every old flat name kept, + http_max_body_bytes
+    assert len(FLAT) == sum(len(fields(g)) for g in GROUPS.values()) == 80  # every old flat name kept, + http_max_body_bytes
+    assert FLAT["latent_ops_max_request_rows"] == ("latent_ops", "max_request_rows")
+    assert FLAT["latent_ops_max_request_work"] == ("latent_ops", "max_request_work")
+    assert FLAT["latent_ops_max_process_rows"] == ("latent_ops", "max_process_rows")
+    assert FLAT["reflection"] == ("frontend", "reflection")
     for group, cls in GROUPS.items():
         assert cls.__doc__ and all(f.metadata["doc"] for f in fields(cls)), group
     c = load_config({"batching": {"max_batch_size": 8}, "latent_ops_threads": 2, "storage": {"encode_cache": "off"}},

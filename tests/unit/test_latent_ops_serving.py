@@ -128,7 +128,8 @@ def _geodesic(seed: int, iterations: int, steps: int = 6, space: str = "pixel") 
 
 
 def test_engine_batches_concurrent_jobs_and_drops_cancelled_ones(tiny_repo):
-    engine = lops.LatentOpsEngine(_config(repository=str(tiny_repo)), "tiny-gan")
+    # a budget big enough for the long job this test cancels
+    engine = lops.LatentOpsEngine(_config(repository=str(tiny_repo), latent_ops_max_request_work=1 << 30), "tiny-gan")
 
     async def run():
         jobs = [_geodesic(s, 30) for s in range(3)]
@@ -194,3 +195,36 @@ def test_engine_reports_a_missing_probe(tiny_repo, tmp_path):
         assert asyncio.run(engine.run(_geodesic(0, 3))).iterations == 3  # pixel space needs no probe
     finally:
         engine.close()
+
+
+def test_gradient_budget_refuses_by_rows_and_work_naming_the_field(tiny_repo):
+    from latentserve.errors import OverloadedError
+
+    cfg = _config(repository=str(tiny_repo), latent_ops_max_request_rows=8, latent_ops_max_request_work=100,
+                  latent_ops_max_process_rows=8)
+    engine = lops.LatentOpsEngine(cfg, "tiny-gan")
+    guided = lops.GuidedJob(version=1, z0=np.zeros((9, 8), np.float32), labels=np.zeros(9, np.int64), steps=1,
+                            step_size=0.1, class_weight=1.0, noise=0.0)
+    with pytest.raises(OverloadedError, match=r"^n: 9 rows is over .* 8 rows per gradient request"):
+        asyncio.run(engine.run(guided))
+    with pytest.raises(OverloadedError, match=r"^steps x geodesic.iterations: 4 rows x 30 iterations = 120 .* 100"):
+        asyncio.run(engine.run(_geodesic(0, 30)))
+
+    engine.close()
+    engine = lops.LatentOpsEngine(cfg.with_overrides(latent_ops_max_request_work=1 << 30), "tiny-gan")
+
+    async def busy():  # a running job holds its rows: a second one over the process budget is refused
+        long = asyncio.ensure_future(engine.run(_geodesic(1, 100_000, steps=10)))  # 8 rows
+        for _ in range(300):
+            if lops.PROCESS_ROWS.rows:
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError, match=r"^steps: .* memory budget"):
+            await engine.run(_geodesic(2, 5))
+        long.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await long
+        assert lops.PROCESS_ROWS.rows == 0  # released on cancel too
+
+    asyncio.run(busy())
+    engine.close()

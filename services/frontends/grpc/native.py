@@ -31,9 +31,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from latentserve import errors
-from latentserve.errors import OverloadedError, UnavailableError
+from latentserve.errors import OverloadedError, UnauthenticatedError, UnavailableError
+from latentserve.metadata import AUTHORIZATION_KEY
 from latentserve.services.config import ServeConfig
-from latentserve.services.core.operations import LatentOperations
+from latentserve.services.core.operations import LatentOperations, check_token
 from latentserve.services.frontends.grpc import transport as grpc_transport
 from latentserve.services.frontends.grpc.servicer import INGRESS_NAME, SERVICE_NAME, LatentServiceHandlers
 from latentserve.services.frontends.grpc.status import StatusSet, set_status
@@ -191,6 +192,32 @@ class LatentServicer:
 
         handler.__name__ = rpc
         return handler
+
+
+def _reflection_servicer(names: list[str], token: str) -> Any:
+    """grpc's asyncio reflection servicer; with `token`, a stream without `authorization: Bearer <token>`
+    ends UNAUTHENTICATED before any answer (what a server exposes is for its clients only)."""
+    servicer = reflection.aio.ReflectionServicer(names)
+    if not token:
+        return servicer
+    inner = servicer.ServerReflectionInfo
+
+    async def guarded(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        sent = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTHORIZATION_KEY:
+                sent = value if isinstance(value, str) else value.decode("latin-1")
+        try:
+            check_token(token, sent)
+        except UnauthenticatedError as exc:
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            context.set_details(str(exc))
+            return
+        async for response in inner(request_iterator, context):
+            yield response
+
+    servicer.ServerReflectionInfo = guarded
+    return servicer
 
 
 def _response_type(rpc: str):
@@ -357,8 +384,10 @@ class NativeGrpcServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         # the asyncio servicer for either transport (enable_server_reflection picks by the server's class)
-        names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+        if self.config.frontend.reflection != "off":
+            names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+            token = self.config.frontend.api_token if self.config.frontend.reflection == "auth" else ""
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_reflection_servicer(names, token), server)
         _, self.private_port = await grpc_transport.listen(
             server, [_bind_address(self.config.frontend.host, self.port), "127.0.0.1:0"])
         for service in ("", SERVICE_NAME):

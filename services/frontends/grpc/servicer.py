@@ -12,12 +12,13 @@ context; streaming RPCs raise `StatusSet` after setting it.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from grpc_health.v1 import health_pb2
 
 from latentserve.errors import NotFoundError
-from latentserve.metadata import AUTHORIZATION_KEY
+from latentserve.metadata import AUTHORIZATION_KEY, REQUEST_ID_KEY
 from latentserve.services.core.operations import LatentOperations, check_token
 from latentserve.services.frontends.grpc import codec
 from latentserve.services.frontends.grpc.status import StatusSet, set_status, status_for
@@ -47,9 +48,12 @@ class LatentServiceHandlers:
                     break
         check_token(self.config.frontend.api_token, value)
 
-    def _identify(self, grpc_context: Any) -> None:
-        if self._identity and grpc_context is not None:
-            grpc_context.set_trailing_metadata(list(self._identity))  # Serve's context concatenates lists
+    def _identify(self, grpc_context: Any) -> str:
+        """A new request id; the trailing metadata names it and this replica."""
+        rid = os.urandom(8).hex()
+        if grpc_context is not None:  # Serve's context concatenates lists: set once per call
+            grpc_context.set_trailing_metadata([*self._identity, (REQUEST_ID_KEY, rid)])
+        return rid
 
     async def _unary(self, rpc: str, grpc_context: Any, empty: Any, run: Callable[[], Awaitable[Any]],
                      answer: Callable[[Any], Any] = lambda r: r) -> Any:
@@ -57,7 +61,7 @@ class LatentServiceHandlers:
         Never raises to Serve."""
         self.ops.count(rpc)
         rec, token = metrics.begin_request(rpc)  # token None: the native server's wrapper records the call
-        self._identify(grpc_context)
+        rid = self._identify(grpc_context)
         try:
             self._authorize(grpc_context)
             resp = answer(await run())
@@ -68,13 +72,13 @@ class LatentServiceHandlers:
             metrics.note_status("CANCELLED")
             raise  # the client went away or its deadline passed: Serve reports it; nothing to answer
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crashed replica
-            set_status(grpc_context, exc, rpc)
+            set_status(grpc_context, exc, rpc, rid)
             return empty
         finally:
             metrics.end_request(rec, token)
 
-    def _fail_stream(self, grpc_context: Any, exc: BaseException, rpc: str) -> StatusSet:
-        set_status(grpc_context, exc, rpc)
+    def _fail_stream(self, grpc_context: Any, exc: BaseException, rpc: str, rid: str = "") -> StatusSet:
+        set_status(grpc_context, exc, rpc, rid)
         return StatusSet(status_for(exc)[1])
 
     # -- LatentService ------------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ class LatentServiceHandlers:
     @metrics.counted_stream("Interpolate")  # one image per frame
     async def Interpolate(self, request: pb.InterpolateRequest, grpc_context: Any = None) -> AsyncIterator[pb.InterpolateFrame]:
         self.ops.count("Interpolate")
-        self._identify(grpc_context)
+        rid = self._identify(grpc_context)
         try:
             self._authorize(grpc_context)
             call = codec.interpolate_call(request, codec.deadline(grpc_context, self.config))
@@ -116,21 +120,21 @@ class LatentServiceHandlers:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise self._fail_stream(grpc_context, exc, "Interpolate") from None
+            raise self._fail_stream(grpc_context, exc, "Interpolate", rid) from None
         for frame in frames:
             yield frame
 
     @metrics.counted_stream("Augment", images=False)  # a batch message carries many images: counted below
     async def Augment(self, request: pb.AugmentRequest, grpc_context: Any = None) -> AsyncIterator[pb.AugmentBatch]:
         self.ops.count("Augment")
-        self._identify(grpc_context)
+        rid = self._identify(grpc_context)
         try:
             self._authorize(grpc_context)
             run = await self.ops.augment(codec.augment_call(request))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise self._fail_stream(grpc_context, exc, "Augment") from None
+            raise self._fail_stream(grpc_context, exc, "Augment", rid) from None
         try:
             async for b in run.batches:
                 metrics.add_images(len(b.images))
@@ -138,7 +142,7 @@ class LatentServiceHandlers:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a failure mid-stream ends the stream with its status
-            raise self._fail_stream(grpc_context, exc, "Augment") from None
+            raise self._fail_stream(grpc_context, exc, "Augment", rid) from None
         finally:
             await run.batches.aclose()
 

@@ -30,14 +30,20 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return STATUS.get(kind, grpc.StatusCode.INTERNAL), message
 
 
-def set_status(grpc_context: Any, exc: BaseException, rpc: str) -> None:
-    """Answer the call with the status of `exc`: code and details on the context, logged by severity,
-    recorded in the call's metrics."""
+def set_status(grpc_context: Any, exc: BaseException, rpc: str, request_id: str = "") -> None:
+    """Answer the call with the status of `exc`: code and details on the context, logged by severity (with
+    the call's request id, which the handlers also send in the trailing metadata, so a caller's report of a
+    failure finds its log line), recorded in the call's metrics."""
     code, message = status_for(exc)
+    tag = f" [request {request_id}]" if request_id else ""
     if code == grpc.StatusCode.INTERNAL:
-        logger.error("%s failed", rpc, exc_info=(type(exc), exc, exc.__traceback__))
+        logger.error("%s failed%s", rpc, tag, exc_info=(type(exc), exc, exc.__traceback__))
+        if request_id:
+            message += f"; the server log has the details under request id {request_id}"
     elif code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED):
-        logger.warning("%s: %s: %s", rpc, code.name, message)
+        logger.warning("%s%s: %s: %s", rpc, tag, code.name, message)
+    else:
+        logger.debug("%s%s: %s: %s", rpc, tag, code.name, message)
     if grpc_context is not None:
         grpc_context.set_code(code)
         grpc_context.set_details(message[:4000])

@@ -296,8 +296,9 @@ class CompiledServer:
             else:
                 try:
                     request = (handler.request_deserializer or _identity)(data)
-                except Exception as exc:  # noqa: BLE001 - a malformed message is the client's error
-                    ctx._code, ctx._details = grpc.StatusCode.INTERNAL, f"could not parse the request message: {exc}"
+                except Exception:  # noqa: BLE001 - a malformed message is the client's error
+                    ctx._code = grpc.StatusCode.INVALID_ARGUMENT
+                    ctx._details = "request: not a valid message of this method (protobuf wire format is corrupt)"
                     return None
             fn = handler.unary_unary or handler.stream_unary
             if fn is not None and not inspect.iscoroutinefunction(fn):  # e.g. a servicer base class's

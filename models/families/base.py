@@ -6,6 +6,7 @@ contract in docs/architecture.md, so the serving side never knows which family i
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,13 @@ class ExportGraph:
     doc: str = ""
     # axis 0 of every input and output is the dynamic batch axis
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cosine_decay(step: int, decay_steps: int, final_frac: float) -> float:
+    """Factor on a learning rate: cosine from 1 to final_frac over decay_steps, then final_frac (a function of
+    the step, so a resumed run continues its schedule)."""
+    t = min(max(step, 0), decay_steps) / decay_steps
+    return final_frac + (1.0 - final_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 class Family:

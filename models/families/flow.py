@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentserve.errors import ValidationError
-from latentserve.models.families.base import ExportGraph, Family
+from latentserve.models.families.base import ExportGraph, Family, cosine_decay
 from latentserve.models.families.vae import eval_mode
 from latentserve.models.nets.gan import SUPPORTED_SIZES, Discriminator
 from latentserve.models.nets.flow import BIN_WIDTH, Flow, FlowConfig, bits_per_dim
@@ -111,8 +111,7 @@ class FlowFamily(Family):
         c = self.config
         if c.warmup_steps > 0 and step < c.warmup_steps:
             return c.lr * (step + 1) / c.warmup_steps
-        t = min(max(step, 0), c.lr_decay_steps) / c.lr_decay_steps
-        return c.lr * (c.lr_final_frac + (1.0 - c.lr_final_frac) * 0.5 * (1.0 + math.cos(math.pi * t)))
+        return c.lr * cosine_decay(step, c.lr_decay_steps, c.lr_final_frac)
 
     @staticmethod
     def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from latentserve.errors import ValidationError
-from latentserve.models.families.base import ExportGraph, Family
+from latentserve.models.families.base import ExportGraph, Family, cosine_decay
 from latentserve.models.nets.gan import Discriminator, Encoder, GANConfig, Generator, build_generator
 
 # batches of generated images used to re-estimate g_ema's BatchNorm statistics ("standing statistics")
@@ -134,10 +134,7 @@ class GANFamily(Family):
     def lr_scale_at(self, step: int) -> float:
         """Factor on lr_g and lr_e at `step`: cosine from 1 to lr_final_frac over lr_decay_steps (1 if 0)."""
         c = self.config
-        if c.lr_decay_steps == 0:
-            return 1.0
-        t = min(max(step, 0), c.lr_decay_steps) / c.lr_decay_steps
-        return c.lr_final_frac + (1.0 - c.lr_final_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
+        return 1.0 if c.lr_decay_steps == 0 else cosine_decay(step, c.lr_decay_steps, c.lr_final_frac)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, step: int) -> dict[str, float]:
         """x (B,3,S,S) in [-1,1]; y (B,) int64; f (B,K) unused (the GAN is unsupervised on factors)."""

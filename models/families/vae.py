@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latentserve.errors import ValidationError
-from latentserve.models.families.base import ExportGraph, Family
+from latentserve.models.families.base import ExportGraph, Family, cosine_decay
 from latentserve.models.nets.vae import VAEConfig, VAEDecoder, VAEEncoder
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -103,9 +103,7 @@ class VAEFamily(Family):
     def lr_at(self, step: int) -> float:
         """Cosine decay from lr to lr*lr_final_frac over lr_decay_steps (a function of the step: resume-safe)."""
         c = self.config
-        t = min(max(step, 0), c.lr_decay_steps) / c.lr_decay_steps
-        frac = c.lr_final_frac + (1.0 - c.lr_final_frac) * 0.5 * (1.0 + math.cos(math.pi * t))
-        return c.lr * frac
+        return c.lr * cosine_decay(step, c.lr_decay_steps, c.lr_final_frac)
 
     def kl_weight_at(self, step: int) -> float:
         c = self.config

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from latentserve.client import LatentClient  # noqa: E402
+from latentserve.errors import ValidationError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -61,3 +62,13 @@ def test_autoencoders_are_served(repo, extra_app):
             k = factor_knobs[0]
             edited = c.edit(model, out.handles[:2], [(k.name, {"target": (k.low + k.high) / 2})])
             assert edited.images.shape == (2, 16, 16, 3)
+
+        # "hold these factors fixed" (conditional directions): accepted for factor knobs, refused naming `hold`
+        held = c.edit("shapes-cae", out.handles[:2], [("scale", {"target": 0.5})], hold=["hue", "x"])
+        assert held.images.shape == (2, 16, 16, 3)
+        assert c.sample("shapes-cae", 2, label=0, seed=2, knobs={"scale": 0.5}, hold=["hue"]).images.shape[0] == 2
+        for bad, word in ((["size"], "size"), (["scale"], "scale")):
+            with pytest.raises(ValidationError, match=f"hold: .*{word}"):
+                c.edit("shapes-cae", out.handles[:1], [("scale", {"target": 0.5})], hold=bad)
+        with pytest.raises(ValidationError, match="hold: .*size"):
+            c.sample("shapes-cae", 1, label=0, knobs={"scale": 0.5}, hold=["size"])

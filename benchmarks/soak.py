@@ -9,7 +9,7 @@ after that it samples the serving process's RSS every 10 s and reports the drift
 warm-up, and the max. Every status code seen is counted; INTERNAL or UNKNOWN fail the run.
 
     latentserve serve --port 9100 &
-    python benchmarks/soak.py -t 127.0.0.1:9100 --server-pid $(pgrep -f "grpc.native --control-fd") --seconds 180
+    python benchmarks/soak.py -t 127.0.0.1:9100 --server-pid $(pgrep -of "grpc.native --control-fd") --seconds 180
 """
 from __future__ import annotations
 

@@ -58,12 +58,13 @@ from latentserve.client.messages import (IMAGE_FORMATS, INTERPOLATION_METHODS, S
                                          build_sample_request, decode_image_bytes, frame_from_proto, image_from_proto, image_to_proto,
                                          images_from_protos, images_to_protos, latent_ref, latents_from_protos,
                                          latents_to_protos, model_info_from_proto)
-from latentserve.client.results import (AugmentChunk, EditResult, EncodeResult, FactorInfo, Frame, GateInfo, KnobInfo,
-                                        ModelInfo, PathSummary, SampleResult)
+from latentserve.client.results import (AugmentChunk, EditResult, EncodeResult, FactorInfo, Frame, GateInfo,
+                                        HandleStoreInfo, KnobInfo, ModelInfo, PathSummary, SampleResult)
 from latentserve.metadata import ServerInfo
 
 __all__ = [
-    "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "GateInfo", "EncodeResult",
+    "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "GateInfo", "HandleStoreInfo",
+    "EncodeResult",
     "SampleResult", "EditResult", "Frame", "PathSummary", "AugmentChunk", "ServerInfo", "DEFAULT_TARGET",
     "DEFAULT_RETRIES", "CHANNEL_OPTIONS", "IMAGE_FORMATS", "SAMPLE_SOURCES", "INTERPOLATION_METHODS", "IMAGE_SUFFIXES",
     "image_to_proto", "images_to_protos", "image_from_proto", "images_from_protos", "latents_to_protos",

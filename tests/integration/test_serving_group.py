@@ -76,6 +76,11 @@ def test_a_killed_serving_process_fails_no_call_and_is_restarted(group):
     now = {p.proc.pid for p in group.live()}
     assert len(now) == 2 and len(now & pids) == 1  # one survivor, one new process
     group.probe()  # both answer health
+    procs = group.live()
+    group.stop(1.0)
+    assert all(p.proc.poll() is not None for p in procs) and group.live() == []
+    time.sleep(0.5)
+    assert group.restarts == 1  # nothing restarted after the stop
 
 
 def test_the_group_answers_health_while_one_process_is_dead(group):

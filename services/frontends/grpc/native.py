@@ -546,6 +546,10 @@ def _call_with_timeout(fn: Callable[[], Any], timeout_s: float, default: Any) ->
 # of our server would then take a detour through Ray's loop thread (benchmarks/README.md). The child also
 # keeps Ray's threads off the serving process's GIL.
 NATIVE_REPLACEMENT_WAIT_S = 45.0  # a stopping replica waits at most this long for its replacement to listen
+# glibc malloc of a serving process (unless the environment sets them): few arenas, and a fixed mmap threshold,
+# so the large short-lived buffers of gradient passes (torch activations) are mapped and unmapped instead of
+# fragmenting the heap, whose freed pages glibc keeps; the soak's RSS drift (benchmarks/README.md) is the check.
+SERVING_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 STARTUP_TIMEOUT_S = 600.0  # loading and checking every model in the serving process
 
 
@@ -583,6 +587,8 @@ class ServingProcess:
         env = dict(os.environ)
         # the replica may run with a runtime_env (working_dir, py_modules): same import path for the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        for key, value in SERVING_MALLOC_ENV.items():
+            env.setdefault(key, value)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "latentserve.services.frontends.grpc.native", "--control-fd", str(theirs.fileno())],

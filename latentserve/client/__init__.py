@@ -27,7 +27,8 @@ connection was reset) are retried by gRPC itself, on a new connection, up to `re
 3, at most 4) with a randomized exponential backoff (0.1 s doubling, at most 1 s per wait), and gRPC's retry
 throttling stops retrying after ~50 failures in a row, so a dead service sees no retry storm. Every RPC is
 safe to repeat (handles are content-addressed; seeded samples are deterministic). A stream is retried only
-before its first frame arrived. `retries=0` turns this off.
+before its first frame arrived. An UNAVAILABLE the server marks "do not retry" (gRPC pushback: its handle
+store is down, which only the store's return mends) comes back at once. `retries=0` turns this off.
 
 Which server answered: `client.last_server` is the `ServerInfo(node, replica)` (Ray node id and Serve
 replica id, services/observability/identity.py) from the trailing metadata of the last call that finished (None when the

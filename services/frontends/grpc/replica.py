@@ -24,6 +24,7 @@ from latentserve.services.observability.identity import replica_identity
 logger = logging.getLogger("ray.serve")
 MONITOR_PERIOD_S = 0.1  # how often the monitor looks for a dead serving process
 RESTART_BACKOFF_S = (1.0, 30.0)  # after a failed restart: first wait, doubling up to the second
+HUNG_AFTER_FAILED_PROBES = 3  # a live serving process failing this many health checks in a row is killed
 
 
 def serving_process_count(config: ServeConfig, cpus: int | None = None) -> int:
@@ -80,6 +81,7 @@ class ServingGroup:
         self.config, self.models, self.identity = config, dict(models), tuple(identity)
         self.slots: list[ServingProcess | None] = [None] * (count or serving_process_count(config))
         self.restarts = 0
+        self._failed_probes: dict[int, int] = {}  # pid -> health checks failed in a row
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -149,17 +151,23 @@ class ServingGroup:
 
     def probe(self) -> None:
         """Serve's health check: UnavailableError unless at least one serving process answers SERVING. A
-        live process that does not (hung) is killed, so the monitor restarts it."""
+        live process that fails HUNG_AFTER_FAILED_PROBES checks in a row (hung, not merely slow once) is
+        killed, so the monitor restarts it."""
         healthy, problems = 0, []
         for proc in self.live():
+            pid = proc.proc.pid
             try:
                 proc.probe()
                 healthy += 1
+                self._failed_probes.pop(pid, None)
             except UnavailableError as exc:
                 problems.append(str(exc))
-                logger.warning("serving process pid %d failed its health check (%s); killing it to restart it",
-                               proc.proc.pid, exc)
-                proc.proc.kill()
+                n = self._failed_probes[pid] = self._failed_probes.get(pid, 0) + 1
+                if n >= HUNG_AFTER_FAILED_PROBES:
+                    logger.warning("serving process pid %d failed %d health checks in a row (%s); killing it to "
+                                   "restart it", pid, n, exc)
+                    self._failed_probes.pop(pid, None)
+                    proc.proc.kill()
         if not healthy:
             raise UnavailableError("no serving process of this replica serves" +
                                    (f": {'; '.join(problems)}" if problems else " (restarting)"))

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 from latentserve.errors import ValidationError
 
-GENERATIVE = ("gan", "vae", "flow")
+GENERATIVE = ("gan", "vae", "flow", "ae")
 CORE_KNOBS = ("scale", "x", "y", "hue")  # knobs every shapes model offers and must get right
 OFFER_GATED_KNOBS = ("rotation",)  # offered only when they meet their target: below it they are unusable
 USABLE_R2 = 0.5  # below this judged R² a knob moves the image barely more than noise: refused unless opted in
@@ -108,7 +108,7 @@ def compute_gates(family: str, metrics: Mapping | None, knobs: Iterable[str] | N
     metrics = metrics if isinstance(metrics, Mapping) else {}
     judged = metrics.get("judged") if isinstance(metrics.get("judged"), Mapping) else {}
     judge = judged.get("judge") or None
-    source = judged.get("default_source") or ("latent_gmm" if family == "vae" and "latent_gmm" in
+    source = judged.get("default_source") or ("latent_gmm" if family in ("vae", "ae") and "latent_gmm" in
                                                (judged.get("sources") or {}) else "prior")
     src = _get(judged, "sources", source) or {}
     offered = list(knobs) if knobs is not None else _offered_knobs(metrics, judged)

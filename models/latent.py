@@ -437,13 +437,13 @@ def latents_under_labels(encoded: dict, labels: Any) -> np.ndarray:
 
 
 def default_sample_source(family: str, has_gmm: bool, gmm_kind: str = "em") -> str:
-    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent mixture for a VAE that has one, or for any
+    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent mixture for a VAE or an AE (whose prior is only a Gaussian fitted to its codes) that has one, or for any
     model whose mixture is an anchor mixture (fitted to stay on its codes, `anchor_mixture`), else the prior.
 
     A VAE's N(0, I) prior samples fall in the "prior hole" (its encoded codes spread 2-3x wider), so they are
     mostly off the data. An anchor mixture is exported because the prior's samples fall off the data. Otherwise
     a GAN's prior is what it was trained on, and a flow's prior is its exact density."""
-    if has_gmm and (family == "vae" or gmm_kind == "anchors"):
+    if has_gmm and (family in ("vae", "ae") or gmm_kind == "anchors"):
         return "latent_gmm"
     return "prior"
 

@@ -33,8 +33,8 @@ from latentserve.errors import NotFoundError, ValidationError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FAMILIES = ("gan", "vae", "flow", "probe")
-GENERATIVE = ("gan", "vae", "flow")
+FAMILIES = ("gan", "vae", "flow", "ae", "probe")
+GENERATIVE = ("gan", "vae", "flow", "ae")
 PRIOR_TYPES = ("standard_normal", "class_gaussian")
 KNOB_KINDS = ("factor", "pca")
 GRAPH_FORMATS = ("onnx", "torchscript")
@@ -45,6 +45,7 @@ REQUIRED_GRAPHS = {
     "gan": ("encoder", "decoder"),
     "vae": ("encoder", "decoder"),
     "flow": ("encoder", "decoder"),
+    "ae": ("encoder", "decoder"),
     "probe": ("probe",),
 }
 GRAPH_INPUTS = {"encoder": ("image",), "decoder": ("latent", "label"), "probe": ("image",)}

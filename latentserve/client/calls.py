@@ -122,11 +122,12 @@ class LatentClient:
                seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                return_handles: bool = False, version: int | None = None,
                guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-               allow_weak_knobs: bool = False) -> SampleResult:
+               allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> SampleResult:
         """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest).
-        `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal."""
+        `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal.
+        `hold`: factors the knobs keep fixed (SampleRequest.hold)."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance, class_check, allow_weak_knobs)
+                                   format, return_handles, version, guidance, class_check, allow_weak_knobs, hold)
         return images_result(self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp", format: str = "uint8",
@@ -154,8 +155,10 @@ class LatentClient:
             call.cancel()  # no-op when the stream completed
 
     def edit(self, model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
-             return_handles: bool = False, version: int | None = None, allow_weak_knobs: bool = False) -> EditResult:
-        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs)
+             return_handles: bool = False, version: int | None = None, allow_weak_knobs: bool = False,
+             hold: Sequence[str] = ()) -> EditResult:
+        """`hold`: factors every factor move keeps fixed (EditRequest.hold)."""
+        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold)
         return images_result(self._call(self._stub.Edit, req), format)
 
     def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None,
@@ -249,9 +252,9 @@ class AsyncLatentClient:
                      seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                      return_handles: bool = False, version: int | None = None,
                      guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-                     allow_weak_knobs: bool = False) -> SampleResult:
+                     allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance, class_check, allow_weak_knobs)
+                                   format, return_handles, version, guidance, class_check, allow_weak_knobs, hold)
         return images_result(await self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",
@@ -283,6 +286,6 @@ class AsyncLatentClient:
 
     async def edit(self, model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
                    return_handles: bool = False, version: int | None = None,
-                   allow_weak_knobs: bool = False) -> EditResult:
-        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs)
+                   allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> EditResult:
+        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold)
         return images_result(await self._call(self._stub.Edit, req), format)

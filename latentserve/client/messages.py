@@ -367,7 +367,7 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                          seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                          return_handles: bool = False, version: int | None = None,
                          guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-                         allow_weak_knobs: bool = False) -> pb.SampleRequest:
+                         allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> pb.SampleRequest:
     n = int(n)
     if n < 1:
         raise ValidationError(f"n must be >= 1, got {n}")
@@ -384,7 +384,7 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                            source=pb.SAMPLE_SOURCE_UNSPECIFIED if source is None else SAMPLE_SOURCES[source],
                            format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
                            knobs=_float_map(knobs, "knobs"), class_check=class_check,
-                           allow_weak_knobs=bool(allow_weak_knobs))
+                           allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"))
     if label is not None:
         if int(label) < 0:
             raise ValidationError(f"label must be >= 0, got {label}")
@@ -424,7 +424,7 @@ def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method
 
 def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
                        return_handles: bool = False, version: int | None = None,
-                       allow_weak_knobs: bool = False) -> pb.EditRequest:
+                       allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> pb.EditRequest:
     one_image = isinstance(inputs, np.ndarray) and inputs.ndim == 3
     if isinstance(inputs, (str, tuple, bytes)) or _is_pil(inputs) or one_image:
         inputs = [inputs]  # one reference
@@ -441,7 +441,19 @@ def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: st
         raise ValidationError("edit needs at least one move")
     return pb.EditRequest(model=_check_model(model), version=_version(version), inputs=refs, moves=pm,
                           format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
-                          allow_weak_knobs=bool(allow_weak_knobs))
+                          allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"))
+
+
+def _names(names: Sequence[str] | None, field: str) -> list[str]:
+    """A list of factor names (a single string is one name); ValidationError naming `field` otherwise."""
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    out = list(names)
+    if not all(isinstance(n, str) and n for n in out):
+        raise ValidationError(f"{field} must be factor names (non-empty strings), got {out!r}")
+    return out
 
 
 def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:

@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--relative", action="store_true", help="--sweep values are amounts, not targets")
     p.add_argument("--allow-weak-knobs", action="store_true",
                    help="use knobs below their quality gate (`latentserve models NAME` marks them); refused otherwise")
+    p.add_argument("--hold", action="append", default=[], metavar="FACTOR",
+                   help="keep this factor fixed while the knobs move (repeatable): conditional directions")
     p.add_argument("-o", "--output", default="edit.png", help="PNG grid to write (default edit.png)")
     p.add_argument("--save-latents", default=None, metavar="PATH", help="also write the edited latents (.npz)")
     add_version_option(p)
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                       f"[{knob.low:g}, {knob.high:g}] {knob.unit}".rstrip())
         # One call per value; each call edits every input. cells[value][input] -> (H, W, 3)
         results = [client.edit(args.model, inputs, [(knob.name, {key: v})], version=args.model_version,
-                               allow_weak_knobs=args.allow_weak_knobs) for v in values]
+                               allow_weak_knobs=args.allow_weak_knobs, hold=args.hold) for v in values]
     n_in = len(inputs)
     # rows = inputs, columns = values: (n_in * n_values, H, W, 3) in row-major order
     grid = np.stack([results[j].images[i] for i in range(n_in) for j in range(len(values))])

@@ -6,6 +6,8 @@ length and evenness over random pairs (pixel and probe space), the probe's class
 samples for the same seeds, factor-target error of the linear knobs vs guided chains, and the reconstruction
 error of the encoder alone vs refined. `--disks-holdout` adds the generalisation experiment of
 models/disks_holdout.py (trains or reuses a small VAE with a held-out radius band and a probe on all radii);
+with `--disks-families gan,vae,ae,ae-contractive,ae-smooth` it compares those variants at one budget instead
+(models/generalisation.py: reconstruction, midpoint and sample radii judged by geometry);
 `--markdown DIR` writes DIR/report.md with every table and PNG strips of lerp / slerp / geodesic paths.
 Only argparse at module level.
 """
@@ -51,6 +53,11 @@ def register(sub) -> None:
     p.add_argument("--disks-runs", default="runs/disks-holdout", metavar="DIR",
                    help="training runs of the disks experiment, reused when present; the scratch repository "
                         "is DIR/repo (default runs/disks-holdout)")
+    p.add_argument("--disks-families", default=None, metavar="LIST",
+                   help="with --disks-holdout: compare these comma-separated variants at one training budget instead "
+                        "(gan, vae, ae, ae-contractive, ae-smooth; models/generalisation.py), radii judged by geometry")
+    p.add_argument("--disks-steps", type=positive_int, default=1500,
+                   help="training steps of every variant of --disks-families (default 1500)")
     p.set_defaults(func=run)
 
 
@@ -88,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         if args.markdown:
             strips[name] = _strips(repo, name, settings, args.strip_pairs)
     holdout = None
+    if holdout_settings is not None and args.disks_families:
+        return _generalisation(args, holdout_settings)
     if holdout_settings is not None:
         from latentserve.models.disks_holdout import disks_holdout, format_holdout
 
@@ -135,3 +144,38 @@ def _strips(repo, name: str, s, pairs: int) -> list[dict]:
 
 def _without_images(holdout: dict) -> dict:
     return {k: v for k, v in holdout.items() if k != "strips"}
+
+
+def _generalisation(args: argparse.Namespace, hs) -> int:
+    """--disks-holdout --disks-families: the multi-family study (models/generalisation.py) with its table, JSON,
+    and with --markdown DIR the PNG plots and DIR/generalisation.md."""
+    import json
+    import shlex
+    import sys
+    from pathlib import Path
+
+    from latentserve.errors import ValidationError
+    from latentserve.models.generalisation import VARIANTS, StudySettings, format_study, generalisation, write_plots
+
+    variants = tuple(v.strip() for v in args.disks_families.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValidationError(f"--disks-families: unknown variant(s) {', '.join(unknown) or '(none given)'}; "
+                              f"choose from {', '.join(VARIANTS)}")
+    s = StudySettings(band=hs.band, image_size=hs.image_size, seed=hs.seed, steps=args.disks_steps, variants=variants,
+                      geodesic_iterations=hs.geodesic_iterations, geodesic_learning_rate=hs.geodesic_learning_rate)
+    rep = generalisation(args.disks_runs, s, threads=args.threads)
+    table = format_study(rep)
+    print(table, flush=True)
+    plain = {**rep, "rows": {k: {f: v for f, v in r.items() if f != "plot"} for k, r in rep["rows"].items()}}
+    if args.json:
+        Path(args.json).write_text(json.dumps({"generalisation": plain}, indent=2))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        files = write_plots(rep, args.markdown)
+        command = "latentserve " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+        md = Path(args.markdown) / "generalisation.md"
+        md.write_text("\n".join(["# Generalisation into a held-out radius band", "", f"`{command}`", "", "```",
+                                  table, "```", ""] + [f"![{f.stem}]({f.name})" for f in files]) + "\n")
+        print(f"wrote {md}")
+    return 0

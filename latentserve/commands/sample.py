@@ -22,6 +22,8 @@ def register(sub) -> None:
                    help="set a factor to a target value in its units (repeatable), e.g. --knob scale=0.8")
     p.add_argument("--allow-weak-knobs", action="store_true",
                    help="use knobs below their quality gate (`latentserve models NAME` marks them); refused otherwise")
+    p.add_argument("--hold", action="append", default=[], metavar="FACTOR",
+                   help="keep this factor fixed while the knobs move (repeatable): conditional directions")
     p.add_argument("--seed", type=int, default=0,
                    help="same non-zero seed and options -> same images (default 0: a fresh random seed)")
     p.add_argument("--temperature", type=float, default=0.0, help="prior temperature; 0 = model default")
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         res = client.sample(args.model, args.n, label=label, class_name=class_name, class_weights=weights,
                             knobs=knobs, seed=args.seed, temperature=args.temperature, source=args.source,
                             return_handles=args.handles, version=args.model_version, guidance=guidance,
-                            class_check=args.class_check, allow_weak_knobs=args.allow_weak_knobs)
+                            class_check=args.class_check, allow_weak_knobs=args.allow_weak_knobs,
+                            hold=args.hold)
         names = client.model_info(args.model, args.model_version).class_names
     save_png(make_grid(res.images, args.cols), args.output)
     n, h, w, _ = res.images.shape

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-FAMILY_NAMES = ("gan", "vae", "flow", "probe")
+FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe")
 DATASET_NAMES = ("shapes", "disks", "digits", "folder")
 
 
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train or resume a model (gan | vae | flow | probe)",
+        help="train or resume a model (gan | vae | flow | ae | probe)",
         description="Train a model family on a dataset into a run directory (checkpoint.pt, log.jsonl, "
         "samples/). Re-running the same command resumes from the checkpoint; Ctrl-C saves one before exiting.",
     )

@@ -19,6 +19,10 @@ Image i of a split is a pure function of (seed, split, i): its factors come from
 default_rng([seed, 1, split_id, i]) and its class is i % 3 (balanced), so it does not depend on how many
 images are generated. `holdout={"scale": (0.42, 0.48)}` maps the training draws of that factor to its
 range minus the band (test keeps the full range); other factors of image i are unchanged.
+`correlate={"hue": "scale"}` makes training factors correlated (the test split keeps them independent, so
+control can be measured on the whole grid): the dependent factor's unit draw becomes (1 - mix) * the driver's
++ mix * its own, `mix = correlate_mix` (0.3: Pearson correlation (1-mix)/sqrt((1-mix)^2 + mix^2) = 0.92
+before the factors' ranges are applied; hue then rises with scale).
 """
 from __future__ import annotations
 
@@ -113,10 +117,15 @@ def render(labels: np.ndarray, factors: np.ndarray, image_size: int = 32) -> np.
     return colourise(masks, hue_to_rgb(factors[:, 4]))
 
 
-def sample_factors(seed: int, split: str, n: int, holdout: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Labels int64 (n,) and factors float32 (n, 5) of images 0..n-1 of a split (holdout: train only)."""
+def sample_factors(seed: int, split: str, n: int, holdout: dict | None = None, correlate: dict | None = None,
+                   correlate_mix: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Labels int64 (n,) and factors float32 (n, 5) of images 0..n-1 of a split (holdout, correlate: train only)."""
     labels = np.arange(n, dtype=np.int64) % len(CLASS_NAMES)
     u = unit_draws(seed, STREAM, split, n, len(FACTORS))  # (n, 5) uniform [0, 1)
+    if split == "train":
+        for dep, driver in (correlate or {}).items():
+            j, k = FACTOR_NAMES.index(dep), FACTOR_NAMES.index(driver)
+            u[:, j] = (1.0 - correlate_mix) * u[:, k] + correlate_mix * u[:, j]
     bands = (holdout or {}) if split == "train" else {}
     factors = np.empty((n, len(FACTORS)), np.float32)
     for j, f in enumerate(FACTORS):
@@ -139,20 +148,39 @@ def _check_holdout(holdout) -> dict | None:
     return spec
 
 
+def _check_correlate(correlate, mix) -> tuple[dict | None, float]:
+    if not correlate:
+        return None, 0.3
+    if not isinstance(correlate, dict):
+        raise ValidationError(f"correlate must be {{dependent factor: driving factor}}, got {correlate!r}")
+    drivers = set(correlate.values())
+    for dep, driver in correlate.items():
+        for what, name in (("dependent", dep), ("driving", driver)):
+            if name not in FACTOR_NAMES:
+                raise ValidationError(f"correlate: unknown {what} factor {name!r}; choose from {', '.join(FACTOR_NAMES)}")
+        if dep == driver or dep in drivers:
+            raise ValidationError(f"correlate: {dep!r} cannot depend on {driver!r} (a factor drives or follows, once)")
+    if not (isinstance(mix, (int, float)) and 0.0 <= mix < 1.0):
+        raise ValidationError(f"correlate_mix must be in [0, 1), got {mix!r}")
+    return dict(correlate), float(mix)
+
+
 def build(image_size: int = 32, n_train: int = 20000, n_test: int = 2000, seed: int = 0,
-          holdout: dict | None = None) -> Dataset:
+          holdout: dict | None = None, correlate: dict | None = None, correlate_mix: float = 0.3) -> Dataset:
     """The shapes dataset. image_size in [16, 256] px; n_train in [1, 1e6]; n_test in [0, 1e6];
-    seed in [0, 2**32 - 1]; holdout {factor: (low, high)} over scale | rotation | x | y | hue (train only).
+    seed in [0, 2**32 - 1]; holdout {factor: (low, high)} over scale | rotation | x | y | hue (train only);
+    correlate {dependent: driver} with correlate_mix in [0, 1) (train only, see the module doc).
     ~0.1 ms per 32 px image on one core (22k images in ~2.5 s)."""
     image_size = check_int("image_size", image_size, 16, 256)
     n_train = check_int("n_train", n_train, 1, 1_000_000)
     n_test = check_int("n_test", n_test, 0, 1_000_000)
     seed = check_int("seed", seed, 0, 2**32 - 1)
     spec = _check_holdout(holdout)
+    correlate, correlate_mix = _check_correlate(correlate, correlate_mix)
 
     splits = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        labels, factors = sample_factors(seed, split, n, spec)
+        labels, factors = sample_factors(seed, split, n, spec, correlate, correlate_mix)
         splits[split] = DataSplit(render(labels, factors, image_size), labels, factors)
     return Dataset(
         name=NAME,
@@ -161,5 +189,6 @@ def build(image_size: int = 32, n_train: int = 20000, n_test: int = 2000, seed: 
         factors=list(FACTORS),
         train=splits["train"],
         test=splits["test"],
-        config={"image_size": image_size, "n_train": n_train, "n_test": n_test, "seed": seed, "holdout": spec},
+        config={"image_size": image_size, "n_train": n_train, "n_test": n_test, "seed": seed, "holdout": spec,
+                **({"correlate": correlate, "correlate_mix": correlate_mix} if correlate else {})},
     )

@@ -9,13 +9,14 @@ FAMILIES = {
     "gan": "latentserve.models.families.gan:GANFamily",
     "vae": "latentserve.models.families.vae:VAEFamily",
     "flow": "latentserve.models.families.flow:FlowFamily",
+    "ae": "latentserve.models.families.ae:AEFamily",
     "probe": "latentserve.models.families.probe:ProbeFamily",
 }
-GENERATIVE = ("gan", "vae", "flow")
+GENERATIVE = ("gan", "vae", "flow", "ae")
 
 
 def get_family(name: str):
-    """The Family subclass for `name` (gan | vae | flow | probe)."""
+    """The Family subclass for `name` (gan | vae | flow | ae | probe)."""
     if name not in FAMILIES:
         raise ValidationError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
     module, _, attr = FAMILIES[name].partition(":")

@@ -103,6 +103,7 @@ class SampleCall:
     classes: tuple[str, Any] | None = None  # ("label", int) | ("class_name", str) | ("class_weights", dict)
     knobs: dict[str, float] = field(default_factory=dict)
     allow_weak_knobs: bool = False
+    hold: list[str] = field(default_factory=list)  # factors the knobs keep fixed (models/conditional.py)
     class_check: float = 0.0
     return_handles: bool = False
     deadline: float = 0.0
@@ -131,6 +132,7 @@ class EditCall:
     format: str = "png"
     allow_weak_knobs: bool = False
     return_handles: bool = False
+    hold: list[str] = field(default_factory=list)  # factors every factor move keeps fixed
 
 
 @dataclass

@@ -33,10 +33,10 @@ from latentserve.services.core.images import DECODE_OUTPUTS, float_images_to_uin
 from latentserve.services.core.latent_ops import LatentOpsEngine
 
 logger = logging.getLogger("ray.serve")
-GENERATIVE = ("gan", "vae", "flow")
+GENERATIVE = ("gan", "vae", "flow", "ae")
 # Extra encoder outputs per family, after the contract's (latent, logits), in export order (a class-conditional
 # flow adds class_latents: z under every class's map).
-ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": ()}
+ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": (), "ae": ()}
 
 
 def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
@@ -308,7 +308,7 @@ class ModelRunner:
         record = self.repo.load(self.name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
             raise ValidationError(
-                f"model {self.name} is a {record.family} model; only generative models (gan, vae, flow) are served"
+                f"model {self.name} is a {record.family} model; only generative models (gan, vae, flow, ae) are served"
             )
         fmt = "onnx" if self.config.served.backend == "onnxruntime" else "torchscript"
         sessions = {}

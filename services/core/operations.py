@@ -35,6 +35,7 @@ import numpy as np
 
 from latentserve.errors import LatentServeError, UnauthenticatedError, ValidationError
 from latentserve.models import class_check, gates
+from latentserve.models.conditional import move_holding, set_factor_holding
 from latentserve.models.latent import PCA_KNOB_PREFIX, latents_under_labels, lerp, slerp
 from latentserve.services.augment import spec as augment_spec
 from latentserve.services.augment import stream as augment_stream
@@ -212,6 +213,7 @@ class LatentOperations:
         if source == "latent_gmm" and sv.space.gmm_weights is None:
             raise ValidationError(f"model {sv.name} v{sv.version} has no latent GMM; use source PRIOR")
         targets = self._knob_targets(sv, dict(call.knobs), call.allow_weak_knobs)
+        hold = _hold(sv, list(call.hold), [name for name, _ in targets])
         threshold = self._class_check(sv, call.class_check, "guided" if guided else source)
         rng = _rng(call.seed)
         labels = self._sample_labels(sv, call, rng)
@@ -221,7 +223,8 @@ class LatentOperations:
             z = (sv.space.sample_gmm(y, rng, temperature) if source == "latent_gmm"
                  else sv.space.sample_prior(y, rng, temperature))
             for name, target in targets:
-                z = sv.space.set_factor(z, name, target, y)
+                z = (set_factor_holding(sv.space, z, name, target, hold, y) if hold
+                     else sv.space.set_factor(z, name, target, y))
             return z
 
         confidence = None
@@ -394,8 +397,13 @@ class LatentOperations:
                     raise ValidationError(f"moves[{i}]: principal direction {mv.knob!r} takes an amount in std units, not a target")
                 self._check_target(sv.space.knobs[name], value, f"moves[{i}].target")
             moves.append((name, how, value))
+        hold = _hold(sv, list(call.hold), [name for name, _, _ in moves])
         z, labels = await self._refs(sv, list(call.inputs), "inputs")
         for name, how, value in moves:
+            if hold:
+                z = (set_factor_holding(sv.space, z, name, value, hold, labels) if how == "target"
+                     else move_holding(sv.space, z, name, value, hold))
+                continue
             z = sv.space.set_factor(z, name, value, labels) if how == "target" else sv.space.move(z, name, value)
         images = await self._decoded_images(sv, fmt, z, labels)
         handles = await self._handles_for(sv, z, labels) if call.return_handles else []
@@ -597,3 +605,20 @@ class LatentOperations:
             z[image_idx] = ez
             labels[image_idx] = elab
         return z, labels
+
+
+def _hold(sv: Any, hold: list[str], moved: list[str]) -> list[str]:
+    """The request's `hold` factors, checked: factor knobs of the model, none of them moved, every move a factor
+    knob (a principal direction has no read-out to hold against). Moves with `hold` go along conditional
+    directions (models/conditional.py), without the anchor-mixture projection of LatentSpace.set_factor."""
+    if not hold:
+        return []
+    for name in hold:
+        if name not in sv.space.knobs:
+            raise ValidationError(f"hold: unknown factor {name!r}; factors: {', '.join(sv.space.knobs) or '(none)'}")
+        if name in moved:
+            raise ValidationError(f"hold: {name!r} is also moved; a factor is either moved or held")
+    for name in moved:
+        if name not in sv.space.knobs:
+            raise ValidationError(f"hold: applies to factor knobs; {name!r} is a principal direction")
+    return list(dict.fromkeys(hold))

@@ -3,7 +3,7 @@ manifest facts, latent space, ModelInfo fields) and how a model is called (`Mode
 latent ops), in this process (`ModelRunner`) or behind a Ray Serve deployment handle.
 
 Versions: the version the app was built with is a model's default (version 0 in a request); any other
-version in the repository is loaded on demand, once. Only generative models (gan, vae, flow) are served; a
+version in the repository is loaded on demand, once. Only generative models (gan, vae, flow, ae) are served; a
 probe is the evaluator / guide of the others and is never served.
 """
 from __future__ import annotations
@@ -253,7 +253,7 @@ class ModelPool:
     def _load_version(self, name: str, version: int) -> ServedVersion:
         record = self.repo.load(name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
-            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae and flow models are served")
+            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae, flow and ae models are served")
         space = self.repo.latent_space(record)
         return ServedVersion(record, space, model_info(record, self.config))
 

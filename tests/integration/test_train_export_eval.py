@@ -24,6 +24,7 @@ TINY = {
     "gan": {"z_dim": 8, "g_width": 4, "d_width": 4, "e_width": 4, "e_hidden": 16, "e_batch": 8},
     "vae": {"z_dim": 8, "widths": [4, 8], "res_blocks": 0, "hidden": 16, "embed_dim": 4},
     "flow": {"levels": 1, "steps": [2], "hidden": [8]},
+    "ae": {"z_dim": 8, "widths": [4, 8], "res_blocks": 0, "hidden": 16, "embed_dim": 4, "reg": "contractive"},
 }
 STEPS = 3
 pytestmark = pytest.mark.slow  # trains, exports (ONNX + TorchScript, parity) and evaluates every family
@@ -59,7 +60,7 @@ def trained(tmp_path_factory, dataset):
     torch.set_num_threads(1)
     runs = tmp_path_factory.mktemp("runs")
     out = {}
-    for fam in ("probe", "gan", "vae", "flow"):
+    for fam in ("probe", "gan", "vae", "flow", "ae"):
         if not _available(fam):
             continue
         cfg = TrainConfig(family=fam, data="shapes", data_args=dict(DATA_ARGS), steps=STEPS, batch_size=16,
@@ -117,10 +118,13 @@ def test_every_family_exports_with_parity(repo, trained):
         assert space.latent_dim == rec.latent_dim == m["latent_shape"][0]
         # full covariances for small latents (VAE), diagonal ones for a flow's D = 3*H*W and for the GAN's
         # anchor mixture (its codes themselves, each a small diagonal component)
-        assert m["probe"] == "shapes-probe" and m["gmm"]["covariance"] == ("full" if fam == "vae" else "diag")
+        assert m["probe"] == "shapes-probe" and m["gmm"]["covariance"] == ("full" if fam in ("vae", "ae") else "diag")
         assert m["gmm"]["kind"] == ("anchors" if fam == "gan" else "em")
-        assert (space.gmm_chol is None) == (fam != "vae")
+        assert (space.gmm_chol is None) == (fam not in ("vae", "ae"))
         assert {k["name"] for k in m["knobs"] if k["kind"] == "factor"} <= {f["name"] for f in m["factors"]}
+        if fam == "ae":  # its prior: a Gaussian of each class's codes, tracked in training
+            assert m["prior"]["type"] == "class_gaussian" and set(m["graphs"]["encoder"]["outputs"]) == {"latent", "logits"}
+            assert space.prior_mean.shape == (len(rec.class_names), rec.latent_dim)
         if fam == "flow":
             assert m["prior"]["type"] == "class_gaussian" and 0 < m["prior"]["sample_temperature"] <= 2
             assert space.prior_mean.shape == (len(rec.class_names), rec.latent_dim)
@@ -136,7 +140,7 @@ def test_evaluate_every_generative_model(repo, trained, dataset):
     r = Repository(repo)
     probe = evaluate_record(r, "shapes-probe", data=dataset, verbose=False)
     assert 0 <= probe["test_accuracy"] <= 1 and "scale" in probe["factors"]
-    for fam in ("gan", "vae", "flow"):
+    for fam in ("gan", "vae", "flow", "ae"):
         if fam not in trained:
             continue
         m = evaluate_record(r, f"shapes-{fam}", n_per_class=8, data=dataset, verbose=False)
@@ -155,7 +159,7 @@ def test_evaluate_every_generative_model(repo, trained, dataset):
         judged = m["judged"]
         assert judged["judge"] == "geometric" and set(judged["sources"]) == {"prior", "latent_gmm"}
         assert judged["real"]["class_accuracy"]["mean"] >= 0.95  # the judge itself, on real 16 px images
-        assert judged["default_source"] == ("latent_gmm" if fam in ("gan", "vae") else "prior")
+        assert judged["default_source"] == ("latent_gmm" if fam in ("gan", "vae", "ae") else "prior")
         for src in judged["sources"].values():
             assert set(src["class_accuracy"]["per_class"]) == {"square", "ellipse", "triangle"}
             assert set(src["knob_r2"]) <= {"scale", "rotation", "x", "y", "hue"}

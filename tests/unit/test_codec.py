@@ -185,3 +185,18 @@ def test_core_images_cache_as_the_protobuf_image_bytes(fmt):
         wire = codec.image_out(im).SerializeToString()
         assert im.to_bytes() == wire
         assert Image.from_bytes(wire) == im and codec.image_in(pb.Image.FromString(wire)) == im
+
+
+def test_hold_rides_from_the_client_to_the_calls():
+    """SampleRequest.hold / EditRequest.hold (issue #22): client builders -> protobuf -> core calls."""
+    from latentserve.client.messages import build_edit_request, build_sample_request
+    from latentserve.errors import ValidationError
+    from latentserve.services.frontends.grpc import codec
+
+    req = build_sample_request("m", 2, knobs={"scale": 0.5}, hold=["hue", "x"])
+    assert codec.sample_call(req, 0.0).hold == ["hue", "x"]
+    assert codec.sample_call(build_sample_request("m", 1), 0.0).hold == []
+    edit = build_edit_request("m", "h-1", [("scale", {"target": 0.5})], hold="hue")
+    assert codec.edit_call(edit).hold == ["hue"]
+    with pytest.raises(ValidationError, match="hold"):
+        build_sample_request("m", 1, hold=[""])

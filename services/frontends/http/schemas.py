@@ -114,6 +114,7 @@ class SampleRequest(Strict):
     guidance: GuidanceOptions = Field(default_factory=GuidanceOptions)
     class_check: float = 0.0
     allow_weak_knobs: bool = False
+    hold: list[str] = Field(default_factory=list, description="factors the knobs keep fixed (conditional directions)")
 
 
 class InterpolateRequest(Strict):
@@ -134,6 +135,7 @@ class EditRequest(Strict):
     format: Format = "png"
     allow_weak_knobs: bool = False
     return_handles: bool = False
+    hold: list[str] = Field(default_factory=list, description="factors every factor move keeps fixed")
 
 
 class AugmentRequest(Strict):

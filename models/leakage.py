@@ -1,0 +1,114 @@
+"""Leakage of knob moves on a model trained with correlated factors (issue #22, part 3), judged by geometry.
+
+`leakage(repo, name, moved, other, ...)`: draws `n` latents from the model's default sample source, sets factor
+`moved` to a low and a high target (the knob range's 25% and 75% points) along (a) the naive knob and (b) the
+conditional direction holding `other` (models/conditional.py), decodes, and measures both factors classically
+(`moved`, `other` in scale | hue: see `_measure`; the class by the geometric judge). Per mode:
+- leakage = median |change of `other`| / median |change of `moved`|, each divided by its factor's range
+  (0 = the other factor stays put; 1 = it moves as far, relative to its range, as the moved one);
+- r2 = R² of the judged `moved` against the requested targets (both ends pooled);
+- kept = share of the moved images the judge still gives their class.
+Rows the judge finds no shape in are left out of the medians and the R².
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from latentserve.models.conditional import set_factor_holding
+from latentserve.models.latent import default_sample_source
+
+
+def _measure(images_f: np.ndarray, labels: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({scale, hue} measured classically, NaN without a blob; the judge's class per image). Scale comes from the
+    blob's area and the requested class's area coefficient (shapes.AREA_COEF), so a blurred shape the judge would
+    not call a clean square still has a size; hue is the judge's (mean hue of the core pixels)."""
+    from latentserve.models.data.shapes import AREA_COEF
+    from latentserve.models.judges.geometric import judge_shapes
+    from latentserve.models.judges.measure import coverage_of, find_blobs
+
+    u8 = np.clip(np.round((np.transpose(images_f, (0, 2, 3, 1)) + 1) * 127.5), 0, 255).astype(np.uint8)
+    j = judge_shapes(u8)
+    blobs = find_blobs(coverage_of(u8))
+    scale = np.sqrt(blobs.area / AREA_COEF[labels]) / u8.shape[1]
+    scale[~blobs.present] = np.nan
+    return {"scale": scale, "hue": j.factors[:, j.factor_names.index("hue")].astype(np.float64)}, j.labels
+
+
+def leakage(repo: Any, name: str, moved: str = "scale", other: str = "hue", n: int = 200, seed: int = 0) -> dict:
+    """The figures of the module doc for model `name` of a Repository (factors scale and hue of shapes)."""
+    from latentserve.models.evaluate import OnnxGraph
+
+    record = repo.load(name)
+    space = repo.latent_space(record)
+    decoder = OnnxGraph(record, "decoder")
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(record.class_names), n).astype(np.int64)
+    source = default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind)
+    z = space.sample_gmm(labels, rng) if source == "latent_gmm" else space.sample_prior(labels, rng)
+    km, ko = space.knobs[moved], space.knobs[other]
+    lo_t, hi_t = km.low + 0.25 * (km.high - km.low), km.low + 0.75 * (km.high - km.low)
+    out: dict[str, Any] = {"model": name, "moved": moved, "other": other, "n": n, "source": source}
+    for mode, hold in (("naive", []), ("conditional", [other])):
+        judged = {}
+        for end, target in (("low", lo_t), ("high", hi_t)):
+            zz = set_factor_holding(space, z, moved, target, hold, labels)
+            judged[end] = _measure(decoder(latent=zz, label=labels)["image"], labels)
+        (lo_f, lo_y), (hi_f, hi_y) = judged["low"], judged["high"]
+        dm = (hi_f[moved] - lo_f[moved]) / (km.high - km.low)
+        do = (hi_f[other] - lo_f[other]) / (ko.high - ko.low)
+        ok = np.isfinite(dm) & np.isfinite(do)
+        got = np.concatenate([lo_f[moved], hi_f[moved]])
+        want = np.concatenate([np.full(n, lo_t), np.full(n, hi_t)])
+        fin = np.isfinite(got)
+        r2 = 1.0 - np.sum((got[fin] - want[fin]) ** 2) / max(np.sum((want[fin] - want[fin].mean()) ** 2), 1e-12)
+        kept = float(np.mean(np.concatenate([lo_y == labels, hi_y == labels])))
+        out[mode] = {"leakage": float(np.median(np.abs(do[ok])) / max(np.median(np.abs(dm[ok])), 1e-12)) if ok.any()
+                     else float("nan"), "r2": float(r2) if fin.any() else float("nan"), "kept": kept,
+                     "measured": float(ok.mean())}
+    return out
+
+
+def format_leakage(rep: dict) -> str:
+    lines = [f"{rep['model']}: move {rep['moved']} (25% -> 75% of its range), {rep['other']} should stay; "
+             f"{rep['n']} {rep['source']} samples, judged by geometry",
+             f"  {'mode':<12} {'leakage':>8} {'R2 ' + rep['moved']:>10} {'kept class':>11} {'measured':>9}"]
+    for mode in ("naive", "conditional"):
+        r = rep[mode]
+        lines.append(f"  {mode:<12} {r['leakage']:>8.3f} {r['r2']:>10.3f} {r['kept']:>11.0%} {r['measured']:>9.0%}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m latentserve.models.leakage RUNS_DIR [--steps N]`: train an AE on shapes with hue correlated to
+    scale, export it with knobs fitted on encoded training images, print the leakage table."""
+    import argparse
+    import time
+
+    import torch
+
+    from latentserve.models.export import export_run
+    from latentserve.models.repository import Repository
+    from latentserve.models.train import TrainConfig, train
+
+    p = argparse.ArgumentParser(prog="python -m latentserve.models.leakage")
+    p.add_argument("runs_dir")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--n", type=int, default=200)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    data = {"image_size": 32, "n_train": 6000, "n_test": 500, "seed": 0, "correlate": {"hue": "scale"}}
+    fam = {"z_dim": 16, "widths": [32, 64, 128], "hidden": 128, "embed_dim": 16}
+    t0 = time.time()
+    run = train(TrainConfig(family="ae", data="shapes", data_args=data, steps=args.steps, batch_size=64,
+                            out=f"{args.runs_dir}/ae-corr", ckpt_every=args.steps, grid_every=args.steps, threads=1,
+                            device="cpu", family_args=fam, seed=0), progress=False)
+    export_run(run, "shapes-corr-ae", repo_root=f"{args.runs_dir}/repo", knob_source="encoded", max_latent_fit=6000)
+    print(format_leakage(leakage(Repository(f"{args.runs_dir}/repo"), "shapes-corr-ae", n=args.n)))
+    print(f"{time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

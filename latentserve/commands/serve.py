@@ -245,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
         sec = config.security
         auth = ", ".join(x for x in ("mutual TLS" if sec.tls_ca else "TLS" if sec.tls_cert else "",
                                      "API token required" if config.frontend.api_token or sec.tokens_file else "") if x)
-        print(f"latentserve: serving {listed} ({config.served.backend}, {how}{', ' + auth if auth else ''})")
+        print(f"latentserve: serving {listed} ({config.served.backend}, {how}{', ' + auth if auth else ''})",
+              flush=True)
         services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")
         print(f"latentserve: gRPC listening on {config.frontend.host}:{config.frontend.grpc_port} ({services}); Ctrl-C to stop",
               flush=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -68,7 +69,7 @@ def test_tls_handshake_right_and_wrong_ca(extra_app, pki, transport):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_mutual_tls_tokens_file_reload_revocation_and_client_names(extra_app, serve_app, pki, tmp_path, transport):
+def test_mutual_tls_tokens_file_reload_revocation_and_client_names(extra_app, pki, tmp_path, transport, wait_serving):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# name token\nalice {ALICE}\nbob {BOB}\n")
     server = pki["server"]
@@ -94,6 +95,18 @@ def test_mutual_tls_tokens_file_reload_revocation_and_client_names(extra_app, se
     with pytest.raises(UnauthenticatedError, match="missing API token"):
         _models(target, tls=alice)
 
+    # the private health port (plaintext, loopback, for Serve's probe) serves health but no LatentService call
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    found = [re.search(r"private health port (\d+)", Path(p).read_text(errors="replace"))
+             for p in glob.glob(str(logs / "serve" / f"replica_mtls-{transport}_*.log"))]
+    private = [m.group(1) for m in found if m]
+    assert private, "the replica log names no private health port"
+    wait_serving(f"127.0.0.1:{private[-1]}", timeout_s=10)
+    with pytest.raises(UnauthenticatedError, match="requires a client certificate"):
+        _models(f"127.0.0.1:{private[-1]}", token=ALICE)
+
     # revocation: bob's line removed, refused within the reload interval; a new token works without restart
     tokens.write_text(f"alice {ALICE}\ncarol carol-t0ken-0123456789ab\n")
     deadline = time.time() + 10
@@ -115,9 +128,6 @@ def test_mutual_tls_tokens_file_reload_revocation_and_client_names(extra_app, se
     snap = snapshot(cfg.observability.metrics_dir)
     assert {dict(labels).get("client") for (n, labels) in snap if n == "latentserve_requests_total"} <= {
         "alice", "bob", "carol", "default", "anonymous"}
-    import ray
-
-    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
     deadline = time.time() + 10
     while not any("client=carol" in Path(p).read_text(errors="replace") for p in glob.glob(str(logs / "worker-*.err"))):
         assert time.time() < deadline, "no request log line names the client"
@@ -194,7 +204,12 @@ def test_latentserve_serve_with_tls_grpc_and_https(tiny_repo, pki, tmp_path, wai
                 time.sleep(0.5)
         else:
             raise TimeoutError(f"{url} not serving over HTTPS (last: {last})\n" + log.read_text(errors="replace")[-4000:])
-        assert "TLS, API token required" in log.read_text()
+        target = f"127.0.0.1:{grpc_port}"
+        wait_serving(target, timeout_s=120, credentials=ClientTls(ca=ca).credentials())
+        deadline = time.time() + 30
+        while ", TLS, API token required)" not in log.read_text():
+            assert time.time() < deadline, log.read_text(errors="replace")[-4000:]
+            time.sleep(0.5)
 
         # HTTPS: the token names the client; no token is 401; plaintext HTTP on the TLS port does not answer
         req = urllib.request.Request(url + "api/v1/models", headers={"Authorization": f"Bearer {ALICE}"})
@@ -210,7 +225,6 @@ def test_latentserve_serve_with_tls_grpc_and_https(tiny_repo, pki, tmp_path, wai
                                    context=ssl.create_default_context(cafile=str(pki["other_ca"].pem)))
 
         # gRPC through the CLI client: --tls-ca verifies the server; a wrong CA is one line, exit 2
-        target = f"127.0.0.1:{grpc_port}"
         cli = [sys.executable, "-m", "latentserve", "models", "-t", target, "--token", ALICE, "--timeout", "30"]
         r = subprocess.run([*cli, "--tls-ca", ca], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0 and "tiny-gan" in r.stdout, r.stderr

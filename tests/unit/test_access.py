@@ -165,3 +165,18 @@ def test_serve_cli_names_the_flag(ca):
         _cfg(tls_cert="/nope.pem", tls_key="/nope.key")
     except ValidationError as exc:
         assert str(flag_named(exc)).startswith("--tls-cert (tls_cert)='/nope.pem': cannot read the file")
+
+
+def test_client_tls_options_are_checked_before_connecting(ca, tmp_path):
+    from latentserve.client import ClientTls, LatentClient
+
+    with pytest.raises(ValidationError, match="tls ca: cannot read '/nope/ca.pem'"):
+        LatentClient("127.0.0.1:1", tls=ClientTls(ca="/nope/ca.pem"))
+    (tmp_path / "junk").write_text("junk")
+    with pytest.raises(ValidationError, match="is not a PEM file"):
+        LatentClient("127.0.0.1:1", tls=ClientTls(ca=str(tmp_path / "junk")))
+    alice = ca.client("alice")
+    with pytest.raises(ValidationError, match="cert and key go together"):
+        LatentClient("127.0.0.1:1", tls=ClientTls(ca=str(ca.pem), cert=str(alice.cert)))
+    for tls in (True, ClientTls(ca=str(ca.pem), cert=str(alice.cert), key=str(alice.key), server_name="localhost")):
+        LatentClient("127.0.0.1:1", tls=tls).close()  # a channel is made; nothing connects yet

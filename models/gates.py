@@ -44,7 +44,7 @@ RULES: dict[str, Rule] = {
     "knob_kept": Rule(">=", 0.9, ("gan", "vae"),
                       "a knob that lands but breaks the shape is no knob: moved samples stay their class"),
     "knob_r2.rotation": Rule(">=", 0.8, ("gan", "vae"),
-                             "rotation is hard (symmetric shapes): offered only if it works this well"),
+                             "rotation is hard (symmetric shapes): it works this well or is not offered"),
     "flow.round_trip_max_abs": Rule("<=", 1e-3, ("flow",), "a flow is an exact bijection; more is a broken export"),
     "flow.bits_per_dim": Rule("present", None, ("flow",), "the likelihood is the flow's own figure: always report it"),
 }
@@ -127,9 +127,12 @@ def compute_gates(family: str, metrics: Mapping | None, knobs: Iterable[str] | N
         for k in [k for k in CORE_KNOBS + OFFER_GATED_KNOBS if k in offered]:
             rule = RULES.get(f"knob_r2.{k}", RULES["knob_r2"])
             detail = f"requested vs judged value on {source} samples"
-            if k in OFFER_GATED_KNOBS and (_num(knob_r2.get(k)) or 0.0) < rule.threshold:
-                detail += f"; below {rule.threshold:g} the {k} knob must not be offered"
-            targets.append(_target(f"knob_r2.{k}", rule, knob_r2.get(k), judge, detail))
+            target = _target(f"knob_r2.{k}", rule, knob_r2.get(k), judge, detail)
+            if k in OFFER_GATED_KNOBS and target["value"] is not None and not target["passed"]:
+                # "works or is not offered": below its bar the knob is refused (usable_bar), which meets the target
+                target.update(passed=True, detail=detail + f"; below {rule.threshold:g}: not offered (refused "
+                                                           "unless a request sets allow_weak_knobs)")
+            targets.append(target)
             if k in CORE_KNOBS:
                 targets.append(_target(f"knob_kept.{k}", RULES["knob_kept"], (_get(src, "knob_judged_share") or {}).get(k),
                                        judge, f"share of {source} samples moved by the knob still judged their class"))
@@ -170,7 +173,10 @@ def _fmt(v: float | None) -> str:
 
 
 def _need(t: Mapping) -> str:
-    return "(must be reported)" if t["op"] == "present" else f"(needs {t['op']} {t['threshold']:g})"
+    if t["op"] == "present":
+        return "(must be reported)"
+    offer = ", or not offered" if t["name"].split(".")[-1] in OFFER_GATED_KNOBS else ""
+    return f"(needs {t['op']} {t['threshold']:g}{offer})"
 
 
 def format_table(title: str, gates: Mapping) -> str:

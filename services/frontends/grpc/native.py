@@ -384,7 +384,7 @@ class NativeGrpcServer:
         # the asyncio servicer for either transport (enable_server_reflection picks by the server's class)
         if self.config.frontend.reflection != "off":
             names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-            access = self.handlers.ops.access if self.config.frontend.reflection == "auth" else None
+            access = Access.from_config(self.config) if self.config.frontend.reflection == "auth" else None
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_reflection_servicer(names, access), server)
         # the private health port stays plaintext on loopback (Serve's probe); with mutual TLS the handlers
         # refuse LatentService calls that came without a client certificate, i.e. through it

@@ -41,7 +41,8 @@ def pki(tmp_path_factory, tls_certs):
     """A server CA (server certificate for 127.0.0.1), a client CA (clients alice, bob) and an unrelated CA."""
     certs = tls_certs
     root = tmp_path_factory.mktemp("pki")
-    server_ca, client_ca, other_ca = certs.CA(root / "server-ca"), certs.CA(root / "client-ca"), certs.CA(root / "other")
+    server_ca, client_ca = certs.CA(root / "server-ca", "server CA"), certs.CA(root / "client-ca", "client CA")
+    other_ca = certs.CA(root / "other", "unrelated CA")
     return {"server_ca": server_ca, "server": server_ca.server(), "client_ca": client_ca,
             "alice": client_ca.client("alice"), "bob": client_ca.client("bob"), "other_ca": other_ca,
             "stranger": other_ca.client("alice")}  # a certificate with a trusted-looking CN from the wrong CA

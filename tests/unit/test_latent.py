@@ -259,7 +259,7 @@ def test_anchor_mixture_round_trips_and_validates(tmp_path):
 
 def test_knob_on_an_anchor_mixture_lands_on_a_curved_set():
     """Codes on a curved 2-D sheet in 6-D: each projection onto the nearest anchors gives back part of a straight
-    move, and the rounds with their aim-past gain still land the read-out on the target, on the sheet."""
+    move, and repeated rounds still land the read-out on the target, on the sheet."""
     pytest.importorskip("torch")
     rng = np.random.default_rng(0)
     n = 3000

@@ -148,6 +148,10 @@ def render(doc: Mapping[str, Any], environ: Mapping[str, str]):
     args = find_app(out)["args"]
     for name in env_args(environ):
         args[name] = config.to_dict()[name]
+    from latentserve.services.app import http_tls
+
+    if http_tls(config):  # TLS (LATENTSERVE_TLS_CERT/KEY, compose secrets): Serve's HTTP proxy speaks HTTPS too
+        out["http_options"] = {**(out.get("http_options") or {}), **http_tls(config)}
     return with_http_app(stamp_rollout(out, models), config), config, models
 
 

@@ -21,14 +21,13 @@ app on the LatentIngress deployment (docs/architecture.md, "Serving frontends").
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 from typing import Any
 
 from latentserve.errors import NotFoundError, ValidationError
 from latentserve.models.manifest import GENERATIVE, read_manifest
 from latentserve.models.repository import Repository
-from latentserve.services.config import ServeConfig, load_config
+from latentserve.services.config import ServeConfig, is_loopback, load_config
 from latentserve.services.core.model_server import ModelServer, model_deployment_name
 from latentserve.services.frontends.grpc.native import (AUTOSCALING_METRIC, NATIVE_GRACE_S,  # noqa: F401
                                                         NATIVE_REPLACEMENT_WAIT_S)
@@ -247,18 +246,9 @@ def local_ray_env(config: ServeConfig) -> dict[str, str]:
     and Windows), in which the node IP is 127.0.0.1 and every socket of the session (GCS, raylet, workers and
     object manager, dashboard agent, metrics export, runtime-env agent) binds loopback; another host opens
     them as Ray normally does. Read by Ray when it is imported: set before `import ray`."""
-    if not _is_loopback(config.frontend.host):
+    if not is_loopback(config.frontend.host):
         return {}
     return {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def grpc_options(config: ServeConfig):
@@ -277,13 +267,23 @@ def grpc_options(config: ServeConfig):
     )
 
 
+def http_tls(config: ServeConfig) -> dict[str, str]:
+    """Serve's HTTP proxy options for TLS (uvicorn's ssl_certfile / ssl_keyfile): HTTPS with the gRPC port's
+    certificate. Client certificates cannot be required there (Ray Serve 2.60 passes no ssl_cert_reqs), which
+    is why ServeConfig refuses tls_ca with the HTTP door on."""
+    sec = config.security
+    if not sec.tls_cert:
+        return {}
+    return {"ssl_certfile": sec.tls_cert, "ssl_keyfile": sec.tls_key}
+
+
 def start_options(config: ServeConfig) -> dict[str, Any]:
     """`serve.start(**start_options(config))` for a Serve instance that runs this app alone: native = the HTTP
     proxy for the HTTP door on host:http_port, or no proxy at all with http_port 0 (the replicas serve gRPC
     themselves), serve = proxies with the gRPC servicers on `effective_proxy_grpc_port` and HTTP on
     `http_port`."""
     f = config.frontend
-    opts: dict[str, Any] = {"http_options": {"host": f.host, "port": f.http_port or 8000},
+    opts: dict[str, Any] = {"http_options": {"host": f.host, "port": f.http_port or 8000, **http_tls(config)},
                             "grpc_options": grpc_options(config)}
     if f.grpc_frontend == "native" and not f.http_port:
         opts["proxy_location"] = "Disabled"

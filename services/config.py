@@ -1,5 +1,6 @@
 """Typed configuration of the serving side, validated once at start: `ServeConfig`, made of groups
-(`served`, `runtime`, `batching`, `scaling`, `frontend`, `limits`, `latent_ops`, `storage`, `observability`).
+(`served`, `runtime`, `batching`, `scaling`, `frontend`, `security`, `limits`, `latent_ops`, `storage`,
+`observability`).
 
 Every setting is declared once, with its doc and its bounds (`setting(...)` metadata: lo / hi / choices /
 a check), and checked by one generic validator; the few rules that relate two settings are in
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from latentserve.errors import ValidationError
+from latentserve.services.access import read_tokens
 from latentserve.models.repository import default_repository_path
 
 BACKENDS = ("onnxruntime", "torchscript")
@@ -178,6 +181,49 @@ class Frontend:
         choices=REFLECTION_MODES)
 
 
+def _pem(kind: str) -> Callable[[str], str]:
+    """A check of a PEM file setting: '' (unset) or a readable file holding a PEM block of `kind`."""
+    def check(path: str) -> str:
+        if not path:
+            return ""
+        try:
+            text = Path(path).expanduser().read_text(errors="replace")
+        except OSError as exc:
+            return f"cannot read the file ({exc.strerror or type(exc).__name__})"
+        return "" if f"-----BEGIN {kind}" in text or (kind == "PRIVATE KEY" and "PRIVATE KEY-----" in text) else (
+            f"is not a PEM file with a {kind} block")
+    return check
+
+
+def _tokens_file(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        read_tokens(path)
+    except ValidationError as exc:
+        return str(exc)
+    return ""
+
+
+@dataclass
+class Security:
+    """TLS of the listeners and who may call (services/access.py). With tls_cert + tls_key the gRPC port and the
+    HTTP door speak TLS; with tls_ca too, gRPC clients must present a certificate signed by it (mutual TLS).
+    Tokens: frontend.api_token (one token, client name "default") and/or a tokens file of named tokens,
+    re-read when it changes (at most every tokens_reload_s), so a removed line is refused within that time."""
+
+    tls_cert: str = setting("", "PEM certificate chain the servers present ('' = plaintext)", check=_pem("CERTIFICATE"))
+    tls_key: str = setting("", "PEM private key of tls_cert", check=_pem("PRIVATE KEY"))
+    tls_ca: str = setting("", "PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS); their "
+                              "certificate's CN is the client's name unless a token names it", check=_pem("CERTIFICATE"))
+    insecure: bool = setting(False, "allow an API token on a plaintext listener bound beyond loopback (it travels in "
+                                    "clear text)")
+    tokens_file: str = setting("", "file of named API tokens, one `NAME TOKEN` per line (# comments); names are the "
+                                   "client names in logs and in the metrics' client label", check=_tokens_file)
+    tokens_reload_s: float = setting(2.0, "how often the tokens file's modification is checked (on the next call)",
+                                     lo=0.1, hi=3600.0)
+
+
 @dataclass
 class Limits:
     """Per-request caps (INVALID_ARGUMENT above them)."""
@@ -273,7 +319,7 @@ class Observability:
 
 
 GROUPS = {"served": Served, "runtime": Runtime, "batching": Batching, "scaling": Scaling, "frontend": Frontend,
-          "limits": Limits, "latent_ops": LatentOps, "storage": Storage, "observability": Observability}
+          "security": Security, "limits": Limits, "latent_ops": LatentOps, "storage": Storage, "observability": Observability}
 
 
 def _flat_names() -> dict[str, tuple[str, str]]:
@@ -296,6 +342,7 @@ class ServeConfig:
     batching: Batching = field(default_factory=Batching)
     scaling: Scaling = field(default_factory=Scaling)
     frontend: Frontend = field(default_factory=Frontend)
+    security: Security = field(default_factory=Security)
     limits: Limits = field(default_factory=Limits)
     latent_ops: LatentOps = field(default_factory=LatentOps)
     storage: Storage = field(default_factory=Storage)
@@ -332,7 +379,36 @@ class ServeConfig:
             bad("metrics_port", "must differ from grpc_port and http_port")
         if s.colocate and s.num_gpus > 0:
             bad("colocate", "co-located inference runs in the ingress replica, which reserves no GPU; set num_gpus=0")
+        self._validate_security(bad)
         return self
+
+    def _validate_security(self, bad: Callable[[str, str], None]) -> None:
+        f, sec = self.frontend, self.security
+        if bool(sec.tls_cert) != bool(sec.tls_key):
+            bad("tls_key" if sec.tls_cert else "tls_cert", "TLS needs both tls_cert and tls_key")
+        if sec.tls_ca and not sec.tls_cert:
+            bad("tls_ca", "mutual TLS needs tls_cert and tls_key too (the server's own certificate)")
+        if sec.tls_cert:
+            import ssl
+
+            try:  # the pair must match and parse: a bad file is one line at start, not a failed replica
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(sec.tls_cert, sec.tls_key)
+            except (ssl.SSLError, OSError) as exc:
+                bad("tls_key", f"does not load with tls_cert {sec.tls_cert!r} ({getattr(exc, 'reason', None) or exc})")
+            if sec.tls_ca:
+                try:
+                    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(sec.tls_ca)
+                except (ssl.SSLError, OSError) as exc:
+                    bad("tls_ca", f"is not a usable CA bundle ({getattr(exc, 'reason', None) or exc})")
+            if f.grpc_frontend != "native":
+                bad("tls_cert", "TLS is served by the native frontend; Ray Serve 2.60's gRPC proxy has no TLS option "
+                                "(grpc_frontend 'serve'): terminate TLS in a proxy in front of it instead")
+        if sec.tls_ca and f.http_port:
+            bad("tls_ca", "the HTTP door cannot require client certificates (Ray Serve 2.60's HTTP proxy offers "
+                          "no client-certificate option): set http_port 0, or terminate mutual TLS in a proxy")
+        if (f.api_token or sec.tokens_file) and not sec.tls_cert and not sec.insecure and not is_loopback(f.host):
+            bad("host", "an API token on a plaintext listener beyond loopback would travel in clear text: "
+                        "give tls_cert and tls_key (--tls-cert/--tls-key), or set insecure (--insecure) to accept that")
 
     # ------------------------------------------------------------------------------------------------------
     @classmethod
@@ -374,6 +450,16 @@ class ServeConfig:
     @property
     def grpc_address(self) -> str:
         return f"{self.frontend.host}:{self.frontend.grpc_port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an IP literal, IPv6 possibly in brackets) is a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _copy(v: Any) -> Any:

@@ -30,6 +30,11 @@ safe to repeat (handles are content-addressed; seeded samples are deterministic)
 before its first frame arrived. An UNAVAILABLE the server marks "do not retry" (gRPC pushback: its handle
 store is down, which only the store's return mends) comes back at once. `retries=0` turns this off.
 
+TLS: `LatentClient(target, tls=ClientTls(ca="ca.pem"))` verifies the server's certificate against `ca` (`tls=True`:
+the system's roots); with `cert` and `key` too the client presents its certificate (mutual TLS). A failed
+handshake (wrong CA, no client certificate where one is required) is UnavailableError, like a server that is
+down; a wrong or revoked token is UnauthenticatedError.
+
 Which server answered: `client.last_server` is the `ServerInfo(node, replica)` (Ray node id and Serve
 replica id, services/observability/identity.py) from the trailing metadata of the last call that finished (None when the
 server sent none), for debugging placement behind a load balancer.
@@ -51,7 +56,8 @@ from __future__ import annotations
 
 from latentserve.client.calls import AsyncLatentClient, LatentClient
 from latentserve.client.augment import augment_chunk, build_augment_request
-from latentserve.client.connection import CHANNEL_OPTIONS, DEFAULT_RETRIES, DEFAULT_TARGET, error_from_rpc, retry_options
+from latentserve.client.connection import (CHANNEL_OPTIONS, DEFAULT_RETRIES, DEFAULT_TARGET, ClientTls, error_from_rpc,
+                                           retry_options)
 from latentserve.client.files import (IMAGE_SUFFIXES, load_image, load_latents, make_grid, parse_ref, parse_weights,
                                       save_latents, save_png)
 from latentserve.client.messages import (IMAGE_FORMATS, INTERPOLATION_METHODS, SAMPLE_SOURCES, build_decode_request,
@@ -64,6 +70,7 @@ from latentserve.client.results import (AugmentChunk, EditResult, EncodeResult, 
 from latentserve.metadata import ServerInfo
 
 __all__ = [
+    "ClientTls",
     "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "GateInfo", "HandleStoreInfo",
     "EncodeResult",
     "SampleResult", "EditResult", "Frame", "PathSummary", "AugmentChunk", "ServerInfo", "DEFAULT_TARGET",

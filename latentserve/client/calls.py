@@ -8,8 +8,9 @@ from typing import Any
 import grpc
 
 from latentserve.client.augment import augment_chunk, build_augment_request
-from latentserve.client.connection import (CHANNEL_OPTIONS, DEFAULT_RETRIES, DEFAULT_TARGET, _answered_by,
-                                           _check_client_args, _metadata, error_from_rpc, retry_options)
+from latentserve.client.connection import (CHANNEL_OPTIONS, DEFAULT_RETRIES, DEFAULT_TARGET, ClientTls, _answered_by,
+                                           _check_client_args, _metadata, error_from_rpc, make_channel,
+                                           retry_options)
 from latentserve.client.messages import (IMAGE_FORMATS, _check_model, _version, build_decode_request,
                                          build_edit_request, build_encode_request, build_interpolate_request,
                                          build_sample_request, encode_result, frame_from_proto, images_from_protos,
@@ -26,12 +27,12 @@ class LatentClient:
 
     def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float | None = 30.0,
                  app_name: str | None = None, options: Sequence[tuple[str, Any]] = (),
-                 retries: int = DEFAULT_RETRIES) -> None:
+                 retries: int = DEFAULT_RETRIES, tls: ClientTls | bool | None = None) -> None:
         _check_client_args(target, timeout)
         self.target, self.timeout = target, timeout
         self._metadata = _metadata(token, app_name)
-        self._channel = grpc.insecure_channel(
-            target, options=list(CHANNEL_OPTIONS) + retry_options(retries) + list(options))
+        self._channel = make_channel(target, list(CHANNEL_OPTIONS) + retry_options(retries) + list(options), tls,
+                                     aio=False)
         self._stub = pb_grpc.LatentServiceStub(self._channel)
         self._models: dict[tuple[str, int], ModelInfo] = {}
         self.last_server: ServerInfo | None = None  # who answered the last finished call (module docstring)
@@ -183,12 +184,12 @@ class AsyncLatentClient:
 
     def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float | None = 30.0,
                  app_name: str | None = None, options: Sequence[tuple[str, Any]] = (),
-                 retries: int = DEFAULT_RETRIES) -> None:
+                 retries: int = DEFAULT_RETRIES, tls: ClientTls | bool | None = None) -> None:
         _check_client_args(target, timeout)
         self.target, self.timeout = target, timeout
         self._metadata = _metadata(token, app_name)
-        self._channel = grpc.aio.insecure_channel(
-            target, options=list(CHANNEL_OPTIONS) + retry_options(retries) + list(options))
+        self._channel = make_channel(target, list(CHANNEL_OPTIONS) + retry_options(retries) + list(options), tls,
+                                     aio=True)
         self._stub = pb_grpc.LatentServiceStub(self._channel)
         self.last_server: ServerInfo | None = None
 

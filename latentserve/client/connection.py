@@ -3,6 +3,8 @@ latentserve.errors (see latentserve/client/__init__.py for the behaviour these p
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 
 import grpc
 
@@ -96,6 +98,53 @@ def _metadata(token: str | None, app_name: str | None) -> tuple[tuple[str, str],
     if app_name:
         md.append(("application", app_name))  # Ray Serve's gRPC proxy routes on it when several apps run
     return tuple(md)
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """TLS of a client's channel. `ca`: PEM (bytes) or a PEM file path the server's certificate must chain to
+    (None: the system's roots); `cert` + `key`: the client's own certificate and key, for a server that asks
+    for one (mutual TLS); `server_name`: the name to verify the server's certificate against instead of the
+    target's host (e.g. a load balancer's address with the servers' own name)."""
+
+    ca: bytes | str | os.PathLike | None = None
+    cert: bytes | str | os.PathLike | None = None
+    key: bytes | str | os.PathLike | None = None
+    server_name: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ValidationError("tls: a client certificate needs its key (cert and key go together)")
+        return grpc.ssl_channel_credentials(root_certificates=_pem(self.ca, "ca"),
+                                            private_key=_pem(self.key, "key"),
+                                            certificate_chain=_pem(self.cert, "cert"))
+
+    def options(self) -> list[tuple[str, str]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def _pem(value: bytes | str | os.PathLike | None, what: str) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        with open(os.path.expanduser(os.fspath(value)), "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ValidationError(f"tls {what}: cannot read {os.fspath(value)!r} ({exc.strerror or exc})") from None
+    if b"-----BEGIN " not in data:
+        raise ValidationError(f"tls {what}: {os.fspath(value)!r} is not a PEM file")
+    return data
+
+
+def make_channel(target: str, options: list, tls: "ClientTls | bool | None", aio: bool = False):
+    """A plaintext channel (tls None/False), or a TLS one (True: the system's roots; a ClientTls)."""
+    module = grpc.aio if aio else grpc
+    if not tls:
+        return module.insecure_channel(target, options=options)
+    tls = ClientTls() if tls is True else tls
+    if not isinstance(tls, ClientTls):
+        raise ValidationError(f"tls must be a ClientTls, True or None, got {type(tls).__name__}")
+    return module.secure_channel(target, tls.credentials(), options=options + tls.options())
 
 
 def _check_client_args(target: str, timeout: float | None) -> None:

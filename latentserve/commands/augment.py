@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from latentserve.commands.models import add_client_options, resolve_target, resolve_token
+from latentserve.commands.models import add_client_options, resolve_target, resolve_tls, resolve_token
 
 # Reconnect quickly once a restarted server listens again (grpc's default backoff grows to 120 s).
 RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 250), ("grpc.max_reconnect_backoff_ms", 2000))
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec = load_spec_file(args.spec)  # every local check before contacting the server
     with LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app,
-                      options=RECONNECT_OPTIONS) as client:
+                      options=RECONNECT_OPTIONS, tls=resolve_tls(args)) as client:
         job = AugmentJob(client, spec, args.out, allow_weak_knobs=args.allow_weak_knobs)
         bars: list = []
 

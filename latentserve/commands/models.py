@@ -1,6 +1,6 @@
 """`latentserve models [NAME]`: the models a server serves (a table), or one model's details.
 
-Also owns the connection options every client command shares (--target/-t, --token, --timeout, --app) and the
+Also owns the connection options every client command shares (--target/-t, --token, --timeout, --app, --tls-*) and the
 one place LATENTSERVE_TARGET / LATENTSERVE_TOKEN are read: `add_client_options(parser)` and `connect(args)`.
 Only argparse and os at module level; the gRPC client is imported inside the functions that need it.
 """
@@ -22,6 +22,13 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token", default=None, help=f"API token, sent as 'authorization: Bearer' (default: ${TOKEN_ENV})")
     g.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds (default 30)")
     g.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
+    g.add_argument("--tls-ca", default=None, metavar="PEM",
+                   help="connect with TLS, verifying the server's certificate against this CA bundle")
+    g.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="with --tls-key: this client's certificate, for a server that requires one (mutual TLS)")
+    g.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
+    g.add_argument("--tls-server-name", default=None, metavar="NAME",
+                   help="verify the server's certificate for NAME instead of the target's host")
 
 
 def resolve_target(args: argparse.Namespace) -> str:
@@ -33,11 +40,24 @@ def resolve_token(args: argparse.Namespace) -> str | None:
     return token or None
 
 
+def resolve_tls(args: argparse.Namespace):
+    """A ClientTls for the --tls-* options, None without them (plaintext)."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    from latentserve.client import ClientTls
+    from latentserve.errors import ValidationError
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValidationError("--tls-cert and --tls-key go together (the client certificate and its key)")
+    return ClientTls(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, server_name=args.tls_server_name)
+
+
 def connect(args: argparse.Namespace):
     """A LatentClient for the parsed connection options."""
     from latentserve.client import LatentClient
 
-    return LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app)
+    return LatentClient(resolve_target(args), token=resolve_token(args), timeout=args.timeout, app_name=args.app,
+                        tls=resolve_tls(args))
 
 
 def add_version_option(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,9 @@ Serves every generative model of the repository (default: the bundled one) on gR
 and on HTTP/JSON with the latent explorer page (default http://127.0.0.1:8000/, `--http-port 0` = off), prints
 the addresses and blocks until Ctrl-C / SIGTERM, then shuts Serve and Ray down cleanly. Flags override
 LATENTSERVE_* environment variables (services/config.py), which override defaults. The API token is taken
-from LATENTSERVE_API_TOKEN only, never from the command line (it would show in `ps`).
+from LATENTSERVE_API_TOKEN only, never from the command line (it would show in `ps`); named tokens come from
+a file (--tokens-file). TLS: --tls-cert/--tls-key (gRPC and HTTPS), --tls-ca (mutual TLS on gRPC); a token
+on a plaintext listener beyond loopback is refused unless --insecure (README, "TLS and tokens").
 
 Default frontend "native": each ingress replica runs its own gRPC server with the models in-process (no
 Serve proxy is started); `--frontend serve` puts Ray Serve's gRPC proxy in front instead (see
@@ -87,6 +89,20 @@ def register(sub) -> None:
                    help="log one line per request in the replica logs (off by default: it costs CPU)")
     p.add_argument("--reflection", choices=("open", "auth", "off"), default=None,
                    help="gRPC server reflection: auth (default) = needs the API token when one is set, open, off")
+    tls = p.add_argument_group("TLS and client identity (services/access.py; README 'TLS and tokens')")
+    tls.add_argument("--tls-cert", default=None, metavar="PEM",
+                     help="certificate chain: gRPC and the HTTP door speak TLS (with --tls-key; env LATENTSERVE_TLS_CERT)")
+    tls.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert (env LATENTSERVE_TLS_KEY)")
+    tls.add_argument("--tls-ca", default=None, metavar="PEM",
+                     help="mutual TLS: gRPC clients must present a certificate signed by this CA; its CN names them "
+                          "(needs --http-port 0: Ray Serve's HTTP proxy cannot ask for client certificates)")
+    tls.add_argument("--tokens-file", default=None, metavar="FILE",
+                     help="named API tokens, one 'NAME TOKEN' per line, re-read when it changes (removing a line "
+                          "revokes the token); LATENTSERVE_API_TOKEN stays valid as the client 'default'")
+    tls.add_argument("--tokens-reload", type=float, default=None, metavar="S",
+                     help="seconds between checks of the tokens file for changes (default 2)")
+    tls.add_argument("--insecure", action="store_true", default=None,
+                     help="allow an API token on a plaintext listener beyond loopback (it travels in clear text)")
     p.add_argument("--ray-address", default="local",
                    help="Ray cluster to use: 'local' starts a new one (default), 'auto' joins a running one")
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
@@ -108,6 +124,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         "direct_ingress": args.direct_ingress, "proxy_grpc_port": args.proxy_port, "access_log": args.access_log,
         "grpc_frontend": args.frontend, "grpc_transport": args.grpc_transport, "drain_period_s": args.drain_period,
         "metrics_port": args.metrics_port, "reflection": args.reflection,
+        # paths made absolute here: Ray's workers (the serving processes, the HTTP proxy) run elsewhere
+        **{name: _absolute(getattr(args, name)) for name in ("tls_cert", "tls_key", "tls_ca", "tokens_file")},
+        "tokens_reload_s": args.tokens_reload, "insecure": args.insecure,
     }
     if args.fast:
         out.update(colocate=True, direct_ingress=True)
@@ -123,6 +142,28 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return out
 
 
+def _absolute(path: str | None) -> str | None:
+    import os
+
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+# settings whose errors name their flag too (`serve config: tls_cert=...` -> `--tls-cert (tls_cert)=...`)
+FLAGS = {"tls_cert": "--tls-cert", "tls_key": "--tls-key", "tls_ca": "--tls-ca", "tokens_file": "--tokens-file",
+         "tokens_reload_s": "--tokens-reload", "host": "--host", "http_port": "--http-port"}
+
+
+def flag_named(exc: Exception) -> Exception:
+    """`exc` (a config ValidationError) with its setting named by its flag, for the one-line CLI error."""
+    from latentserve.errors import ValidationError
+
+    msg = str(exc)
+    for name, flag in FLAGS.items():
+        if msg.startswith(f"serve config: {name}=") or msg.startswith(f"serve config: {name}:"):
+            return ValidationError(f"{flag} ({name}){msg[len('serve config: ') + len(name):]}")
+    return exc
+
+
 def run(args: argparse.Namespace) -> int:
     import os
     import signal
@@ -133,7 +174,12 @@ def run(args: argparse.Namespace) -> int:
                                           ray_env, served_models, start_options)
     from latentserve.services.config import load_config
 
-    config = load_config(overrides_from_args(args))
+    from latentserve.errors import ValidationError
+
+    try:
+        config = load_config(overrides_from_args(args))
+    except ValidationError as exc:
+        raise flag_named(exc) from None
     models = served_models(config)  # fail before starting Ray when the repository has nothing to serve
     transport = ""
     if config.frontend.grpc_frontend == "native" and args.ray_address == "local":
@@ -200,13 +246,17 @@ def run(args: argparse.Namespace) -> int:
         listed = ", ".join(f"{name} v{v}" for name, v in models.items())
         how = (f"native gRPC frontend{', transport ' + transport if transport else ''}" if native
                else "Serve gRPC proxy" + (", co-located" if config.scaling.colocate else ""))
-        print(f"latentserve: serving {listed} ({config.served.backend}, {how}"
-              f"{', API token required' if config.frontend.api_token else ''})")
+        sec = config.security
+        auth = ", ".join(x for x in ("mutual TLS" if sec.tls_ca else "TLS" if sec.tls_cert else "",
+                                     "API token required" if config.frontend.api_token or sec.tokens_file else "") if x)
+        print(f"latentserve: serving {listed} ({config.served.backend}, {how}{', ' + auth if auth else ''})",
+              flush=True)
         services = "latentserve.v1.LatentService, grpc.health.v1.Health" + (", reflection" if native else "")
         print(f"latentserve: gRPC listening on {config.frontend.host}:{config.frontend.grpc_port} ({services}); Ctrl-C to stop",
               flush=True)
         if config.frontend.http_port:
-            print(f"latentserve: HTTP/JSON API and latent explorer at http://{config.frontend.host}:"
+            scheme = "https" if sec.tls_cert else "http"
+            print(f"latentserve: HTTP/JSON API and latent explorer at {scheme}://{config.frontend.host}:"
                   f"{config.frontend.http_port}/ (API docs: /docs)", flush=True)
         if exporter is not None:
             print(f"latentserve: metrics at {exporter.url} (latentserve_* and Ray's ray_* series)", flush=True)

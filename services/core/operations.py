@@ -25,7 +25,6 @@ Semantics decided here (documented for clients in the proto):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import math
 import time
@@ -33,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from latentserve.errors import LatentServeError, UnauthenticatedError, ValidationError
+from latentserve.errors import LatentServeError, ValidationError
 from latentserve.models import class_check, gates
 from latentserve.models.conditional import move_holding, set_factor_holding
 from latentserve.models.latent import PCA_KNOB_PREFIX, latents_under_labels, lerp, slerp
 from latentserve.services.augment import spec as augment_spec
 from latentserve.services.augment import stream as augment_stream
+from latentserve.services.access import Access
 from latentserve.services.config import ServeConfig
 from latentserve.services.core import images as imgs
 from latentserve.services.core import latent_ops as lops
@@ -55,19 +55,6 @@ logger = logging.getLogger("ray.serve")
 # images as the spec names them -> output formats
 AUGMENT_FORMATS = {"png": imgs.PNG, "jpeg": imgs.JPEG, "uint8": imgs.RAW_UINT8, "float32": imgs.RAW_FLOAT32}
 AUGMENT_PLANS_KEPT = 8
-
-
-def check_token(expected: str, authorization: str) -> None:
-    """The API token check (no token configured = open): `authorization` is the caller's
-    'Bearer <token>' (latentserve/metadata.py), compared in constant time."""
-    if not expected:
-        return
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
-        raise UnauthenticatedError(
-            "missing or wrong API token: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"
-            if authorization else "missing API token: send 'authorization: Bearer <token>' (gRPC metadata or HTTP header)"
-        )
 
 
 def _knob_name(name: str) -> str:
@@ -95,6 +82,7 @@ class LatentOperations:
 
     def __init__(self, config: ServeConfig, pool: ModelPool, store: LatentStore, cache: Any) -> None:
         self.config = config
+        self.access = Access.from_config(config)  # the doors' per-call token / client-certificate check
         self.pool = pool
         self.store = store
         self.cache = cache

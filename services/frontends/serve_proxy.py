@@ -29,7 +29,7 @@ class LatentIngress(LatentServiceHandlers):
         metrics.replica_up(INGRESS_NAME, ops.pool.default_versions)
         super().__init__(ops, replica_identity())
         logger.info("latentserve ingress up: models %s, backend %s, frontend serve, colocate=%s, auth=%s",
-                    ops.pool.default_versions, cfg.served.backend, handles is None, bool(cfg.frontend.api_token))
+                    ops.pool.default_versions, cfg.served.backend, handles is None, ops.access.tokens_required)
 
     async def stats(self) -> dict:
         """Request counts, handle store size and every model's batch statistics (a Serve handle call)."""

@@ -30,6 +30,7 @@ CACHE_COUNTERS = ("hits", "misses", "bypasses", "errors", "writes", "write_drops
 
 _lock = threading.Lock()
 _metrics: "_Metrics | None" = None  # set by setup(); None = recording disabled in this process
+_access_log = False  # setup(): one log line per request (ServeConfig access_log), with or without metrics
 _directory = ""
 
 
@@ -41,9 +42,10 @@ def _define(registry: Any = None) -> dict[str, Any]:
 
     kw = {"registry": registry} if registry is not None else {}
     return {
-        "requests": Counter(PREFIX + "requests", "gRPC requests of LatentService by RPC, model, version and status "
-                            "code (model/version empty when the request named no served model)",
-                            ["rpc", "model", "version", "code"], **kw),
+        "requests": Counter(PREFIX + "requests", "gRPC requests of LatentService by RPC, model, version, status "
+                            "code (model/version empty when the request named no served model) and client (a "
+                            "configured token name, 'default' for api_token, else 'anonymous': services/access.py)",
+                            ["rpc", "model", "version", "code", "client"], **kw),
         "latency": Histogram(PREFIX + "request_duration_seconds", "Server-side duration of LatentService RPCs "
                              "(all status codes)", ["rpc", "model"], buckets=LATENCY_BUCKETS, **kw),
         "images": Counter(PREFIX + "images", "Images returned to clients (Decode, Sample, Edit, Interpolate "
@@ -115,7 +117,8 @@ def exported_names() -> set[str]:
 def setup(config: Any) -> bool:
     """Turn recording on in this process, into `config.observability.metrics_dir` (no-op when it is ""). Idempotent; a
     process records into one directory only (a second, different one is ignored with a warning)."""
-    global _metrics, _directory
+    global _metrics, _directory, _access_log
+    _access_log = bool(config.frontend.access_log)
     directory = config.observability.metrics_dir
     if not directory:
         return False
@@ -166,10 +169,11 @@ class _Metrics:
 class RequestRecord:
     """What one RPC did, filled in by whichever layers handle it and emitted once by the outermost one."""
 
-    __slots__ = ("rpc", "model", "version", "code", "images", "t0", "model_fixed")
+    __slots__ = ("rpc", "model", "version", "code", "images", "t0", "model_fixed", "client", "client_label")
 
     def __init__(self, rpc: str) -> None:
         self.rpc = rpc
+        self.client = self.client_label = "anonymous"  # note_client: who called (services/access.py)
         self.model = ""
         self.version = ""
         self.code = "OK"
@@ -184,8 +188,8 @@ _current: contextvars.ContextVar[RequestRecord | None] = contextvars.ContextVar(
 def begin_request(rpc: str) -> tuple[RequestRecord | None, Any]:
     """(record, token): token is not None when this call started the record (the caller must `end_request`).
     An inner layer (the ingress handler under the native server's wrapper) gets the outer record and None.
-    (None, None) when recording is off."""
-    if _metrics is None:
+    (None, None) when neither metrics nor the access log are on."""
+    if _metrics is None and not _access_log:
         return None, None
     rec = _current.get()
     if rec is not None:
@@ -202,13 +206,30 @@ def end_request(rec: RequestRecord | None, token: Any) -> None:
         _current.reset(token)
     except ValueError:  # an async generator finished in another context (e.g. closed by the GC)
         pass
+    if _access_log:
+        logger.info("request %s model=%s version=%s code=%s client=%s %.1f ms", rec.rpc, rec.model or "-",
+                    rec.version or "-", rec.code, rec.client, 1000 * (time.perf_counter() - rec.t0))
     m = _metrics
     if m is None:
         return
-    m.child("requests", rec.rpc, rec.model, rec.version, rec.code).inc()
+    m.child("requests", rec.rpc, rec.model, rec.version, rec.code, rec.client_label).inc()
     m.child("latency", rec.rpc, rec.model).observe(time.perf_counter() - rec.t0)
     if rec.images and rec.code == "OK":
         m.child("images", rec.rpc, rec.model, rec.version).inc(rec.images)
+
+
+def note_client(name: str, label: str) -> None:
+    """The current request's caller: `name` for the log, `label` (bounded: services/access.py metric_name) for
+    the metrics."""
+    rec = _current.get()
+    if rec is not None:
+        rec.client, rec.client_label = name, label
+
+
+def current_client() -> str:
+    """The current request's caller as noted ("" outside a recorded request), for log lines."""
+    rec = _current.get()
+    return rec.client if rec is not None else ""
 
 
 def note_status(code: str) -> None:

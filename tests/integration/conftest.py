@@ -259,13 +259,14 @@ class ServeInfo:
         return "direct" if self.config.frontend.direct_ingress else self.config.frontend.grpc_frontend
 
 
-def wait_serving(target: str, timeout_s: float = 60.0, metadata=None) -> None:
-    """Poll grpc.health.v1 Check until SERVING (raises TimeoutError with the last error)."""
+def wait_serving(target: str, timeout_s: float = 60.0, metadata=None, credentials=None) -> None:
+    """Poll grpc.health.v1 Check until SERVING (raises TimeoutError with the last error); `credentials`: a TLS
+    server's (grpc.ssl_channel_credentials)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline, last = time.time() + timeout_s, None
-    with grpc.insecure_channel(target) as ch:
+    with (grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.time() < deadline:
             try:
@@ -393,7 +394,7 @@ def cli(serve_app, capsys):
 
 @pytest.fixture
 def extra_app(serve_app):
-    """`deploy(name, frontend=None, **overrides) -> (target, metadata, config)`: another app on the session's
+    """`deploy(name, frontend=None, credentials=None, **overrides) -> (target, metadata, config)`: another app on the session's
     Serve instance, from the session config with `overrides` (frontend: "native" | "serve", default the
     session's). Native apps listen on a port of their own; serve-frontend apps are reached through Serve's
     gRPC proxy with `application` metadata. Every app deployed is deleted when the test ends, then the
@@ -406,7 +407,7 @@ def extra_app(serve_app):
         pytest.skip("extra apps need the native frontend or Serve's proxy (direct ingress serves one app per port)")
     deployed: list[str] = []
 
-    def deploy(name: str, frontend: str | None = None, **overrides):
+    def deploy(name: str, frontend: str | None = None, credentials=None, **overrides):
         frontend = frontend or serve_app.config.frontend.grpc_frontend
         native = frontend == "native"
         if not native and serve_app.proxy_target is None:
@@ -418,7 +419,7 @@ def extra_app(serve_app):
         deployed.append(name)
         target = f"127.0.0.1:{port}" if native else serve_app.proxy_target
         metadata = () if native else (("application", name),)
-        wait_serving(target, metadata=metadata or None)
+        wait_serving(target, metadata=metadata or None, credentials=credentials)
         return target, metadata, cfg
 
     try:

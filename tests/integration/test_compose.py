@@ -220,6 +220,24 @@ def test_env_file_and_ray_token_secret(compose):
     assert ".env" in ignore and "secrets/" in ignore
 
 
+def test_tls_certificates_are_compose_secrets(compose):
+    """Every Ray node reads its certificate and key from compose secrets (never from the image or .env), so a
+    token never travels in clear text beyond loopback (the server refuses that at start); lb passes TLS through."""
+    files = {"tls_cert": "./secrets/tls/server.crt", "tls_key": "./secrets/tls/server.key", "tls_ca": "./secrets/tls/ca.crt"}
+    for name, default in files.items():
+        assert default_of(compose["secrets"][name]["file"]) == default
+    for name in RAY_SERVICES:
+        svc = compose["services"][name]
+        secrets = [s if isinstance(s, str) else s["source"] for s in svc.get("secrets") or []]
+        assert set(files) <= set(secrets), f"{name} lacks the TLS secrets"
+        env = environment(svc)
+        assert env["LATENTSERVE_TLS_CERT"] == "/run/secrets/tls_cert" and env["LATENTSERVE_TLS_KEY"] == "/run/secrets/tls_key"
+        assert "LATENTSERVE_INSECURE" not in env  # plaintext with a token is the operator's explicit choice
+    cfg = (DEPLOY / "haproxy.cfg").read_text()
+    assert "bind :9000 ssl" not in cfg and "bind :8000 ssl" not in cfg  # no TLS termination in lb: no key there
+    assert "check-ssl" in cfg  # the HTTPS door's health check speaks TLS
+
+
 def _redis_text(svc: dict) -> str:
     cmd = svc["command"]
     return " ".join(cmd) if isinstance(cmd, list) else cmd
@@ -468,7 +486,14 @@ def test_serve_yaml_import_path_resolves():
         assert callable(getattr(m, fn))
 
 
-def test_serve_deploy_applies_env_over_args(serve_deploy, tmp_path):
+@pytest.fixture
+def server_certificate(tls_certs, tmp_path) -> dict[str, str]:
+    """LATENTSERVE_TLS_CERT / _KEY of a certificate made now (tests/tls_certs.py), as compose's secrets give them."""
+    pair = tls_certs.CA(tmp_path / "pki").server()
+    return {"LATENTSERVE_TLS_CERT": str(pair.cert), "LATENTSERVE_TLS_KEY": str(pair.key)}
+
+
+def test_serve_deploy_applies_env_over_args(serve_deploy, tmp_path, server_certificate):
     from latentserve.errors import ValidationError
 
     repo = fake_repo(tmp_path / "repo", {"m-gan": ("gan", [1, 2]), "m-probe": ("probe", [1])})
@@ -477,7 +502,12 @@ def test_serve_deploy_applies_env_over_args(serve_deploy, tmp_path):
            "LATENTSERVE_API_TOKEN": "s3cret", "LATENTSERVE_REDIS_URL": "redis://:pw@redis:6379/0",
            "LATENTSERVE_REDIS_CACHE_URL": "redis://:pw@redis-cache:6379/0",
            "LATENTSERVE_UNRELATED": "x"}
+    with pytest.raises(ValidationError, match="host='0.0.0.0'.*clear text"):  # a token, 0.0.0.0 and no TLS
+        serve_deploy.render(doc, env)
+    env.update(server_certificate)
     out, config, models = serve_deploy.render(doc, env)
+    assert out["http_options"]["ssl_certfile"] == env["LATENTSERVE_TLS_CERT"]  # the HTTP door speaks HTTPS too
+    assert out["http_options"]["ssl_keyfile"] == env["LATENTSERVE_TLS_KEY"]
     args = serve_deploy.find_app(out)["args"]
     assert args["repository"] == str(repo) and args["replicas"] == 3 and args["grpc_port"] == 9100
     assert out["grpc_options"]["port"] == 9100
@@ -548,9 +578,10 @@ def test_serve_deploy_rejects_bad_configs(serve_deploy, tmp_path):
         serve_deploy.find_app({"applications": [{"import_path": "other:app"}]})
 
 
-def test_serve_deploy_dry_run_cli(tmp_path):
+def test_serve_deploy_dry_run_cli(tmp_path, server_certificate):
     repo = fake_repo(tmp_path / "repo", {"g": ("gan", [1])})
-    env = {**os.environ, "LATENTSERVE_REPOSITORY": str(repo), "LATENTSERVE_API_TOKEN": "tok-xyz"}
+    env = {**os.environ, "LATENTSERVE_REPOSITORY": str(repo), "LATENTSERVE_API_TOKEN": "tok-xyz",
+           **server_certificate}
     proc = subprocess.run([sys.executable, str(DEPLOY / "serve_deploy.py"), "--config", str(DEPLOY / "serve.yaml"),
                            "--dry-run"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"latentserve": "latentserve", "models": "latentserve.models", "services": "latentserve.services"}
 SERVICE_LAYERS = {
     "latentserve.services.config": 0,
+    "latentserve.services.access": 0,
     "latentserve.services.observability": 1,
     "latentserve.services.storage": 1,
     "latentserve.services.augment": 1,

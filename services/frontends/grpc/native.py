@@ -32,11 +32,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from latentserve import errors
 from latentserve.errors import OverloadedError, UnauthenticatedError, UnavailableError
-from latentserve.metadata import AUTHORIZATION_KEY
 from latentserve.services.config import ServeConfig
-from latentserve.services.core.operations import LatentOperations, check_token
+from latentserve.services.access import Access
+from latentserve.services.core.operations import LatentOperations
 from latentserve.services.frontends.grpc import transport as grpc_transport
-from latentserve.services.frontends.grpc.servicer import INGRESS_NAME, SERVICE_NAME, LatentServiceHandlers
+from latentserve.services.frontends.grpc.servicer import (INGRESS_NAME, SERVICE_NAME, LatentServiceHandlers,
+                                                          authorization, cert_name)
 from latentserve.services.frontends.grpc.status import StatusSet, set_status
 from latentserve.services.observability import metrics
 from latentserve.v1 import latent_pb2 as pb
@@ -193,21 +194,18 @@ class LatentServicer:
         return handler
 
 
-def _reflection_servicer(names: list[str], token: str) -> Any:
-    """grpc's asyncio reflection servicer; with `token`, a stream without `authorization: Bearer <token>`
-    ends UNAUTHENTICATED before any answer (what a server exposes is for its clients only)."""
+def _reflection_servicer(names: list[str], access: Access | None) -> Any:
+    """grpc's asyncio reflection servicer; with `access` (tokens or client certificates required), a stream
+    that does not pass its check ends UNAUTHENTICATED before any answer (what a server exposes is for its
+    clients only)."""
     servicer = reflection.aio.ReflectionServicer(names)
-    if not token:
+    if access is None or not (access.tokens_required or access.require_cert):
         return servicer
     inner = servicer.ServerReflectionInfo
 
     async def guarded(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
-        sent = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == AUTHORIZATION_KEY:
-                sent = value if isinstance(value, str) else value.decode("latin-1")
         try:
-            check_token(token, sent)
+            access.authenticate(authorization(context), cert_name(context))
         except UnauthenticatedError as exc:
             context.set_code(grpc.StatusCode.UNAUTHENTICATED)
             context.set_details(str(exc))
@@ -385,10 +383,13 @@ class NativeGrpcServer:
         # the asyncio servicer for either transport (enable_server_reflection picks by the server's class)
         if self.config.frontend.reflection != "off":
             names = [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-            token = self.config.frontend.api_token if self.config.frontend.reflection == "auth" else ""
-            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_reflection_servicer(names, token), server)
+            access = Access.from_config(self.config) if self.config.frontend.reflection == "auth" else None
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_reflection_servicer(names, access), server)
+        # the private health port stays plaintext on loopback (Serve's probe); with mutual TLS the handlers
+        # refuse LatentService calls that came without a client certificate, i.e. through it
         _, self.private_port = await grpc_transport.listen(
-            server, [_bind_address(self.config.frontend.host, self.port), "127.0.0.1:0"])
+            server, [_bind_address(self.config.frontend.host, self.port), "127.0.0.1:0"],
+            [grpc_transport.ServerTls.from_config(self.config), None])
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -703,7 +704,7 @@ class NativeServing:
         self.server.start()
         logger.info("latentserve native gRPC server on %s:%d (private health port %d): models %s, backend %s, "
                     "auth=%s", config.frontend.host, config.frontend.grpc_port, self.server.private_port,
-                    self.ops.pool.default_versions, config.served.backend, bool(config.frontend.api_token))
+                    self.ops.pool.default_versions, config.served.backend, self.ops.access.tokens_required)
 
     async def stats(self) -> dict:
         """The operations' statistics plus the gRPC server's (run on the server loop: the state is its own)."""

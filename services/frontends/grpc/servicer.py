@@ -4,7 +4,8 @@ status codes through status.py. The same handlers serve every gRPC door: the nat
 the grpc++ or grpc.aio transport) and Ray Serve's gRPC proxy (serve_proxy.py), which pass a grpc.aio-like
 context or Serve's `grpc_context`.
 
-Per call, whatever the door: the API token is checked (authorization metadata; health needs none), the
+Per call, whatever the door: the API token and, with mutual TLS, the client certificate are checked
+(services/access.py; authorization metadata; health needs none), the caller's name noted for logs and metrics, the
 answering replica is named in the trailing metadata (latentserve/metadata.py), the call is counted and
 recorded in the metrics. A request never crashes the replica: unary RPCs answer with the status set on the
 context; streaming RPCs raise `StatusSet` after setting it.
@@ -19,7 +20,7 @@ from grpc_health.v1 import health_pb2
 
 from latentserve.errors import NotFoundError
 from latentserve.metadata import AUTHORIZATION_KEY, REQUEST_ID_KEY
-from latentserve.services.core.operations import LatentOperations, check_token
+from latentserve.services.core.operations import LatentOperations
 from latentserve.services.frontends.grpc import codec
 from latentserve.services.frontends.grpc.status import StatusSet, set_status, status_for
 from latentserve.services.observability import metrics
@@ -27,6 +28,30 @@ from latentserve.v1 import latent_pb2 as pb
 
 SERVICE_NAME = "latentserve.v1.LatentService"
 INGRESS_NAME = "LatentIngress"  # the Serve deployment that answers LatentService, in both frontends
+
+
+def authorization(grpc_context: Any) -> str:
+    """The call's `authorization` metadata value ('' when absent)."""
+    for key, v in (grpc_context.invocation_metadata() or ()) if grpc_context is not None else ():
+        if key == AUTHORIZATION_KEY:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return ""
+
+
+def cert_name(grpc_context: Any) -> str | None:
+    """The CN of the client's verified TLS certificate ('' when it has none), None when the call came without
+    one (plaintext, TLS without client certificates, or a context without `auth_context`, like Serve's)."""
+    auth = getattr(grpc_context, "auth_context", None)
+    if auth is None:
+        return None
+    try:
+        props = auth() or {}
+    except Exception:  # noqa: BLE001 - a context that cannot tell: no certificate
+        return None
+    if not props.get("x509_pem_cert") and not props.get("x509_common_name"):
+        return None
+    cn = props.get("x509_common_name") or [b""]
+    return cn[0].decode("utf-8", "replace") if isinstance(cn[0], bytes) else str(cn[0])
 
 
 class LatentServiceHandlers:
@@ -40,13 +65,13 @@ class LatentServiceHandlers:
 
     # -- per-call plumbing --------------------------------------------------------------------------------
     def _authorize(self, grpc_context: Any) -> None:
-        value = ""
-        if self.config.frontend.api_token and grpc_context is not None:
-            for key, v in grpc_context.invocation_metadata():
-                if key == AUTHORIZATION_KEY:
-                    value = v if isinstance(v, str) else v.decode("latin-1")
-                    break
-        check_token(self.config.frontend.api_token, value)
+        """The token / client-certificate check (services/access.py); notes the caller's name for the call's
+        log lines and metrics."""
+        access = self.ops.access
+        if not (access.tokens_required or access.require_cert):
+            return  # open server: every caller is "anonymous" (the record's default)
+        name = access.authenticate(authorization(grpc_context), cert_name(grpc_context))
+        metrics.note_client(name, access.metric_name(name))
 
     def _identify(self, grpc_context: Any) -> str:
         """A new request id; the trailing metadata names it and this replica."""

@@ -37,7 +37,8 @@ def set_status(grpc_context: Any, exc: BaseException, rpc: str, request_id: str 
     the call's request id, which the handlers also send in the trailing metadata, so a caller's report of a
     failure finds its log line), recorded in the call's metrics."""
     code, message = status_for(exc)
-    tag = f" [request {request_id}]" if request_id else ""
+    client = metrics.current_client()
+    tag = (f" [request {request_id}]" if request_id else "") + (f" [client {client}]" if client else "")
     if code == grpc.StatusCode.INTERNAL:
         logger.error("%s failed%s", rpc, tag, exc_info=(type(exc), exc, exc.__traceback__))
         if request_id:

@@ -19,6 +19,8 @@ import asyncio
 import inspect
 import logging
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import grpc
@@ -60,6 +62,32 @@ def resolve(transport: str) -> str:
                                f"({import_error() or 'not built'}): install Debian's libgrpc++-dev and reinstall "
                                "latentserve (scripts/install.sh), or set grpc_transport to 'grpcio' or 'auto'")
     return "grpcio"
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """What a TLS listener presents and asks for: its certificate chain and key (PEM bytes) and, for mutual
+    TLS, the CA bundle client certificates must be signed by (None: no client certificate is asked for)."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "ServerTls | None":
+        """From `ServeConfig.security` (files read now, in the serving process); None without tls_cert."""
+        sec = config.security
+        if not sec.tls_cert:
+            return None
+
+        def read(path: str) -> bytes:
+            return Path(path).expanduser().read_bytes()
+
+        return cls(read(sec.tls_cert), read(sec.tls_key), read(sec.tls_ca) if sec.tls_ca else None)
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
+                                           require_client_auth=self.ca is not None)
 
 
 def make_server(transport: str, options: Sequence[tuple[str, int]]) -> Any:
@@ -130,15 +158,17 @@ def _parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(stream, None, handler.response_serializer)
 
 
-async def listen(server: Any, addresses: Sequence[str]) -> list[int]:
-    """Bind every address and start serving: the bound ports, in order. UnavailableError when one is taken."""
+async def listen(server: Any, addresses: Sequence[str], tls: Sequence[ServerTls | None] = ()) -> list[int]:
+    """Bind every address (the i-th with TLS `tls[i]` when given and not None, else plaintext) and start
+    serving: the bound ports, in order. UnavailableError when one is taken."""
+    tls = list(tls) + [None] * (len(addresses) - len(tls))
     if isinstance(server, CompiledServer):
-        return await server.listen(addresses)
+        return await server.listen(addresses, tls)
     server = getattr(server, "_server", server)  # AioServer -> the grpc.aio server
     ports = []
-    for address in addresses:
+    for address, t in zip(addresses, tls):
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_secure_port(address, t.grpc_credentials()) if t else server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...") on a taken port
             raise UnavailableError(f"cannot listen on {address}: {exc} (is another program using the port?)") from None
         if not port:
@@ -156,10 +186,12 @@ class ServicerContext:
     """The grpc.aio ServicerContext methods our handlers and grpc's health/reflection servicers call."""
 
     __slots__ = ("_server", "_id", "_metadata", "_deadline", "_peer", "_code", "_details", "_trailing", "_task",
-                 "_messages", "_unsent", "_write_ready", "_broken", "_finished", "_serialize", "_cancelled")
+                 "_messages", "_unsent", "_write_ready", "_broken", "_finished", "_serialize", "_cancelled", "_cn")
 
-    def __init__(self, server: "CompiledServer", call_id: int, metadata: tuple, timeout_s: float, peer: str) -> None:
+    def __init__(self, server: "CompiledServer", call_id: int, metadata: tuple, timeout_s: float, peer: str,
+                 cert_cn: str | None = None) -> None:
         self._server, self._id, self._metadata, self._peer = server, call_id, metadata, peer
+        self._cn = cert_cn  # the verified client certificate's CN; None: the client presented none
         self._deadline = None if timeout_s < 0 else time.monotonic() + timeout_s
         self._code: grpc.StatusCode = grpc.StatusCode.OK
         self._details = ""
@@ -177,6 +209,12 @@ class ServicerContext:
 
     def peer(self) -> str:
         return self._peer
+
+    def auth_context(self) -> dict:
+        """grpc's auth context, as far as the handlers read it: the client certificate's CN (when it sent one)."""
+        if self._cn is None:
+            return {}
+        return {"x509_common_name": [self._cn.encode()], "transport_security_type": [b"ssl"]}
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
@@ -272,12 +310,13 @@ class CompiledServer:
         return handler
 
     # -- lifecycle ---------------------------------------------------------------------------------------
-    async def listen(self, addresses: Sequence[str]) -> list[int]:
+    async def listen(self, addresses: Sequence[str], tls: Sequence[ServerTls | None]) -> list[int]:
         ext = compiled_transport()
         streaming = [m for m, h in self._methods.items() if h.request_streaming]
         self._new, self._message, self._half_close = ext.NEW, ext.MESSAGE, ext.HALF_CLOSE
         self._cancel, self._written = ext.CANCEL, ext.WRITTEN
-        transport = ext.Transport(list(addresses), self._options, streaming)
+        pems = [(t.cert.decode(), t.key.decode(), (t.ca or b"").decode()) if t else ("", "", "") for t in tls]
+        transport = ext.Transport(list(addresses), self._options, streaming, pems)
         try:
             ports = transport.start()
         except RuntimeError as exc:
@@ -326,12 +365,12 @@ class CompiledServer:
                     ctx._task.cancel()
 
     def _begin(self, call_id: int, method: str, data: bytes | None, metadata: tuple, timeout_s: float,
-               peer: str) -> None:
+               peer: str, cert_cn: str | None) -> None:
         handler = self._handler(method, metadata)
         if handler is None:
             self.transport.reply(call_id, None, grpc.StatusCode.UNIMPLEMENTED.value[0], f"Method not found: {method}", [])
             return
-        ctx = ServicerContext(self, call_id, metadata, timeout_s, peer)
+        ctx = ServicerContext(self, call_id, metadata, timeout_s, peer, cert_cn)
         ctx._serialize = handler.response_serializer or _identity
         if handler.request_streaming:
             ctx._messages = asyncio.Queue()

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import latentserve
 from latentserve.errors import OverloadedError, PayloadTooLargeError
-from latentserve.services.core.operations import LatentOperations, check_token
+from latentserve.services.core.operations import LatentOperations
 from latentserve.services.frontends.http import convert
 from latentserve.services.frontends.http import schemas as s
 from latentserve.services.frontends.http.errors import error_body, failure, validation_message
@@ -55,6 +55,7 @@ def wants_png(request: Request) -> bool:
 
 def build_api(ops: LatentOperations) -> FastAPI:
     config = ops.config
+    access = ops.access  # tokens (services/access.py); the door cannot ask for client certificates
     app = FastAPI(title="latentserve", version=latentserve.__version__, responses=ERRORS,
                   description="Encode, decode, sample, interpolate and edit with latent generative image models "
                               "(the HTTP/JSON door of latentserve; the same operations as latentserve.v1 over "
@@ -99,7 +100,9 @@ def build_api(ops: LatentOperations) -> FastAPI:
             if capacity and admitted[0] > capacity:
                 raise OverloadedError(f"server is at capacity ({capacity} calls: max_ongoing_requests + "
                                       "max_queued_requests), retry later")
-            check_token(config.frontend.api_token, request.headers.get("authorization", ""))
+            if access.tokens_required:
+                name = access.authenticate(request.headers.get("authorization", ""))
+                metrics.note_client(name, access.metric_name(name))
             work = run()
             result = await (asyncio.wait_for(work, timeout_s) if timeout_s else work)
             return answer(result)
@@ -205,7 +208,7 @@ def build_api(ops: LatentOperations) -> FastAPI:
     async def healthz():
         """Open (probes carry no token); `auth` tells the page whether to ask for one before calling the API;
         `handles` whether issued handles survive a restart of the store (as ModelInfo.handle_store)."""
-        return {"status": "SERVING", "auth": bool(config.frontend.api_token), "handles": ops.store.describe()}
+        return {"status": "SERVING", "auth": access.tokens_required, "handles": ops.store.describe()}
 
     @app.get("/", include_in_schema=False)
     async def index():

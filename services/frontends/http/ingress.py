@@ -31,7 +31,7 @@ class HttpIngress:
         self.ops = LatentOperations.open(cfg, models, remote=handles)
         metrics.replica_up(HTTP_INGRESS_NAME, self.ops.pool.default_versions)
         logger.info("latentserve HTTP ingress up: models %s, auth=%s", self.ops.pool.default_versions,
-                    bool(cfg.frontend.api_token))
+                    self.ops.access.tokens_required)
 
     def __serve_build_asgi_app__(self):
         return build_api(self.ops)

@@ -15,6 +15,7 @@
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/auth_context.h>
 #include <grpcpp/security/server_credentials.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -41,6 +43,9 @@ namespace {
 enum EventKind : int { kNew = 0, kMessage = 1, kHalfClose = 2, kCancel = 3, kWritten = 4 };
 
 using Metadata = std::vector<std::pair<std::string, std::string>>;
+// Per listening address: (certificate chain PEM, private key PEM, client CA PEM). An empty chain = plaintext;
+// a CA = mutual TLS (clients must present a certificate it signed, verified by grpc before any call).
+using Tls = std::tuple<std::string, std::string, std::string>;
 
 struct Event {
   Event(int kind_, uint64_t id_) : kind(kind_), id(id_) {}
@@ -51,6 +56,8 @@ struct Event {
   std::string method;               // kNew
   std::string peer;                 // kNew
   Metadata metadata;                // kNew
+  std::optional<std::string> cert_cn;  // kNew on a TLS port: the verified client certificate's CN ("" without
+                                       // a CN); none when the client presented no certificate
   double timeout_s = -1.0;          // kNew: seconds left before the client's deadline, -1: none
 };
 
@@ -119,9 +126,10 @@ class Service : public grpc::CallbackGenericService {
 class Transport {
  public:
   Transport(std::vector<std::string> addresses, std::vector<std::pair<std::string, int>> int_args,
-            std::vector<std::string> streaming_methods)
+            std::vector<std::string> streaming_methods, std::vector<Tls> tls)
       : addresses_(std::move(addresses)), int_args_(std::move(int_args)),
-        streaming_(streaming_methods.begin(), streaming_methods.end()), service_(this) {
+        streaming_(streaming_methods.begin(), streaming_methods.end()), tls_(std::move(tls)), service_(this) {
+    for (const auto& t : tls_) secure_ = secure_ || !std::get<0>(t).empty();
     efd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd_ < 0) throw std::runtime_error("eventfd failed");
   }
@@ -161,7 +169,7 @@ class Transport {
     for (const auto& [name, value] : int_args_) builder.AddChannelArgument(name, value);
     std::vector<int> ports(addresses_.size(), 0);
     for (size_t i = 0; i < addresses_.size(); ++i)
-      builder.AddListeningPort(addresses_[i], grpc::InsecureServerCredentials(), &ports[i]);
+      builder.AddListeningPort(addresses_[i], Credentials(i), &ports[i]);
     builder.RegisterCallbackGenericService(&service_);
     if (!sender_.joinable()) sender_ = std::thread([this] { SendLoop(); });
     server_ = builder.BuildAndStart();
@@ -210,6 +218,17 @@ class Transport {
     watchdog.join();
   }
 
+  std::shared_ptr<grpc::ServerCredentials> Credentials(size_t i) const {
+    if (i >= tls_.size() || std::get<0>(tls_[i]).empty()) return grpc::InsecureServerCredentials();
+    const auto& [chain, key, ca] = tls_[i];
+    grpc::SslServerCredentialsOptions opts(ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                                                      : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    opts.pem_root_certs = ca;
+    opts.pem_key_cert_pairs.push_back({key, chain});
+    return grpc::SslServerCredentials(opts);
+  }
+
+  bool secure() const { return secure_; }
   int fileno() const { return efd_; }
   bool stopping() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -304,6 +323,8 @@ class Transport {
   std::vector<std::string> addresses_;
   std::vector<std::pair<std::string, int>> int_args_;
   std::set<std::string> streaming_;
+  std::vector<Tls> tls_;
+  bool secure_ = false;  // some port speaks TLS: calls carry their client certificate's CN
   Service service_;
   std::unique_ptr<grpc::Server> server_;
   int efd_ = -1;
@@ -331,6 +352,13 @@ Event Call::NewCallEvent() {
   Event ev{kNew, id_};
   ev.method = ctx_->method();
   ev.peer = ctx_->peer();
+  if (t_->secure()) {
+    auto auth = ctx_->auth_context();
+    if (auth && !auth->FindPropertyValues("x509_pem_cert").empty()) {
+      auto cn = auth->FindPropertyValues("x509_common_name");
+      ev.cert_cn = cn.empty() ? std::string() : std::string(cn[0].data(), cn[0].size());
+    }
+  }
   for (const auto& [k, v] : ctx_->client_metadata())
     ev.metadata.emplace_back(std::string(k.data(), k.size()), std::string(v.data(), v.size()));
   auto deadline = ctx_->deadline();
@@ -481,7 +509,8 @@ py::list Poll(Transport& t) {
           py::object value = binary ? py::object(py::bytes(v)) : py::object(py::str(v));
           md[j] = py::make_tuple(py::str(k), value);
         }
-        out[i++] = py::make_tuple(ev.kind, ev.id, py::str(ev.method), data, md, ev.timeout_s, py::str(ev.peer));
+        py::object cn = ev.cert_cn ? py::object(py::str(*ev.cert_cn)) : py::object(py::none());
+        out[i++] = py::make_tuple(ev.kind, ev.id, py::str(ev.method), data, md, ev.timeout_s, py::str(ev.peer), cn);
         break;
       }
       case kMessage:
@@ -508,8 +537,11 @@ PYBIND11_MODULE(_grpc_transport, m) {
   m.attr("WRITTEN") = static_cast<int>(kWritten);
   m.attr("GRPC_VERSION") = grpc::Version();
   py::class_<Transport>(m, "Transport")
-      .def(py::init<std::vector<std::string>, std::vector<std::pair<std::string, int>>, std::vector<std::string>>(),
-           py::arg("addresses"), py::arg("int_args"), py::arg("streaming_methods"))
+      .def(py::init<std::vector<std::string>, std::vector<std::pair<std::string, int>>, std::vector<std::string>,
+                    std::vector<Tls>>(),
+           py::arg("addresses"), py::arg("int_args"), py::arg("streaming_methods"), py::arg("tls"),
+           "tls: per address (certificate chain PEM, key PEM, client CA PEM); an empty chain = plaintext, a CA = "
+           "mutual TLS")
       .def("start", &Transport::Start, py::call_guard<py::gil_scoped_release>(),
            "bind every address, start serving; the bound port of each address")
       .def("shutdown", &Transport::Shutdown, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>(),

@@ -81,3 +81,22 @@ def _check_gan_mixed(served):
         assert s.images.shape == (4, 32, 32, 3)
         enc = c.encode("modes-gan-mixed", load_dataset("modes", n_train=1, n_test=2).test.images)
         assert enc.latents.shape == (2, 8) and (enc.labels == 0).all()
+
+
+def test_tradeoff_table_command_runs_tiny(tmp_path, capsys):
+    """`latentserve latent-report --tradeoff --quick` end to end (2 steps, tiny nets, two variants): the table,
+    its JSON and markdown."""
+    import json
+
+    from latentserve.cli import main
+
+    rc = main(["latent-report", "--tradeoff", "--quick", "--tradeoff-data", "modes", "--tradeoff-variants",
+               "gan_mixed,vae_ar", "--tradeoff-steps", "2", "--tradeoff-samples", "24", "--tradeoff-runs",
+               str(tmp_path / "runs"), "--json", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "md")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "gan_mixed" in out and "vae_ar" in out and "/100" in out
+    table = json.loads((tmp_path / "t.json").read_text())["tradeoff"]
+    assert [r["variant"] for r in table["rows"]] == ["gan_mixed", "vae_ar"]
+    ar = table["rows"][1]
+    assert ar["bits_per_dim"] > 0 and ar["modes"]["modes"] == 100 and table["rows"][0]["bits_per_dim"] is None
+    assert "| modes | vae_ar | 1 |" in (tmp_path / "md" / "tradeoff.md").read_text()

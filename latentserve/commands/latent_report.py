@@ -63,6 +63,7 @@ def register(sub) -> None:
                    help="data sets: modes, shapes (default both)")
     t.add_argument("--tradeoff-variants", default="gan,gan_mixed,vae,vae_ar,flow,flow_hybrid", metavar="V[,V...]",
                    help="variants (default all six)")
+    t.add_argument("--tradeoff-batch", type=positive_int, default=64, help="training batch size (default 64)")
     t.add_argument("--tradeoff-samples", type=positive_int, default=1000, help="samples judged per model (default 1000)")
     t.add_argument("--tradeoff-runs", default="runs/tradeoff", metavar="DIR",
                    help="training runs (reused when finished with the same settings) and DIR/repo (default runs/tradeoff)")
@@ -152,7 +153,7 @@ def _tradeoff_settings(args: argparse.Namespace):
     except ValueError:
         raise ValidationError(f"--tradeoff-seeds must be integers separated by commas, got {args.tradeoff_seeds!r}") from None
     split = lambda text: tuple(v.strip() for v in text.split(",") if v.strip())  # noqa: E731
-    quick = dict(n_train=100, n_test=40, batch_size=16) if args.quick else {}
+    quick = dict(n_train=100, n_test=40, batch_size=16) if args.quick else {"batch_size": args.tradeoff_batch}
     return TradeoffSettings(steps=args.tradeoff_steps, seeds=seeds, data=split(args.tradeoff_data),
                             variants=split(args.tradeoff_variants), n_samples=args.tradeoff_samples,
                             quick=args.quick, runs=args.tradeoff_runs, threads=args.threads, **quick)

@@ -143,9 +143,13 @@ def compute_gates(family: str, metrics: Mapping | None, knobs: Iterable[str] | N
         targets.append(_target("flow.bits_per_dim", RULES["flow.bits_per_dim"], flow.get("bits_per_dim"), DIRECT,
                                "test bits/dim, conditional on the true class"))
     knob_info = {}
+    shares = _get(src, "knob_judged_share") or {}
     for k in offered:
         r2 = _num(knob_r2.get(k))
-        knob_info[k] = {"r2": r2, "usable": r2 is None or r2 >= usable_bar(k), "source": source, "judge": judge}
+        # no R² although the judge tried the knob (a kept share is recorded): too few moved samples were judged
+        # their class to fit one, which is worse than a low R², not "not measured"
+        usable = r2 >= usable_bar(k) if r2 is not None else _num(shares.get(k)) is None
+        knob_info[k] = {"r2": r2, "usable": usable, "source": source, "judge": judge}
     return {"judge": judge, "passed": all(t["passed"] for t in targets), "targets": targets, "knobs": knob_info}
 
 
@@ -192,18 +196,26 @@ def format_table(title: str, gates: Mapping) -> str:
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     for k, info in (gates.get("knobs") or {}).items():
         if not info["usable"]:
-            lines.append(f"  knob {k}: judged R2 {_fmt(info['r2'])} < {usable_bar(k):g}: refused unless "
-                         "a request sets allow_weak_knobs")
+            lines.append(f"  knob {k}: {_weak_reason(k, info)}: refused unless a request sets allow_weak_knobs")
     return "\n".join(lines)
 
 
 def refuse_weak_knob(model: str, version: int, knob: str, knobs: Mapping[str, Mapping], allow: bool) -> None:
     """ValidationError when the gate judged `knob` unusable and the request did not set allow_weak_knobs.
-    `knobs`: compute_gates(...)["knobs"]. A knob without a judged figure (old manifests, PCA) passes."""
+    `knobs`: compute_gates(...)["knobs"]. A knob the judge never tried (old manifests, PCA) is usable."""
     info = knobs.get(knob)
-    if allow or not info or info.get("usable", True) or _num(info.get("r2")) is None:
+    if allow or not info or info.get("usable", True):
         return
-    raise ValidationError(
-        f"knob {knob!r} of {model} v{version} is below its quality gate: R² {info['r2']:.2f} by the "
-        f"{info.get('judge') or 'unnamed'} judge (< {usable_bar(knob):g}); set allow_weak_knobs "
-        "(--allow-weak-knobs) to use it anyway")
+    r2 = _num(info.get("r2"))
+    judge = f"by the {info.get('judge') or 'unnamed'} judge"
+    why = (f"R² {r2:.2f} {judge} (< {usable_bar(knob):g})" if r2 is not None else
+           f"no R² {judge} (too few samples moved by it were judged their class)")
+    raise ValidationError(f"knob {knob!r} of {model} v{version} is below its quality gate: {why}; set "
+                          "allow_weak_knobs (--allow-weak-knobs) to use it anyway")
+
+
+def _weak_reason(knob: str, info: Mapping) -> str:
+    r2 = _num(info.get("r2"))
+    if r2 is None:
+        return "no judged R2 (too few samples moved by it were judged their class)"
+    return f"judged R2 {_fmt(r2)} < {usable_bar(knob):g}"

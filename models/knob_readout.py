@@ -23,6 +23,7 @@ READOUT_MAX_DIM = 256  # latent sizes up to this get read-outs (same threshold a
 READOUT_HIDDEN = 64  # MLP width: ~35 KB per knob for a 64-value latent
 SOLVE_GRID = 17  # odd: the middle point is a = 0 (no move)
 SOLVE_ITERATIONS = 12  # Illinois steps inside the grid cell: far below 1e-6 factor units on a smooth read-out
+SOLVE_TOLERANCE = 1e-6  # factor units: the steps stop early once every row is this close
 _ARRAY_NAMES = ("w0", "b0", "w1", "b1", "w2")
 
 
@@ -101,6 +102,8 @@ class Readout:
             g0 = np.where(same, g0 * 0.5, g1)
             a0 = np.where(same, a0, a1)
             a1, g1 = a, ga
+            if np.all(np.abs(ga) <= SOLVE_TOLERANCE):
+                break
         return np.where(found, a, target - vals[SOLVE_GRID // 2])
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:

@@ -5,7 +5,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bundle", help="train, export and evaluate the bundled default models (<= 20 min on 2 cores)",
+    p = sub.add_parser("bundle", help="train, export and evaluate the bundled default models (about an hour on 2 idle cores)",
                        description=__doc__)
     p.add_argument("--repo", default=None, help="model repository to export into (default: the bundled one)")
     p.add_argument("--runs", default="runs/bundle", help="where training runs and logs go (resumable)")

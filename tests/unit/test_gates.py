@@ -147,7 +147,16 @@ def test_usable_threshold_and_refusal_message():
     assert "(< 0.5)" in msg and "allow_weak_knobs" in msg
     gates.refuse_weak_knob("shapes-gan", 2, "scale", g["knobs"], allow=True)
     gates.refuse_weak_knob("shapes-gan", 2, "pca_0", g["knobs"], allow=False)  # no judged figure
-    gates.refuse_weak_knob("shapes-gan", 2, "x", {"x": {"r2": None, "usable": False}}, allow=False)
+    # the judge tried the knob but no moved sample was judged its class (a flow): refused, not "not measured"
+    m["judged"]["sources"]["prior"]["knob_r2"]["x"] = None
+    m["judged"]["sources"]["prior"]["knob_judged_share"]["x"] = 0.0
+    g = gates.compute_gates("gan", m)
+    assert not g["knobs"]["x"]["usable"] and g["knobs"]["x"]["r2"] is None
+    with pytest.raises(ValidationError, match="no R²"):
+        gates.refuse_weak_knob("shapes-gan", 2, "x", g["knobs"], allow=False)
+    # never tried (no share recorded either, as in older manifests): usable
+    del m["judged"]["sources"]["prior"]["knob_r2"]["x"], m["judged"]["sources"]["prior"]["knob_judged_share"]["x"]
+    assert gates.compute_gates("gan", m, knobs=["x"])["knobs"]["x"]["usable"]
 
 
 def test_failures_and_table_name_every_failed_target():

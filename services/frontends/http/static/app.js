@@ -212,7 +212,7 @@ function buildKnobs() {
     value.className = "value";
     value.textContent = "unchanged";
     if (k.usable === false) {
-      const r2 = k.r2_judged == null ? "not judged" : `judged R² ${Number(k.r2_judged).toFixed(2)}`;
+      const r2 = k.r2_judged == null ? "no judged R² (too few moved samples kept their class)" : `judged R² ${Number(k.r2_judged).toFixed(2)}`;
       label.title = `below its quality gate: ${r2}`;
       label.textContent += ` — ${r2}, below gate`;
     }

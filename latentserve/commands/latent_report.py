@@ -62,7 +62,8 @@ def register(sub) -> None:
     t.add_argument("--tradeoff-data", default="modes,shapes", metavar="D[,D...]",
                    help="data sets: modes, shapes (default both)")
     t.add_argument("--tradeoff-variants", default="gan,gan_mixed,vae,vae_ar,flow,flow_hybrid", metavar="V[,V...]",
-                   help="variants (default all six)")
+                   help="variants (default the six above; also gan_mr, gan_mr_mixed: the project's "
+                        "mode-regularised GAN recipe with each discriminator)")
     t.add_argument("--tradeoff-batch", type=positive_int, default=64, help="training batch size (default 64)")
     t.add_argument("--tradeoff-samples", type=positive_int, default=1000, help="samples judged per model (default 1000)")
     t.add_argument("--tradeoff-runs", default="runs/tradeoff", metavar="DIR",

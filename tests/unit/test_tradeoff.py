@@ -15,6 +15,8 @@ def test_variants_differ_only_in_what_they_name():
     assert family_args("gan", s) == ("gan", {"mode_reg": 0.0})
     assert family_args("gan_mixed", s) == ("gan", {"mode_reg": 0.0, "d_kind": "mixed"})
     assert family_args("vae_ar", s) == ("vae", {"decoder": "pixelcnn"})
+    assert family_args("gan_mr", s) == ("gan", {}) and family_args("gan_mr_mixed", s) == ("gan", {"d_kind": "mixed"})
+    assert "gan_mr" not in s.variants and len(s.variants) == 6
     assert family_args("flow_hybrid", s) == ("flow", {"adv_weight": 0.1, "adv_start": 300, "adv_ramp": 150})
     quick = TradeoffSettings(quick=True)
     assert "mix_set_size" not in family_args("gan", quick)[1] and "ar_width" not in family_args("vae", quick)[1]

@@ -10,7 +10,8 @@ Per (data set, variant, seed): train `steps` steps (batch `batch_size`), export 
   geometric judge (models/judges/geometric.py; on `modes` a sample is its class when it shows one of the modes);
 - class fidelity: the share of samples the judge calls the requested class;
 - precision / recall / coverage (Kynkäänniemi 2019, Naeem 2020) in the judge's measured factor space against
-  the real test images; a sample the judge rejects counts as outside every real neighbourhood;
+  the real test images; a sample the judge rejects counts as outside every real neighbourhood (recall is
+  computed on the accepted samples, 0 with too few of them);
 - on `modes`: modes recovered (>= a quarter of a uniform share of samples), KL(mode histogram || uniform).
 The variants differ only in what the table names; every other setting is the family's default (the plain
 GANs train without the reconstruction term, `mode_reg = 0`, so the discriminator alone decides coverage).
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from latentserve.errors import ValidationError
-from latentserve.models.coverage import prdc
+from latentserve.models.coverage import PRDC_K, prdc
 from latentserve.models.evaluate import _draw_fns, _latent_space, decoder_fn
 from latentserve.models.judges.geometric import PERIOD, judge_for
 from latentserve.models.judges.modes import mode_figures, mode_of
@@ -74,6 +75,9 @@ class TradeoffSettings:
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ValidationError(f"trade-off variants {bad} unknown; choose from {', '.join(VARIANTS)}")
+        bad = [v for v in self.extra if v not in VARIANTS]
+        if bad:
+            raise ValidationError(f"settings for unknown trade-off variants {bad}; choose from {', '.join(VARIANTS)}")
         bad = [d for d in self.data if d not in DATA_SETS]
         if bad:
             raise ValidationError(f"trade-off data sets {bad} unknown; choose from {', '.join(DATA_SETS)}")
@@ -135,8 +139,11 @@ def judged_figures(data, images_u8: np.ndarray, labels: np.ndarray) -> dict:
         return out, ok
 
     real_f, real_ok = feats(real, data.test.labels)
-    fake_f, _ = feats(fake, labels)
+    fake_f, fake_ok = feats(fake, labels)
     out = {"class_fidelity": float((fake.labels == labels).mean()), **prdc(real_f[real_ok], fake_f)}
+    # recall from the accepted samples only: rejected ones sit together at FAR, and the k-NN radius of the few
+    # accepted ones would then reach across everything
+    out["recall"] = prdc(real_f[real_ok], fake_f[fake_ok])["recall"] if fake_ok.sum() > PRDC_K else 0.0
     if data.name == "modes":
         ids, _ = mode_of(images_u8, data.config["grid"], data.config["colours"])
         out["modes"] = mode_figures(ids, data.info["n_modes"])

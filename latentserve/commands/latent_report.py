@@ -68,6 +68,8 @@ def register(sub) -> None:
     t.add_argument("--tradeoff-samples", type=positive_int, default=1000, help="samples judged per model (default 1000)")
     t.add_argument("--tradeoff-runs", default="runs/tradeoff", metavar="DIR",
                    help="training runs (reused when finished with the same settings) and DIR/repo (default runs/tradeoff)")
+    t.add_argument("--tradeoff-set", action="append", default=[], metavar="VARIANT.FIELD=VALUE",
+                   help="override a variant's family setting, e.g. vae_ar.aux_weight=10 (repeatable)")
     t.add_argument("--quick", action="store_true", help="tiny nets and data for the trade-off (tests; figures meaningless)")
     p.set_defaults(func=run)
 
@@ -155,7 +157,15 @@ def _tradeoff_settings(args: argparse.Namespace):
         raise ValidationError(f"--tradeoff-seeds must be integers separated by commas, got {args.tradeoff_seeds!r}") from None
     split = lambda text: tuple(v.strip() for v in text.split(",") if v.strip())  # noqa: E731
     quick = dict(n_train=100, n_test=40, batch_size=16) if args.quick else {"batch_size": args.tradeoff_batch}
-    return TradeoffSettings(steps=args.tradeoff_steps, seeds=seeds, data=split(args.tradeoff_data),
+    from latentserve.commands.train import parse_assignments
+
+    extra: dict = {}
+    for key, value in parse_assignments(args.tradeoff_set, "--tradeoff-set").items():
+        variant, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ValidationError(f"--tradeoff-set expects VARIANT.FIELD=VALUE, got {key!r}")
+        extra.setdefault(variant, {})[name] = value
+    return TradeoffSettings(extra=extra, steps=args.tradeoff_steps, seeds=seeds, data=split(args.tradeoff_data),
                             variants=split(args.tradeoff_variants), n_samples=args.tradeoff_samples,
                             quick=args.quick, runs=args.tradeoff_runs, threads=args.threads, **quick)
 

@@ -20,7 +20,8 @@ def test_variants_differ_only_in_what_they_name():
     assert family_args("flow_hybrid", s) == ("flow", {"adv_weight": 0.1, "adv_start": 300, "adv_ramp": 150})
     quick = TradeoffSettings(quick=True)
     assert "mix_set_size" not in family_args("gan", quick)[1] and "ar_width" not in family_args("vae", quick)[1]
-    for bad in (dict(variants=("gan", "wgan")), dict(data=("mnist",)), dict(seeds=()), dict(n_samples=3)):
+    for bad in (dict(variants=("gan", "wgan")), dict(data=("mnist",)), dict(seeds=()), dict(n_samples=3),
+                dict(extra={"wgan": {"z_dim": 8}})):
         with pytest.raises(ValidationError):
             TradeoffSettings(**bad)
 

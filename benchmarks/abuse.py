@@ -8,7 +8,7 @@ A server that leaks per call grows steadily here (the compiled transport's first
 one levels off within seconds.
 
     latentserve serve --port 9100 &
-    python benchmarks/abuse.py -t 127.0.0.1:9100 --server-pid $(pgrep -f "grpc.native --control-fd")
+    python benchmarks/abuse.py -t 127.0.0.1:9100 --server-pid $(pgrep -of "grpc.native --control-fd")
 """
 from __future__ import annotations
 

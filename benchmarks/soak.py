@@ -6,10 +6,10 @@ of the largest size the server allows (ModelInfo limits; `--guided-steps` iterat
 geodesic Interpolate, and bad input (a 30000x30000 PNG header, a truncated PNG, latents of 3e38, random
 bytes). The first `--warmup` seconds are warm-up (torch and the graphs load on the first gradient op);
 after that it samples the serving process's RSS every 10 s and reports the drift: last / first sample after
-warm-up, and the max. Every status code seen is counted; INTERNAL or UNKNOWN fail the run.
+warm-up, the max, and the medians and minima of 2-minute windows (RSS swings with the passes in flight). Every status code seen is counted; INTERNAL or UNKNOWN fail the run.
 
     latentserve serve --port 9100 &
-    python benchmarks/soak.py -t 127.0.0.1:9100 --server-pid $(pgrep -f "grpc.native --control-fd") --seconds 180
+    python benchmarks/soak.py -t 127.0.0.1:9100 --server-pid $(pgrep -of "grpc.native --control-fd") --seconds 180
 """
 from __future__ import annotations
 
@@ -122,6 +122,13 @@ async def main(a: argparse.Namespace) -> int:
     print(f"RSS after warm-up: first {samples[0]:.0f} MB, last {samples[-1]:.0f} MB, max {max(samples):.0f} MB; "
           f"drift {drift:+.1f}% (last/first), max {(max(samples) - samples[0]) / samples[0] * 100:+.1f}%; "
           f"calls {sum(counts.values())}, INTERNAL/UNKNOWN {bad}")
+    # RSS swings with the gradient passes in flight: medians and minima of 2-minute windows show the trend
+    windows = [samples[i:i + 12] for i in range(0, len(samples), 12) if len(samples[i:i + 12]) >= 6]
+    if len(windows) >= 2:
+        med = [sorted(w)[len(w) // 2] for w in windows]
+        low = [min(w) for w in windows]
+        print(f"2-minute windows: medians {' / '.join(map(str, med))} MB ({(med[-1] - med[0]) / med[0] * 100:+.1f}%), "
+              f"minima {' / '.join(map(str, low))} MB ({(low[-1] - low[0]) / low[0] * 100:+.1f}%)")
     return 1 if bad else 0
 
 

@@ -44,9 +44,17 @@ class DeadlineExceededError(LatentServeError):
 
 
 class UnavailableError(LatentServeError):
-    """A dependency (e.g. Redis for a handle) cannot be reached right now."""
+    """A dependency (e.g. Redis for a handle) cannot be reached right now.
+
+    `retry=False`: repeating the call at once cannot help (the server's dependency is down, not the server),
+    so the gRPC doors tell the client's retry policy not to retry it (grpc-retry-pushback-ms -1): the
+    caller hears UNAVAILABLE at once and decides."""
 
     kind = "unavailable"
+
+    def __init__(self, *args: object, retry: bool = True) -> None:
+        super().__init__(*args)
+        self.retry = retry
 
 
 class UnauthenticatedError(LatentServeError):

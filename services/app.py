@@ -10,7 +10,7 @@
     grpc_options(config) -> gRPCOptions          (Serve's gRPC proxy: port + servicer functions, or none)
 
 Frontend "native" (default): one `LatentIngress` deployment of NativeReplica bodies, each serving gRPC itself
-with every model in-process (frontends/grpc/native.py). Frontend "serve": Ray Serve's gRPC proxy routes to
+with every model in-process in its serving processes (frontends/grpc/replica.py, native.py). Frontend "serve": Ray Serve's gRPC proxy routes to
 the `LatentIngress` deployment (frontends/serve_proxy.py), which calls one `model-<name>` ModelServer
 deployment per model, or runs the models itself with `colocate`. Replicas, resources, autoscaling, queue
 limits and rollouts: docs/architecture.md, "Serving frontends" and "Deployments and rollouts".
@@ -31,7 +31,8 @@ from latentserve.models.repository import Repository
 from latentserve.services.config import ServeConfig, load_config
 from latentserve.services.core.model_server import ModelServer, model_deployment_name
 from latentserve.services.frontends.grpc.native import (AUTOSCALING_METRIC, NATIVE_GRACE_S,  # noqa: F401
-                                                        NATIVE_REPLACEMENT_WAIT_S, NativeReplica)
+                                                        NATIVE_REPLACEMENT_WAIT_S)
+from latentserve.services.frontends.grpc.replica import NativeReplica
 from latentserve.services.frontends.grpc.servicer import INGRESS_NAME
 from latentserve.services.frontends.http.ingress import HTTP_INGRESS_NAME, http_ingress, http_latent_ingress
 from latentserve.services.frontends.serve_proxy import LatentIngress

@@ -112,7 +112,7 @@ class Scaling:
     ingress_replicas: int = setting(1, "replicas of the LatentIngress deployment", lo=1, hi=1024)
     ingress_num_cpus: float = setting(0.5, "CPUs reserved per ingress replica", lo=0.0, hi=1024)
     max_ongoing_requests: int = setting(
-        128, "concurrent requests per replica; >= max_batch_size * max_concurrent_batches lets a model replica "
+        128, "concurrent requests per replica (native: per serving process); >= max_batch_size * max_concurrent_batches lets a model replica "
              "fill its batches from single-image requests", lo=1, hi=100_000)
     max_queued_requests: int = setting(256, "queued beyond that, per replica; full -> RESOURCE_EXHAUSTED; -1 = "
                                             "unbounded (0 would refuse every request that has to wait)",
@@ -152,6 +152,11 @@ class Frontend:
         10.0, "native: client connections are closed gracefully after this long (GOAWAY; clients reconnect "
               "without failing a call), so connections rebalance and a draining replica sheds them; 0 = never",
         lo=1.0, hi=86_400, also=(0, 0.0))
+    serving_processes: int = setting(
+        0, "native: serving processes per replica, each with the models in-process, sharing grpc_port "
+           "(SO_REUSEPORT) so one can die without refusing a connection; a dead one is restarted; 0 = 2 on a "
+           "node with >= 2 CPUs when handles live in Redis (redis_url), else 1 (an in-process handle store "
+           "is one process's)", lo=0, hi=64)
     reset_serving_niceness: bool = setting(
         True, "native: the serving process sets its nice value back to 0 (Ray starts workers at nice 15, where "
               "every normal-priority job on the node preempts the gRPC server); needs CAP_SYS_NICE, else a "
@@ -250,7 +255,8 @@ class Storage:
                                             lo=0.001, hi=60.0)
     redis_backoff_s: float = setting(0.2, "circuit breaker: first window Redis is skipped after a failure",
                                      lo=0.01, hi=600.0)
-    redis_backoff_max_s: float = setting(5.0, "... doubling per failed probe up to this", lo="redis_backoff_s",
+    redis_backoff_max_s: float = setting(0.5, "... doubling per failed probe up to this (a Redis that is back "
+                                              "is used again within about this long)", lo="redis_backoff_s",
                                          hi=3600.0)
     redis_key_prefix: str = setting("ls:", "namespace of every key (several deployments may share one Redis)",
                                     check=lambda v: _no_space(v) or ("at most 64 characters" if len(v) > 64 else ""))

@@ -27,7 +27,8 @@ connection was reset) are retried by gRPC itself, on a new connection, up to `re
 3, at most 4) with a randomized exponential backoff (0.1 s doubling, at most 1 s per wait), and gRPC's retry
 throttling stops retrying after ~50 failures in a row, so a dead service sees no retry storm. Every RPC is
 safe to repeat (handles are content-addressed; seeded samples are deterministic). A stream is retried only
-before its first frame arrived. `retries=0` turns this off.
+before its first frame arrived. An UNAVAILABLE the server marks "do not retry" (gRPC pushback: its handle
+store is down, which only the store's return mends) comes back at once. `retries=0` turns this off.
 
 Which server answered: `client.last_server` is the `ServerInfo(node, replica)` (Ray node id and Serve
 replica id, services/observability/identity.py) from the trailing metadata of the last call that finished (None when the
@@ -58,12 +59,13 @@ from latentserve.client.messages import (IMAGE_FORMATS, INTERPOLATION_METHODS, S
                                          build_sample_request, decode_image_bytes, frame_from_proto, image_from_proto, image_to_proto,
                                          images_from_protos, images_to_protos, latent_ref, latents_from_protos,
                                          latents_to_protos, model_info_from_proto)
-from latentserve.client.results import (AugmentChunk, EditResult, EncodeResult, FactorInfo, Frame, GateInfo, KnobInfo,
-                                        ModelInfo, PathSummary, SampleResult)
+from latentserve.client.results import (AugmentChunk, EditResult, EncodeResult, FactorInfo, Frame, GateInfo,
+                                        HandleStoreInfo, KnobInfo, ModelInfo, PathSummary, SampleResult)
 from latentserve.metadata import ServerInfo
 
 __all__ = [
-    "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "GateInfo", "EncodeResult",
+    "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "GateInfo", "HandleStoreInfo",
+    "EncodeResult",
     "SampleResult", "EditResult", "Frame", "PathSummary", "AugmentChunk", "ServerInfo", "DEFAULT_TARGET",
     "DEFAULT_RETRIES", "CHANNEL_OPTIONS", "IMAGE_FORMATS", "SAMPLE_SOURCES", "INTERPOLATION_METHODS", "IMAGE_SUFFIXES",
     "image_to_proto", "images_to_protos", "image_from_proto", "images_from_protos", "latents_to_protos",

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from latentserve.client.results import (EncodeResult, FactorInfo, Frame, GateInfo, KnobInfo, ModelInfo,
-                                        PathSummary, SampleResult)
+from latentserve.client.results import (EncodeResult, FactorInfo, Frame, GateInfo, HandleStoreInfo, KnobInfo,
+                                        ModelInfo, PathSummary, SampleResult)
 from latentserve.errors import UnrecoverableError, ValidationError
 from latentserve.models.class_check import requested_threshold
 from latentserve.v1 import latent_pb2 as pb
@@ -465,7 +465,9 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         default_class_check=round(float(m.default_class_check), 6),  # float32 on the wire
         default_class_checks={k: round(float(v), 6) for k, v in sorted(m.default_class_checks.items())},
         gates=tuple(GateInfo(g.name, g.value, g.threshold, g.op, g.passed, g.judge, g.detail) for g in m.gates),
-        gates_passed=m.gates_passed, judge=m.judge)
+        gates_passed=m.gates_passed, judge=m.judge,
+        handle_store=HandleStoreInfo(m.handle_store.backend, m.handle_store.durable, m.handle_store.detail)
+        if m.HasField("handle_store") else None)
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:

@@ -45,6 +45,15 @@ class GateInfo:
 
 
 @dataclass(frozen=True)
+class HandleStoreInfo:
+    """The server's latent handle store: where handles live and whether they survive its restart."""
+
+    backend: str  # "redis" | "memory" (in the serving process)
+    durable: bool  # issued handles survive a restart of the store (Redis with appendonly yes)
+    detail: str  # why not, when not durable ("" when durable)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Everything a client needs to use one model (GetModel / ListModels)."""
 
@@ -74,6 +83,7 @@ class ModelInfo:
     gates: tuple[GateInfo, ...] = ()  # quality targets (empty: a server without gates)
     gates_passed: bool = False
     judge: str = ""  # who judged the gates' figures ("" = never judged)
+    handle_store: HandleStoreInfo | None = None  # None: the server did not say (an older server)
 
     def class_check_for(self, source: str) -> float:
         """The threshold a Sample / Augment from `source` gets when it leaves the check unset (0 = off)."""

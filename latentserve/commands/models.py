@@ -92,6 +92,14 @@ def _gates_line(info) -> str:
     return f"{info.judge or 'no'} judge, gates {n_ok}/{len(info.gates)} passed"
 
 
+def _handles_line(info) -> str:
+    """'redis, durable' / 'memory, NOT durable: <why>' (or that the server does not say)."""
+    hs = info.handle_store
+    if hs is None:
+        return "not reported (the server predates it)"
+    return f"{hs.backend}, durable" if hs.durable else f"{hs.backend}, NOT durable: {hs.detail}"
+
+
 def _gate_value(g) -> str:
     return "not measured" if g.value != g.value else _fmt(g.value)  # NaN: not measured
 
@@ -106,6 +114,7 @@ def describe(info) -> str:
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
            f"  label check {_label_check(info)}",
            f"  quality     {_gates_line(info)}",
+           f"  handles     {_handles_line(info)}",
            f"  methods     {', '.join(info.interpolation_methods) or '-'}",
            f"  limits      {info.max_images_per_request or '?'} images/request, "
            f"{info.max_interpolation_steps or '?'} interpolation steps"]
@@ -158,4 +167,6 @@ def run(args: argparse.Namespace) -> int:
     print(_table(rows, ["MODEL", "VER", "FAMILY", "IMAGE", "D", "CLASSES", "KNOBS", "SOURCES", "JUDGE", "GATES"]))
     if any(_weak(k) for m in models for k in m.knobs):
         print("* below its quality gate: requests using it are refused unless they pass --allow-weak-knobs")
+    if models[0].handle_store is not None:  # one store per server
+        print(f"handles: {_handles_line(models[0])}")
     return 0

@@ -51,6 +51,9 @@ def register(sub) -> None:
     p.add_argument("--ingress-replicas", type=int, default=None,
                    help="gRPC ingress replicas (default 1); native frontend: serving replicas, each with every "
                         "model (they share --port via SO_REUSEPORT)")
+    p.add_argument("--serving-processes", type=int, default=None,
+                   help="native frontend: serving processes per replica sharing --port, a dead one restarted "
+                        "(default 0 = 2 on a node with >= 2 CPUs, else 1)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per replica (default 1)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved per model replica (default 1)")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")
@@ -95,7 +98,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     out = {
         "grpc_port": args.port, "host": args.host, "http_port": args.http_port, "repository": args.repo,
         "models": args.models, "backend": args.backend, "replicas": args.replicas,
-        "ingress_replicas": args.ingress_replicas, "intra_op_threads": args.threads, "num_cpus": args.num_cpus,
+        "ingress_replicas": args.ingress_replicas, "serving_processes": args.serving_processes,
+        "intra_op_threads": args.threads, "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus, "max_batch_size": args.max_batch_size,
         "preferred_batch_size": args.preferred_batch_size,
         "batch_wait_timeout_s": None if args.batch_wait_ms is None else args.batch_wait_ms / 1000.0,

@@ -119,17 +119,20 @@ def result_cache_hits(metrics_url: str) -> float:
                if s.name == "latentserve_cache_hits_total" and s.labels.get("cache") == "result")
 
 
-def start_redis(workdir: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
-    """A throw-away redis-server (no persistence) on `port` (0 = a free one) -> (process, URL)."""
+def start_redis(workdir: Path, port: int = 0, durable: bool = False) -> tuple[subprocess.Popen, str]:
+    """A throw-away redis-server on `port` (0 = a free one) -> (process, URL): no persistence, or with
+    `durable` as the handle Redis should run (AOF, every write synced, no eviction; its data in `workdir`
+    survives a restart there)."""
     import redis
 
     exe = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(exe).exists():
         raise NotFoundError("redis-server is not installed (mode redis); install it or use --cache-modes memory,off")
     port = port or free_port()
+    keep = (["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"] if durable else
+            ["--appendonly", "no", "--maxmemory-policy", "allkeys-lru"])
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-                             "--appendonly", "no", "--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru",
-                             "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
+                             *keep, "--maxmemory", "256mb", "--daemonize", "no", "--logfile", str(workdir / "redis.log")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.time() + 10
     while time.time() < deadline:

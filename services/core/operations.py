@@ -124,7 +124,7 @@ class LatentOperations:
 
     # -- models -------------------------------------------------------------------------------------------
     def _info(self, sv: ServedVersion) -> dict:
-        return {**sv.info, "versions": self.pool.repo.versions(sv.name)}
+        return {**sv.info, "versions": self.pool.repo.versions(sv.name), "handle_store": self.store.describe()}
 
     async def list_models(self, all_versions: bool = False) -> list[dict]:
         """ModelInfo fields of every served model (default version, or every version in the repository)."""
@@ -147,6 +147,7 @@ class LatentOperations:
     # -- Encode / Decode ----------------------------------------------------------------------------------
     async def encode(self, call: EncodeCall) -> Encoded:
         sv = await self.pool.version(call.model, call.version)
+        self._handles_writable(call.return_handles)
         n = len(call.images)
         self._count(n, "images")
         labels = np.full((n,), -1, dtype=np.int64)
@@ -192,6 +193,7 @@ class LatentOperations:
     # -- Sample -------------------------------------------------------------------------------------------
     async def sample(self, call: SampleCall) -> Generated:
         sv = await self.pool.version(call.model, call.version)
+        self._handles_writable(call.return_handles)
         fmt = imgs.check_format(call.format)
         source = check_source(call.source) or sv.info["default_sample_source"]
         guided = source == "guided"
@@ -335,6 +337,7 @@ class LatentOperations:
     async def interpolate(self, call: InterpolateCall) -> Path:
         a, b = call.a or Ref(), call.b or Ref()
         sv = await self._model_for_refs(call.model, call.version, [a, b], "ends")
+        self._handles_writable(call.return_handles)
         fmt = imgs.check_format(call.format)
         method = check_method(call.method)
         if method == "geodesic":
@@ -368,6 +371,7 @@ class LatentOperations:
     # -- Edit ---------------------------------------------------------------------------------------------
     async def edit(self, call: EditCall) -> Generated:
         sv = await self._model_for_refs(call.model, call.version, list(call.inputs), "inputs")
+        self._handles_writable(call.return_handles)
         fmt = imgs.check_format(call.format)
         self._count(len(call.inputs), "inputs")
         if not len(call.moves):
@@ -463,6 +467,11 @@ class LatentOperations:
             raise ValidationError(f"{what}: at least 1 required, got {n}")
         if n > cap:
             raise ValidationError(f"{what}: {n} is over the limit of {cap} per request (Limits.max_images_per_request)")
+
+    def _handles_writable(self, wanted: bool) -> None:
+        """A call that will store handles fails at once, before its work, while the store is known down."""
+        if wanted:
+            self.store.check_available("store handles")
 
     async def _handles_for(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray) -> list[str]:
         hs = [make_handle(sv.name, sv.version, z[i], int(labels[i])) for i in range(len(z))]

@@ -34,13 +34,14 @@ def open_stores(config: ServeConfig, check: bool = True,
     if storage.redis_url:
         backend = RedisBackend(storage.redis_url, role="handles", timeout_s=storage.redis_handle_timeout_s,
                                backoff_s=storage.redis_backoff_s, backoff_max_s=storage.redis_backoff_max_s)
-        durable = True
+        why_not = ""
         if check:
             backend.check(handles=True)
-            durable = not backend.persistence()  # unknown (CONFIG disabled, unreachable): assumed durable
-            metrics.handle_store_durable(durable)
+            why_not = backend.persistence()  # unknown (CONFIG disabled, unreachable): '', assumed durable
+            metrics.handle_store_durable(not why_not)
         store: LatentStore = RedisLatentStore(backend, ttl_s=storage.handle_ttl_s, prefix=storage.redis_key_prefix,
-                                              local_entries=storage.handle_store_size, durable=durable)
+                                              local_entries=storage.handle_store_size, durable=not why_not,
+                                              detail=why_not)
     else:
         store = InProcessLatentStore(config.storage.handle_store_size, ttl_s=config.storage.handle_ttl_s)
 

@@ -105,6 +105,17 @@ class LatentStore:
 
     kind = "abstract"
 
+    def describe(self) -> dict:
+        """What callers are told about the store (ModelInfo.handle_store): backend, durable (issued handles
+        survive a restart of the store), detail (why not; never an address)."""
+        return {"backend": self.kind, "durable": False,
+                "detail": "handles live in the serving process (no redis_url): lost when it restarts and unknown "
+                          "to other replicas"}
+
+    def check_available(self, what: str) -> None:
+        """UnavailableError at once when storing handles is known to fail now (a store whose backing service
+        is down), so a call that would end by storing some fails before doing its work; else nothing."""
+
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
         """Store (handle, latent (D,), label) triples; re-putting a handle refreshes it (LRU position, TTL)."""
         raise NotImplementedError

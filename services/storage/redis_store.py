@@ -113,6 +113,10 @@ class CircuitBreaker:
     def retry_in(self) -> float:
         return 0.0 if self.closed else max(0.0, self._open_until - self._clock())
 
+    def skipping(self) -> bool:
+        """Would a call now be skipped (open, and not yet time for the probe, or the probe is out)?"""
+        return not self.closed and (self._probing or self._clock() < self._open_until)
+
     def snapshot(self) -> dict:
         return {"state": "closed" if self.closed else ("half_open" if self._probing else "open"),
                 "opened": self.opened, "backoff_s": round(self._backoff, 3),
@@ -134,7 +138,7 @@ class RedisBackend:
     `role` ("handles" or "cache") only names it in logs and messages."""
 
     def __init__(self, url: str, role: str = "cache", timeout_s: float = 0.05, backoff_s: float = 0.2,
-                 backoff_max_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff_max_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValidationError(f"serve config: redis url must start with redis://, rediss:// or unix://, got {redact_url(str(url))!r}")
         if not timeout_s > 0:
@@ -251,7 +255,8 @@ class RedisBackend:
 
     def persistence(self, timeout_s: float = CHECK_TIMEOUT_S) -> str:
         """'' when this Redis persists writes (appendonly yes), else why handles would not survive its
-        restart (logged as a warning). Unknown (CONFIG disabled, unreachable): '' and nothing logged."""
+        restart, without the address (logged as a warning, with it). Unknown (CONFIG disabled, unreachable):
+        '' and nothing logged."""
         from redis import exceptions as rex
 
         client = self._make_client(timeout_s, sync=True)
@@ -266,10 +271,9 @@ class RedisBackend:
             return ""
         snapshots = f"RDB snapshots only (save {conf.get('save')!r}): handles since the last one" if conf.get("save") \
             else "no persistence at all: every handle"
-        msg = (f"redis: the handle Redis at {self.where} has appendonly no and {snapshots} would be lost if it "
-               f"restarts; run it with --appendonly yes (docker-compose.yml does)")
-        logger.warning(msg)
-        return msg
+        why = f"appendonly no and {snapshots} would be lost if it restarts; run it with --appendonly yes"
+        logger.warning("redis: the handle Redis at %s has %s (docker-compose.yml does)", self.where, why)
+        return f"the handle Redis has {why}"  # no address: callers see it (ModelInfo.handle_store)
 
     async def aclose(self) -> None:
         """Close the current loop's client (its pooled connections)."""
@@ -288,7 +292,7 @@ class RedisLatentStore(LatentStore):
     kind = "redis"
 
     def __init__(self, backend: RedisBackend, ttl_s: float = 7 * 86_400.0, prefix: str = "ls:",
-                 local_entries: int = 10_000, durable: bool = True) -> None:
+                 local_entries: int = 10_000, durable: bool = True, detail: str = "") -> None:
         if not ttl_s > 0:
             raise ValidationError(f"handle TTL must be > 0 s, got {ttl_s}")
         self.backend, self.ttl_s, self.prefix = backend, float(ttl_s), prefix
@@ -297,6 +301,7 @@ class RedisLatentStore(LatentStore):
         # after the epoch changed is reported as a lost handle, not an expired one. A local copy could answer
         # a handle that Redis lost (two replicas answering differently): it is kept only for a durable Redis.
         self.durable, self.epoch = bool(durable), ""
+        self.detail = "" if self.durable else (detail or "the handle Redis does not persist its data")
         if not self.durable:
             local_entries = 0
         self._ttl_ms = max(1, int(round(self.ttl_s * 1000)))
@@ -322,7 +327,7 @@ class RedisLatentStore(LatentStore):
         logger.warning("latent handle store: cannot %s: %s", what, exc)
         return UnavailableError(f"latent handle store unavailable ({exc.cause or 'no answer'}), cannot {what}; retry later"
                                 + (", or send latent values instead of handles" if what.startswith("resolve") else
-                                   ", or call without return_handles"))
+                                   ", or call without return_handles"), retry=False)
 
     def _saw_epoch(self, value: Any) -> bool:
         """Note the store's epoch as read on a round trip; True when it changed since this replica last saw
@@ -351,6 +356,16 @@ class RedisLatentStore(LatentStore):
             + (f" (or lost, if issued before the handle store was last reset at {when})" if when else
                " (or lost: the handle store has issued no handle since it last started empty)" if not self.epoch else "")
             + "; send the latent values instead")
+
+    def describe(self) -> dict:
+        return {"backend": self.kind, "durable": self.durable, "detail": self.detail}
+
+    def check_available(self, what: str) -> None:
+        if self.backend.breaker.skipping():
+            self._add(bypasses=1)
+            metrics.handle_stores("unavailable", 1)
+            raise UnavailableError(f"latent handle store unavailable (not answering; retrying shortly), cannot "
+                                   f"{what}; retry later, or call without return_handles", retry=False)
 
     async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
         if not items:

@@ -178,7 +178,8 @@ def test_openapi_schema_docs_page_and_health(server):
     docs = requests.get(server.url + "docs", timeout=30)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     health = requests.get(server.url + "healthz", timeout=30).json()
-    assert health == {"status": "SERVING", "auth": bool(server.token)}
+    assert health["status"] == "SERVING" and health["auth"] == bool(server.token)
+    assert set(health["handles"]) == {"backend", "durable", "detail"}
     page = requests.get(server.url, timeout=30)
     assert page.status_code == 200 and "latent explorer" in page.text and "static/app.js" in page.text
     assert requests.get(server.url + "static/app.js", timeout=30).status_code == 200

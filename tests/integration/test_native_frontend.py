@@ -107,6 +107,20 @@ def test_native_server_serves_health_reflection_errors_streams_and_admission(nat
         assert sorted(c.name for c in codes) == ["OK", "OK", "RESOURCE_EXHAUSTED"]
 
 
+def test_corrupt_request_bytes_are_invalid_argument_on_both_transports(native_server):
+    """Bytes that are no valid message of the method: the caller's error (INVALID_ARGUMENT naming the wire
+    format), never INTERNAL, on unary and server-streaming LatentService methods; the server keeps serving."""
+    with grpc.insecure_channel(f"127.0.0.1:{native_server.port}") as ch:
+        for method, call in (("GetModel", ch.unary_unary), ("Interpolate", ch.unary_stream)):
+            rpc = call(f"/latentserve.v1.LatentService/{method}")
+            with pytest.raises(grpc.RpcError) as ei:
+                result = rpc(b"\x0a\xff\xff\xff\xff", timeout=5)  # a length prefix beyond the bytes sent
+                list(result)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, ei.value.code())
+            assert "wire format" in ei.value.details()
+        assert pb_grpc.LatentServiceStub(ch).GetModel(pb.GetModelRequest(model="m"), timeout=5).name == "m"
+
+
 def test_native_server_stop_reports_not_serving_then_closes(native_server):
     port = native_server.port
     native_server.stop(grace_s=1.0)

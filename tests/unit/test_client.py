@@ -233,6 +233,10 @@ def test_model_info_conversion():
     assert info.sample_sources == ("prior", "guided") and info.interpolation_methods == ("slerp",)
     assert info.knobs[0].r2_fit == pytest.approx(0.8) and info.max_images_per_request == 128
     assert info.class_index("b") == 1 and info.class_index("0") == 0
+    assert info.handle_store is None  # a server that does not say
+    m.handle_store.CopyFrom(pb.HandleStore(backend="redis", durable=False, detail="the handle Redis has appendonly no"))
+    assert lc.model_info_from_proto(m).handle_store == lc.HandleStoreInfo("redis", False,
+                                                                          "the handle Redis has appendonly no")
     with pytest.raises(ValidationError, match="unknown class"):
         info.class_index("c")
     with pytest.raises(ValidationError, match="out of range"):

@@ -22,3 +22,15 @@ def test_report_counts_failures_outage_and_recovery():
     text = format_fault_report(r)
     assert "refused for 0.52 s" in text and "first OK 0.3 s after Redis returned" in text
 
+
+
+def test_kill_replica_report_says_when_the_serving_processes_were_back():
+    rec = _Record()
+    rec.add(0.9, 1.0, "latent", "OK")
+    rec.restored = 4.5
+    r = _report(FaultBenchConfig(fault="kill-replica"), rec, [11, 12], 0.0, 2.5, None, 10.0)
+    assert r["serving_restored_s"] == 2.0 and r["connections_refused_s"] == 0.0
+    assert "serving processes back to 2 after 2.0 s" in format_fault_report(r)
+    rec.restored = None
+    assert "(not within the run)" in format_fault_report(_report(FaultBenchConfig(fault="kill-replica"), rec, [11],
+                                                                  0.0, 2.5, None, 10.0))

@@ -309,6 +309,7 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
                for t in gates.get("targets", [])],
         gates_passed=bool(gates.get("passed", False)),
         judge=gates.get("judge") or "",
+        handle_store=pb.HandleStore(**info["handle_store"]) if info.get("handle_store") else None,
     )
 
 

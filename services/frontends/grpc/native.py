@@ -1,14 +1,14 @@
 """The native gRPC frontend (`grpc_frontend="native"`): each LatentIngress replica serves gRPC itself.
 
 Owns the server side of the transport in that mode; the RPC handlers are servicer.py's (the same ones Ray
-Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations. Pieces:
-`NativeReplica` (the Serve deployment body) starts and supervises the replica's serving process
-(`ServingProcess`; the child runs `serving_process_main` and holds `NativeServing`: the operations with the
-models in-process and a `NativeGrpcServer`); `NativeGrpcServer` serves on its own thread and event loop over
-the configured transport (transport.py), on `host:grpc_port` with SO_REUSEPORT plus a private health port;
-`Admission` bounds running and queued calls per replica; connections age out (`max_connection_age_s`) so they
-rebalance; a stopping replica drains without failing a call. Why a child process, the drain sequence and
-the rest: docs/architecture.md, "Native frontend".
+Serve's gRPC proxy calls in the "serve" mode, serve_proxy.py), over the core's operations. Pieces: a replica
+(replica.py `NativeReplica`, the Serve deployment body) starts and supervises its serving processes
+(`ServingProcess` here; the child runs `serving_process_main` and holds `NativeServing`: the operations with
+the models in-process and a `NativeGrpcServer`); `NativeGrpcServer` serves on its own thread and event loop
+over the configured transport (transport.py), on `host:grpc_port` with SO_REUSEPORT plus a private health
+port; `Admission` bounds running and queued calls per serving process; connections age out
+(`max_connection_age_s`) so they rebalance; a stopping replica drains without failing a call. Why a child
+process, the drain sequence and the rest: docs/architecture.md, "Native frontend".
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ from latentserve.services.frontends.grpc import transport as grpc_transport
 from latentserve.services.frontends.grpc.servicer import INGRESS_NAME, SERVICE_NAME, LatentServiceHandlers
 from latentserve.services.frontends.grpc.status import StatusSet, set_status
 from latentserve.services.observability import metrics
-from latentserve.services.observability.identity import replica_identity
 from latentserve.v1 import latent_pb2 as pb
 from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
@@ -424,12 +423,13 @@ class NativeGrpcServer:
         established = _tcp_sockets(self.port, _ESTABLISHED) or set()
         return len(established & _socket_inodes())
 
-    def _shed_connections(self, max_wait_s: float) -> str:
+    def _shed_connections(self, max_wait_s: float, peers: tuple[int, ...] = ()) -> str:
         """Close our listener (others take new connections) and wait until our clients' connections have
-        aged out (they reconnect elsewhere without failing a call), at most `max_wait_s`."""
+        aged out (they reconnect elsewhere without failing a call), at most `max_wait_s`. Listeners of the
+        processes `peers` (this replica's other serving processes, stopping too) do not count as others."""
         if self.config.frontend.max_connection_age_s <= 0:
             return "connection ageing off"
-        if not other_listeners(self.port):
+        if not other_listeners(self.port, ("self", *peers)):
             return "no other listener to hand clients to"
         if not close_listeners(self.port):
             return "could not close the listener"
@@ -449,7 +449,7 @@ class NativeGrpcServer:
         except Exception:  # noqa: BLE001 - best effort: stopping matters more than the health flag
             logger.warning("could not set gRPC health to NOT_SERVING", exc_info=True)
 
-    def stop(self, grace_s: float, drain_s: float = 0.0) -> None:
+    def stop(self, grace_s: float, drain_s: float = 0.0, peers: tuple[int, ...] = ()) -> None:
         """NOT_SERVING, wait `drain_s`, hand the clients over to the other listeners of the port (when there
         are any: connections age out within max_connection_age), then stop the server: RPCs in flight get
         `grace_s` to finish. Waiting for a replacement replica is the supervisor's job (`ServingProcess`).
@@ -467,7 +467,7 @@ class NativeGrpcServer:
         if drain_s > 0:
             time.sleep(drain_s)
         # connections age out within max_connection_age (+10% jitter); calls on them within the age grace
-        shed = self._shed_connections(1.1 * self.config.frontend.max_connection_age_s + 2.0)
+        shed = self._shed_connections(1.1 * self.config.frontend.max_connection_age_s + 2.0, peers)
         logger.info("stopping the gRPC server on port %d (%s; %d requests running)", self.port, shed,
                     self.admission.ongoing)
 
@@ -539,32 +539,6 @@ def _call_with_timeout(fn: Callable[[], Any], timeout_s: float, default: Any) ->
     return box[0] if box else default
 
 
-def _name(value: Any) -> str:
-    """Enum member or string -> bare name ('ReplicaState.STARTING' -> 'STARTING')."""
-    return str(getattr(value, "value", value)).rsplit(".", 1)[-1].upper()
-
-
-def serve_replacement_state(app_name: str, deployment: str) -> Callable[[], str]:
-    """The check `NativeGrpcServer.stop` polls, from Serve's status: "starting" when a replica of this
-    deployment is starting (a replacement is on its way), "updating" when the deployment is being updated
-    or scaled up but no replica is starting yet, "none" otherwise (deleted, scaled down, shutting down)."""
-
-    def check() -> str:
-        from ray import serve
-
-        app = serve.status().applications.get(app_name)
-        if app is None or _name(app.status) == "DELETING":
-            return "none"
-        dep = app.deployments.get(deployment)
-        if dep is None:
-            return "none"
-        if any(_name(state) in ("STARTING", "RECOVERING") and n > 0 for state, n in dep.replica_states.items()):
-            return "starting"
-        return "updating" if _name(dep.status) in ("UPDATING", "UPSCALING") else "none"
-
-    return check
-
-
 # ------------------------------------------------------------------------------- the serving process
 # Each native replica runs its operations + NativeGrpcServer in a child process ("serving process") and
 # supervises it. Why not in the replica itself: grpc.aio binds its completion-queue poller to the first
@@ -572,6 +546,10 @@ def serve_replacement_state(app_name: str, deployment: str) -> Callable[[], str]
 # of our server would then take a detour through Ray's loop thread (benchmarks/README.md). The child also
 # keeps Ray's threads off the serving process's GIL.
 NATIVE_REPLACEMENT_WAIT_S = 45.0  # a stopping replica waits at most this long for its replacement to listen
+# glibc malloc of a serving process (unless the environment sets them): few arenas, and a fixed mmap threshold,
+# so the large short-lived buffers of gradient passes (torch activations) are mapped and unmapped instead of
+# fragmenting the heap, whose freed pages glibc keeps; the soak's RSS drift (benchmarks/README.md) is the check.
+SERVING_MALLOC_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 STARTUP_TIMEOUT_S = 600.0  # loading and checking every model in the serving process
 
 
@@ -609,6 +587,8 @@ class ServingProcess:
         env = dict(os.environ)
         # the replica may run with a runtime_env (working_dir, py_modules): same import path for the child
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        for key, value in SERVING_MALLOC_ENV.items():
+            env.setdefault(key, value)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "latentserve.services.frontends.grpc.native", "--control-fd", str(theirs.fileno())],
@@ -661,19 +641,21 @@ class ServingProcess:
         check_serving(self._probe_channel, self.port, timeout_s)
 
     def stop(self, grace_s: float, replacement_state: Callable[[], str] | None = None,
-             replacement_wait_s: float = NATIVE_REPLACEMENT_WAIT_S) -> None:
+             replacement_wait_s: float = NATIVE_REPLACEMENT_WAIT_S, peers: tuple[int, ...] = ()) -> None:
         """Drain and stop the child: NOT_SERVING; `drain_period_s`; while a replacement replica is starting,
         wait (<= `replacement_wait_s`) until it listens on the port; then the child hands its clients over
-        and stops (NativeGrpcServer.stop). Idempotent; blocks."""
+        and stops (NativeGrpcServer.stop). `peers`: pids of the replica's other serving processes, stopping
+        too, whose listeners are no replacement. Idempotent; blocks."""
         if self._stopped or self.proc is None:
             return
         try:
             if self.proc.poll() is None:
                 self.call("not_serving", timeout_s=10)
-                why = wait_for_replacement(self.port, (self.proc.pid,), replacement_state or (lambda: "none"),
+                why = wait_for_replacement(self.port, (self.proc.pid, *peers), replacement_state or (lambda: "none"),
                                            self.config.frontend.drain_period_s, replacement_wait_s)
                 logger.info("stopping the serving process pid %d (%s)", self.proc.pid, why)
-                self.call("stop", timeout_s=1.1 * self.config.frontend.max_connection_age_s + grace_s + 30, grace_s=grace_s)
+                self.call("stop", timeout_s=1.1 * self.config.frontend.max_connection_age_s + grace_s + 30, grace_s=grace_s,
+                          peers=list(peers))
         except Exception:  # noqa: BLE001 - whatever happened, the child must end
             logger.warning("serving process did not stop cleanly", exc_info=True)
         finally:
@@ -727,8 +709,8 @@ class NativeServing:
         """The operations' statistics plus the gRPC server's (run on the server loop: the state is its own)."""
         return {**await self.ops.stats(), "colocate": True, "grpc": self.server.stats()}
 
-    def close(self, grace_s: float = NATIVE_GRACE_S, drain_s: float = 0.0) -> None:
-        self.server.stop(grace_s, drain_s)
+    def close(self, grace_s: float = NATIVE_GRACE_S, drain_s: float = 0.0, peers: tuple[int, ...] = ()) -> None:
+        self.server.stop(grace_s, drain_s, peers)
         self.ops.close()
 
 
@@ -770,7 +752,7 @@ def serving_process_main(argv: list[str] | None = None) -> int:
             elif cmd == "not_serving":
                 result = server.set_not_serving()
             elif cmd == "stop":
-                serving.close(grace_s=float(msg.get("grace_s", NATIVE_GRACE_S)))
+                serving.close(grace_s=float(msg.get("grace_s", NATIVE_GRACE_S)), peers=tuple(msg.get("peers", ())))
                 conn.send({"result": None})
                 return 0
             else:
@@ -778,40 +760,6 @@ def serving_process_main(argv: list[str] | None = None) -> int:
             conn.send({"result": result})
         except Exception as exc:  # noqa: BLE001 - reported to the caller, the process keeps serving
             conn.send({"error": f"{type(exc).__name__}: {exc}"})
-
-
-class NativeReplica:
-    """Ray Serve deployment body of the native frontend (services/app.py deploys it as `LatentIngress`):
-    starts and supervises this replica's serving process. Serve keeps placing, health-checking
-    (`check_health`), scaling (`record_autoscaling_stats`) and replacing the replicas; `stats` answers the
-    same dict as the serve frontend's ingress (the serving process computes it); `__del__` drains."""
-
-    def __init__(self, config: dict, models: dict[str, int]) -> None:
-        self.config = ServeConfig.from_dict(config)
-        self._replacement: Callable[[], str] | None = None
-        try:
-            from ray import serve
-
-            ctx = serve.get_replica_context()
-            self._replacement = serve_replacement_state(ctx.app_name, ctx.deployment)
-        except Exception:  # noqa: BLE001 - outside a Serve replica (tools, tests): no rollouts to wait for
-            pass
-        self.process = ServingProcess(self.config, models, identity=replica_identity())
-        self.process.start()
-
-    def check_health(self) -> None:
-        self.process.probe()
-
-    async def stats(self) -> dict:
-        return await asyncio.to_thread(self.process.call, "stats")
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        return {AUTOSCALING_METRIC: float(self.process.call("load", timeout_s=5))}
-
-    def __del__(self) -> None:
-        process = getattr(self, "process", None)
-        if process is not None:
-            process.stop(NATIVE_GRACE_S, self._replacement)
 
 
 if __name__ == "__main__":

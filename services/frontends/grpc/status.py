@@ -17,6 +17,8 @@ from latentserve.services.observability import metrics
 logger = logging.getLogger("ray.serve")
 
 STATUS = {kind: grpc.StatusCode[code] for kind, (code, _http) in _TABLE.items()}
+# gRPC's server pushback: a negative value tells the client's retry policy not to retry this call (gRFC A6)
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class StatusSet(Exception):
@@ -47,4 +49,16 @@ def set_status(grpc_context: Any, exc: BaseException, rpc: str, request_id: str 
     if grpc_context is not None:
         grpc_context.set_code(code)
         grpc_context.set_details(message[:4000])
+        if getattr(exc, "retry", True) is False:
+            _no_retry(grpc_context)
     metrics.note_status(code.name)  # the code of the call being recorded, if any (services/observability/metrics.py)
+
+
+def _no_retry(grpc_context: Any) -> None:
+    """Add the "do not retry" pushback to the call's trailing metadata (every context here replaces it on a
+    set; Serve's prepends its own request id again, so that one is not carried over)."""
+    current = list(grpc_context.trailing_metadata() or ()) if hasattr(grpc_context, "trailing_metadata") else []
+    own = getattr(grpc_context, "_request_id_metadata", None)
+    if callable(own):
+        current = [kv for kv in current if kv not in own()]
+    grpc_context.set_trailing_metadata([*current, (RETRY_PUSHBACK_KEY, "-1")])

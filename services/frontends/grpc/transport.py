@@ -63,16 +63,78 @@ def resolve(transport: str) -> str:
 
 
 def make_server(transport: str, options: Sequence[tuple[str, int]]) -> Any:
-    """A grpc.aio server or a CompiledServer (call on the event loop that will serve)."""
+    """A grpc.aio server (behind `AioServer`) or a CompiledServer (call on the event loop that will serve)."""
     if resolve(transport) == "cxx":
         return CompiledServer(options)
-    return grpc.aio.server(options=list(options))
+    return AioServer(grpc.aio.server(options=list(options)))
+
+
+BAD_MESSAGE = "request: not a valid message of this method (protobuf wire format is corrupt)"
+
+
+class AioServer:
+    """A grpc.aio server whose unary-request handlers parse the request themselves, so bytes that are no valid
+    message answer INVALID_ARGUMENT (the caller's error, as on the compiled transport) instead of grpc.aio's
+    INTERNAL "Exception deserializing request". Everything else is the wrapped server's."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
+        self._server.add_generic_rpc_handlers([_ParsingHandler(h) for h in handlers])
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self._server.add_registered_method_handlers(service, {n: _parsing(h) for n, h in handlers.items()})
+
+
+class _ParsingHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def service(self, details: Any) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        return None if handler is None else _parsing(handler)
+
+
+def _parsing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` taking the request's bytes and parsing them itself (unary requests; others unchanged)."""
+    parse, fn = handler.request_deserializer, handler.unary_unary or handler.unary_stream
+    if handler.request_streaming or parse is None or fn is None or not (
+            inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+        return handler
+
+    if handler.unary_unary is not None or inspect.iscoroutinefunction(fn):  # (a stream written through the
+        # context, e.g. grpc's health Watch, is a coroutine too)
+        async def unary(data: bytes, context: Any) -> Any:
+            try:
+                request = parse(data)
+            except Exception:  # noqa: BLE001 - a malformed message is the client's error
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, BAD_MESSAGE)
+            return await fn(request, context)
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(unary, None, handler.response_serializer)
+
+    async def stream(data: bytes, context: Any) -> Any:
+        try:
+            request = parse(data)
+        except Exception:  # noqa: BLE001
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, BAD_MESSAGE)
+        async for item in fn(request, context):
+            yield item
+
+    return grpc.unary_stream_rpc_method_handler(stream, None, handler.response_serializer)
 
 
 async def listen(server: Any, addresses: Sequence[str]) -> list[int]:
     """Bind every address and start serving: the bound ports, in order. UnavailableError when one is taken."""
     if isinstance(server, CompiledServer):
         return await server.listen(addresses)
+    server = getattr(server, "_server", server)  # AioServer -> the grpc.aio server
     ports = []
     for address in addresses:
         try:
@@ -297,8 +359,7 @@ class CompiledServer:
                 try:
                     request = (handler.request_deserializer or _identity)(data)
                 except Exception:  # noqa: BLE001 - a malformed message is the client's error
-                    ctx._code = grpc.StatusCode.INVALID_ARGUMENT
-                    ctx._details = "request: not a valid message of this method (protobuf wire format is corrupt)"
+                    ctx._code, ctx._details = grpc.StatusCode.INVALID_ARGUMENT, BAD_MESSAGE
                     return None
             fn = handler.unary_unary or handler.stream_unary
             if fn is not None and not inspect.iscoroutinefunction(fn):  # e.g. a servicer base class's

@@ -11,7 +11,8 @@ files, /healthz, /docs and /openapi.json do not):
     POST /api/v1/models/{model}/interpolate   Interpolate (JSON frames)
     POST /api/v1/augment                      Augment: NDJSON, one line per batch; a failure after the first
                                               line ends the stream with an ErrorBody line
-    GET  /healthz                             {"status": "SERVING", "auth": whether a token is needed}
+    GET  /healthz                             {"status": "SERVING", "auth": whether a token is needed,
+                                              "handles": {backend, durable, detail} of the handle store}
     GET  /  and /static/...                   the latent explorer (static/, package data)
 Per call, like the gRPC handlers: the token check, request_timeout_s (504), the operation, errors through
 errors.py, the call counted and recorded in the metrics under its RPC name; beyond max_ongoing_requests +
@@ -202,8 +203,9 @@ def build_api(ops: LatentOperations) -> FastAPI:
     # -- health and the page -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["health"])
     async def healthz():
-        """Open (probes carry no token); `auth` tells the page whether to ask for one before calling the API."""
-        return {"status": "SERVING", "auth": bool(config.frontend.api_token)}
+        """Open (probes carry no token); `auth` tells the page whether to ask for one before calling the API;
+        `handles` whether issued handles survive a restart of the store (as ModelInfo.handle_store)."""
+        return {"status": "SERVING", "auth": bool(config.frontend.api_token), "handles": ops.store.describe()}
 
     @app.get("/", include_in_schema=False)
     async def index():

@@ -1,0 +1,110 @@
+"""A native replica's serving processes (services/frontends/grpc/replica.py `ServingGroup`), real processes on a
+loopback port without Ray: one is killed with SIGKILL under load, clients with the default retries see no
+failed call, the group restarts it, and a group stop drains every process."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def group(tiny_repo):
+    from latentserve.services.config import load_config
+    from latentserve.services.frontends.grpc.replica import ServingGroup
+
+    config = load_config({"repository": str(tiny_repo), "grpc_port": free_port(), "max_batch_size": 16,
+                          "serving_processes": 2}, use_env=False)
+    g = ServingGroup(config, {"tiny-gan": 2})
+    g.start()
+    g.target = f"127.0.0.1:{config.frontend.grpc_port}"
+    yield g
+    g.stop(1.0)
+
+
+def _until(check, timeout_s: float, what: str) -> None:
+    t_end = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > t_end:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(0.05)
+
+
+def test_a_killed_serving_process_fails_no_call_and_is_restarted(group):
+    from latentserve.client import LatentClient
+    from latentserve.errors import LatentServeError
+
+    live = group.live()
+    assert len(live) == 2
+    group.probe()
+    pids = {p.proc.pid for p in live}
+    calls, failures, stop = [0], [], threading.Event()
+
+    def load() -> None:
+        rng = np.random.default_rng()
+        with LatentClient(group.target, timeout=20) as c:  # the client's default retries
+            while not stop.is_set():
+                try:
+                    c.decode("tiny-gan", rng.standard_normal((4, 8)).astype(np.float32), [0, 1, 2, 0])
+                    calls[0] += 1
+                except LatentServeError as exc:
+                    failures.append(str(exc))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    _until(lambda: calls[0] >= 50, 60, "calls before the fault")
+    os.kill(live[0].proc.pid, signal.SIGKILL)
+    _until(lambda: group.restarts == 1 and len(group.live()) == 2, 120, "the killed process restarted")
+    n_after = calls[0]
+    _until(lambda: calls[0] >= n_after + 50, 60, "calls after the restart")
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert failures == []
+    now = {p.proc.pid for p in group.live()}
+    assert len(now) == 2 and len(now & pids) == 1  # one survivor, one new process
+    group.probe()  # both answer health
+    procs = group.live()
+    group.stop(1.0)
+    assert all(p.proc.poll() is not None for p in procs) and group.live() == []
+    time.sleep(0.5)
+    assert group.restarts == 1  # nothing restarted after the stop
+
+
+def test_the_group_answers_health_while_one_process_is_dead(group):
+    from latentserve.errors import UnavailableError
+
+    victim = group.live()[0]
+    os.kill(victim.proc.pid, signal.SIGKILL)
+    victim.proc.wait(10)
+    group.probe()  # the other one serves: the replica stays healthy, Serve replaces nothing
+    for p in group.live():
+        os.kill(p.proc.pid, signal.SIGKILL)
+        p.proc.wait(10)
+    if not group.live():  # both dead before the monitor restarted one: the replica is unhealthy
+        with pytest.raises(UnavailableError, match="no serving process"):
+            group.probe()
+    _until(lambda: len(group.live()) == 2, 120, "both processes restarted")
+    _until(lambda: _probe_ok(group), 30, "health after the restarts")
+
+
+def _probe_ok(group) -> bool:
+    from latentserve.errors import UnavailableError
+
+    try:
+        group.probe()
+        return True
+    except UnavailableError:
+        return False

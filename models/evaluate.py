@@ -49,6 +49,7 @@ from latentserve.models.coverage import PRDC_K, inside_manifold, prdc
 from latentserve.models.gates import apply_gates, factor_knobs
 from latentserve.models.latent import default_sample_source, latents_under_labels
 from latentserve.models.manifest import GENERATIVE, read_manifest, write_manifest
+from latentserve.models.pixel_ar import ar_decode, ar_settings
 from latentserve.models.repository import ModelRecord, Repository
 
 DEFAULT_N_PER_CLASS = 100
@@ -56,6 +57,23 @@ LATENT_SPACE_FILE = "latent_space.npz"
 
 
 # ----------------------------------------------------------------------------------------------- runtime
+def decoder_fn(record: ModelRecord, threads: int | None = 1):
+    """(latents (N,D), labels (N,)) -> images (N,3,H,W) in [-1,1] as Decode serves them: the `decoder` graph, or
+    for an autoregressive decoder the pixel-by-pixel loop over `ar_context` / `ar_step` (models/pixel_ar.py)."""
+    ar = ar_settings(record.manifest)
+    if ar is None:
+        decoder = OnnxGraph(record, "decoder", threads)
+        return lambda z, y: decoder(latent=z.astype(np.float32), label=y.astype(np.int64))["image"]
+    ctx, step = OnnxGraph(record, "ar_context", threads), OnnxGraph(record, "ar_step", threads)
+    step.chunk = 1 << 30  # one session call per pixel for the whole batch
+
+    def decode(z: np.ndarray, y: np.ndarray, chunk: int = 512) -> np.ndarray:
+        parts = [ar_decode(lambda f: ctx(**f), lambda f: step(**f), z[i:i + chunk], y[i:i + chunk], ar["margin"],
+                           ar["temperature"]) for i in range(0, len(z), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, *record.manifest["image_shape"]), np.float32)
+    return decode
+
+
 class OnnxGraph:
     """One exported graph on ONNX Runtime (CPU), run in chunks so memory stays bounded."""
 
@@ -278,11 +296,8 @@ def evaluate_model(record: ModelRecord, probe_record: ModelRecord, data, n_per_c
     space = _latent_space(record)
     temperature = float(record.manifest["prior"].get("sample_temperature", 1.0))
     encoder = OnnxGraph(record, "encoder", threads)
-    decoder = OnnxGraph(record, "decoder", threads)
+    decode = decoder_fn(record, threads)
     probe = OnnxGraph(probe_record, "probe", threads)
-
-    def decode(z: np.ndarray, y: np.ndarray) -> np.ndarray:
-        return decoder(latent=z.astype(np.float32), label=y.astype(np.int64))["image"]
 
     metrics: dict[str, Any] = {
         "evaluated": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
@@ -546,6 +561,5 @@ def sheet_record(repository: Repository | str | Path | None, name: str, path: st
     space = _latent_space(record)
     source = default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind)
     draw = _draw_fns(space, float(record.manifest["prior"].get("sample_temperature", 1.0)))[source]
-    decoder = OnnxGraph(record, "decoder")
-    decode = lambda z, y: decoder(latent=z.astype(np.float32), label=y.astype(np.int64))["image"]  # noqa: E731
+    decode = decoder_fn(record)
     return model_sheet(path, draw, decode, Judge(data, seed=seed), data, seed=seed)

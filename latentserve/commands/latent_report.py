@@ -9,6 +9,8 @@ models/disks_holdout.py (trains or reuses a small VAE with a held-out radius ban
 with `--disks-families gan,vae,ae,ae-contractive,ae-smooth` it compares those variants at one budget instead
 (models/generalisation.py: reconstruction, midpoint and sample radii judged by geometry);
 `--markdown DIR` writes DIR/report.md with every table and PNG strips of lerp / slerp / geodesic paths.
+`--tradeoff` trains GAN, GAN + mixed batches, VAE, VAE + autoregressive decoder, flow and the flow hybrid at one
+budget and prints the coverage / quality table (models/tradeoff.py); `--quick` makes it tiny (tests).
 Only argparse at module level.
 """
 from __future__ import annotations
@@ -58,6 +60,24 @@ def register(sub) -> None:
                         "(gan, vae, ae, ae-contractive, ae-smooth; models/generalisation.py), radii judged by geometry")
     p.add_argument("--disks-steps", type=positive_int, default=1500,
                    help="training steps of every variant of --disks-families (default 1500)")
+    t = p.add_argument_group("coverage / quality trade-off (models/tradeoff.py)")
+    t.add_argument("--tradeoff", action="store_true",
+                   help="train every variant at the same budget on each data set and print the table of bits/dim, "
+                        "precision, recall, coverage, judged class fidelity and modes recovered")
+    t.add_argument("--tradeoff-steps", type=positive_int, default=1500, help="training steps per model (default 1500)")
+    t.add_argument("--tradeoff-seeds", default="0", metavar="S[,S...]", help="training seeds (default 0)")
+    t.add_argument("--tradeoff-data", default="modes,shapes", metavar="D[,D...]",
+                   help="data sets: modes, shapes (default both)")
+    t.add_argument("--tradeoff-variants", default="gan,gan_mixed,vae,vae_ar,flow,flow_hybrid", metavar="V[,V...]",
+                   help="variants (default the six above; also gan_mr, gan_mr_mixed: the project's "
+                        "mode-regularised GAN recipe with each discriminator)")
+    t.add_argument("--tradeoff-batch", type=positive_int, default=64, help="training batch size (default 64)")
+    t.add_argument("--tradeoff-samples", type=positive_int, default=1000, help="samples judged per model (default 1000)")
+    t.add_argument("--tradeoff-runs", default="runs/tradeoff", metavar="DIR",
+                   help="training runs (reused when finished with the same settings) and DIR/repo (default runs/tradeoff)")
+    t.add_argument("--tradeoff-set", action="append", default=[], metavar="VARIANT.FIELD=VALUE",
+                   help="override a variant's family setting, e.g. vae_ar.aux_weight=10 (repeatable)")
+    t.add_argument("--quick", action="store_true", help="tiny nets and data for the trade-off (tests; figures meaningless)")
     p.set_defaults(func=run)
 
 
@@ -85,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         guidance_factor_weight=cfg.latent_ops.guidance_factor_weight, refine_images=args.refine_images,
         refine_steps=args.refine_steps, refine_learning_rate=cfg.latent_ops.refine_learning_rate, seed=args.seed)
     holdout_settings = _holdout_settings(args, cfg) if args.disks_holdout else None
-    models = args.models or ([] if args.disks_holdout else ["shapes-gan", "shapes-vae"])
+    tradeoff_settings = _tradeoff_settings(args) if args.tradeoff else None
+    models = args.models or ([] if args.disks_holdout or args.tradeoff else ["shapes-gan", "shapes-vae"])
     repo = Repository(args.repo)
     reports, strips = [], {}
     for name in models:
@@ -102,8 +123,17 @@ def run(args: argparse.Namespace) -> int:
 
         holdout = disks_holdout(args.disks_runs, holdout_settings, threads=args.threads)
         print(format_holdout(holdout), flush=True)
+    table = None
+    if tradeoff_settings is not None:
+        from latentserve.models.tradeoff import format_table, tradeoff
+
+        table = tradeoff(tradeoff_settings, log=lambda line: print(line, flush=True))
+        print(format_table(table["summary"]), flush=True)
     if args.json:
         figures = {"models": reports, "disks_holdout": _without_images(holdout)} if holdout else reports
+        if table is not None:
+            figures = {"models": reports, "tradeoff": table, **({"disks_holdout": _without_images(holdout)}
+                                                                  if holdout else {})}
         with open(args.json, "w") as fh:
             json.dump(figures, fh, indent=2)
         print(f"wrote {args.json}")
@@ -115,7 +145,38 @@ def run(args: argparse.Namespace) -> int:
 
         command = "latentserve " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
         print(f"wrote {write_markdown(args.markdown, reports, strips, holdout, command)}")
+        if table is not None:
+            from pathlib import Path
+
+            from latentserve.models.tradeoff import format_table
+
+            path = Path(args.markdown) / "tradeoff.md"
+            path.write_text(f"`{command}`\n\n{format_table(table['summary'], markdown=True)}\n")
+            print(f"wrote {path}")
     return 0
+
+
+def _tradeoff_settings(args: argparse.Namespace):
+    from latentserve.errors import ValidationError
+    from latentserve.models.tradeoff import TradeoffSettings
+
+    try:
+        seeds = tuple(int(v) for v in args.tradeoff_seeds.split(","))
+    except ValueError:
+        raise ValidationError(f"--tradeoff-seeds must be integers separated by commas, got {args.tradeoff_seeds!r}") from None
+    split = lambda text: tuple(v.strip() for v in text.split(",") if v.strip())  # noqa: E731
+    quick = dict(n_train=100, n_test=40, batch_size=16) if args.quick else {"batch_size": args.tradeoff_batch}
+    from latentserve.commands.train import parse_assignments
+
+    extra: dict = {}
+    for key, value in parse_assignments(args.tradeoff_set, "--tradeoff-set").items():
+        variant, dot, name = key.partition(".")
+        if not dot or not name:
+            raise ValidationError(f"--tradeoff-set expects VARIANT.FIELD=VALUE, got {key!r}")
+        extra.setdefault(variant, {})[name] = value
+    return TradeoffSettings(extra=extra, steps=args.tradeoff_steps, seeds=seeds, data=split(args.tradeoff_data),
+                            variants=split(args.tradeoff_variants), n_samples=args.tradeoff_samples,
+                            quick=args.quick, runs=args.tradeoff_runs, threads=args.threads, **quick)
 
 
 def _holdout_settings(args: argparse.Namespace, cfg):

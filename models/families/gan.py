@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family, cosine_decay
+from latentserve.models.nets import mixed_batch as mb
 from latentserve.models.nets.gan import Discriminator, Encoder, GANConfig, Generator, build_generator
 
 # batches of generated images used to re-estimate g_ema's BatchNorm statistics ("standing statistics")
@@ -92,6 +93,9 @@ class GANFamily(Family):
         c = config
         self.g = build_generator(c, self.n_classes, self.image_size).to(self.device)
         self.d = Discriminator(self.n_classes, self.image_size, c.d_width, c.d_norm).to(self.device)
+        if c.d_kind == "mixed":  # the same per-image trunk under a set head (models/nets/mixed_batch.py)
+            self.d = mb.MixedBatchDiscriminator(self.d.body, self.d.top, self.d.psi.in_features, self.n_classes,
+                                                c.mix_set_size).to(self.device)
         self.e = Encoder(c.z_dim, self.n_classes, self.image_size, c.e_width, c.e_hidden).to(self.device)
         self.g_ema = copy.deepcopy(self.g).requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=c.lr_g, betas=(c.beta1, c.beta2))
@@ -119,6 +123,27 @@ class GANFamily(Family):
         if self.config.loss == "hinge":
             return -fake.mean()
         return F.softplus(-fake).mean()
+
+    # the adversarial terms through whichever discriminator `d_kind` chose
+    def _d_objective(self, x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """D's loss on the real batch x vs fake (both labelled y), and figures for the log."""
+        if self.config.d_kind == "mixed":
+            return mb.d_loss(self.d, x, fake, y, y)
+        d_real, d_fake = self.d(x, y), self.d(fake, y)  # (B,), (B,)
+        return self._d_loss(d_real, d_fake), {"d_real": float(d_real.detach().mean()),
+                                              "d_fake": float(d_fake.detach().mean())}
+
+    def _d_on_fakes(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """D's loss for images it must call fake (the w_adv_recon term)."""
+        if self.config.d_kind == "mixed":
+            return F.softplus(mb.fake_logits(self.d, fake, y)).mean()  # cross-entropy to a real share of 0
+        return self._d_fake_loss(self.d(fake, y))
+
+    def _g_adv(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """G's adversarial loss on its images (mixed: sets of fakes only should look all real)."""
+        if self.config.d_kind == "mixed":
+            return F.softplus(-mb.fake_logits(self.d, fake, y)).mean()
+        return self._g_loss(self.d(fake, y))
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.config.z_dim, generator=generator, device=self.device)  # (n,Z)
@@ -154,15 +179,14 @@ class GANFamily(Family):
         # 1. discriminator; the last fake batch keeps its graph so the G step does not redo the forward
         for i in range(c.n_dis):
             fake = self.g(self._z(b), y)  # (B,3,S,S)
-            d_real, d_fake = self.d(x, y), self.d(fake.detach(), y)  # (B,), (B,)
-            d_loss = self._d_loss(d_real, d_fake)
+            d_loss, d_figs = self._d_objective(x, fake.detach(), y)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
 
         # 2. generator through the updated discriminator (D params get grads but are not stepped here)
         self.d.requires_grad_(False)
-        g_loss = self._g_loss(self.d(fake, y))
+        g_loss = self._g_adv(fake, y)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -170,10 +194,7 @@ class GANFamily(Family):
 
         # 3. EMA of generator weights (warm-up: short memory while G moves fast early on)
         self._update_ema(step)
-        out = {
-            "d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()),
-            "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean()),
-        }
+        out = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), **d_figs}
         # 4. encoder
         if step >= c.encoder_start:
             out.update(self._encoder_step(x, y))
@@ -207,19 +228,18 @@ class GANFamily(Family):
                     fake_i = self.g(self._z(b), y)
             else:
                 fake_i = fake.detach()
-            d_real, d_fake = self.d(x, y), self.d(fake_i, y)  # (B,), (B,)
-            d_loss = self._d_loss(d_real, d_fake)
+            d_loss, d_figs = self._d_objective(x, fake_i, y)
             if adv_rec:
-                d_loss = d_loss + c.w_adv_recon * self._d_fake_loss(self.d(near.detach(), y))
+                d_loss = d_loss + c.w_adv_recon * self._d_on_fakes(near.detach(), y)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
 
         # 2. generator + encoder
         self.d.requires_grad_(False)
-        g_loss = self._g_loss(self.d(fake, y))
+        g_loss = self._g_adv(fake, y)
         if adv_rec:
-            g_loss = g_loss + c.w_adv_recon * self._g_loss(self.d(near, y))
+            g_loss = g_loss + c.w_adv_recon * self._g_adv(near, y)
         self.d.requires_grad_(True)
         lat_fake, _ = self.e(fake)  # (B,Z)
         recon_loss = F.mse_loss(rec, x)
@@ -240,8 +260,7 @@ class GANFamily(Family):
         self.opt_e.step()
         self._update_ema(step)
         return {
-            "d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()),
-            "d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean()),
+            "d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), **d_figs,
             "e_recon": float(recon_loss.detach()), "e_latent": float(latent_loss.detach()),
             "e_class": float(class_loss.detach()), "g_ac": float(ac_loss.detach()),
             "e_prior": float(prior_loss.detach()),

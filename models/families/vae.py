@@ -3,6 +3,12 @@
 Owns the ELBO (reconstruction log-likelihood + beta-weighted KL with warm-up and optional free bits), the
 class-head cross-entropy, the learning-rate schedule (derived from the step, so a resumed run continues the
 same schedule), and the `encoder` / `decoder` graphs of the contract in docs/architecture.md.
+
+With `VAEConfig.decoder = "pixelcnn"` (the thesis's VAE with an autoregressive decoder) p(x | z, y) is a small
+PixelCNN conditioned on the feed-forward decoder's image (models/nets/pixelcnn.py); that image is trained by
+an auxiliary reconstruction loss (`aux_weight`) so the latent keeps the global structure. The exported
+`decoder` graph is then that feed-forward head, and `ar_context` / `ar_step` are sampled pixel by pixel
+(models/pixel_ar.py), which is what Decode and Sample serve.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from torch import nn
 
 from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family, cosine_decay
+from latentserve.models.nets import pixelcnn as pcnn
 from latentserve.models.nets.vae import VAEConfig, VAEDecoder, VAEEncoder
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -63,6 +70,9 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.training = was_training
 
 
+_LN2 = math.log(2.0)
+
+
 def _psnr(mse: float) -> float:
     """PSNR in dB of a mean squared error measured on [0, 1] images."""
     return 10.0 * math.log10(1.0 / max(mse, 1e-12))
@@ -88,13 +98,20 @@ class VAEFamily(Family):
         self.scale_holder = nn.Module()
         self.scale_holder.log_scale = self.log_scale
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        self.pixelcnn: pcnn.PixelCNN | None = None
+        if config.decoder == "pixelcnn":
+            self.pixelcnn = pcnn.PixelCNN(pcnn.CONTEXT_CHANNELS, config.ar_width, config.ar_layers).to(device)
+            params += list(self.pixelcnn.parameters())
         if config.learn_scale:
             params.append(self.log_scale)
         self.opt = torch.optim.Adam(params, lr=config.lr)
 
     # -- what the loop checkpoints ------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "decoder": self.decoder, "scale": self.scale_holder}
+        mods = {"encoder": self.encoder, "decoder": self.decoder, "scale": self.scale_holder}
+        if self.pixelcnn is not None:
+            mods["pixelcnn"] = self.pixelcnn
+        return mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
@@ -130,6 +147,11 @@ class VAEFamily(Family):
         z = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)  # reparameterised sample (B,D)
         xr = self.decoder.decode_raw(z, y)  # (B,3,H,W), unclamped so pixels at -1/+1 keep a gradient
         recon = self._recon_nll(x, xr).mean()  # nats / image
+        ar_nll = None
+        if self.pixelcnn is not None:  # the PixelCNN is the likelihood; the feed-forward image an auxiliary head
+            self.pixelcnn.train()
+            ar_nll = self._ar_nll(x, xr).mean()  # nats / image (discrete)
+            recon = ar_nll + c.aux_weight * recon
         kl_dim = _kl_per_dim(mean, logvar).mean(0)  # (D,) batch-averaged nats per dim
         kl = kl_dim.sum()
         # free bits: dims under the floor get no KL gradient, so the posterior can use them cheaply
@@ -154,7 +176,10 @@ class VAEFamily(Family):
         with torch.no_grad():
             mse01 = ((x - xr) * 0.5).square().mean().item()  # on [0,1] images
             acc = (logits.argmax(1) == y).float().mean().item()
+        ar = {} if ar_nll is None else {"ar_nats": ar_nll.item(),
+                                         "bits_per_dim": (ar_nll.item() + kl.item()) / (n_pix * _LN2)}
         return {
+            **ar,
             "loss": loss.item(),
             "recon_nats": recon.item(),
             "kl_nats": kl.item(),
@@ -164,6 +189,13 @@ class VAEFamily(Family):
             "acc": acc,
             "psnr": _psnr(mse01),
         }
+
+    def _ar_nll(self, x: torch.Tensor, xr: torch.Tensor) -> torch.Tensor:
+        """-log p(x | context) of the PixelCNN, (B,) nats; xr (B,3,H,W) the feed-forward image (clamped, as the
+        exported context graph clamps it)."""
+        m = self.pixelcnn.margin
+        mean, log_scale = self.pixelcnn(F.pad(x, (m,) * 4), pcnn.make_context(xr.clamp(-1.0, 1.0), m))
+        return pcnn.discretized_logistic_nll(x, mean, log_scale).flatten(1).sum(1)
 
     def _consistency(self, z_post: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the class head on images decoded from real images' z with a random label y'.
@@ -195,20 +227,45 @@ class VAEFamily(Family):
         n = self.n_classes * n_per_class
         z = torch.randn(n, self.config.z_dim, generator=gen).to(self.device)  # (N, D)
         labels = torch.arange(self.n_classes).repeat_interleave(n_per_class).to(self.device)  # (N,)
+        if self.pixelcnn is not None:
+            return torch.from_numpy(self.ar_sample(z.cpu().numpy(), labels.cpu().numpy())).to(self.device)
         with eval_mode(self.decoder):
             return self.decoder(z, labels)
+
+    @torch.no_grad()
+    def ar_sample(self, latents, labels):
+        """The autoregressive decoder's images (N,3,H,W) numpy, by the same loop serving runs on the exported
+        graphs (models/pixel_ar.py), here on eval-mode copies of the modules."""
+        from latentserve.models.pixel_ar import ar_decode
+
+        graphs = self.graphs()
+        ctx, step = graphs["ar_context"].module, graphs["ar_step"].module
+        dev = self.device
+
+        def run_context(feeds):
+            return {"context": ctx(torch.from_numpy(feeds["latent"]).to(dev),
+                                   torch.from_numpy(feeds["label"]).to(dev)).cpu().numpy()}
+
+        def run_step(feeds):
+            mean, log_scale = step(torch.from_numpy(feeds["pixels"]).to(dev), torch.from_numpy(feeds["context"]).to(dev))
+            return {"mean": mean.cpu().numpy(), "log_scale": log_scale.cpu().numpy()}
+
+        return ar_decode(run_context, run_step, latents, labels, self.pixelcnn.margin, self.config.ar_temperature)
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, batch_size: int = 500) -> dict[str, float]:
         """Held-out figures: reconstruction PSNR (dB, [0,1] images, from the posterior mean and the true label,
         computed from the mean squared error over the whole set), KL (nats/image), ELBO terms, class accuracy."""
-        sq, kl, recon, correct, n = 0.0, 0.0, 0.0, 0, 0
-        with eval_mode(self.encoder, self.decoder):
+        sq, kl, recon, correct, n, nll = 0.0, 0.0, 0.0, 0, 0, 0.0
+        gen = torch.Generator().manual_seed(0)
+        mods = [m for m in (self.encoder, self.decoder, self.pixelcnn) if m is not None]
+        with eval_mode(*mods):
             for i in range(0, len(x), batch_size):
                 xb = x[i : i + batch_size].to(self.device)
                 yb = y[i : i + batch_size].to(self.device)
                 mean, logvar, logits = self.encoder(xb)
                 xr = self.decoder(mean, yb)
+                nll += self._discrete_nll(xb, mean, logvar, yb, gen).sum().item()
                 sq += ((xb - xr) * 0.5).square().flatten(1).mean(1).sum().item()
                 kl += _kl_per_dim(mean, logvar).sum().item()
                 recon += self._recon_nll(xb, xr).sum().item()
@@ -217,12 +274,27 @@ class VAEFamily(Family):
         if n == 0:
             return {}
         return {
+            # negative ELBO in bits per sub-pixel of the 8-bit image, one posterior sample per image
+            "bits_per_dim": (nll + kl) / (n * x[0].numel() * _LN2),
             "psnr": _psnr(sq / n),
             "mse": sq / n,
             "kl_nats": kl / n,
             "recon_nats": recon / n,
             "class_acc": correct / n,
         }
+
+    def _discrete_nll(self, x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor,
+                      gen: torch.Generator) -> torch.Tensor:
+        """-log p(x | z, y) (B,) nats of the 8-bit image x at z drawn from q(z|x): the PixelCNN's, or the
+        feed-forward likelihood discretised to the 256 levels (a Gaussian; Laplace has no bits/dim here)."""
+        eps = torch.randn(mean.shape, generator=gen).to(mean.device)
+        z = mean + torch.exp(0.5 * logvar) * eps
+        xr = self.decoder.decode_raw(z, y)
+        if self.pixelcnn is not None:
+            return self._ar_nll(x, xr)
+        if self.config.likelihood != "gaussian":
+            return torch.full((len(x),), float("nan"), device=x.device)
+        return pcnn.discretized_gaussian_nll(x, xr, torch.exp(self.log_scale)).flatten(1).sum(1)
 
     # -- export -------------------------------------------------------------------------------------------
     def graphs(self) -> dict[str, ExportGraph]:
@@ -233,7 +305,7 @@ class VAEFamily(Family):
         image = torch.zeros(2, 3, h, h, device=self.device)
         latent = torch.zeros(2, self.config.z_dim, device=self.device)
         label = torch.zeros(2, dtype=torch.int64, device=self.device)
-        return {
+        out = {
             "encoder": ExportGraph(
                 module=VAEEncoderGraph(encoder).eval(),
                 example_inputs=(image,),
@@ -246,9 +318,28 @@ class VAEFamily(Family):
                 example_inputs=(latent, label),
                 input_names=["latent", "label"],
                 output_names=["image"],
-                doc="p(x|z,y) mean image in [-1,1]",
+                doc="p(x|z,y) mean image in [-1,1]" if self.pixelcnn is None else
+                    "the feed-forward auxiliary head's image in [-1,1] (the served decoder is ar_context + ar_step)",
             ),
         }
+        if self.pixelcnn is not None:
+            m = self.pixelcnn.margin
+            p = 2 * m + 1
+            out["ar_context"] = ExportGraph(
+                module=pcnn.ContextGraph(decoder, m).eval(), example_inputs=(latent, label),
+                input_names=["latent", "label"], output_names=["context"],
+                doc=f"the PixelCNN's context: feed-forward image + inside mask, padded by {m}")
+            out["ar_step"] = ExportGraph(
+                module=pcnn.StepGraph(copy.deepcopy(self.pixelcnn).eval().requires_grad_(False)).eval(),
+                example_inputs=(torch.zeros(2, 3, p, p, device=self.device),
+                                torch.zeros(2, pcnn.CONTEXT_CHANNELS, p, p, device=self.device)),
+                input_names=["pixels", "context"], output_names=["mean", "log_scale"],
+                doc=f"one PixelCNN step: the {p}x{p} patches around a pixel -> its discretised logistic")
+        return out
 
     def manifest_extra(self) -> dict:
-        return {"prior": {"type": "standard_normal"}, "latent_shape": [self.config.z_dim]}
+        extra = {"prior": {"type": "standard_normal"}, "latent_shape": [self.config.z_dim]}
+        if self.pixelcnn is not None:  # read by models/pixel_ar.ar_settings
+            extra["autoregressive"] = {"kind": "pixelcnn", "margin": self.pixelcnn.margin,
+                                       "temperature": float(self.config.ar_temperature)}
+        return extra

@@ -24,6 +24,9 @@ import numpy as np
 
 from latentserve.errors import ValidationError
 from latentserve.models.data import disks, shapes
+from latentserve.models.data import modes as modes_data
+
+from . import modes as modes_judge
 
 from .measure import Blobs, coverage_of, factor_r2, find_blobs, hue_of
 
@@ -298,6 +301,15 @@ def judge_disks(images: np.ndarray, vary_position: bool = False) -> Judgement:
     return Judgement(labels, fit, factors[:, : len(names)].astype(np.float32), names, list(disks.CLASS_NAMES))
 
 
+def judge_modes(images: np.ndarray, grid: int = 5, colours: int = 4) -> Judgement:
+    """Judge uint8 (N, S, S, 3) images of the modes data set (models/judges/modes.py): class 0 ("dot") when the
+    image shows one of its modes, else -1; factors x, y, hue as measured."""
+    ids, factors = modes_judge.mode_of(_check_images(images), grid, colours)
+    on = ids >= 0
+    return Judgement(np.where(on, 0, -1).astype(np.int64), on.astype(np.float32)[:, None], factors,
+                     ["x", "y", "hue"], list(modes_data.CLASS_NAMES))
+
+
 def judge_for(dataset_name: str, data_config: dict | None = None) -> Callable[[np.ndarray], Judgement] | None:
     """The judge of a data set, called on uint8 (N, S, S, 3) images; None for any other data set (digits, a
     folder, a caller's own): it has no ideal shapes, and scoring then trains a classifier on its real images."""
@@ -305,6 +317,9 @@ def judge_for(dataset_name: str, data_config: dict | None = None) -> Callable[[n
         return judge_shapes
     if dataset_name == "disks":
         return functools.partial(judge_disks, vary_position=bool((data_config or {}).get("vary_position", False)))
+    if dataset_name == "modes":
+        cfg = data_config or {}
+        return functools.partial(judge_modes, grid=int(cfg.get("grid", 5)), colours=int(cfg.get("colours", 4)))
     return None
 
 

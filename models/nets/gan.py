@@ -8,6 +8,8 @@ recipe for the bundled `shapes-gan`) and three modules:
   parameter-free BatchNorm), so one network draws every class.
 - `Discriminator`: strided CNN (BatchNorm or spectral norm) with a projection head (Miyato & Koyama 2018):
   score = psi(h) + <embed(y), h>. Training only; never exported.
+- `MixedBatchDiscriminator` (models/nets/mixed_batch.py, `d_kind="mixed"`): the same trunk under a
+  permutation-invariant set head that predicts the share of real images in a mixed set.
 - `Encoder`: image (B,3,S,S) -> (latent (B,Z), logits (B,C)), trained to invert the generator so a real image
   can be encoded into the generator's N(0, I) latent space, plus a class head.
 
@@ -30,6 +32,7 @@ SUPPORTED_SIZES = (16, 32, 64)
 LOSSES = ("hinge", "nonsat")
 G_ARCHS = ("dcgan", "decoder")
 D_NORMS = ("sn", "bn")
+D_KINDS = ("standard", "mixed")
 
 
 @dataclass
@@ -55,6 +58,11 @@ class GANConfig:
     # -- GAN objective and optimisation ------------------------------------------------------------------------
     d_norm: str = "sn"  # discriminator normalisation: "sn" (spectral norm, SNGAN) | "bn" (batch norm, DCGAN)
     loss: str = "nonsat"  # "nonsat" (non-saturating logistic) | "hinge" (SNGAN)
+    # "standard": one score per image (projection D); "mixed": the mixed-batch discriminator (Lucas et al. 2018,
+    # models/nets/mixed_batch.py) predicts the share of real images in sets that mix real and generated ones,
+    # which sees a set's variety and so penalises dropped modes (`loss` is then its cross-entropy; needs d_norm sn)
+    d_kind: str = "standard"
+    mix_set_size: int = 8  # "mixed": images per set (the batch gives batch // mix_set_size sets per step). 2..256
     lr_g: float = 1e-3  # Adam learning rate of the generator (high: the reconstruction term steadies it). (0, 1e-2]
     lr_d: float = 2e-4  # Adam learning rate of the discriminator. (0, 1e-2]
     beta1: float = 0.5  # Adam beta1 for G and D (0.0 or 0.5 are usual for GANs). [0, 1)
@@ -127,6 +135,14 @@ class GANConfig:
                 f"GANConfig.mode_reg_anneal_steps must be an int >= 1, got {self.mode_reg_anneal_steps!r}")
         if self.d_norm not in D_NORMS:
             raise ValidationError(f"GANConfig.d_norm={self.d_norm!r}; choose one of {', '.join(D_NORMS)}")
+        if self.d_kind not in D_KINDS:
+            raise ValidationError(f"GANConfig.d_kind={self.d_kind!r}; choose one of {', '.join(D_KINDS)}")
+        if not isinstance(self.mix_set_size, int) or isinstance(self.mix_set_size, bool):
+            raise ValidationError(f"GANConfig.mix_set_size must be an int, got {self.mix_set_size!r}")
+        rng("mix_set_size", 2, 256)
+        if self.d_kind == "mixed" and self.d_norm != "sn":
+            raise ValidationError("GANConfig.d_kind='mixed' needs d_norm='sn' (batch norm would share statistics "
+                                  "across the sets it must tell apart)")
         if self.loss not in LOSSES:
             raise ValidationError(f"GANConfig.loss={self.loss!r}; choose one of {', '.join(LOSSES)}")
 

@@ -18,6 +18,7 @@ from torch import nn
 from latentserve.errors import ValidationError
 
 LIKELIHOODS = ("gaussian", "laplace")
+DECODERS = ("feedforward", "pixelcnn")
 
 
 @dataclass
@@ -63,6 +64,15 @@ class VAEConfig:
     # decoder (1400 steps: 22.8 vs 24.0 dB); res_blocks 1 (2.6x slower per step, no better per step)
     lr_decay_steps: int = 3000  # steps of the cosine schedule (constant lr_final_frac*lr after); >= 1
     grad_clip: float = 5.0  # max global grad norm; 0 = off
+    # -- the autoregressive decoder (the thesis's VAE + PixelCNN; models/nets/pixelcnn.py) ----------------------
+    # "feedforward": p(x|z,y) is the decoder's image with the `likelihood` above; "pixelcnn": a small PixelCNN
+    # conditioned on that image models p(x|z,y) pixel by pixel (discretised logistic, bits/dim exact), and the
+    # feed-forward image becomes an auxiliary head whose reconstruction loss keeps z informative
+    decoder: str = "feedforward"
+    ar_width: int = 32  # PixelCNN channels; 8..256
+    ar_layers: int = 3  # 3x3 type-B masked layers after the 5x5 type-A one (margin = 2 + ar_layers); 1..8
+    aux_weight: float = 1.0  # weight of the feed-forward head's reconstruction NLL beside the PixelCNN's; >= 0
+    ar_temperature: float = 1.0  # scale of the logistic noise when sampling (1 = the model's own); (0, 2]
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
@@ -84,6 +94,11 @@ class VAEConfig:
         _check(0.0 < self.lr_final_frac <= 1.0, f"lr_final_frac must be in (0, 1], got {self.lr_final_frac}")
         _check(self.lr_decay_steps >= 1, f"lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
         _check(self.grad_clip >= 0.0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.decoder in DECODERS, f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        _check(8 <= self.ar_width <= 256, f"ar_width must be in 8..256, got {self.ar_width}")
+        _check(1 <= self.ar_layers <= 8, f"ar_layers must be in 1..8, got {self.ar_layers}")
+        _check(self.aux_weight >= 0.0, f"aux_weight must be >= 0, got {self.aux_weight}")
+        _check(0.0 < self.ar_temperature <= 2.0, f"ar_temperature must be in (0, 2], got {self.ar_temperature}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -25,6 +25,7 @@ import numpy as np
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
 from latentserve.models.manifest import GRAPH_INPUTS, GRAPH_OUTPUTS
+from latentserve.models.pixel_ar import AR_GRAPHS, ar_decode, ar_settings
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services.core.backends import Session, open_session
 from latentserve.services.observability import metrics
@@ -42,6 +43,8 @@ ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents")
 def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
     """(input names, output names) of a graph in the contract's order (the manifest's JSON dicts are sorted)."""
     spec = record.manifest["graphs"][graph]
+    if graph not in GRAPH_INPUTS:  # a family's own graph (the autoregressive decoder's): the export's order
+        return list(spec["input_names"]), list(spec["output_names"])
     inputs = [n for n in GRAPH_INPUTS[graph] if n in spec["inputs"]]
     outputs = list(GRAPH_OUTPUTS[graph])
     if graph == "encoder":
@@ -56,6 +59,10 @@ class LoadedVersion:
     encoder: Session
     decoder: Session
     loaded_at: float = field(default_factory=time.time)
+    # an autoregressive decoder (models/pixel_ar.py): its settings and the ar_context / ar_step sessions; Decode
+    # then samples pixel by pixel over all rows of a batch instead of running `decoder`
+    ar: dict | None = None
+    ar_sessions: dict[str, Session] = field(default_factory=dict)
 
 
 class BatchStats:
@@ -312,7 +319,8 @@ class ModelRunner:
             )
         fmt = "onnx" if self.config.served.backend == "onnxruntime" else "torchscript"
         sessions = {}
-        for graph in ("encoder", "decoder"):
+        ar = ar_settings(record.manifest)
+        for graph in ("encoder", "decoder") + (AR_GRAPHS if ar else ()):
             ins, outs = graph_io(record, graph)
             sessions[graph] = open_session(
                 self.config.served.backend, record.graph_path(graph, fmt), ins, outs,
@@ -320,7 +328,8 @@ class ModelRunner:
                 providers=self.config.runtime.providers, device=self.device,
             )
         logger.info("model %s v%d loaded (%s, %s)", self.name, version, self.config.served.backend, self.device)
-        return LoadedVersion(record, sessions["encoder"], sessions["decoder"])
+        return LoadedVersion(record, sessions["encoder"], sessions["decoder"], ar=ar,
+                             ar_sessions={g: sessions[g] for g in AR_GRAPHS if g in sessions})
 
     def _install(self, loaded: LoadedVersion) -> None:
         """Add a loaded version (event-loop thread only) and evict the least recently used non-default ones."""
@@ -412,7 +421,11 @@ class ModelRunner:
         if method == "encode":
             out = loaded.encoder.run({"image": arrays[0]})
         else:
-            x = loaded.decoder.run({"latent": arrays[0], "label": arrays[1]})["image"]  # (B, 3, H, W)
+            if loaded.ar:  # sequential over pixels, batched over every row of every request in this batch
+                x = ar_decode(loaded.ar_sessions["ar_context"].run, loaded.ar_sessions["ar_step"].run, arrays[0],
+                              arrays[1], loaded.ar["margin"], loaded.ar["temperature"])
+            else:
+                x = loaded.decoder.run({"latent": arrays[0], "label": arrays[1]})["image"]  # (B, 3, H, W)
             out = {}
             if "float32" in outs:
                 out["float32"] = x

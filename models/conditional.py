@@ -29,12 +29,13 @@ def conditional_step(space: Any, name: str, hold: Iterable[str] = ()) -> np.ndar
     """(D,) float32: one unit of factor `name` with the linear read-outs of every factor in `hold` unchanged.
     With `hold` empty this is the naive step w / ||w||^2. ValidationError naming `hold` for an unknown factor,
     the target itself, or a target whose direction lies (nearly) in the span of the held ones."""
-    w = _factor_knob(space, name, "knob").weight.astype(np.float64)
+    knob = _factor_knob(space, name, "knob")
+    w = knob.weight.astype(np.float64)
     held = list(dict.fromkeys(hold))
     if name in held:
         raise ValidationError(f"hold: {name!r} is the factor being moved; it cannot also be held")
     if not held:
-        return (w / (w @ w)).astype(np.float32)
+        return knob.unit_step()
     wh = np.stack([_factor_knob(space, h, "hold").weight.astype(np.float64) for h in held], 1)  # (D, H)
     coef, *_ = np.linalg.lstsq(wh, w, rcond=None)
     d = w - wh @ coef
@@ -55,16 +56,11 @@ def move_holding(space: Any, z: Any, name: str, delta: Any, hold: Iterable[str] 
 
 def set_factor_holding(space: Any, z: Any, name: str, target: Any, hold: Iterable[str] = (),
                        labels: Any = None) -> np.ndarray:
-    """z moved along the conditional step so factor `name` reads `target`: solved with the knob's nonlinear
-    read-out when it has one and `labels` are given (as LatentSpace.set_factor), else with the linear read-out."""
+    """z moved along the conditional step so factor `name` reads `target` (LatentSpace.solve_move: the knob's
+    nonlinear read-out when it has one and `labels` are given, else its linear read-out)."""
     z2 = np.atleast_2d(np.asarray(z, np.float32))
     t = np.broadcast_to(np.asarray(target, np.float64), (len(z2),))
-    knob = _factor_knob(space, name, "knob")
     step = conditional_step(space, name, hold)
-    if knob.readout is not None and labels is not None:
-        y = np.broadcast_to(np.asarray(labels, np.int64), (len(z2),))
-        amount = knob.readout.solve(z2, y, step, t, bracket=4.0 * (knob.high - knob.low))
-    else:
-        amount = t - (z2 @ knob.weight + knob.bias)
-    out = (z2 + np.asarray(amount, np.float32)[:, None] * step).astype(np.float32)
+    y = None if labels is None else np.broadcast_to(np.asarray(labels, np.int64), (len(z2),))
+    out = space.solve_move(z2, name, t, y, step)
     return out if np.ndim(z) == 2 else out[0]

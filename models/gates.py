@@ -22,6 +22,8 @@ GENERATIVE = ("gan", "vae", "flow", "ae")
 CORE_KNOBS = ("scale", "x", "y", "hue")  # knobs every shapes model offers and must get right
 OFFER_GATED_KNOBS = ("rotation",)  # offered only when they meet their target: below it they are unusable
 USABLE_R2 = 0.5  # below this judged R² a knob moves the image barely more than noise: refused unless opted in
+# why a knob the judge tried has no R²: it is then unusable (compute_gates), not "not measured"
+_NO_R2 = "too few samples moved by it were judged their class"
 DIRECT = "direct"  # the "judge" of a figure the model's own graphs give (flow round trip, bits/dim)
 
 
@@ -209,7 +211,7 @@ def refuse_weak_knob(model: str, version: int, knob: str, knobs: Mapping[str, Ma
     r2 = _num(info.get("r2"))
     judge = f"by the {info.get('judge') or 'unnamed'} judge"
     why = (f"R² {r2:.2f} {judge} (< {usable_bar(knob):g})" if r2 is not None else
-           f"no R² {judge} (too few samples moved by it were judged their class)")
+           f"no R² {judge} ({_NO_R2})")
     raise ValidationError(f"knob {knob!r} of {model} v{version} is below its quality gate: {why}; set "
                           "allow_weak_knobs (--allow-weak-knobs) to use it anyway")
 
@@ -217,5 +219,5 @@ def refuse_weak_knob(model: str, version: int, knob: str, knobs: Mapping[str, Ma
 def _weak_reason(knob: str, info: Mapping) -> str:
     r2 = _num(info.get("r2"))
     if r2 is None:
-        return "no judged R2 (too few samples moved by it were judged their class)"
+        return f"no judged R2 ({_NO_R2})"
     return f"judged R2 {_fmt(r2)} < {usable_bar(knob):g}"

@@ -90,9 +90,9 @@ def _radius(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(radius measured from the blob's area, NaN where there is no blob; judged a disk) of float (N,3,H,W) [-1,1]
     images. The radius is read even when the blob is not a clean disk: a blurred disk still has a size."""
     from latentserve.models.judges.geometric import judge_disks
+    from latentserve.models.judges.scoring import to_u8
 
-    u8 = np.clip(np.round((np.transpose(images, (0, 2, 3, 1)) + 1) * 127.5), 0, 255).astype(np.uint8)
-    j = judge_disks(u8)
+    j = judge_disks(to_u8(images))
     return j.factors[:, 0].astype(np.float64), j.labels == 0
 
 

@@ -287,25 +287,28 @@ class LatentSpace:
             y = self._labels(labels)
             tolerance = MANIFOLD_TOLERANCE * (knob.high - knob.low)
             for _ in range(MANIFOLD_STEPS):
-                z2 = self._project_to_anchors(self._set_factor_once(z2, name, knob, t, y), y)
+                z2 = self._project_to_anchors(self.solve_move(z2, name, t, y), y)
                 if knob.readout is not None and np.all(np.abs(knob.readout.predict(z2, y) - t) <= tolerance):
                     break
             return z2[0] if single else z2
         if knob is not None and labels is not None:
-            out = self._set_factor_once(z2, name, knob, t, self._labels(labels))
+            out = self.solve_move(z2, name, t, self._labels(labels))
             return out[0] if single else out
         current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
         out = self.move(z2, name, (t - current).astype(np.float32))
         return out[0] if single else out
 
-    def _set_factor_once(self, z2: np.ndarray, name: str, knob: Knob, t: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """One move of z2 (N, D) along the knob to targets t (N,): solved with the read-out where there is one."""
-        if knob.readout is not None:
-            step = knob.unit_step()
+    def solve_move(self, z2: np.ndarray, name: str, t: np.ndarray, y: np.ndarray | None = None,
+                   step: np.ndarray | None = None) -> np.ndarray:
+        """One move of z2 (N, D) along `step` (D,) (default the knob's unit step) to targets t (N,): the amount is
+        solved with the knob's read-out where it has one and labels y (N,) are given, else with its linear one."""
+        knob = self._knob(name)
+        step = knob.unit_step() if step is None else step
+        if knob.readout is not None and y is not None:
             amount = knob.readout.solve(z2, y, step, t, bracket=4.0 * (knob.high - knob.low))
-            return (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
-        current = np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
-        return self.move(z2, name, (t - current).astype(np.float32))
+        else:
+            amount = np.asarray(t, np.float64) - np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
+        return (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
 
     def _project_to_anchors(self, z2: np.ndarray, y: np.ndarray) -> np.ndarray:
         """z2 (N, D) projected onto the affine span of the PROJECT_NEIGHBOURS nearest anchors of each row's
@@ -437,8 +440,9 @@ def latents_under_labels(encoded: dict, labels: Any) -> np.ndarray:
 
 
 def default_sample_source(family: str, has_gmm: bool, gmm_kind: str = "em") -> str:
-    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent mixture for a VAE or an AE (whose prior is only a Gaussian fitted to its codes) that has one, or for any
-    model whose mixture is an anchor mixture (fitted to stay on its codes, `anchor_mixture`), else the prior.
+    """What SAMPLE_SOURCE_UNSPECIFIED means for a model: its latent mixture for a VAE or an AE (whose prior is only
+    a Gaussian fitted to its codes) that has one, or for any model whose mixture is an anchor mixture (fitted to
+    stay on its codes, `anchor_mixture`), else the prior.
 
     A VAE's N(0, I) prior samples fall in the "prior hole" (its encoded codes spread 2-3x wider), so they are
     mostly off the data. An anchor mixture is exported because the prior's samples fall off the data. Otherwise

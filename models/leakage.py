@@ -27,8 +27,9 @@ def _measure(images_f: np.ndarray, labels: np.ndarray) -> tuple[dict[str, np.nda
     from latentserve.models.data.shapes import AREA_COEF
     from latentserve.models.judges.geometric import judge_shapes
     from latentserve.models.judges.measure import coverage_of, find_blobs
+    from latentserve.models.judges.scoring import to_u8
 
-    u8 = np.clip(np.round((np.transpose(images_f, (0, 2, 3, 1)) + 1) * 127.5), 0, 255).astype(np.uint8)
+    u8 = to_u8(images_f)
     j = judge_shapes(u8)
     blobs = find_blobs(coverage_of(u8))
     scale = np.sqrt(blobs.area / AREA_COEF[labels]) / u8.shape[1]

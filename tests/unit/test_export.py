@@ -15,11 +15,10 @@ from torch import nn
 
 from latentserve.errors import NotFoundError, ValidationError
 from latentserve.models.data.base import DataSplit, Dataset, Factor
-from latentserve.models.export import (
-    ExportConfig,
+from latentserve.models.export import ExportConfig, export_family
+from latentserve.models.graph_files import (
     ExportError,
     check_parity,
-    export_family,
     export_onnx,
     export_torchscript,
     legacy_exporter_available,

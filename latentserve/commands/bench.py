@@ -76,10 +76,14 @@ def register(sub) -> None:
     cache.add_argument("--format", choices=("png", "raw_uint8"), default="png", help="output image format (default png)")
     fault = p.add_argument_group("fault benchmark (--fault)")
     fault.add_argument("--fault", choices=("kill-replica", "redis-down"), default=None,
-                       help="start `latentserve serve` (+ --serve-args), put it under load and kill a serving process "
+                       help="start `latentserve serve` (every bundled model, + --serve-args), put it under load "
+                            "(calls to --model) and kill a serving process "
                             "(kill-replica) or the handle Redis (redis-down, back after 3 s); prints failed requests "
                             "and outage times (latentserve/tools/fault_bench.py)")
     fault.add_argument("--fault-clients", type=int, default=16, help="client threads, default retries (default 16)")
+    fault.add_argument("--fault-redis", action="store_true",
+                       help="kill-replica: serve with a handle Redis (AOF), as the documented cluster setup does "
+                            "(default: without, as a default `latentserve serve`; redis-down always has one)")
     p.set_defaults(func=run)
 
 
@@ -145,7 +149,8 @@ def _run_fault(args: argparse.Namespace) -> int:
     duration = args.duration if args.duration != 10.0 else 20.0  # a fault run needs time to recover in
     report = run_fault_bench(FaultBenchConfig(fault=args.fault, model=args.model, repo=args.repo or str(DEFAULT_REPO),
                                               serve_args=tuple(shlex.split(args.serve_args)),
-                                              concurrency=args.fault_clients, duration=duration))
+                                              concurrency=args.fault_clients, duration=duration,
+                                              redis=args.fault_redis))
     print(format_fault_report(report))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -159,6 +159,12 @@ class SyncLatentStore(LatentStore):
     def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
         return self._checked(handles, self.lookup(handles))
 
+    def _count(self, out: list) -> None:
+        """Hits and misses of one `lookup` into `self.counters`."""
+        hits = sum(e is not None for e in out)
+        self.counters["hits"] += hits
+        self.counters["misses"] += len(out) - hits
+
     def _checked(self, handles: list[str], out: list) -> list[tuple[np.ndarray, int]]:
         """`out` (from `lookup`) or NotFoundError naming the first unknown handle."""
         for handle, entry in zip(handles, out):
@@ -230,9 +236,7 @@ class InProcessLatentStore(SyncLatentStore):
                     continue
                 self._data.move_to_end(handle)
                 out.append(unpack_latent(entry[0]))
-            hits = sum(e is not None for e in out)
-            self.counters["hits"] += hits
-            self.counters["misses"] += len(out) - hits
+            self._count(out)
         return out
 
     def unknown(self, handle: str) -> str:

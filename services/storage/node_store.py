@@ -136,9 +136,7 @@ class NodeLatentStore(SyncLatentStore):
 
         found = self._run(get)
         out = [unpack_latent(found[h]) if h in found else None for h in handles]
-        hits = sum(e is not None for e in out)
-        self.counters["hits"] += hits
-        self.counters["misses"] += len(out) - hits
+        self._count(out)
         return out
 
     def unknown(self, handle: str) -> str:

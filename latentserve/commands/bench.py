@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from latentserve.commands.models import resolve_target, resolve_token
+from latentserve.commands.models import add_tls_options, resolve_target, resolve_tls, resolve_token
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -40,6 +40,7 @@ def register(sub) -> None:
                    help="with --target: pid of the server (e.g. of `latentserve serve`) to count its CPU per image")
     p.add_argument("--label", default="latentserve", help="name of the measured server in the table (default latentserve)")
     p.add_argument("--token", default=None, help="API token for the latentserve server")
+    add_tls_options(p.add_argument_group("TLS to the latentserve server (--target; Triton stays plaintext)"))
     p.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
     p.add_argument("--duration", type=float, default=10.0, help="measuring window per run, seconds (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up per run, seconds (default 2)")
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                       triton=not args.no_triton,
                       triton_target=args.triton_target, triton_port=args.triton_port,
                       triton_script=args.triton_script, triton_delay_us=args.triton_delay_us,
-                      token=resolve_token(args), app_name=args.app,
+                      token=resolve_token(args), app_name=args.app, tls=resolve_tls(args),
                       json_out="runs/bench/serving.json" if args.json_out is None else args.json_out or None)
     report = run_bench(cfg)
     print(format_table(report))
@@ -130,7 +131,7 @@ def _run_cache(args: argparse.Namespace) -> int:
                            target=resolve_target(args) if args.target else None,
                            modes=tuple(m.strip() for m in args.cache_modes.split(",") if m.strip()),
                            requests=args.requests, format=args.format, serve_args=tuple(shlex.split(args.serve_args)),
-                           token=resolve_token(args), app_name=args.app,
+                           token=resolve_token(args), app_name=args.app, tls=resolve_tls(args),
                            json_out="runs/bench/cache.json" if args.json_out is None else args.json_out or None)
     report = run_cache_bench(cfg)
     print(format_cache_table(report))

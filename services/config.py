@@ -408,8 +408,9 @@ class ServeConfig:
                 except (ssl.SSLError, OSError) as exc:
                     bad("tls_ca", f"is not a usable CA bundle ({getattr(exc, 'reason', None) or exc})")
             if f.grpc_frontend != "native":
-                bad("tls_cert", "TLS is served by the native frontend; Ray Serve 2.60's gRPC proxy has no TLS option "
-                                "(grpc_frontend 'serve'): terminate TLS in a proxy in front of it instead")
+                bad("tls_cert", "Ray Serve 2.60's gRPC proxy (grpc_frontend 'serve') has no TLS option: use "
+                                "grpc_frontend 'native' (`--frontend native`, the default), which serves TLS and "
+                                "mutual TLS, or keep 'serve' and terminate TLS in a proxy in front of it")
         if sec.tls_ca and f.http_port:
             bad("tls_ca", "the HTTP door cannot require client certificates (Ray Serve 2.60's HTTP proxy offers "
                           "no client-certificate option): set http_port 0, or terminate mutual TLS in a proxy")

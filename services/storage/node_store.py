@@ -85,12 +85,22 @@ class NodeLatentStore(SyncLatentStore):
             self._open()
         return self._db  # type: ignore[return-value]
 
-    def _run(self, fn):
-        """fn(connection) under the lock; a locked or broken file is UNAVAILABLE (a retryable, never an
-        internal error), naming no path."""
+    def _run(self, fn, write: bool = False):
+        """fn(connection) under the lock, in one transaction when it writes (one commit per call, not per row);
+        a locked or broken file is UNAVAILABLE (a retryable, never an internal error), naming no path."""
         with self._lock:
             try:
-                return fn(self._connection())
+                db = self._connection()
+                if not write:
+                    return fn(db)
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+                return out
             except sqlite3.OperationalError as exc:
                 raise UnavailableError(f"the node's handle store is busy or unreadable ({exc}); retry") from None
 
@@ -108,7 +118,7 @@ class NodeLatentStore(SyncLatentStore):
                 self._since_trim = 0
                 self._trim(db, now)
 
-        self._run(put)
+        self._run(put, write=True)
         self.counters["puts"] += len(rows)
 
     def _trim(self, db: sqlite3.Connection, now: float) -> None:
@@ -134,7 +144,7 @@ class NodeLatentStore(SyncLatentStore):
                 db.executemany("UPDATE handles SET used = ? WHERE handle = ?", [(now, h) for h in found])
             return found
 
-        found = self._run(get)
+        found = self._run(get, write=True)  # a hit updates its `used`
         out = [unpack_latent(found[h]) if h in found else None for h in handles]
         self._count(out)
         return out

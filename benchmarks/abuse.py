@@ -27,7 +27,9 @@ def server_parser(doc: str) -> argparse.ArgumentParser:
     """The options every watch-a-running-server script shares (this one, soak.py): target, pid, model."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("-t", "--target", default="127.0.0.1:9000")
-    p.add_argument("--server-pid", type=int, required=True, help="the serving process (its RSS is watched)")
+    p.add_argument("--server-pid", type=int, required=True,
+                   help="the serving process whose RSS is watched (soak.py: or the server's pid, every serving "
+                        "process below it)")
     p.add_argument("--model", default="shapes-gan")
     return p
 

@@ -28,7 +28,8 @@ from latentserve.models.repository import default_repository_path
 
 BACKENDS = ("onnxruntime", "torchscript")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider")
-GRPC_FRONTENDS = ("native", "serve")  # who listens on grpc_port: see Frontend.grpc_frontend
+GRPC_FRONTENDS = ("native", "serve")
+HANDLE_STORES = ("auto", "node", "memory")  # without Redis: see Storage.handle_store  # who listens on grpc_port: see Frontend.grpc_frontend
 GRPC_TRANSPORTS = ("auto", "cxx", "grpcio")  # what moves the bytes of the native frontend: Frontend.grpc_transport
 REFLECTION_MODES = ("open", "auth", "off")  # who may use gRPC server reflection: Frontend.reflection
 ENV_PREFIX = "LATENTSERVE_"
@@ -158,8 +159,8 @@ class Frontend:
     serving_processes: int = setting(
         0, "native: serving processes per replica, each with the models in-process, sharing grpc_port "
            "(SO_REUSEPORT) so one can die without refusing a connection; a dead one is restarted; 0 = 2 on a "
-           "node with >= 2 CPUs when handles live in Redis (redis_url), else 1 (an in-process handle store "
-           "is one process's)", lo=0, hi=64)
+           "node with >= 2 CPUs when the processes share the handles (Redis, or the node's store), else 1 "
+           "(handle_store 'memory' is one process's)", lo=0, hi=64)
     reset_serving_niceness: bool = setting(
         True, "native: the serving process sets its nice value back to 0 (Ray starts workers at nice 15, where "
               "every normal-priority job on the node preempts the gRPC server); needs CAP_SYS_NICE, else a "
@@ -282,8 +283,14 @@ class Storage:
     (services/storage/)."""
 
     handle_store_size: int = setting(
-        100_000, "without Redis: the handle store itself (one process only); with Redis: each replica's "
-                 "read-through copy of recent handles", lo=1, hi=100_000_000)
+        100_000, "without Redis: the handle store itself; with Redis: each replica's read-through copy of "
+                 "recent handles", lo=1, hi=100_000_000)
+    handle_store: str = setting(
+        "auto", "without Redis, where handles live: 'node' = a SQLite file on the node (/dev/shm) shared by "
+                "every serving process on grpc_port, so any of them resolves a handle another issued and a "
+                "serving process can die without losing any; 'memory' = each process's own LRU (then one serving "
+                "process by default); 'auto' = node with the native frontend, else memory",
+        choices=HANDLE_STORES)
     redis_url: str = setting("", "handles (and the caches unless redis_cache_url): redis://[user:password@]host:"
                                  "port/db, rediss:// = TLS, unix:///path; '' = in-process", check=_redis_url)
     redis_cache_url: str = setting("", "a separate Redis for the caches ('' = redis_url)", check=_redis_url)
@@ -401,8 +408,9 @@ class ServeConfig:
                 except (ssl.SSLError, OSError) as exc:
                     bad("tls_ca", f"is not a usable CA bundle ({getattr(exc, 'reason', None) or exc})")
             if f.grpc_frontend != "native":
-                bad("tls_cert", "TLS is served by the native frontend; Ray Serve 2.60's gRPC proxy has no TLS option "
-                                "(grpc_frontend 'serve'): terminate TLS in a proxy in front of it instead")
+                bad("tls_cert", "Ray Serve 2.60's gRPC proxy (grpc_frontend 'serve') has no TLS option: use "
+                                "grpc_frontend 'native' (`--frontend native`, the default), which serves TLS and "
+                                "mutual TLS, or keep 'serve' and terminate TLS in a proxy in front of it")
         if sec.tls_ca and f.http_port:
             bad("tls_ca", "the HTTP door cannot require client certificates (Ray Serve 2.60's HTTP proxy offers "
                           "no client-certificate option): set http_port 0, or terminate mutual TLS in a proxy")

@@ -48,7 +48,7 @@ class GateInfo:
 class HandleStoreInfo:
     """The server's latent handle store: where handles live and whether they survive its restart."""
 
-    backend: str  # "redis" | "memory" (in the serving process)
+    backend: str  # "redis" | "node" (a file shared by the node's serving processes) | "memory" (one process's)
     durable: bool  # issued handles survive a restart of the store (Redis with appendonly yes)
     detail: str  # why not, when not durable ("" when durable)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from latentserve.commands.models import resolve_target, resolve_token
+from latentserve.commands.models import add_tls_options, resolve_target, resolve_tls, resolve_token
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -40,6 +40,7 @@ def register(sub) -> None:
                    help="with --target: pid of the server (e.g. of `latentserve serve`) to count its CPU per image")
     p.add_argument("--label", default="latentserve", help="name of the measured server in the table (default latentserve)")
     p.add_argument("--token", default=None, help="API token for the latentserve server")
+    add_tls_options(p.add_argument_group("TLS to the latentserve server (--target; Triton stays plaintext)"))
     p.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
     p.add_argument("--duration", type=float, default=10.0, help="measuring window per run, seconds (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up per run, seconds (default 2)")
@@ -76,10 +77,14 @@ def register(sub) -> None:
     cache.add_argument("--format", choices=("png", "raw_uint8"), default="png", help="output image format (default png)")
     fault = p.add_argument_group("fault benchmark (--fault)")
     fault.add_argument("--fault", choices=("kill-replica", "redis-down"), default=None,
-                       help="start `latentserve serve` (+ --serve-args), put it under load and kill a serving process "
+                       help="start `latentserve serve` (every bundled model, + --serve-args), put it under load "
+                            "(calls to --model) and kill a serving process "
                             "(kill-replica) or the handle Redis (redis-down, back after 3 s); prints failed requests "
                             "and outage times (latentserve/tools/fault_bench.py)")
     fault.add_argument("--fault-clients", type=int, default=16, help="client threads, default retries (default 16)")
+    fault.add_argument("--fault-redis", action="store_true",
+                       help="kill-replica: serve with a handle Redis (AOF), as the documented cluster setup does "
+                            "(default: without, as a default `latentserve serve`; redis-down always has one)")
     p.set_defaults(func=run)
 
 
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                       triton=not args.no_triton,
                       triton_target=args.triton_target, triton_port=args.triton_port,
                       triton_script=args.triton_script, triton_delay_us=args.triton_delay_us,
-                      token=resolve_token(args), app_name=args.app,
+                      token=resolve_token(args), app_name=args.app, tls=resolve_tls(args),
                       json_out="runs/bench/serving.json" if args.json_out is None else args.json_out or None)
     report = run_bench(cfg)
     print(format_table(report))
@@ -126,7 +131,7 @@ def _run_cache(args: argparse.Namespace) -> int:
                            target=resolve_target(args) if args.target else None,
                            modes=tuple(m.strip() for m in args.cache_modes.split(",") if m.strip()),
                            requests=args.requests, format=args.format, serve_args=tuple(shlex.split(args.serve_args)),
-                           token=resolve_token(args), app_name=args.app,
+                           token=resolve_token(args), app_name=args.app, tls=resolve_tls(args),
                            json_out="runs/bench/cache.json" if args.json_out is None else args.json_out or None)
     report = run_cache_bench(cfg)
     print(format_cache_table(report))
@@ -145,7 +150,8 @@ def _run_fault(args: argparse.Namespace) -> int:
     duration = args.duration if args.duration != 10.0 else 20.0  # a fault run needs time to recover in
     report = run_fault_bench(FaultBenchConfig(fault=args.fault, model=args.model, repo=args.repo or str(DEFAULT_REPO),
                                               serve_args=tuple(shlex.split(args.serve_args)),
-                                              concurrency=args.fault_clients, duration=duration))
+                                              concurrency=args.fault_clients, duration=duration,
+                                              redis=args.fault_redis))
     print(format_fault_report(report))
     if args.json_out:
         with open(args.json_out, "w") as f:

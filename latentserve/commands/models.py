@@ -22,6 +22,11 @@ def add_client_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token", default=None, help=f"API token, sent as 'authorization: Bearer' (default: ${TOKEN_ENV})")
     g.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds (default 30)")
     g.add_argument("--app", default=None, help="Ray Serve application name, when the server runs several")
+    add_tls_options(g)
+
+
+def add_tls_options(g) -> None:
+    """The client's --tls-* options (read by `resolve_tls`), on a parser or an argument group."""
     g.add_argument("--tls-ca", default=None, metavar="PEM",
                    help="connect with TLS, verifying the server's certificate against this CA bundle")
     g.add_argument("--tls-cert", default=None, metavar="PEM",

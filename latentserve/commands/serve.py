@@ -55,7 +55,8 @@ def register(sub) -> None:
                         "model (they share --port via SO_REUSEPORT)")
     p.add_argument("--serving-processes", type=int, default=None,
                    help="native frontend: serving processes per replica sharing --port, a dead one restarted "
-                        "(default 0 = 2 on a node with >= 2 CPUs, else 1)")
+                        "(default 0 = 2 on a node with >= 2 CPUs, else 1; they share handles through Redis or "
+                        "the node's store)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads per replica (default 1)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs reserved per model replica (default 1)")
     p.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica (default 0)")

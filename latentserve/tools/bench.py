@@ -86,6 +86,7 @@ class BenchConfig:
     settle_s: float = 60.0  # after starting servers: wait at most this long for the machine to go quiet (0 = no)
     token: str | None = None
     app_name: str | None = None
+    tls: Any = None  # a client.ClientTls for a --target serving TLS (None: plaintext)
     json_out: str | None = "runs/bench/serving.json"
     seed: int = 0
 
@@ -112,6 +113,8 @@ class BenchConfig:
             raise ValidationError("--server-pid is the pid of a running server given with --target (not --start)")
         if not (0 <= self.triton_port < 65536):
             raise ValidationError("--triton-port must be a port number")
+        if self.tls is not None and not self.target:
+            raise ValidationError("--tls-* options are for a --target serving TLS (a --start server is plaintext)")
 
 
 # ------------------------------------------------------------------------------------------------ stats
@@ -652,23 +655,23 @@ class System:
     make_parser: Callable[[int], Callable[[bytes], int]]  # batch size -> response parser (returns images)
     metadata: tuple = ()
     pid: int | None = None  # root of the server's process tree when we started it (for CPU accounting)
+    tls: Any = None  # client.ClientTls, None = plaintext
 
 
-def open_channels(target: str, connections: int) -> list:
-    """`connections` grpc.aio channels to `target`, each on its own TCP connection (a local subchannel pool per
-    channel: without one, channels to the same target share a connection)."""
-    import grpc
-
+def open_channels(target: str, connections: int, tls: Any = None) -> list:
+    """`connections` grpc.aio channels to `target` (TLS with a ClientTls), each on its own TCP connection (a
+    local subchannel pool per channel: without one, channels to the same target share a connection)."""
     from latentserve.client import CHANNEL_OPTIONS
+    from latentserve.client.connection import make_channel
 
     options = list(CHANNEL_OPTIONS) + ([("grpc.use_local_subchannel_pool", 1)] if connections > 1 else [])
-    return [grpc.aio.insecure_channel(target, options=options) for _ in range(connections)]
+    return [make_channel(target, options, tls, aio=True) for _ in range(connections)]
 
 
 async def _drive_systems(systems: list[System], cfg: BenchConfig) -> list[RunStats]:
     """Every mode (bulk, then single at each concurrency) for every system, interleaved per mode so the
     systems see the same background load on a shared machine."""
-    channels = [open_channels(s.target, cfg.connections) for s in systems]
+    channels = [open_channels(s.target, cfg.connections, s.tls) for s in systems]
     results = []
     try:
         plan = [("bulk", cfg.bulk_concurrency, cfg.bulk_size)] + [("single", c, 1) for c in cfg.concurrency]
@@ -734,11 +737,16 @@ def run_bench(cfg: BenchConfig) -> dict:
     procs: list[Proc] = []
     tmp = tempfile.mkdtemp(prefix="latentserve-bench-")
     report: dict[str, Any] = {"config": {**asdict(cfg), "concurrency": list(cfg.concurrency), "token": None,
-                                         "serve_args": list(cfg.serve_args)},
+                                         "tls": cfg.tls is not None, "serve_args": list(cfg.serve_args)},
                               "onnx": str(onnx_path), "image_shape": list(image_chw), "latent_dim": latent_dim,
                               "machine": {"cpus": os.cpu_count(), "loadavg_before": list(os.getloadavg())},
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     failed = True
+    if cfg.target:  # a running server that cannot be reached (address, TLS handshake, token) fails now, not later
+        from latentserve.client import LatentClient
+
+        with LatentClient(cfg.target, token=cfg.token, app_name=cfg.app_name, timeout=30, tls=cfg.tls) as c:
+            c.get_model(cfg.model, cfg.version)
     try:
         # 1) the ceiling, first pass: raw ONNX Runtime in this process
         results = _raw_pass(sess, latent_dim, n_classes, cfg)
@@ -773,10 +781,11 @@ def run_bench(cfg: BenchConfig) -> dict:
 
         from latentserve.client import LatentClient
 
-        client = LatentClient(target, token=cfg.token, app_name=cfg.app_name, timeout=30)
-        _log(f"waiting for latentserve at {target} ...")
-        wait_until(client.health, cfg.startup_timeout, f"latentserve at {target}", ls_proc)
-        info = client.get_model(cfg.model, cfg.version)
+        client = LatentClient(target, token=cfg.token, app_name=cfg.app_name, timeout=30, tls=cfg.tls)
+        if ls_proc is not None:
+            _log(f"waiting for latentserve at {target} ...")
+            wait_until(client.health, cfg.startup_timeout, f"latentserve at {target}", ls_proc)
+        info = client.get_model(cfg.model, cfg.version)  # a --target that fails says why (e.g. the TLS handshake)
         client.close()
         if info.latent_dim != latent_dim or tuple(info.image_shape) != image_chw:
             raise ValidationError(f"server model {info.name} v{info.version} (D={info.latent_dim}, image "
@@ -801,7 +810,8 @@ def run_bench(cfg: BenchConfig) -> dict:
         hw = (image_chw[1], image_chw[2])
         systems = [System(cfg.label, target, "/latentserve.v1.LatentService/Decode",
                           lambda b: latentserve_requests(cfg.model, cfg.version, latent_dim, n_classes, b, cfg.seed),
-                          lambda b: latentserve_parser(b, hw), md, ls_proc.proc.pid if ls_proc else cfg.server_pid)]
+                          lambda b: latentserve_parser(b, hw), md, ls_proc.proc.pid if ls_proc else cfg.server_pid,
+                          cfg.tls)]
         if triton_target:
             systems.append(System("triton", triton_target, TRITON_INFER,
                                   lambda b: triton_requests(latent_dim, n_classes, b, cfg.seed),

@@ -53,6 +53,7 @@ class CacheBenchConfig:
     serve_args: tuple[str, ...] = ()
     token: str | None = None
     app_name: str | None = None
+    tls: Any = None  # a client.ClientTls for a --target serving TLS (None: plaintext)
     startup_timeout: float = 600.0
     json_out: str | None = "runs/bench/cache.json"
     seed: int = 0
@@ -67,6 +68,8 @@ class CacheBenchConfig:
             raise ValidationError(f"--cache-modes must be a comma-separated subset of {', '.join(MODES)}, got {unknown or '(none)'}")
         if self.target and self.serve_args:
             raise ValidationError("--serve-args only applies to servers the benchmark starts (no --target)")
+        if self.tls is not None and not self.target:
+            raise ValidationError("--tls-* options are for a --target serving TLS (started servers are plaintext)")
 
 
 def summary(lat_ms: list[float]) -> dict:
@@ -76,10 +79,9 @@ def summary(lat_ms: list[float]) -> dict:
 
 
 def measure(target: str, model: str, version: int, dim: int, n: int, fmt: int, hit: bool, seed: int,
-            metadata: tuple = ()) -> list[float]:
+            metadata: tuple = (), tls: Any = None) -> list[float]:
     """Latencies (ms) of n sequential one-latent Decode requests (see the module docstring)."""
-    import grpc
-
+    from latentserve.client.connection import make_channel
     from latentserve.v1 import latent_pb2 as pb
     from latentserve.v1 import latent_pb2_grpc as pb_grpc
 
@@ -92,7 +94,7 @@ def measure(target: str, model: str, version: int, dim: int, n: int, fmt: int, h
                                 format=fmt)
 
     md = metadata or None
-    with grpc.insecure_channel(target) as ch:
+    with make_channel(target, [], tls) as ch:
         stub = pb_grpc.LatentServiceStub(ch)
         if hit:  # decode the pool once so every measured request is a hit
             for i in range(POOL):
@@ -152,11 +154,11 @@ def _log(msg: str) -> None:
 def _run_mode(cfg: CacheBenchConfig, mode: str, target: str, info: Any, fmt: int, metrics_url: str | None,
               md: tuple) -> dict:
     row: dict[str, Any] = {"miss": summary(measure(target, cfg.model, info.version, info.latent_dim, cfg.requests,
-                                                   fmt, hit=False, seed=cfg.seed + 1, metadata=md))}
+                                                   fmt, hit=False, seed=cfg.seed + 1, metadata=md, tls=cfg.tls))}
     if mode != "off":
         before = result_cache_hits(metrics_url) if metrics_url else None
         row["hit"] = summary(measure(target, cfg.model, info.version, info.latent_dim, cfg.requests, fmt,
-                                     hit=True, seed=cfg.seed + 2, metadata=md))
+                                     hit=True, seed=cfg.seed + 2, metadata=md, tls=cfg.tls))
         if metrics_url:
             # every measured + warm-up request of the hit phase must have been a hit (the pool's first
             # decodes were the misses)
@@ -175,7 +177,7 @@ def run_cache_bench(cfg: CacheBenchConfig) -> dict:
     fmt = pb.IMAGE_FORMAT_PNG if cfg.format == "png" else pb.IMAGE_FORMAT_RAW_UINT8
     md = tuple(x for x in ((("authorization", f"Bearer {cfg.token}") if cfg.token else None),
                            (("application", cfg.app_name) if cfg.app_name else None)) if x)
-    report: dict[str, Any] = {"config": {**asdict(cfg), "token": None}, "modes": {},
+    report: dict[str, Any] = {"config": {**asdict(cfg), "token": None, "tls": cfg.tls is not None}, "modes": {},
                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     runs = [("target", cfg.target)] if cfg.target else [(m, None) for m in cfg.modes]
     for mode, target in runs:
@@ -196,9 +198,10 @@ def run_cache_bench(cfg: CacheBenchConfig) -> dict:
                                                 "--http-port", str(free_port()), "--metrics-port", str(mport),
                                                 "--repo", str(cfg.repo), "--models", cfg.model, *cfg.serve_args],
                               env={**env, "PYTHONWARNINGS": "ignore"})
-            client = LatentClient(target, token=cfg.token, app_name=cfg.app_name, timeout=30)
+            client = LatentClient(target, token=cfg.token, app_name=cfg.app_name, timeout=30, tls=cfg.tls)
             try:
-                wait_until(client.health, cfg.startup_timeout, f"latentserve at {target}", server)
+                if server is not None:  # a --target answers now or says why not (e.g. the TLS handshake)
+                    wait_until(client.health, cfg.startup_timeout, f"latentserve at {target}", server)
                 info = client.get_model(cfg.model, cfg.version)
             finally:
                 client.close()

@@ -1,8 +1,9 @@
 """Fault benchmark (`latentserve bench --fault kill-replica|redis-down`): a fault under load, and what clients saw.
 
-It starts a handle Redis with AOF and `latentserve serve` using it, as the documented setup runs (handles shared
-by the serving processes, so a node runs two of them; `redis=False` serves without), with `--serve-args`
-(e.g. `--serving-processes 1`), on free loopback ports, then
+It starts `latentserve serve` as a user would, every bundled model served (with `--serve-args`, e.g.
+`--serving-processes 1`) on free loopback ports: without Redis (the default serve: two serving processes sharing
+the node's handle store), or with `redis=True` (`--fault-redis`; always for redis-down) using a handle Redis with
+AOF, as the documented cluster setup runs. Then
 `concurrency` threads, each with its own `LatentClient` and the client's default retries, send one-latent
 Decode calls (by latent values) for `duration` seconds, while a probe opens a new TCP connection to the port every 20 ms.
 `fault_at` seconds in:
@@ -50,11 +51,11 @@ class FaultBenchConfig:
     duration: float = 20.0
     fault_at: float = 5.0
     down_s: float = 3.0
-    redis: bool = True  # the handle Redis (redis-down always has it)
+    redis: bool = False  # a handle Redis (redis-down always has it)
     startup_timeout: float = 240.0
 
 
-def _listening_pids(port: int, pids: list[int]) -> list[int]:
+def listening_pids(port: int, pids: list[int]) -> list[int]:
     """Those of `pids` that hold a TCP socket listening on `port` (Linux /proc)."""
     listening = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -141,7 +142,7 @@ def _watch_restart(root: int, port: int, before: list[int], t_fault: float, stop
                    rec: _Record) -> None:
     while not stop.is_set():
         now = serving_pids(root)
-        if len(_listening_pids(port, now)) >= len(before) and set(now) != set(before):
+        if len(listening_pids(port, now)) >= len(before) and set(now) != set(before):
             rec.restored = time.monotonic()
             return
         time.sleep(0.05)
@@ -163,8 +164,8 @@ def run_fault_bench(cfg: FaultBenchConfig) -> dict:
         if cfg.redis or cfg.fault == "redis-down":
             redis_proc, env["LATENTSERVE_REDIS_URL"] = start_redis(tmp, durable=True)
         server = Proc("fault", [sys.executable, "-m", "latentserve", "serve", "--port", str(port), "--http-port",
-                                str(free_port()), "--metrics-port", "0", "--repo", cfg.repo, "--models", cfg.model,
-                                *cfg.serve_args], env=env)
+                                str(free_port()), "--metrics-port", "0", "--repo", cfg.repo, *cfg.serve_args],
+                      env=env)
         with LatentClient(target, timeout=30) as c:
             wait_until(c.health, cfg.startup_timeout, f"latentserve at {target}", server)
             info = c.get_model(cfg.model)
@@ -236,7 +237,7 @@ def _report(cfg: FaultBenchConfig, rec: _Record, serving: list[int], t_start: fl
 
 def format_fault_report(r: dict) -> str:
     lines = [f"fault {r['fault']}: {r['serving_processes']} serving process(es) before, {r['concurrency']} client "
-             f"threads (default retries); handle Redis (AOF): {'yes' if r.get('redis', True) else 'no'}; serve args: "
+             f"threads (default retries); handles: {'Redis (AOF)' if r.get('redis', True) else 'no Redis'}; serve args: "
              f"{r['serve_args'] or '(none)'}",
              f"new connections refused for {r['connections_refused_s']:.2f} s after the fault" +
              ("" if "serving_restored_s" not in r else

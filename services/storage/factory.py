@@ -1,6 +1,8 @@
 """Builds the configured handle store and serving caches (`open_stores`): the one place storage is chosen.
 
-In-process LRUs without a Redis URL (one process only); Redis, shared by every replica, with one.
+Handles: Redis, shared by every replica, with a Redis URL; without one, the node's store shared by the serving
+processes of a native replica (services/storage/node_store.py), or in-process LRUs (one process's). Caches:
+Redis, or in-process.
 """
 from __future__ import annotations
 
@@ -10,12 +12,25 @@ from latentserve.services.config import ServeConfig
 from latentserve.services.observability import metrics
 from latentserve.services.storage.cache import MemoryKV, ServingCache
 from latentserve.services.storage.handles import InProcessLatentStore, LatentStore
+from latentserve.services.storage.node_store import NodeLatentStore, node_store_path
 from latentserve.services.storage.redis_store import RedisBackend, RedisKV, RedisLatentStore
 
 
+def handle_store_kind(config: ServeConfig) -> str:
+    """Where this config keeps handles: "redis" (redis_url), else `handle_store` with "auto" resolved: "node"
+    for the native frontend (its serving processes share the node's store), "memory" otherwise."""
+    if config.storage.redis_url:
+        return "redis"
+    if config.storage.handle_store != "auto":
+        return config.storage.handle_store
+    return "node" if config.frontend.grpc_frontend == "native" else "memory"
+
+
 def make_store(redis_url: str = "", max_entries: int = 100_000) -> LatentStore:
-    """A handle store from a URL and size, with the other settings at their defaults (see `open_stores`)."""
-    return open_stores(ServeConfig.from_dict({"redis_url": redis_url, "handle_store_size": max_entries}),
+    """A handle store from a URL and size (in-process without a URL), the other settings at their defaults (see
+    `open_stores`)."""
+    return open_stores(ServeConfig.from_dict({"redis_url": redis_url, "handle_store_size": max_entries,
+                                              "handle_store": "memory"}),
                        check=bool(redis_url))[0]
 
 
@@ -24,7 +39,7 @@ def open_stores(config: ServeConfig, check: bool = True,
                 ) -> tuple[LatentStore, ServingCache]:
     """THE place that builds the handle store and the encode/result caches from the serve config.
 
-    No Redis URL: in-process LRUs (single-process only). `redis_url`: handles in Redis (each replica keeps a
+    No Redis URL: handles in the node's store or in-process (`handle_store_kind`), caches in-process. `redis_url`: handles in Redis (each replica keeps a
     read-through copy of `handle_store_size` recent handles); caches in `redis_cache_url`, or in the same Redis
     when that is empty. `check=True` (the ingress constructor) connects once to each Redis: a wrong password
     or db raises ValidationError right away (one line); an unreachable Redis only logs a warning, because the
@@ -42,6 +57,9 @@ def open_stores(config: ServeConfig, check: bool = True,
         store: LatentStore = RedisLatentStore(backend, ttl_s=storage.handle_ttl_s, prefix=storage.redis_key_prefix,
                                               local_entries=storage.handle_store_size, durable=not why_not,
                                               detail=why_not)
+    elif handle_store_kind(config) == "node":
+        store = NodeLatentStore(node_store_path(config.frontend.grpc_port), config.storage.handle_store_size,
+                                ttl_s=config.storage.handle_ttl_s)
     else:
         store = InProcessLatentStore(config.storage.handle_store_size, ttl_s=config.storage.handle_ttl_s)
 

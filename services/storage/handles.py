@@ -137,7 +137,54 @@ class LatentStore:
         raise NotImplementedError
 
 
-class InProcessLatentStore(LatentStore):
+def check_size_ttl(max_entries: int, ttl_s: float | None) -> None:
+    """ValidationError unless the entry bound is an int >= 1 and the TTL > 0 seconds or None."""
+    if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1:
+        raise ValidationError(f"handle store size must be an integer >= 1, got {max_entries!r}")
+    if ttl_s is not None and not (isinstance(ttl_s, (int, float)) and ttl_s > 0):
+        raise ValidationError(f"handle TTL must be > 0 seconds (or None for no expiry), got {ttl_s!r}")
+
+
+class SyncLatentStore(LatentStore):
+    """A store whose calls never wait on the network (this process's memory, a node-local file): the async API
+    runs the sync one inline. Subclasses give `put_many`, `lookup` (None per unknown handle) and `unknown`."""
+
+    def unknown(self, handle: str) -> str:
+        """The NOT_FOUND message for `handle`."""
+        raise NotImplementedError
+
+    def lookup(self, handles: list[str]) -> list[tuple[np.ndarray, int] | None]:
+        raise NotImplementedError
+
+    def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
+        return self._checked(handles, self.lookup(handles))
+
+    def _count(self, out: list) -> None:
+        """Hits and misses of one `lookup` into `self.counters`."""
+        hits = sum(e is not None for e in out)
+        self.counters["hits"] += hits
+        self.counters["misses"] += len(out) - hits
+
+    def _checked(self, handles: list[str], out: list) -> list[tuple[np.ndarray, int]]:
+        """`out` (from `lookup`) or NotFoundError naming the first unknown handle."""
+        for handle, entry in zip(handles, out):
+            if entry is None:
+                raise NotFoundError(self.unknown(handle))
+        return out  # type: ignore[return-value]
+
+    async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
+        self.put_many(items)
+        metrics.handle_stores("ok", len(items))
+
+    async def aget_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
+        out = self.lookup(handles)
+        found = sum(e is not None for e in out)
+        metrics.handle_lookups("hit", found)
+        metrics.handle_lookups("miss", len(out) - found)
+        return self._checked(handles, out)
+
+
+class InProcessLatentStore(SyncLatentStore):
     """A bounded LRU in this process, with an optional TTL per entry.
 
     Without Redis it is THE handle store (single-process only: handles are lost on restart and unknown to
@@ -146,10 +193,7 @@ class InProcessLatentStore(LatentStore):
     kind = "memory"
 
     def __init__(self, max_entries: int = 100_000, ttl_s: float | None = None, max_bytes: int | None = None) -> None:
-        if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 1:
-            raise ValidationError(f"handle store size must be an integer >= 1, got {max_entries!r}")
-        if ttl_s is not None and not (isinstance(ttl_s, (int, float)) and ttl_s > 0):
-            raise ValidationError(f"handle TTL must be > 0 seconds (or None for no expiry), got {ttl_s!r}")
+        check_size_ttl(max_entries, ttl_s)
         if max_bytes is not None and not (isinstance(max_bytes, int) and max_bytes >= 1):
             raise ValidationError(f"handle store byte budget must be an integer >= 1 (or None), got {max_bytes!r}")
         self.max_entries = max_entries
@@ -192,37 +236,14 @@ class InProcessLatentStore(LatentStore):
                     continue
                 self._data.move_to_end(handle)
                 out.append(unpack_latent(entry[0]))
-            hits = sum(e is not None for e in out)
-            self.counters["hits"] += hits
-            self.counters["misses"] += len(out) - hits
+            self._count(out)
         return out
 
-    def get_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
-        return self._checked(handles, self.lookup(handles))
-
-    def _checked(self, handles: list[str], out: list) -> list[tuple[np.ndarray, int]]:
-        """`out` (from `lookup`) or NotFoundError naming the first unknown handle."""
-        for handle, entry in zip(handles, out):
-            if entry is None:
-                ttl = f", expire after {self.ttl_s:g} s" if self.ttl_s else ""
-                raise NotFoundError(
-                    f"unknown handle {handle!r:.80}: not issued by this server process, expired or evicted "
-                    f"(the in-process store keeps the {self.max_entries} most recent latents{ttl}; set "
-                    f"LATENTSERVE_REDIS_URL to share handles between replicas); send the latent values instead"
-                )
-        return out  # type: ignore[return-value]
-
-    async def aput_many(self, items: list[tuple[str, np.ndarray, int]]) -> None:
-        # the async API is the ingress's (this is THE store); the Redis store's local copy uses the sync one
-        self.put_many(items)
-        metrics.handle_stores("ok", len(items))
-
-    async def aget_many(self, handles: list[str]) -> list[tuple[np.ndarray, int]]:
-        out = self.lookup(handles)
-        found = sum(e is not None for e in out)
-        metrics.handle_lookups("hit", found)
-        metrics.handle_lookups("miss", len(out) - found)
-        return self._checked(handles, out)
+    def unknown(self, handle: str) -> str:
+        ttl = f", expire after {self.ttl_s:g} s" if self.ttl_s else ""
+        return (f"unknown handle {handle!r:.80}: not issued by this server process, expired or evicted (the "
+                f"in-process store keeps the {self.max_entries} most recent latents{ttl}; set LATENTSERVE_REDIS_URL "
+                f"to share handles between replicas); send the latent values instead")
 
     def stats(self) -> dict:
         with self._lock:

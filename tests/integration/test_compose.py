@@ -621,6 +621,25 @@ def test_healthcheck_reports_unhealthy_fast():
     assert hc.main(["bogus"]) == 2
 
 
+def test_healthcheck_takes_tls_from_the_servers_environment(tmp_path, tls_certs):
+    """grpc_tls: plaintext without LATENTSERVE_TLS_CERT; else the server's own certificate as the root, for the
+    name it carries; the client pair only with mutual TLS; an unreadable file is a one-line reason."""
+    hc = load_module("latentserve_deploy_healthcheck", DEPLOY / "healthcheck.py")
+    ca = tls_certs.CA(tmp_path / "ca")
+    server, alice = ca.server(), ca.client("alice")
+    assert hc.grpc_tls({}) is None
+    env = {"LATENTSERVE_TLS_CERT": str(server.cert), "LATENTSERVE_TLS_KEY": str(server.key)}
+    root, chain, key, name = hc.grpc_tls(env)
+    assert root == server.cert.read_bytes() and chain is None and key is None and name == "localhost"
+    mutual = {**env, "LATENTSERVE_TLS_CA": str(ca.pem), "HEALTHCHECK_TLS_CERT": str(alice.cert),
+              "HEALTHCHECK_TLS_KEY": str(alice.key), "HEALTHCHECK_TLS_CA": str(ca.pem),
+              "HEALTHCHECK_TLS_SERVER_NAME": "lb.example"}
+    assert hc.grpc_tls(mutual) == (ca.pem.read_bytes(), alice.cert.read_bytes(), alice.key.read_bytes(), "lb.example")
+    assert hc.grpc_tls({**env, "LATENTSERVE_TLS_CA": str(ca.pem)})[1:3] == (server.cert.read_bytes(),
+                                                                           server.key.read_bytes())
+    assert hc.grpc_tls({**env, "HEALTHCHECK_TLS_CA": str(tmp_path / "nope.pem")}).startswith("TLS file unreadable")
+
+
 def test_healthcheck_head_reads_serve_status(tmp_path):
     """The head is healthy only when every Serve app is RUNNING; it authenticates with the Ray token."""
     import http.server

@@ -77,14 +77,15 @@ def test_model_info_and_the_cli_say_whether_handles_are_durable(tiny_repo, redis
         proc.stop(1.0)
 
 
-def test_an_in_process_handle_store_says_it_is_not_durable(tiny_repo):
+def test_without_redis_the_node_store_says_it_is_not_durable(tiny_repo):
     from latentserve.client import LatentClient
 
     proc, target = _serve(tiny_repo, "")
     try:
         with LatentClient(target, timeout=30) as c:
             hs = c.get_model("tiny-gan").handle_store
-        assert hs.backend == "memory" and not hs.durable and "serving process" in hs.detail
+        assert hs.backend == "node" and not hs.durable and "this node's serving processes" in hs.detail
+        assert "/" not in hs.detail  # no path
     finally:
         proc.stop(1.0)
 

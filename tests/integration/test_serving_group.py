@@ -1,6 +1,8 @@
 """A native replica's serving processes (services/frontends/grpc/replica.py `ServingGroup`), real processes on a
 loopback port without Ray: one is killed with SIGKILL under load, clients with the default retries see no
-failed call, the group restarts it, and a group stop drains every process."""
+failed call, the group restarts it, and a group stop drains every process. Without Redis (the default) the
+processes share the node's handle store (services/storage/node_store.py): handles issued before the kill
+resolve throughout, on whichever process answers."""
 from __future__ import annotations
 
 import os
@@ -108,3 +110,61 @@ def _probe_ok(group) -> bool:
         return True
     except UnavailableError:
         return False
+
+
+def test_default_without_redis_two_processes_share_handles_through_a_kill(tiny_repo):
+    """The default config (no Redis, serving_processes 0): two serving processes where the node has two CPUs,
+    one killed while clients decode by latent values and by handles issued before; no call fails."""
+    from latentserve.client import LatentClient
+    from latentserve.errors import LatentServeError
+    from latentserve.services.config import load_config
+    from latentserve.services.frontends.grpc.replica import ServingGroup, serving_process_count
+
+    config = load_config({"repository": str(tiny_repo), "grpc_port": free_port(), "max_batch_size": 16},
+                         use_env=False)
+    if serving_process_count(config) < 2:
+        pytest.skip("a node with one CPU runs one serving process by default")
+    g = ServingGroup(config, {"tiny-gan": 2})
+    g.start()
+    target = f"127.0.0.1:{config.frontend.grpc_port}"
+    try:
+        live = g.live()
+        assert len(live) == 2
+        with LatentClient(target, timeout=30) as c:
+            assert c.get_model("tiny-gan").handle_store.backend == "node"
+            issued = c.sample("tiny-gan", 4, seed=11, return_handles=True).handles
+        calls, failures, stop = [0], [], threading.Event()
+
+        def load(by_handle: bool) -> None:
+            rng = np.random.default_rng()
+            with LatentClient(target, timeout=20) as client:  # the client's default retries
+                while not stop.is_set():
+                    try:
+                        if by_handle:
+                            assert len(client.decode("tiny-gan", handles=issued)) == 4
+                        else:
+                            client.decode("tiny-gan", rng.standard_normal((2, 8)).astype(np.float32), [0, 1])
+                        calls[0] += 1
+                    except LatentServeError as exc:
+                        failures.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=load, args=(i % 2 == 1,), daemon=True) for i in range(6)]
+        for t in threads:
+            t.start()
+        try:
+            _until(lambda: calls[0] >= 50, 60, "calls before the fault")
+            os.kill(live[0].proc.pid, signal.SIGKILL)
+            _until(lambda: g.restarts == 1 and len(g.live()) == 2, 120, "the killed process restarted")
+            n_after = calls[0]
+            _until(lambda: calls[0] >= n_after + 50, 60, "calls after the restart")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert failures == []
+        for _ in range(8):  # new connections, spread by the kernel over both processes: the same answer
+            with LatentClient(target, timeout=30) as c:
+                fresh = c.sample("tiny-gan", 2, seed=12, return_handles=True).handles
+                assert len(c.decode("tiny-gan", handles=fresh + issued)) == 6
+    finally:
+        g.stop(1.0)

@@ -245,3 +245,86 @@ def test_latentserve_serve_with_tls_grpc_and_https(tiny_repo, pki, tmp_path, wai
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _load_healthcheck():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "healthcheck.py"
+    spec = importlib.util.spec_from_file_location("latentserve_deploy_healthcheck_tls", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tls_serving(tiny_repo):
+    """start(**security) -> (target, config): a native serving process (what a replica runs; no Ray) with TLS."""
+    from latentserve.services.config import load_config
+    from latentserve.services.frontends.grpc.native import ServingProcess
+
+    started = []
+
+    def start(**overrides):
+        config = load_config({"repository": str(tiny_repo), "grpc_port": _free_port(), "http_port": 0,
+                              **overrides}, use_env=False)
+        proc = ServingProcess(config, {"tiny-gan": 2})
+        proc.start()
+        started.append(proc)
+        return f"127.0.0.1:{config.frontend.grpc_port}", config
+
+    yield start
+    for proc in started:
+        proc.stop(1.0)
+
+
+def test_bench_and_the_compose_healthcheck_speak_mutual_tls(tls_serving, pki, tiny_repo, tmp_path, capsys, monkeypatch):
+    """`latentserve bench --tls-*` measures a mutual-TLS server; deploy/healthcheck.py grpc reads the server's own
+    TLS settings (LATENTSERVE_TLS_*) and its client certificate from HEALTHCHECK_TLS_CERT/KEY."""
+    from latentserve.cli import main
+
+    server, ca = pki["server"], str(pki["server_ca"].pem)
+    target, cfg = tls_serving(tls_cert=str(server.cert), tls_key=str(server.key), tls_ca=str(pki["client_ca"].pem))
+    bench = ["bench", "-t", target, "--repo", str(tiny_repo), "--model", "tiny-gan", "--no-triton", "--duration", "1",
+             "--warmup", "0", "--concurrency", "1", "--bulk-size", "2", "--bulk-concurrency", "1", "--json", "",
+             "--tls-ca", ca]
+    capsys.readouterr()
+    assert main(bench + ["--tls-cert", str(pki["alice"].cert), "--tls-key", str(pki["alice"].key)]) == 0
+    captured = capsys.readouterr()
+    assert "latentserve" in captured.out and "errors" not in captured.err
+    assert main(bench) == 2  # no client certificate: the handshake fails, one line
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "UNAVAILABLE" in err[0] and "Traceback" not in err[0]  # before any measuring
+
+    hc = _load_healthcheck()
+    port = cfg.frontend.grpc_port
+    for key in ("HEALTHCHECK_TLS_CA", "HEALTHCHECK_TLS_CERT", "HEALTHCHECK_TLS_KEY", "HEALTHCHECK_TLS_SERVER_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LATENTSERVE_GRPC_PORT", str(port))
+    monkeypatch.setenv("LATENTSERVE_TLS_CERT", str(server.cert))  # the server's compose environment
+    monkeypatch.setenv("LATENTSERVE_TLS_KEY", str(server.key))
+    monkeypatch.setenv("LATENTSERVE_TLS_CA", str(pki["client_ca"].pem))
+    assert hc.main(["grpc"]) == 1  # the server's own pair is no client certificate of the client CA
+    assert "gRPC health" in capsys.readouterr().err
+    monkeypatch.setenv("HEALTHCHECK_TLS_CERT", str(pki["alice"].cert))
+    monkeypatch.setenv("HEALTHCHECK_TLS_KEY", str(pki["alice"].key))
+    assert hc.main(["grpc"]) == 0, capsys.readouterr().err
+    assert "gRPC health" in hc.check_grpc(port, 5.0)  # plaintext to a TLS port: unhealthy, said in one line
+    monkeypatch.setenv("HEALTHCHECK_TLS_CA", str(tmp_path / "missing.pem"))
+    assert hc.main(["grpc"]) == 1 and "TLS file unreadable" in capsys.readouterr().err
+
+
+def test_the_healthcheck_trusts_the_servers_own_certificate(tls_serving, pki, monkeypatch, capsys):
+    """TLS without client certificates: the server's compose environment is all the check needs."""
+    server = pki["server"]
+    _, cfg = tls_serving(tls_cert=str(server.cert), tls_key=str(server.key))
+    hc = _load_healthcheck()
+    for key in ("HEALTHCHECK_TLS_CA", "HEALTHCHECK_TLS_CERT", "HEALTHCHECK_TLS_KEY", "HEALTHCHECK_TLS_SERVER_NAME",
+                "LATENTSERVE_TLS_CA"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LATENTSERVE_GRPC_PORT", str(cfg.frontend.grpc_port))
+    monkeypatch.setenv("LATENTSERVE_TLS_CERT", str(server.cert))
+    monkeypatch.setenv("LATENTSERVE_TLS_KEY", str(server.key))
+    assert hc.main(["grpc"]) == 0, capsys.readouterr().err
+    monkeypatch.setenv("HEALTHCHECK_TLS_SERVER_NAME", "not-the-server.example")
+    assert hc.main(["grpc"]) == 1  # the name is checked

@@ -133,7 +133,8 @@ def test_tls_files_are_checked_at_start(ca, tmp_path):
         _cfg(tls_ca=str(ca.pem))
     with pytest.raises(ValidationError, match="tls_ca=.*HTTP door cannot require client certificates"):
         _cfg(tls_cert=str(server.cert), tls_key=str(server.key), tls_ca=str(ca.pem))
-    with pytest.raises(ValidationError, match="tls_cert=.*gRPC proxy has no TLS"):
+    with pytest.raises(ValidationError, match="tls_cert=.*gRPC proxy .* has no TLS option: use grpc_frontend "
+                                              "'native' \\(`--frontend native`"):
         _cfg(tls_cert=str(server.cert), tls_key=str(server.key), grpc_frontend="serve")
 
 

@@ -12,7 +12,7 @@ def test_two_serving_processes_where_the_node_has_two_cpus_and_handles_live_in_r
     assert serving_process_count(auto, cpus=1) == 1
     assert serving_process_count(auto, cpus=2) == 2 and serving_process_count(auto, cpus=64) == 2
     # in-process handles are one process's: one serving process (restarted when it dies)
-    assert serving_process_count(load_config({}, use_env=False), cpus=2) == 1
+    assert serving_process_count(load_config({"handle_store": "memory"}, use_env=False), cpus=2) == 1
     assert serving_process_count(load_config({"serving_processes": 3}, use_env=False), cpus=1) == 3
 
 

@@ -112,7 +112,8 @@ def test_make_store_and_open_stores_without_redis():
     assert isinstance(make_store("", 10), InProcessLatentStore)
     with pytest.raises(ValidationError):
         InProcessLatentStore(0)
-    cfg = load_config({"handle_store_size": 5, "cache_memory_bytes": 2 << 20, "result_cache": False}, use_env=False)
+    cfg = load_config({"handle_store_size": 5, "cache_memory_bytes": 2 << 20, "result_cache": False,
+                       "handle_store": "memory"}, use_env=False)
     store, cache = open_stores(cfg)
     assert isinstance(store, InProcessLatentStore) and store.max_entries == 5 and store.ttl_s == cfg.storage.handle_ttl_s
     assert isinstance(cache, ServingCache) and isinstance(cache.kv, MemoryKV) and cache.kv.max_bytes == 2 << 20

@@ -1,8 +1,8 @@
 """The native frontend's Ray Serve deployment body, `NativeReplica`, and its group of serving processes.
 
 A replica runs `serving_processes` serving processes (native.py `ServingProcess`: the models in-process and a
-gRPC server on host:grpc_port with SO_REUSEPORT), 2 by default on a node with two or more CPUs when handles
-live in Redis (`serving_process_count`), so the death of one refuses no connection: the kernel hands new connections to the live one, and the calls that were in
+gRPC server on host:grpc_port with SO_REUSEPORT), 2 by default on a node with two or more CPUs (their handles
+in Redis or the node's store, `serving_process_count`), so the death of one refuses no connection: the kernel hands new connections to the live one, and the calls that were in
 flight on the dead one fail UNAVAILABLE, which the client retries on a new connection. A monitor thread
 restarts a dead serving process in place (loading the models again), without Serve replacing the replica;
 Serve's health check fails only when no serving process of the replica serves. They share the replica's
@@ -20,6 +20,7 @@ from latentserve.errors import UnavailableError
 from latentserve.services.config import ServeConfig
 from latentserve.services.frontends.grpc.native import AUTOSCALING_METRIC, NATIVE_GRACE_S, ServingProcess
 from latentserve.services.observability.identity import replica_identity
+from latentserve.services.storage.factory import handle_store_kind
 
 logger = logging.getLogger("ray.serve")
 MONITOR_PERIOD_S = 0.1  # how often the monitor looks for a dead serving process
@@ -29,14 +30,17 @@ HUNG_AFTER_FAILED_PROBES = 3  # a live serving process failing this many health 
 
 def serving_process_count(config: ServeConfig, cpus: int | None = None) -> int:
     """Serving processes per replica: `serving_processes`, or with 0 two where this node has >= 2 CPUs and
-    the handles live in Redis (an in-process handle store is one process's: a handle issued by one would
-    be unknown to the other, so without Redis one process serves and a dead one is restarted)."""
+    the processes share the handles (Redis, or the node's store: `handle_store_kind`); with handle_store
+    'memory' a handle issued by one would be unknown to the other, so one process serves and a dead one is
+    restarted."""
+    shared = handle_store_kind(config) != "memory"
     if config.frontend.serving_processes:
-        if config.frontend.serving_processes > 1 and not config.storage.redis_url:
-            logger.warning("serving_processes %d without redis_url: each process keeps its own handles, so a "
-                           "handle resolves only on the process that issued it", config.frontend.serving_processes)
+        if config.frontend.serving_processes > 1 and not shared:
+            logger.warning("serving_processes %d with handle_store 'memory': each process keeps its own handles, "
+                           "so a handle resolves only on the process that issued it",
+                           config.frontend.serving_processes)
         return config.frontend.serving_processes
-    if not config.storage.redis_url:
+    if not shared:
         return 1
     if cpus is None:
         try:

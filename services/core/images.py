@@ -26,7 +26,8 @@ FLOAT_RANGE_SLACK = 1e-3  # raw float32 images may exceed [-1, 1] by float round
 # Latent values a caller may send: |value| <= this. Prior draws lie within a few units; the bound leaves room
 # for edits and extrapolation while keeping every network's activations far from float32 overflow.
 LATENT_ABS_LIMIT = 1000.0
-DECODE_OUTPUTS = ("float32", "uint8")  # what a model runner can return for decoded images
+# what a model runner can return for decoded images; "vector": a vector model's layers, flat (services/core/output.py)
+DECODE_OUTPUTS = ("float32", "uint8", "vector")
 TENSOR_DTYPES = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
 
 

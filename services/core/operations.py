@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from latentserve.errors import LatentServeError, UnsupportedError, ValidationError
+from latentserve.errors import LatentServeError, ValidationError
 from latentserve.models import class_check, gates
 from latentserve.models.conditional import move_holding, set_factor_holding
 from latentserve.models.latent import PCA_KNOB_PREFIX, latents_under_labels, lerp, slerp
@@ -554,8 +554,10 @@ class LatentOperations:
         return await self.cache.images(sv.name, sv.version, key, run, latents=(z, labels), cacheable=cacheable)
 
     async def _drawn(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray, out: outs.Output) -> list[imgs.Image]:
-        """A vector model's images at `out.size` or as SVG (outs.resolve admits no other model here)."""
-        raise UnsupportedError(f"{sv.name} v{sv.version}: drawing at {out.size} px / {out.fmt} is not available")
+        """A vector model's images at `out.size` or as SVG (outs.resolve admits no other model here): its
+        decoder's layers, drawn off the event loop (services/core/output.py)."""
+        flat = await self.pool[sv.name].decode(sv.version, z, labels, "vector")
+        return await asyncio.get_running_loop().run_in_executor(None, outs.draw, sv, flat, out)
 
     async def _images_out(self, x: np.ndarray, fmt: str) -> list[imgs.Image]:
         # Big PNG/JPEG batches are encoded off the event loop (PIL releases the GIL while compressing).

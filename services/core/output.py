@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from latentserve.errors import OverloadedError, ValidationError
+from latentserve.models import vector as vec
 from latentserve.services.core import images as imgs
 
 VECTOR_FAMILY = "vector"
@@ -58,3 +61,16 @@ def resolve(sv: Any, fmt: str, output_size: int, n: int, max_pixels: int) -> Out
                               f"server's {max_pixels} per request (Limits.max_output_pixels); ask for fewer or "
                               f"smaller images")
     return Output(fmt=fmt, size=size, native=size == native and fmt != imgs.SVG)
+
+
+def draw(sv: Any, flat: np.ndarray, out: Output) -> list[imgs.Image]:
+    """A vector model's decoder rows `flat` (N, 3 + 10 L: background, then layers; the model runner's
+    out="vector") -> images at `out.size` in `out.fmt`, or SVG documents. CPU-bound: run it off the event loop."""
+    spec = sv.record.manifest["vector"]
+    kinds = spec["layers"]
+    background = flat[:, :3]
+    layers = flat[:, 3:].reshape(len(flat), len(kinds), vec.N_PARAMS)
+    if out.fmt == imgs.SVG:
+        return [imgs.Image(encoded=vec.to_svg(layers[i], background[i], kinds, out.size)) for i in range(len(flat))]
+    x = vec.render(layers, background, kinds, out.size, float(spec["edge_px"]))
+    return imgs.encode_images(x, out.fmt)

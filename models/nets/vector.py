@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -54,14 +54,6 @@ class VectorConfig(GANConfig):
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k.strip() for k in str(self.layers).split(",") if k.strip())
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VectorConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValidationError(f"unknown VectorConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def _signed_distance(kind: str, p: torch.Tensor, c: torch.Tensor, a: torch.Tensor, size: int) -> torch.Tensor:

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping
 
 from latentserve.errors import ValidationError
 
-GENERATIVE = ("gan", "vae", "flow", "ae")
+GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
+KNOB_FAMILIES = ("gan", "vae", "vector")  # families whose knobs the targets cover
 CORE_KNOBS = ("scale", "x", "y", "hue")  # knobs every shapes model offers and must get right
 OFFER_GATED_KNOBS = ("rotation",)  # offered only when they meet their target: below it they are unusable
 USABLE_R2 = 0.5  # below this judged R² a knob moves the image barely more than noise: refused unless opted in
@@ -42,10 +43,10 @@ RULES: dict[str, Rule] = {
                            "only hides a weak sampler"),
     "gan_train": Rule(">=", 0.90, GENERATIVE,
                       "a classifier trained on samples alone recognises real images: samples carry their class"),
-    "knob_r2": Rule(">=", 0.9, ("gan", "vae"), "the core knobs land where asked, on the default sample source"),
-    "knob_kept": Rule(">=", 0.9, ("gan", "vae"),
+    "knob_r2": Rule(">=", 0.9, KNOB_FAMILIES, "the core knobs land where asked, on the default sample source"),
+    "knob_kept": Rule(">=", 0.9, KNOB_FAMILIES,
                       "a knob that lands but breaks the shape is no knob: moved samples stay their class"),
-    "knob_r2.rotation": Rule(">=", 0.8, ("gan", "vae"),
+    "knob_r2.rotation": Rule(">=", 0.8, KNOB_FAMILIES,
                              "rotation is hard (symmetric shapes): it works this well or is not offered"),
     "flow.round_trip_max_abs": Rule("<=", 1e-3, ("flow",), "a flow is an exact bijection; more is a broken export"),
     "flow.bits_per_dim": Rule("present", None, ("flow",), "the likelihood is the flow's own figure: always report it"),

@@ -33,8 +33,8 @@ from latentserve.errors import NotFoundError, ValidationError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FAMILIES = ("gan", "vae", "flow", "ae", "probe")
-GENERATIVE = ("gan", "vae", "flow", "ae")
+FAMILIES = ("gan", "vae", "flow", "ae", "probe", "vector")
+GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
 PRIOR_TYPES = ("standard_normal", "class_gaussian")
 KNOB_KINDS = ("factor", "pca")
 GRAPH_FORMATS = ("onnx", "torchscript")
@@ -47,6 +47,7 @@ REQUIRED_GRAPHS = {
     "flow": ("encoder", "decoder"),
     "ae": ("encoder", "decoder"),
     "probe": ("probe",),
+    "vector": ("encoder", "decoder"),  # the decoder also outputs layers + background (models/vector.py)
 }
 GRAPH_INPUTS = {"encoder": ("image",), "decoder": ("latent", "label"), "probe": ("image",)}
 GRAPH_OUTPUTS = {

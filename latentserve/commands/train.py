@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe")
+FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe", "vector")
 DATASET_NAMES = ("shapes", "disks", "modes", "digits", "folder")
 
 

@@ -11,12 +11,13 @@ FAMILIES = {
     "flow": "latentserve.models.families.flow:FlowFamily",
     "ae": "latentserve.models.families.ae:AEFamily",
     "probe": "latentserve.models.families.probe:ProbeFamily",
+    "vector": "latentserve.models.families.vector:VectorFamily",
 }
-GENERATIVE = ("gan", "vae", "flow", "ae")
+GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
 
 
 def get_family(name: str):
-    """The Family subclass for `name` (gan | vae | flow | ae | probe)."""
+    """The Family subclass for `name` (gan | vae | flow | ae | probe | vector)."""
     if name not in FAMILIES:
         raise ValidationError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
     module, _, attr = FAMILIES[name].partition(":")

@@ -91,7 +91,7 @@ class GANFamily(Family):
         super().__init__(config, data_meta, torch.device(device))  # type check, image_size, n_classes
         config.validate()
         c = config
-        self.g = build_generator(c, self.n_classes, self.image_size).to(self.device)
+        self.g = self._build_generator().to(self.device)
         self.d = Discriminator(self.n_classes, self.image_size, c.d_width, c.d_norm).to(self.device)
         if c.d_kind == "mixed":  # the same per-image trunk under a set head (models/nets/mixed_batch.py)
             self.d = mb.MixedBatchDiscriminator(self.d.body, self.d.top, self.d.psi.in_features, self.n_classes,
@@ -101,6 +101,10 @@ class GANFamily(Family):
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=c.lr_g, betas=(c.beta1, c.beta2))
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=c.lr_d, betas=(c.beta1, c.beta2))
         self.opt_e = torch.optim.Adam(self.e.parameters(), lr=c.lr_e)
+
+    def _build_generator(self) -> nn.Module:
+        """The generator `config.g_arch` names (the vector family draws layers instead)."""
+        return build_generator(self.config, self.n_classes, self.image_size)
 
     # -- what the loop checkpoints ----------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:

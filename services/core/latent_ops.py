@@ -47,7 +47,7 @@ MAX_CLASS_WEIGHT = 1000.0
 MAX_FACTOR_WEIGHT = 1e5
 MAX_NOISE = 10.0
 MAX_FEATURE_WEIGHT = 1000.0
-REFINABLE = ("gan", "vae", "ae")  # Encode refine_steps: a flow's encoder is already its exact inverse
+REFINABLE = ("gan", "vae", "ae", "vector")  # Encode refine_steps: a flow's encoder is already its exact inverse
 
 
 def torch_installed() -> bool:

@@ -34,10 +34,10 @@ from latentserve.services.core.images import DECODE_OUTPUTS, float_images_to_uin
 from latentserve.services.core.latent_ops import LatentOpsEngine
 
 logger = logging.getLogger("ray.serve")
-GENERATIVE = ("gan", "vae", "flow", "ae")
+GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
 # Extra encoder outputs per family, after the contract's (latent, logits), in export order (a class-conditional
 # flow adds class_latents: z under every class's map).
-ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": (), "ae": ()}
+ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": (), "ae": (), "vector": ()}
 
 
 def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
@@ -364,7 +364,8 @@ class ModelRunner:
 
     async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
         """latents float32 (N, D), labels int64 (N,) -> images: out="float32" (N, 3, H, W) in [-1, 1], or
-        out="uint8" (N, H, W, 3) RGB (clipped, rounded; what every 8-bit output format needs)."""
+        out="uint8" (N, H, W, 3) RGB (clipped, rounded; what every 8-bit output format needs), or for a vector
+        model out="vector" (N, 3 + 10 L): each row's background and layers (services/core/output.py draws them)."""
         if out not in DECODE_OUTPUTS:
             raise ValidationError(f"decode output {out!r} is not one of {', '.join(DECODE_OUTPUTS)}")
         item = _Item(await self.version(version),
@@ -425,8 +426,11 @@ class ModelRunner:
                 x = ar_decode(loaded.ar_sessions["ar_context"].run, loaded.ar_sessions["ar_step"].run, arrays[0],
                               arrays[1], loaded.ar["margin"], loaded.ar["temperature"])
             else:
-                x = loaded.decoder.run({"latent": arrays[0], "label": arrays[1]})["image"]  # (B, 3, H, W)
+                res = loaded.decoder.run({"latent": arrays[0], "label": arrays[1]})
+                x = res["image"]  # (B, 3, H, W)
             out = {}
+            if "vector" in outs:  # a vector model's drawing: background (B, 3) + layers (B, L, 10), one row each
+                out["vector"] = np.concatenate([res["background"], res["layers"].reshape(len(x), -1)], axis=1)
             if "float32" in outs:
                 out["float32"] = x
             # rows decoded to NaN/inf pixels (a latent far off the prior): each request checks its own rows

@@ -253,7 +253,7 @@ class ModelPool:
     def _load_version(self, name: str, version: int) -> ServedVersion:
         record = self.repo.load(name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
-            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae, flow and ae models are served")
+            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae, flow, ae and vector models are served")
         space = self.repo.latent_space(record)
         return ServedVersion(record, space, model_info(record, self.config))
 

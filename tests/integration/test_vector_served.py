@@ -1,0 +1,74 @@
+"""The vector family (issue #24, vector layers) through train -> export -> serve over real gRPC: a tiny run on
+16 px shapes served next to the session app, Sample at its native size and at 4x, Decode as SVG, and the
+output_size / SVG refusals (a raster model of the session app asked for another size or for SVG). Tiny nets and
+3 training steps: the point is the pipeline; the figures of a real run are in models/repository/README.md."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from latentserve.client import LatentClient  # noqa: E402
+from latentserve.errors import OverloadedError, ValidationError  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+DATA = {"image_size": 16, "n_train": 128, "n_test": 32, "seed": 0}
+NET = {"z_dim": 8, "g_hidden": 16, "g_depth": 1, "d_width": 4, "e_width": 4, "e_hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    from latentserve.models.data import load_dataset
+    from latentserve.models.export import export_run
+    from latentserve.models.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    root, runs = tmp_path_factory.mktemp("repo24v"), tmp_path_factory.mktemp("runs24v")
+    data = load_dataset("shapes", **DATA)
+    cfg = TrainConfig(family="vector", data="shapes", data_args=dict(DATA), steps=3, batch_size=16,
+                      out=str(runs / "shapes-vector"), ckpt_every=3, eval_every=3, grid_every=10**6, threads=1,
+                      device="cpu", family_args=NET, eval_size=16)
+    export_run(train(cfg, progress=False, dataset=data), "shapes-vector", repo_root=root, max_latent_fit=100,
+               data=data)
+    return root
+
+
+def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app):
+    target, md, _ = extra_app("vec24", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
+                              ingress_num_cpus=0.25, max_output_pixels=1 << 22)
+    with LatentClient(target, timeout=120, app_name="vec24" if md else None) as c:
+        info = c.get_model("shapes-vector")
+        assert info.family == "vector" and list(info.image_shape) == [3, 16, 16]
+        native = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8")
+        assert native.images.shape == (3, 16, 16, 3)
+        big = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8", output_size=64)
+        assert big.images.shape == (3, 64, 64, 3)
+        np.testing.assert_array_equal(big.latents, native.latents)  # the same samples, drawn larger
+        down = big.images.astype(np.float64).reshape(3, 16, 4, 16, 4, 3).mean(axis=(2, 4))
+        assert np.abs(down - native.images).mean() < 8  # 8-bit levels: the same picture at 4x
+        pngs = c.sample("shapes-vector", 1, label=0, seed=1, format="png", output_size=40)
+        assert pngs.images[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+        svgs = c.decode("shapes-vector", native.latents, native.labels, format="svg", output_size=256)
+        assert len(svgs) == 3
+        root = ET.fromstring(svgs[0])
+        assert root.tag.endswith("svg") and root.get("width") == "256"
+        assert len(root.findall("{http://www.w3.org/2000/svg}g")) == 3  # ellipse, triangle, quad layers
+        assert c.decode("shapes-vector", native.latents[:1], native.labels[:1], format="uint8",
+                        output_size=1024).shape == (1, 1024, 1024, 3)
+
+        for size in (8, 2048):
+            with pytest.raises(ValidationError, match=r"output_size: .*\[16, 1024\]"):
+                c.sample("shapes-vector", 1, output_size=size)
+        with pytest.raises(OverloadedError, match="output_size: .*max_output_pixels"):
+            c.sample("shapes-vector", 5, output_size=1024)  # 5 Mpx, over this app's 4 Mpx
+
+    with LatentClient(serve_app.target, timeout=60) as c:  # a raster model: its own size only, no SVG
+        with pytest.raises(ValidationError, match="output_size: tiny-gan is a gan model .raster."):
+            c.sample("tiny-gan", 1, output_size=64)
+        with pytest.raises(ValidationError, match="format: SVG needs a vector model"):
+            c.decode("tiny-gan", np.zeros((1, 8), np.float32), [0], format="svg")

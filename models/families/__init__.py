@@ -11,12 +11,13 @@ FAMILIES = {
     "flow": "latentserve.models.families.flow:FlowFamily",
     "ae": "latentserve.models.families.ae:AEFamily",
     "probe": "latentserve.models.families.probe:ProbeFamily",
+    "sgan": "latentserve.models.families.sgan:SGANFamily",  # textures of any size (trained; not served yet)
 }
 GENERATIVE = ("gan", "vae", "flow", "ae")
 
 
 def get_family(name: str):
-    """The Family subclass for `name` (gan | vae | flow | ae | probe)."""
+    """The Family subclass for `name` (gan | vae | flow | ae | probe | sgan)."""
     if name not in FAMILIES:
         raise ValidationError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
     module, _, attr = FAMILIES[name].partition(":")

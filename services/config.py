@@ -237,6 +237,9 @@ class Limits:
     class_check_rounds: int = setting(8, "label check of Sample / Augment (models/class_check.py): draws per image "
                                          "at most, the first included; each costs a decode and an encode",
                                       lo=1, hi=64)
+    max_output_pixels: int = setting(64 << 20, "pixels of one Sample / Decode's images together (n x "
+                                                "output_size^2; RESOURCE_EXHAUSTED above): a vector model draws "
+                                                "up to 1024 px", lo=1 << 16, hi=1 << 34)
 
 
 @dataclass

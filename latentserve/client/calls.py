@@ -114,8 +114,10 @@ class LatentClient:
         return encode_result(self._call(self._stub.Encode, req))
 
     def decode(self, model: str, latents: Any = None, labels: Any = None, handles: Sequence[str] | None = None,
-               format: str = "uint8", version: int | None = None) -> Any:
-        req = build_decode_request(model, latents, labels, handles, format, version)
+               format: str = "uint8", version: int | None = None, output_size: int = 0) -> Any:
+        """`output_size` px (0 = the model's native size; vector models draw 16..1024); format "svg" (vector
+        models) returns each image's SVG document as bytes."""
+        req = build_decode_request(model, latents, labels, handles, format, version, output_size)
         return images_from_protos(self._call(self._stub.Decode, req).images, format)
 
     def sample(self, model: str, n: int, label: int | None = None, class_name: str | None = None,
@@ -123,12 +125,14 @@ class LatentClient:
                seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                return_handles: bool = False, version: int | None = None,
                guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-               allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> SampleResult:
+               allow_weak_knobs: bool = False, hold: Sequence[str] = (), output_size: int = 0) -> SampleResult:
         """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest).
         `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal.
-        `hold`: factors the knobs keep fixed (SampleRequest.hold)."""
+        `hold`: factors the knobs keep fixed (SampleRequest.hold). `output_size` px (0 = native; vector models
+        draw 16..1024); format "svg" (vector models) returns SVG documents as bytes."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance, class_check, allow_weak_knobs, hold)
+                                   format, return_handles, version, guidance, class_check, allow_weak_knobs, hold,
+                                   output_size)
         return images_result(self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp", format: str = "uint8",
@@ -244,8 +248,9 @@ class AsyncLatentClient:
         return encode_result(await self._call(self._stub.Encode, req))
 
     async def decode(self, model: str, latents: Any = None, labels: Any = None,
-                     handles: Sequence[str] | None = None, format: str = "uint8", version: int | None = None) -> Any:
-        req = build_decode_request(model, latents, labels, handles, format, version)
+                     handles: Sequence[str] | None = None, format: str = "uint8", version: int | None = None,
+                     output_size: int = 0) -> Any:
+        req = build_decode_request(model, latents, labels, handles, format, version, output_size)
         return images_from_protos((await self._call(self._stub.Decode, req)).images, format)
 
     async def sample(self, model: str, n: int, label: int | None = None, class_name: str | None = None,
@@ -253,9 +258,10 @@ class AsyncLatentClient:
                      seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                      return_handles: bool = False, version: int | None = None,
                      guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-                     allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> SampleResult:
+                     allow_weak_knobs: bool = False, hold: Sequence[str] = (), output_size: int = 0) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
-                                   format, return_handles, version, guidance, class_check, allow_weak_knobs, hold)
+                                   format, return_handles, version, guidance, class_check, allow_weak_knobs, hold,
+                                   output_size)
         return images_result(await self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",

@@ -21,6 +21,7 @@ IMAGE_FORMATS = {
     "float32": pb.IMAGE_FORMAT_RAW_FLOAT32,
     "png": pb.IMAGE_FORMAT_PNG,
     "jpeg": pb.IMAGE_FORMAT_JPEG,
+    "svg": pb.IMAGE_FORMAT_SVG,  # vector models: each image's SVG document (bytes)
 }
 SAMPLE_SOURCES = {
     "prior": pb.SAMPLE_SOURCE_PRIOR,
@@ -144,7 +145,7 @@ def image_from_proto(image: pb.Image) -> np.ndarray:
 
 
 def _image_out(image: pb.Image, fmt: str) -> Any:
-    if fmt in ("png", "jpeg"):
+    if fmt in ("png", "jpeg", "svg"):
         if image.WhichOneof("data") != "encoded":
             raise UnrecoverableError(f"asked for {fmt} but the server sent a raw tensor")
         return image.encoded
@@ -157,10 +158,10 @@ def _image_out(image: pb.Image, fmt: str) -> Any:
 
 
 def images_from_protos(images: Sequence[pb.Image], fmt: str = "uint8") -> Any:
-    """Image protos -> uint8 (N, H, W, 3) / float32 (N, 3, H, W) arrays, or a list of bytes for png/jpeg."""
+    """Image protos -> uint8 (N, H, W, 3) / float32 (N, 3, H, W) arrays, or a list of bytes for png/jpeg/svg."""
     fmt = _check_format(fmt)
     outs = [_image_out(im, fmt) for im in images]
-    if fmt in ("png", "jpeg"):
+    if fmt in ("png", "jpeg", "svg"):
         return outs
     if not outs:
         shape = (0, 0, 0, 3) if fmt == "uint8" else (0, 3, 0, 0)
@@ -254,6 +255,13 @@ def _version(version: int | None) -> int:
     return v
 
 
+def _output_size(size: Any) -> int:
+    """Output size in px (0 = the model's native size); the server checks it against the model."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 0 <= int(size) < 2**31:
+        raise ValidationError(f"output_size must be an int >= 0 (px; 0 = the model's native size), got {size!r}")
+    return int(size)
+
+
 def _check_format(fmt: str) -> str:
     if fmt not in IMAGE_FORMATS:
         raise ValidationError(f"unknown image format {fmt!r}; choose one of {', '.join(IMAGE_FORMATS)}")
@@ -344,13 +352,14 @@ def build_encode_request(model: str, images: Any, labels: Any = None, return_han
 
 
 def build_decode_request(model: str, latents: Any = None, labels: Any = None, handles: Sequence[str] | None = None,
-                         format: str = "uint8", version: int | None = None) -> pb.DecodeRequest:
+                         format: str = "uint8", version: int | None = None,
+                         output_size: int = 0) -> pb.DecodeRequest:
     if hasattr(latents, "latents") and hasattr(latents, "labels"):  # an EncodeResult / SampleResult
         latents, labels = latents.latents, (latents.labels if labels is None else labels)
     if (latents is None) == (not handles):
         raise ValidationError("decode needs either latents (with labels) or handles, not both")
     req = pb.DecodeRequest(model=_check_model(model), version=_version(version),
-                           format=IMAGE_FORMATS[_check_format(format)])
+                           format=IMAGE_FORMATS[_check_format(format)], output_size=_output_size(output_size))
     if handles:
         if isinstance(handles, str):
             handles = [handles]
@@ -367,7 +376,8 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                          seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                          return_handles: bool = False, version: int | None = None,
                          guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-                         allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> pb.SampleRequest:
+                         allow_weak_knobs: bool = False, hold: Sequence[str] = (),
+                         output_size: int = 0) -> pb.SampleRequest:
     n = int(n)
     if n < 1:
         raise ValidationError(f"n must be >= 1, got {n}")
@@ -384,7 +394,8 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                            source=pb.SAMPLE_SOURCE_UNSPECIFIED if source is None else SAMPLE_SOURCES[source],
                            format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
                            knobs=_float_map(knobs, "knobs"), class_check=class_check,
-                           allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"))
+                           allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"),
+                           output_size=_output_size(output_size))
     if label is not None:
         if int(label) < 0:
             raise ValidationError(f"label must be >= 0, got {label}")

@@ -43,6 +43,8 @@ def register(sub) -> None:
                    help="reach this factor value through the probe's regressor (repeatable), e.g. scale=0.8")
     g.add_argument("--factor-weight", type=float, default=0.0, help="weight of the factor term")
     g.add_argument("--start", choices=["prior", "latent_gmm"], default=None, help="where the chains start")
+    p.add_argument("--size", type=int, default=0, metavar="PX",
+                   help="image size in px (0 = the model's own; vector models draw 16..1024)")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default ceil(sqrt(n)))")
     p.add_argument("-o", "--output", default="samples.png", help="grid PNG to write (default samples.png)")
     p.add_argument("--save-latents", default=None, metavar="PATH",
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                             knobs=knobs, seed=args.seed, temperature=args.temperature, source=args.source,
                             return_handles=args.handles, version=args.model_version, guidance=guidance,
                             class_check=args.class_check, allow_weak_knobs=args.allow_weak_knobs,
-                            hold=args.hold)
+                            hold=args.hold, output_size=args.size)
         names = client.model_info(args.model, args.model_version).class_names
     save_png(make_grid(res.images, args.cols), args.output)
     n, h, w, _ = res.images.shape

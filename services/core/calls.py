@@ -88,6 +88,7 @@ class DecodeCall:
     latents: list[Latent] = field(default_factory=list)
     handles: list[str] = field(default_factory=list)
     format: str = "png"
+    output_size: int = 0  # px; 0 = the model's native size (services/core/output.py)
 
 
 @dataclass
@@ -107,6 +108,7 @@ class SampleCall:
     class_check: float = 0.0
     return_handles: bool = False
     deadline: float = 0.0
+    output_size: int = 0  # px; 0 = the model's native size (services/core/output.py)
 
 
 @dataclass

@@ -18,8 +18,8 @@ import numpy as np
 
 from latentserve.errors import PayloadTooLargeError, ValidationError
 
-PNG, JPEG, RAW_UINT8, RAW_FLOAT32 = "png", "jpeg", "raw_uint8", "raw_float32"
-IMAGE_FORMATS = (PNG, JPEG, RAW_UINT8, RAW_FLOAT32)
+PNG, JPEG, RAW_UINT8, RAW_FLOAT32, SVG = "png", "jpeg", "raw_uint8", "raw_float32", "svg"
+IMAGE_FORMATS = (PNG, JPEG, RAW_UINT8, RAW_FLOAT32, SVG)  # SVG: vector models only (services/core/output.py)
 JPEG_QUALITY = 95
 PNG_COMPRESS_LEVEL = 1  # small images: level 1 is faster than the default 6 for a few % more bytes
 FLOAT_RANGE_SLACK = 1e-3  # raw float32 images may exceed [-1, 1] by float rounding, not more
@@ -132,10 +132,10 @@ def _fields(buf: bytes | memoryview) -> list[tuple[int, object]]:
 
 
 def check_format(fmt: str) -> str:
-    """An output format name ('png' | 'jpeg' | 'raw_uint8' | 'raw_float32'); a frontend passes an unknown
+    """An output format name ('png' | 'jpeg' | 'raw_uint8' | 'raw_float32' | 'svg'); a frontend passes an unknown
     wire value as its text, which is refused here."""
     if fmt not in IMAGE_FORMATS:
-        raise ValidationError(f"format: unknown image format {fmt}; allowed: PNG, JPEG, RAW_UINT8, RAW_FLOAT32")
+        raise ValidationError(f"format: unknown image format {fmt}; allowed: PNG, JPEG, RAW_UINT8, RAW_FLOAT32, SVG")
     return fmt
 
 
@@ -268,7 +268,10 @@ def encode_images(images: np.ndarray, fmt: str) -> list[Image]:
     """Decoded images -> Images in `fmt` ('png' | 'jpeg' | 'raw_uint8' | 'raw_float32').
 
     `images`: float32 (N, 3, H, W) in [-1, 1], or uint8 (N, H, W, 3) already converted by the model runner
-    (not accepted for raw_float32: the 8-bit rounding cannot be undone)."""
+    (not accepted for raw_float32: the 8-bit rounding cannot be undone). SVG is written from a vector model's
+    layers (services/core/output.py), never from pixels."""
+    if fmt == SVG:
+        raise ValidationError("format: SVG is drawn from a vector model's layers, not from pixels")
     if images.dtype == np.uint8:
         if fmt == RAW_FLOAT32:
             raise ValidationError("raw_float32 output needs float images; the model server returned uint8")

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from latentserve.errors import LatentServeError, ValidationError
+from latentserve.errors import LatentServeError, UnsupportedError, ValidationError
 from latentserve.models import class_check, gates
 from latentserve.models.conditional import move_holding, set_factor_holding
 from latentserve.models.latent import PCA_KNOB_PREFIX, latents_under_labels, lerp, slerp
@@ -43,6 +43,7 @@ from latentserve.services.config import ServeConfig
 from latentserve.services.core import images as imgs
 from latentserve.services.core import latent_ops as lops
 from latentserve.services.core import latent_ops_settings as lreq
+from latentserve.services.core import output as outs
 from latentserve.services.core.calls import (AugmentCall, AugmentRun, DecodeCall, EditCall, EncodeCall, Encoded,
                                              Generated, InterpolateCall, Path, Ref, RefineReport, SampleCall,
                                              check_method, check_source)
@@ -171,12 +172,14 @@ class LatentOperations:
         if len(call.handles):
             self._count(len(call.handles), "handles")
             sv = await self._model_for_handles(call.model, call.version, list(call.handles), "handles")
-            images = await self._decoded_images(sv, fmt, handles=list(call.handles))
+            out = self._output(sv, fmt, call.output_size, len(call.handles))
+            images = await self._decoded_images(sv, out, handles=list(call.handles))
         else:
             sv = await self.pool.version(call.model, call.version)
             self._count(len(call.latents), "latents")
+            out = self._output(sv, fmt, call.output_size, len(call.latents))
             z, labels = imgs.latents_array(call.latents, sv.dim, sv.n_classes)
-            images = await self._decoded_images(sv, fmt, z, labels)
+            images = await self._decoded_images(sv, out, z, labels)
         return Generated(model=sv.name, version=sv.version, images=images)
 
     # -- Sample -------------------------------------------------------------------------------------------
@@ -193,6 +196,7 @@ class LatentOperations:
             if source == "guided":
                 raise ValidationError("guidance.start: chains start from PRIOR or LATENT_GMM")
         self._count(call.n, "n")
+        out = self._output(sv, fmt, call.output_size, call.n)
         temperature = float(call.temperature)
         if not math.isfinite(temperature) or temperature < 0 or temperature > 10:
             raise ValidationError(f"temperature must be in [0, 10] (0 = model default), got {call.temperature}")
@@ -220,12 +224,13 @@ class LatentOperations:
             checked = await self._checked(sv, class_check.check_loop(draw, labels, threshold,
                                                                     self.config.limits.class_check_rounds))
             z, confidence = checked.latents, checked.confidence
-            images = await self._images_out(checked.images, fmt)
+            images = (await self._images_out(checked.images, fmt) if out.native
+                      else await self._decoded_images(sv, out, z, labels, cacheable=call.seed != 0))
         else:
             z = draw(np.arange(len(labels)))
             if guided:
                 z = await self._guided(sv, call, settings, z, labels)
-            images = await self._decoded_images(sv, fmt, z, labels, cacheable=call.seed != 0)  # seed 0: random
+            images = await self._decoded_images(sv, out, z, labels, cacheable=call.seed != 0)  # seed 0: random
         handles = await self._handles_for(sv, z, labels) if call.return_handles else []
         return Generated(model=sv.name, version=sv.version, images=images, latents=z, labels=labels,
                          confidence=confidence, handles=handles)
@@ -330,6 +335,8 @@ class LatentOperations:
         sv = await self._model_for_refs(call.model, call.version, [a, b], "ends")
         self._handles_writable(call.return_handles)
         fmt = imgs.check_format(call.format)
+        if fmt == imgs.SVG:
+            raise ValidationError("format: SVG is answered by Sample, Decode and Edit; Interpolate sends raster frames")
         method = check_method(call.method)
         if method == "geodesic":
             lreq.require_available(self.config, "method GEODESIC")
@@ -365,6 +372,7 @@ class LatentOperations:
         self._handles_writable(call.return_handles)
         fmt = imgs.check_format(call.format)
         self._count(len(call.inputs), "inputs")
+        out = self._output(sv, fmt, 0, len(call.inputs))
         if not len(call.moves):
             raise ValidationError("moves: at least one move required (knob + amount or target)")
         moves = []
@@ -393,7 +401,7 @@ class LatentOperations:
                      else move_holding(sv.space, z, name, value, hold))
                 continue
             z = sv.space.set_factor(z, name, value, labels) if how == "target" else sv.space.move(z, name, value)
-        images = await self._decoded_images(sv, fmt, z, labels)
+        images = await self._decoded_images(sv, out, z, labels)
         handles = await self._handles_for(sv, z, labels) if call.return_handles else []
         return Generated(model=sv.name, version=sv.version, images=images, latents=z, labels=labels, handles=handles)
 
@@ -522,7 +530,10 @@ class LatentOperations:
         out = "float32" if fmt == imgs.RAW_FLOAT32 else "uint8"
         return await self.pool[sv.name].decode(sv.version, z, labels, out)
 
-    async def _decoded_images(self, sv: ServedVersion, fmt: str, z: np.ndarray | None = None,
+    def _output(self, sv: ServedVersion, fmt: str, output_size: int, n: int) -> outs.Output:
+        return outs.resolve(sv, fmt, output_size, n, self.config.limits.max_output_pixels)
+
+    async def _decoded_images(self, sv: ServedVersion, out: outs.Output, z: np.ndarray | None = None,
                               labels: np.ndarray | None = None, handles: list[str] | None = None,
                               cacheable: bool = True) -> list[imgs.Image]:
         """Output images of latents z (N, D) + labels (N,), or of handles, through the result cache
@@ -532,12 +543,19 @@ class LatentOperations:
                 zz, ll = await self._get_handles(sv, handles if rows is None else [handles[i] for i in rows])
             else:
                 zz, ll = (z, labels) if rows is None else (z[rows], labels[rows])
-            return await self._images_out(await self._decode(sv, zz, ll, fmt), fmt)
+            if not out.native:
+                return await self._drawn(sv, zz, ll, out)
+            return await self._images_out(await self._decode(sv, zz, ll, out.fmt), out.fmt)
 
+        key = out.cache_format
         if handles is not None:  # a handle's digest is its latent's digest: no fetch needed for a hit
             digests = [h.rsplit(":", 1)[1] for h in handles] if self.cache.result_enabled else None
-            return await self.cache.images(sv.name, sv.version, fmt, run, digests=digests, cacheable=cacheable)
-        return await self.cache.images(sv.name, sv.version, fmt, run, latents=(z, labels), cacheable=cacheable)
+            return await self.cache.images(sv.name, sv.version, key, run, digests=digests, cacheable=cacheable)
+        return await self.cache.images(sv.name, sv.version, key, run, latents=(z, labels), cacheable=cacheable)
+
+    async def _drawn(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray, out: outs.Output) -> list[imgs.Image]:
+        """A vector model's images at `out.size` or as SVG (outs.resolve admits no other model here)."""
+        raise UnsupportedError(f"{sv.name} v{sv.version}: drawing at {out.size} px / {out.fmt} is not available")
 
     async def _images_out(self, x: np.ndarray, fmt: str) -> list[imgs.Image]:
         # Big PNG/JPEG batches are encoded off the event loop (PIL releases the GIL while compressing).

@@ -120,7 +120,7 @@ def test_settings_come_in_documented_groups_with_flat_names_for_yaml_env_and_cli
 
     from latentserve.services.config import FLAT, GROUPS
 
-    assert len(FLAT) == sum(len(fields(g)) for g in GROUPS.values()) == 87  # every old flat name kept, + http_max_body_bytes, serving_processes, + security (6)
+    assert len(FLAT) == sum(len(fields(g)) for g in GROUPS.values()) == 88  # every old flat name kept, + http_max_body_bytes, serving_processes, + security (6), + max_output_pixels
     assert FLAT["latent_ops_max_request_rows"] == ("latent_ops", "max_request_rows")
     assert FLAT["latent_ops_max_request_work"] == ("latent_ops", "max_request_work")
     assert FLAT["latent_ops_max_process_rows"] == ("latent_ops", "max_process_rows")

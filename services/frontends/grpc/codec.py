@@ -19,7 +19,7 @@ from latentserve.services.augment.spec import parse_spec
 from latentserve.services.config import ServeConfig
 from latentserve.services.core import calls
 from latentserve.services.core import images as core_images
-from latentserve.services.core.images import JPEG, PNG, RAW_FLOAT32, RAW_UINT8
+from latentserve.services.core.images import JPEG, PNG, RAW_FLOAT32, RAW_UINT8, SVG
 from latentserve.v1 import latent_pb2 as pb
 
 _FORMATS = {
@@ -28,6 +28,7 @@ _FORMATS = {
     pb.IMAGE_FORMAT_JPEG: JPEG,
     pb.IMAGE_FORMAT_RAW_UINT8: RAW_UINT8,
     pb.IMAGE_FORMAT_RAW_FLOAT32: RAW_FLOAT32,
+    pb.IMAGE_FORMAT_SVG: SVG,
 }
 SAMPLE_SOURCES = {
     pb.SAMPLE_SOURCE_UNSPECIFIED: "",  # the model's default (ModelInfo.default_sample_source)
@@ -58,7 +59,7 @@ def _format_name(value: int) -> str:
 
 
 def image_format(value: int) -> str:
-    """pb ImageFormat -> 'png' | 'jpeg' | 'raw_uint8' | 'raw_float32' (unspecified = png), checked."""
+    """pb ImageFormat -> 'png' | 'jpeg' | 'raw_uint8' | 'raw_float32' | 'svg' (unspecified = png), checked."""
     return core_images.check_format(_format_name(value))
 
 
@@ -169,7 +170,7 @@ def encode_call(r: "pb.EncodeRequest", end: float) -> calls.EncodeCall:
 
 def decode_call(r: "pb.DecodeRequest") -> calls.DecodeCall:
     return calls.DecodeCall(model=r.model, version=r.version, latents=[latent_in(lat) for lat in r.latents],
-                            handles=list(r.handles), format=_format_name(r.format))
+                            handles=list(r.handles), format=_format_name(r.format), output_size=r.output_size)
 
 
 def sample_call(r: "pb.SampleRequest", end: float) -> calls.SampleCall:
@@ -190,7 +191,8 @@ def sample_call(r: "pb.SampleRequest", end: float) -> calls.SampleCall:
         model=r.model, n=r.n, version=r.version, format=_format_name(r.format),
         source=SAMPLE_SOURCES.get(r.source, str(r.source)), guidance=guidance, temperature=r.temperature,
         seed=r.seed, classes=classes, knobs=dict(r.knobs), allow_weak_knobs=r.allow_weak_knobs,
-        hold=list(r.hold), class_check=r.class_check, return_handles=r.return_handles, deadline=end)
+        hold=list(r.hold), class_check=r.class_check, return_handles=r.return_handles, deadline=end,
+        output_size=r.output_size)
 
 
 def interpolate_call(r: "pb.InterpolateRequest", end: float) -> calls.InterpolateCall:
@@ -340,6 +342,6 @@ def augment_spec_from_pb(msg: "pb.AugmentSpec") -> Any:
         "model": msg.model, "version": msg.version, "count": msg.count,
         "class_counts": dict(msg.class_counts) or None, "class_weights": dict(msg.class_weights) or None,
         "factors": factors, "source": sample_source(msg.source), "seed": msg.seed,
-        "temperature": float(msg.temperature), "format": SPEC_FORMATS[image_format(msg.format)],
+        "temperature": float(msg.temperature), "format": SPEC_FORMATS.get(image_format(msg.format), "svg"),
         "shard_size": msg.shard_size, "handles": bool(msg.return_handles), "class_check": round(float(msg.class_check), 6),  # float32 on the wire
     })

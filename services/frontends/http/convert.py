@@ -17,10 +17,10 @@ from latentserve.errors import ValidationError
 from latentserve.services.augment.spec import parse_spec
 from latentserve.services.core import calls
 from latentserve.services.core import images as core_images
-from latentserve.services.core.images import JPEG, PNG, RAW_FLOAT32, RAW_UINT8
+from latentserve.services.core.images import JPEG, PNG, RAW_FLOAT32, RAW_UINT8, SVG
 from latentserve.services.frontends.http import schemas as s
 
-FORMATS = {"png": PNG, "jpeg": JPEG, "array": RAW_UINT8, "float_array": RAW_FLOAT32}  # JSON name -> core name
+FORMATS = {"png": PNG, "jpeg": JPEG, "array": RAW_UINT8, "float_array": RAW_FLOAT32, "svg": SVG}  # JSON name -> core name
 SPEC_FORMATS = {"png": "png", "jpeg": "jpeg", "array": "uint8", "float_array": "float32"}  # -> augment spec
 
 
@@ -57,6 +57,8 @@ def image_in(img: Optional[s.ImageIn], where: str) -> core_images.Image:
 def image_out(img: core_images.Image) -> dict[str, Any]:
     """core Image -> ImageOut fields (base64 for encoded images, nested lists for tensors)."""
     if img.encoded is not None:
+        if img.encoded[:1] == b"<":  # an SVG document (format svg): sent as text
+            return {"svg": img.encoded.decode()}
         key = "jpeg" if img.encoded[:2] == b"\xff\xd8" else "png"
         return {key: base64.b64encode(img.encoded).decode()}
     dtype = core_images.TENSOR_DTYPES[img.dtype]
@@ -101,7 +103,7 @@ def encode_call(model: str, r: s.EncodeRequest, end: float) -> calls.EncodeCall:
 
 def decode_call(model: str, r: s.DecodeRequest) -> calls.DecodeCall:
     return calls.DecodeCall(model=model, version=r.version, latents=[latent_in(lat) for lat in r.latents],
-                            handles=list(r.handles), format=format_name(r.format))
+                            handles=list(r.handles), format=format_name(r.format), output_size=r.output_size)
 
 
 def sample_call(model: str, r: s.SampleRequest, end: float) -> calls.SampleCall:
@@ -117,7 +119,7 @@ def sample_call(model: str, r: s.SampleRequest, end: float) -> calls.SampleCall:
         model=model, n=r.n, version=r.version, format=format_name(r.format), source=r.source, guidance=guidance,
         temperature=r.temperature, seed=r.seed, classes=classes, knobs=dict(r.knobs),
         allow_weak_knobs=r.allow_weak_knobs, class_check=r.class_check, return_handles=r.return_handles,
-        hold=list(r.hold), deadline=end)
+        hold=list(r.hold), deadline=end, output_size=r.output_size)
 
 
 def interpolate_call(model: str, r: s.InterpolateRequest, end: float) -> calls.InterpolateCall:

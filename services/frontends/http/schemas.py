@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Format = Literal["png", "jpeg", "array", "float_array"]
+Format = Literal["png", "jpeg", "array", "float_array", "svg"]
 Source = Literal["", "prior", "latent_gmm", "guided"]
 Method = Literal["lerp", "slerp", "geodesic"]
 
@@ -32,6 +32,7 @@ class ImageIn(Strict):
 class ImageOut(BaseModel):
     png: Optional[str] = Field(None, description="base64 PNG (format png)")
     jpeg: Optional[str] = Field(None, description="base64 JPEG (format jpeg)")
+    svg: Optional[str] = Field(None, description="an SVG document (format svg: vector models)")
     array: Optional[list] = Field(None, description="uint8 H x W x 3 (format array) or float32 3 x H x W in "
                                                     "[-1, 1] (format float_array)")
 
@@ -97,6 +98,7 @@ class DecodeRequest(Strict):
     latents: list[Latent] = Field(default_factory=list)
     handles: list[str] = Field(default_factory=list)
     format: Format = "png"
+    output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: 16..1024")
 
 
 class SampleRequest(Strict):
@@ -115,6 +117,7 @@ class SampleRequest(Strict):
     class_check: float = 0.0
     allow_weak_knobs: bool = False
     hold: list[str] = Field(default_factory=list, description="factors the knobs keep fixed (conditional directions)")
+    output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: 16..1024")
 
 
 class InterpolateRequest(Strict):

@@ -1,0 +1,60 @@
+"""What a Sample / Decode / Edit answers with: the output size and format, checked against the model.
+
+`output_size` (px, width = height) 0 means the model's native size. A raster model (gan, vae, flow, ae) draws
+only that size: anything else is INVALID_ARGUMENT naming `output_size` (no resampling is done on its behalf,
+so a caller never mistakes an upsampled raster for a sharper model). A vector model (family "vector",
+models/vector.py) draws its layers at any size in VECTOR_SIZE_RANGE, and can answer with the layers themselves
+as SVG. The pixels of one request together are capped by `Limits.max_output_pixels` (RESOURCE_EXHAUSTED).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from latentserve.errors import OverloadedError, ValidationError
+from latentserve.services.core import images as imgs
+
+VECTOR_FAMILY = "vector"
+VECTOR_SIZE_RANGE = (16, 1024)  # px; below 16 a shape's edges are most of it, above it one image is ~3 MB
+
+
+@dataclass(frozen=True)
+class Output:
+    """A request's output: format, size in px, and whether the model's own decoder graph draws it (`native`)."""
+
+    fmt: str
+    size: int
+    native: bool
+
+    @property
+    def cache_format(self) -> str:
+        """The result cache's format key: the size is part of it when it is not the native one."""
+        return self.fmt if self.native else f"{self.fmt}@{self.size}"
+
+
+def is_vector(sv: Any) -> bool:
+    return sv.family == VECTOR_FAMILY
+
+
+def resolve(sv: Any, fmt: str, output_size: int, n: int, max_pixels: int) -> Output:
+    """The checked output of a request for `n` images of served version `sv` in format `fmt` (already checked
+    by images.check_format) at `output_size` (0 = native)."""
+    native = int(sv.image_shape[-1])
+    size = int(output_size)
+    vector = is_vector(sv)
+    if fmt == imgs.SVG and not vector:
+        raise ValidationError(f"format: SVG needs a vector model; {sv.name} is a {sv.family} model (raster)")
+    if size == 0:
+        size = native
+    elif vector:
+        lo, hi = VECTOR_SIZE_RANGE
+        if not lo <= size <= hi:
+            raise ValidationError(f"output_size: {size} is outside [{lo}, {hi}] px (0 = the model's {native} px)")
+    elif size != native:
+        raise ValidationError(f"output_size: {sv.name} is a {sv.family} model (raster) and draws only {native} px "
+                              f"images; use 0 or {native}")
+    if n * size * size > max_pixels:
+        raise OverloadedError(f"output_size: {n} images of {size}x{size} px is {n * size * size} pixels, over this "
+                              f"server's {max_pixels} per request (Limits.max_output_pixels); ask for fewer or "
+                              f"smaller images")
+    return Output(fmt=fmt, size=size, native=size == native and fmt != imgs.SVG)

@@ -11,7 +11,7 @@
 - `invariant_stats`: `shape_stats`, the energy per wavelength (summed over orientations) and the colour
   statistics: 35 numbers that do not depend on the texture's orientation.
 - `stat_distance`: per class, the distance between the mean `invariant_stats` of samples and of real
-  textures, in units of the real statistics' spread (0 = the same statistics on average).
+  textures, in units of the real statistics' spread over all classes (0 = the same statistics on average).
 - `spectrum_distance`: per class, the L1 distance between the normalised, radially unbinned log power spectra
   (mean over images) of samples and real textures of the same size.
 - `period_orientation`: the period (px) and orientation (degrees) of the strongest Fourier peak, in the data
@@ -97,9 +97,12 @@ class NearestCentroid:
         return np.argmin(((z[:, None, :] - self.centroids[None]) ** 2).sum(-1), 1)
 
 
-def stat_distance(real: np.ndarray, fake: np.ndarray) -> float:
-    """RMS over statistics of (mean fake - mean real) / std real (real, fake: (N, K) statistics of one class)."""
-    return float(np.sqrt(np.mean(((fake.mean(0) - real.mean(0)) / (real.std(0) + 1e-6)) ** 2)))
+def stat_distance(real: np.ndarray, fake: np.ndarray, scale: np.ndarray | None = None) -> float:
+    """RMS over statistics of (mean fake - mean real) / scale (real, fake: (N, K) statistics of one class;
+    scale: (K,) spreads, by default the real set's; pass the spread over all classes so a statistic that is
+    nearly constant within a class does not dominate)."""
+    scale = real.std(0) if scale is None else np.asarray(scale)
+    return float(np.sqrt(np.mean(((fake.mean(0) - real.mean(0)) / (scale + 1e-6)) ** 2)))
 
 
 def log_spectrum(images_u8: np.ndarray) -> np.ndarray:

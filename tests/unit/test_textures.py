@@ -113,3 +113,20 @@ def test_family_trains_and_exports_a_size_free_decoder():
         SGANFamily(SGANConfig(upsamplings=5), meta, torch.device("cpu"))
     with pytest.raises(ValidationError, match="SGANConfig: periodic"):
         SGANConfig(periodic=17)
+
+
+def test_texture_report_rows_and_pictures(tmp_path, monkeypatch):
+    from latentserve.models import texture_report as R
+    from latentserve.models.families.sgan import SGANFamily
+    from latentserve.models.nets.sgan import SGANConfig
+
+    monkeypatch.setattr(R, "SIZES", (32,))
+    monkeypatch.setattr(R, "PER_CLASS", {32: 3})
+    monkeypatch.setattr(R, "REAL_PER_CLASS", {32: 4})
+    fam = SGANFamily(SGANConfig(width=8, d_width=8), {"image_size": 32, "class_names": T.CLASS_NAMES, "factors": []},
+                     torch.device("cpu"))
+    rows = R.report(fam, tmp_path)
+    assert [r["class"] for r in rows] == T.CLASS_NAMES and all(r["n"] == 3 for r in rows)
+    assert all(0.5 < r["seam"] < 1.5 for r in rows)  # the generator tiles (waves rounded, circular padding)
+    assert {p.name for p in tmp_path.iterdir()} == {"grid-32.png", "classes.png", "blend.png"}
+    assert R.markdown(rows).count("\n") == 6

@@ -118,14 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--json", default="", help="also write the reports to this file")
+    p.add_argument("--variants", default="shapes-corr-ae,shapes-corr-ae-decor",
+                   help="which of the two to train and measure (comma-separated; a finished run is not retrained, "
+                        "so two processes can train one each and a third measures both)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = {"image_size": 32, "n_train": 6000, "n_test": 500, "seed": 0, "correlate": {"hue": "scale"}}
     fam = {"z_dim": 16, "widths": [32, 64, 128], "hidden": 128, "embed_dim": 16}
     variants = {"shapes-corr-ae": ({}, MODES),
                 "shapes-corr-ae-decor": (DECORRELATE, {"trained": False, "trained + hold": True})}
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not chosen or set(chosen) - set(variants):
+        p.error(f"--variants: choose from {', '.join(variants)}")
     reports, seconds = [], {}
-    for name, (extra, modes) in variants.items():
+    for name, (extra, modes) in ((k, variants[k]) for k in chosen):
         t0 = time.time()
         run = train(TrainConfig(family="ae", data="shapes", data_args=data, steps=args.steps, batch_size=64,
                                 out=f"{args.runs_dir}/{name}", ckpt_every=args.steps, grid_every=args.steps,

@@ -110,7 +110,11 @@ class SGANFamily(Family):
                             torch.zeros(2, dtype=torch.int64, device=self.device),
                             torch.zeros(2, c.local_dim, 3, 4, device=self.device)),
             input_names=["latent", "label", "noise"], output_names=["image"],
-            doc="tileable texture of (h, w) = noise grid x cell", extra={"spatial_axes": {"noise": [2, 3]}})}
+            doc="tileable texture of (h, w) = noise grid x cell",
+            # ONNX dynamic axes beyond the batch: the noise grid's and so the image's height and width
+            extra={"dynamic_axes": {"latent": {0: "batch"}, "label": {0: "batch"},
+                                    "noise": {0: "batch", 2: "cells_h", 3: "cells_w"},
+                                    "image": {0: "batch", 2: "height", 3: "width"}}})}
 
     def manifest_extra(self) -> dict:
         c = self.config

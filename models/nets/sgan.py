@@ -121,8 +121,9 @@ class SpatialGenerator(nn.Module):
         x = torch.cat([cond[:, :, None, None].expand(b, cond.shape[1], h, w), noise], 1)
         if c.periodic:
             k = self.wave_vectors(latent, label)  # (B, P, 2)
-            if tile:  # whole cycles over the output: kx * W and ky * H integers (straight line, exportable)
-                size = torch.tensor([w * c.cell, h * c.cell], dtype=k.dtype, device=k.device)
+            if tile:  # whole cycles over the output: kx * W and ky * H integers; the size is read as a tensor from
+                # the noise's shape, so a traced / exported graph keeps it dynamic
+                size = torch._shape_as_tensor(noise)[2:].flip(0).to(k.dtype) * c.cell  # (2,) = (W, H) px
                 k = torch.round(k * size) / size
             phase = 2 * math.pi * latent[:, c.global_dim:]  # (B, P)
             x = torch.cat([x, plane_waves(k, phase, h, w, float(c.cell))], 1)

@@ -130,3 +130,28 @@ def test_texture_report_rows_and_pictures(tmp_path, monkeypatch):
     assert all(0.5 < r["seam"] < 1.5 for r in rows)  # the generator tiles (waves rounded, circular padding)
     assert {p.name for p in tmp_path.iterdir()} == {"grid-32.png", "classes.png", "blend.png"}
     assert R.markdown(rows).count("\n") == 6
+
+
+def test_decoder_exports_to_onnx_with_a_free_output_size(tmp_path):
+    """One ONNX graph draws every size (the wave rounding reads the size from the noise's shape)."""
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    from latentserve.models.families.sgan import SGANFamily, draw_latent
+    from latentserve.models.nets.sgan import SGANConfig
+
+    torch.manual_seed(0)
+    fam = SGANFamily(SGANConfig(global_dim=4, local_dim=2, periodic=2, width=8, d_width=8, upsamplings=2),
+                     {"image_size": 16, "class_names": T.CLASS_NAMES, "factors": []}, torch.device("cpu"))
+    g = fam.graphs()["decoder"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(g.module, g.example_inputs, str(tmp_path / "decoder.onnx"), input_names=g.input_names,
+                          output_names=g.output_names, dynamic_axes=g.extra["dynamic_axes"], opset_version=17,
+                          dynamo=False)
+    sess = ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    for cells in ((2, 2), (8, 8), (3, 5)):
+        z, y, noise = draw_latent(2, fam.config), torch.tensor([0, 4]), torch.randn(2, 2, *cells)
+        got = sess.run(None, {"latent": z.numpy(), "label": y.numpy(), "noise": noise.numpy()})[0]
+        assert got.shape == (2, 3, 4 * cells[0], 4 * cells[1])
+        assert np.abs(got - g.module(z, y, noise).numpy()).max() < 1e-4

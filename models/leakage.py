@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default="shapes-corr-ae,shapes-corr-ae-decor",
                    help="which of the two to train and measure (comma-separated; a finished run is not retrained, "
                         "so two processes can train one each and a third measures both)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the training")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     data = {"image_size": 32, "n_train": 6000, "n_test": 500, "seed": 0, "correlate": {"hue": "scale"}}
     fam = {"z_dim": 16, "widths": [32, 64, 128], "hidden": 128, "embed_dim": 16}
     variants = {"shapes-corr-ae": ({}, MODES),
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         run = train(TrainConfig(family="ae", data="shapes", data_args=data, steps=args.steps, batch_size=64,
                                 out=f"{args.runs_dir}/{name}", ckpt_every=args.steps, grid_every=args.steps,
-                                threads=1, device="cpu", family_args={**fam, **extra}, seed=0), progress=False)
+                                threads=args.threads, device="cpu", family_args={**fam, **extra}, seed=0), progress=False)
         seconds[name] = time.time() - t0
         export_run(run, name, repo_root=f"{args.runs_dir}/repo", knob_source="encoded", max_latent_fit=6000)
         reports.append(leakage(Repository(f"{args.runs_dir}/repo"), name, n=args.n, modes=modes))

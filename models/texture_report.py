@@ -132,12 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.add_argument("--json", default="")
+    p.add_argument("--generator", choices=("ema", "raw"), default="ema",
+                   help="which generator draws: the EMA of the weights (export's) or the raw one, for runs too short "
+                        "for the EMA (decay 0.999 averages ~1000 steps) to have caught up")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.time()
     family, ckpt = load_checkpoint(args.run_dir)
+    if args.generator == "raw":
+        family.g_ema = family.g  # report() and family.sample() draw with g_ema
     rows = report(family, args.out)
-    print(f"{args.run_dir}: step {ckpt['step']}")
+    print(f"{args.run_dir}: step {ckpt['step']}, {args.generator} generator")
     print(markdown(rows))
     print(f"{time.time() - t0:.0f} s")
     if args.json:

@@ -155,3 +155,13 @@ def test_decoder_exports_to_onnx_with_a_free_output_size(tmp_path):
         got = sess.run(None, {"latent": z.numpy(), "label": y.numpy(), "noise": noise.numpy()})[0]
         assert got.shape == (2, 3, 4 * cells[0], 4 * cells[1])
         assert np.abs(got - g.module(z, y, noise).numpy()).max() < 1e-4
+
+
+def test_cli_lists_match_the_registries():
+    """`latentserve train` keeps its choices as literals (the CLI imports no torch): they must name every family and
+    data set the registries know, textures and sgan included."""
+    from latentserve.commands.train import DATASET_NAMES, FAMILY_NAMES
+    from latentserve.models.data import DATASETS
+    from latentserve.models.families import FAMILIES
+
+    assert set(FAMILY_NAMES) == set(FAMILIES) and set(DATASET_NAMES) == set(DATASETS)

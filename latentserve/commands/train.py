@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe", "vector")
-DATASET_NAMES = ("shapes", "disks", "modes", "digits", "folder")
+FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe", "vector", "sgan")
+DATASET_NAMES = ("shapes", "disks", "modes", "textures", "digits", "folder")
 
 
 def parse_value(text: str):

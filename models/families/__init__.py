@@ -12,12 +12,13 @@ FAMILIES = {
     "ae": "latentserve.models.families.ae:AEFamily",
     "probe": "latentserve.models.families.probe:ProbeFamily",
     "vector": "latentserve.models.families.vector:VectorFamily",
+    "sgan": "latentserve.models.families.sgan:SGANFamily",  # textures of any size (trained; not served yet)
 }
 GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
 
 
 def get_family(name: str):
-    """The Family subclass for `name` (gan | vae | flow | ae | probe | vector)."""
+    """The Family subclass for `name` (gan | vae | flow | ae | probe | vector | sgan)."""
     if name not in FAMILIES:
         raise ValidationError(f"unknown family {name!r}; choose one of {', '.join(FAMILIES)}")
     module, _, attr = FAMILIES[name].partition(":")

@@ -2,7 +2,9 @@
 
 Training step: per-pixel squared reconstruction error of the decoder's (unclamped) output + `class_weight` *
 the class head's cross-entropy + `code_decay` * mean squared code + `reg_weight` * the chosen Jacobian penalty.
-An AE has no prior of its own, so the family keeps an exponential moving average of each class's code mean
+With `decorrelate` (models/nets/ae_factors.py), + `factor_weight` * the factor heads' squared error on their
+code blocks, and a second backward pass for the decoder alone: `swap_weight` * the heads' error on re-encoded
+decodes of block-swapped codes. An AE has no prior of its own, so the family keeps an exponential moving average of each class's code mean
 and variance and exports it as a `class_gaussian` prior (Sample's PRIOR source); the default Sample source is
 the per-class latent GMM fitted at export on encoded training images (models/latent.default_sample_source), the
 "workable parametric probabilistic model fitted to the latent space". Graphs: `encoder` (latent = code, logits)
@@ -19,6 +21,7 @@ from torch import nn
 from latentserve.models.families.base import ExportGraph, Family, cosine_decay
 from latentserve.models.families.vae import VAEDecoderGraph, _psnr, eval_mode
 from latentserve.models.nets.ae import AEConfig, contractive_penalty, smoothness_penalty
+from latentserve.models.nets.ae_factors import FactorBlocks
 from latentserve.models.nets.vae import VAEDecoder, VAEEncoder
 
 
@@ -64,11 +67,15 @@ class AEFamily(Family):
         self.encoder = VAEEncoder(net, self.image_size, self.n_classes).to(device)
         self.decoder = VAEDecoder(net, self.image_size, self.n_classes).to(device)
         self.stats = CodeStats(self.n_classes, config.z_dim).to(device)
+        self.blocks = (FactorBlocks(list(config.decorrelate), list(data_meta.get("factors") or []),
+                                    config.factor_dims).to(device) if config.decorrelate else None)
         params = list(self.encoder.parameters()) + list(self.decoder.parameters())
+        params += list(self.blocks.parameters()) if self.blocks is not None else []
         self.opt = torch.optim.Adam(params, lr=config.lr)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "decoder": self.decoder, "stats": self.stats}
+        mods = {"encoder": self.encoder, "decoder": self.decoder, "stats": self.stats}
+        return {**mods, "blocks": self.blocks} if self.blocks is not None else mods
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"opt": self.opt}
@@ -100,8 +107,15 @@ class AEFamily(Family):
         # the penalties are sums over the Jacobian's entries per image: divided by the pixel count, per pixel like
         # the squared error
         loss = mse + c.class_weight * ce + c.code_decay * z.square().mean() + c.reg_weight * pen / n_pix
+        extra = {}
+        if self.blocks is not None:
+            t = self.blocks.targets(f.to(z.device))  # (B, F) in [0, 1], NaN = unknown
+            extra["factor"] = self.blocks.loss(z, t)
+            loss = loss + c.factor_weight * extra["factor"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.blocks is not None and c.swap_weight > 0:
+            extra["swap"] = self._swap_backward(z.detach(), t, y)
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.opt.param_groups[0]["params"], c.grad_clip)
         self.opt.step()
@@ -109,7 +123,22 @@ class AEFamily(Family):
         with torch.no_grad():
             acc = (logits.argmax(1) == y).float().mean().item()
         return {"loss": loss.item(), "mse": mse.item(), "ce": ce.item(), "penalty": pen.item(), "acc": acc,
-                "psnr": _psnr(mse.item() / 4.0)}
+                "psnr": _psnr(mse.item() / 4.0), **{k: float(v.detach()) for k, v in extra.items()}}
+
+    def _swap_backward(self, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Accumulates the decoder's gradient of swap_weight * the swap-consistency error (models/nets/ae_factors.py);
+        the encoder and heads judge with their gradients off. Returns the error (detached)."""
+        zm, tm = self.blocks.mix(z, t)
+        referee = [p for m in (self.encoder, self.blocks) for p in m.parameters()]
+        for p in referee:
+            p.requires_grad_(False)
+        try:
+            err = self.blocks.loss(self.encoder(self.decoder.decode_raw(zm, y))[0], tm)
+            (self.config.swap_weight * err).backward()
+        finally:
+            for p in referee:
+                p.requires_grad_(True)
+        return err.detach()
 
     @torch.no_grad()
     def sample_grid(self, n_per_class: int, seed: int) -> torch.Tensor:

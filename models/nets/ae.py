@@ -14,6 +14,8 @@ Regularisers (`reg`):
   (as eps -> 0) of ||J_dec(z)||_F^2, since E[u u^T] = I / D; one extra decoder pass per step.
 Both are summed over output elements and averaged over the batch; `reg_weight` scales them against the
 per-pixel reconstruction error.
+
+Decorrelation (`decorrelate`, any `reg`): named factors own blocks of the code, see models/nets/ae_factors.py.
 """
 from __future__ import annotations
 
@@ -50,9 +52,18 @@ class AEConfig:
     lr_decay_steps: int = 3000  # steps of the cosine schedule (constant lr_final_frac*lr after); >= 1
     grad_clip: float = 5.0  # max global grad norm; 0 = off
     stats_momentum: float = 0.01  # EMA rate of the per-class code mean/variance (the exported Gaussian prior); (0, 1]
+    # training-time decorrelation (models/nets/ae_factors.py): factors (names of the data's factors) that each own
+    # `factor_dims` code units, read by a supervised linear head, with the decoder trained on codes whose blocks
+    # are swapped between images; () = off. The blocks must fit in z_dim.
+    decorrelate: tuple[str, ...] = ()
+    factor_dims: int = 2  # code units per decorrelated factor; 1..16
+    factor_weight: float = 1.0  # weight of the heads' squared error (factors scaled to [0, 1]); 0..100
+    swap_weight: float = 1.0  # weight of the swapped codes' re-encoded squared error (decoder only); 0..100
 
     def __post_init__(self) -> None:
         self.widths = tuple(int(w) for w in self.widths)
+        names = self.decorrelate.split(",") if isinstance(self.decorrelate, str) else self.decorrelate
+        self.decorrelate = tuple(str(n).strip() for n in names if str(n).strip())
         _check(self.reg in REGULARISERS, f"reg must be one of {REGULARISERS}, got {self.reg!r}")
         _check(0.0 <= self.reg_weight <= 100.0, f"reg_weight must be in [0, 100], got {self.reg_weight}")
         _check(0 <= self.jacobian_projections <= 64,
@@ -61,6 +72,13 @@ class AEConfig:
         _check(0.0 <= self.code_decay <= 10.0, f"code_decay must be in [0, 10], got {self.code_decay}")
         _check(self.class_weight >= 0.0, f"class_weight must be >= 0, got {self.class_weight}")
         _check(0.0 < self.stats_momentum <= 1.0, f"stats_momentum must be in (0, 1], got {self.stats_momentum}")
+        _check(len(set(self.decorrelate)) == len(self.decorrelate), f"decorrelate names a factor twice: {self.decorrelate}")
+        _check(1 <= self.factor_dims <= 16, f"factor_dims must be in 1..16, got {self.factor_dims}")
+        _check(len(self.decorrelate) * self.factor_dims <= self.z_dim,
+               f"decorrelate: {len(self.decorrelate)} factors x factor_dims {self.factor_dims} do not fit in "
+               f"z_dim {self.z_dim}")
+        _check(0.0 <= self.factor_weight <= 100.0, f"factor_weight must be in [0, 100], got {self.factor_weight}")
+        _check(0.0 <= self.swap_weight <= 100.0, f"swap_weight must be in [0, 100], got {self.swap_weight}")
         try:  # the trunk's own bounds (z_dim, widths, res_blocks, hidden, embed_dim, lr, schedule, clip)
             self.net_config()
         except ValidationError as exc:
@@ -75,6 +93,7 @@ class AEConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        d["decorrelate"] = list(self.decorrelate)
         return d
 
 

@@ -1,5 +1,5 @@
-"""The AE family (issue #22) through train -> export -> serve over real gRPC: a contractive and a smooth AE on
-shapes, served next to the session app (`extra_app`, the session's Ray Serve), one call of each RPC. Tiny nets and
+"""The AE family (issue #22) through train -> export -> serve over real gRPC: a contractive, a smooth and a
+decorrelated AE on shapes, served next to the session app (`extra_app`, the session's Ray Serve), one call of each RPC. Tiny nets and
 3 training steps: the point is the pipeline (Sample's default source is the latent GMM; prior = the class
 Gaussians of the codes)."""
 from __future__ import annotations
@@ -19,6 +19,8 @@ RUNS = {
     "shapes-probe": ("probe", {"width": 4, "depth": 2, "head_channels": 2, "feature_dim": 8}),
     "shapes-cae": ("ae", {**NET, "reg": "contractive", "jacobian_projections": 0}),
     "shapes-sae": ("ae", {**NET, "reg": "smooth"}),
+    # training-time decorrelation (models/nets/ae_factors.py): scale and hue own 2 code units each
+    "shapes-dae": ("ae", {**NET, "decorrelate": ["scale", "hue"], "factor_dims": 2}),
 }
 
 
@@ -44,8 +46,8 @@ def test_autoencoders_are_served(repo, extra_app):
     target, md, _ = extra_app("ae22", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
                               ingress_num_cpus=0.25)
     with LatentClient(target, timeout=120, app_name="ae22" if md else None) as c:
-        assert sorted(m.name for m in c.list_models()) == ["shapes-cae", "shapes-sae"]
-        for model in ("shapes-cae", "shapes-sae"):
+        assert sorted(m.name for m in c.list_models()) == ["shapes-cae", "shapes-dae", "shapes-sae"]
+        for model in ("shapes-cae", "shapes-sae", "shapes-dae"):
             info = c.get_model(model)
             assert info.family == "ae"
             out = c.sample(model, 4, label=1, seed=3, format="uint8", return_handles=True)
@@ -86,3 +88,7 @@ def test_leakage_report_runs_on_an_exported_model(repo):
     for mode in ("naive", "conditional"):
         assert 0.0 <= rep[mode]["kept"] <= 1.0 and 0.0 <= rep[mode]["measured"] <= 1.0
     assert "conditional" in format_leakage(rep)
+    trained = leakage(Repository(repo), "shapes-dae", n=8, modes={"trained": False, "trained + hold": True})
+    assert trained["modes"] == ["trained", "trained + hold"] and 0.0 <= trained["trained"]["measured"] <= 1.0
+    table = format_leakage(rep, trained)
+    assert "shapes-cae" in table and "trained + hold" in table

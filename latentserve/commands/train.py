@@ -9,7 +9,7 @@ import argparse
 import json
 
 FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe")
-DATASET_NAMES = ("shapes", "disks", "modes", "digits", "folder")
+DATASET_NAMES = ("shapes", "disks", "modes", "textured", "digits", "folder")
 
 
 def parse_value(text: str):

@@ -60,10 +60,12 @@ def measure(family, data, posteriors, n_per_class: int, real_nearest: float, tra
 
     x, y = sample_images(family, n_per_class, seed=1)
     judged = judge_shapes(x).labels
+    at_all, best_fit = shape_at_all(x)
     return {
         "novelty": _novelty(x, train_ref, real_nearest),
         "entropy": float(entropy(posteriors(x)).mean()),
-        "shape_at_all": float(shape_at_all(x).mean()),
+        "shape_at_all": float(at_all.mean()),
+        "best_fit": float(best_fit.mean()),
         "judged_some_class": float((judged >= 0).mean()),
         "judged_requested": float((judged == y).mean()),
         "d_samples": d_realness(family, x),
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentserve.models.data import load_dataset
     from latentserve.models.judges.classifier import train_posterior_classifier
+    from latentserve.models.judges.geometric import shape_at_all
     from latentserve.models.judges.scoring import _nearest
     from latentserve.models.train import TrainConfig, load_checkpoint, train
 
@@ -104,37 +107,39 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for form, weight in runs:
         name = f"{form}_{weight:g}"
-        t0 = time.time()
         cfg = TrainConfig(family="gan", data="shapes", data_args=data_args, steps=args.steps, out=str(out / "runs" / name),
                           threads=1, ckpt_every=args.steps, family_args={**FAMILY_ARGS, "can_form": form,
                                                                          "can_weight": weight})
-        run = train(cfg, progress=False, dataset=data)
-        family, _ = load_checkpoint(run, "cpu")
-        row = {"run": name, "form": form, "weight": weight, "train_s": round(time.time() - t0),
+        family, ckpt = load_checkpoint(train(cfg, progress=False, dataset=data), "cpu")  # a finished run: measured again
+        row = {"run": name, "form": form, "weight": weight, "train_s": round(float(ckpt.get("elapsed_seconds", 0))),
                **measure(family, data, posteriors, args.n, real_nearest, train_ref)}
         rows.append(row)
         x, _ = sample_images(family, 8, seed=2)
         contact_sheet(x, ncol=8, upscale=4).save(out / f"creative_{name}.png")
         print(row, flush=True)
-    write_markdown(out / "creative.md", rows, args, real_entropy, real_acc, argv)
+    at_all, best_fit = shape_at_all(data.test.images)
+    write_markdown(out / "creative.md", rows, args, real_entropy, real_acc,
+                   (float(at_all.mean()), float(best_fit.mean())), argv)
     return 0
 
 
-def write_markdown(path: Path, rows: list[dict], args, real_entropy: float, real_acc: float, argv) -> None:
+def write_markdown(path: Path, rows: list[dict], args, real_entropy: float, real_acc: float, real_fit: tuple,
+                   argv) -> None:
     load = os.getloadavg()
     lines = [
         f"## CAN trade-off ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
         f"Command: `python -m latentserve.models.creative_study {' '.join(argv or [])}`; {args.steps} steps at batch 64, "
         f"{args.image_size} px shapes, {args.n} prior samples per class; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores.",
-        f"Real test images: posterior entropy {real_entropy:.3f} nats (classifier accuracy {real_acc:.3f}); "
-        "novelty 1.0 and shape-at-all 1.0 by definition.", "",
-        "| form | weight | novelty (NN dist / real's) | class entropy (nats, max 1.099) | shape at all | judged some class "
-        "| judged requested | D(sample) | D(real test) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"Real test images: posterior entropy {real_entropy:.3f} nats (classifier accuracy {real_acc:.3f}), "
+        f"shape at all {real_fit[0]:.3f}, best fit {real_fit[1]:.3f}; novelty 1.0 by definition.", "",
+        "| form | weight | novelty (NN dist / real's) | class entropy (nats, max 1.099) | shape at all | best fit "
+        "(soft IoU) | judged some class | judged requested | D(sample) | D(real test) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['form']} | {r['weight']:g} | {r['novelty']:.3f} | {r['entropy']:.3f} | {r['shape_at_all']:.3f} "
+                     f"| {r['best_fit']:.3f} "
                      f"| {r['judged_some_class']:.3f} | {r['judged_requested']:.3f} | {r['d_samples']:.3f} "
                      f"| {r['d_real']:.3f} | {r['train_s']} |")
     lines += ["", "Grids: " + ", ".join(f"`creative_{r['run']}.png`" for r in rows) + " (rows: the label G was given)."]

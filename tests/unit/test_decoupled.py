@@ -99,3 +99,25 @@ def test_class_factors_sample_and_relabel():
     with pytest.raises(ValidationError, match="factor_classes: model m v1 has no class factors"):
         cf.sample_labels({}, {"texture": "dots"}, 1, rng, "m v1")
     assert cf.of_manifest({"class_factors": factors}) == factors and cf.of_manifest({}) == {}
+
+
+def test_factor_classes_on_the_wire():
+    from latentserve.client.messages import build_edit_request, build_sample_request
+    from latentserve.services.frontends.grpc import codec
+    from latentserve.services.frontends.http import convert, schemas
+
+    req = build_sample_request("m", 2, factor_classes={"texture": "dots"})
+    assert codec.sample_call(req, 0.0).factor_classes == {"texture": "dots"}
+    edit = build_edit_request("m", [(np.zeros(4, np.float32), 1)], [], factor_classes={"shape": "square"})
+    call = codec.edit_call(edit)
+    assert call.factor_classes == {"shape": "square"} and call.moves == []
+    with pytest.raises(ValidationError, match="at least one move or factor_classes"):
+        build_edit_request("m", [(np.zeros(4, np.float32), 1)], [])
+    with pytest.raises(ValidationError, match="factor_classes"):
+        build_sample_request("m", 1, label=0, factor_classes={"texture": "dots"})
+    with pytest.raises(ValidationError, match="factor_classes must map"):
+        build_sample_request("m", 1, factor_classes={"texture": 3})
+    body = schemas.SampleRequest(n=2, factor_classes={"texture": "dots"})
+    assert convert.sample_call("m", body, 0.0).factor_classes == {"texture": "dots"}
+    body = schemas.EditRequest(inputs=[{"latent": {"values": [0.0, 1.0], "label": 1}}], factor_classes={"texture": "solid"})
+    assert convert.edit_call("m", body).factor_classes == {"texture": "solid"}

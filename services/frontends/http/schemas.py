@@ -115,6 +115,8 @@ class SampleRequest(Strict):
     class_check: float = 0.0
     allow_weak_knobs: bool = False
     hold: list[str] = Field(default_factory=list, description="factors the knobs keep fixed (conditional directions)")
+    factor_classes: dict[str, str] = Field(default_factory=dict, description=(
+        "class factor -> class on a model whose classes are combinations (e.g. shape, texture); others drawn"))
 
 
 class InterpolateRequest(Strict):
@@ -130,12 +132,14 @@ class InterpolateRequest(Strict):
 
 class EditRequest(Strict):
     inputs: list[Ref]
-    moves: list[Move]
+    moves: list[Move] = Field(default_factory=list)
     version: int = 0
     format: Format = "png"
     allow_weak_knobs: bool = False
     return_handles: bool = False
     hold: list[str] = Field(default_factory=list, description="factors every factor move keeps fixed")
+    factor_classes: dict[str, str] = Field(default_factory=dict, description=(
+        "class factors set on every input before the moves, latent kept (e.g. swap the texture, keep the shape)"))
 
 
 class AugmentRequest(Strict):

@@ -73,27 +73,39 @@ def measure(family, data, posteriors, n_per_class: int, real_nearest: float, tra
     }
 
 
+def study_parser(doc: str, steps: int, image_size: int, n: int) -> argparse.ArgumentParser:
+    """The options every study has: --out DIR, --steps, --image-size, --n samples per class."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--out", required=True, help="directory of the runs, the table and the grids")
+    ap.add_argument("--steps", type=int, default=steps, help=f"training steps per run (default {steps})")
+    ap.add_argument("--image-size", type=int, default=image_size)
+    ap.add_argument("--n", type=int, default=n, help=f"samples per class (default {n})")
+    return ap
+
+
+def start(args: argparse.Namespace) -> Path:
+    """One torch thread (the studies share a small machine); the output directory, created."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap = study_parser(__doc__, steps=1500, image_size=16, n=200)
     ap.add_argument("--weights", default="0,0.3,1,3")
     ap.add_argument("--form", default="multiclass", choices=["multiclass", "binary"])
     ap.add_argument("--extra", default="binary:1", help="more runs, form:weight,... ('' = none)")
-    ap.add_argument("--image-size", type=int, default=16)
-    ap.add_argument("--n", type=int, default=200, help="samples per class")
     args = ap.parse_args(argv)
-    import torch
-
     from latentserve.models.data import load_dataset
     from latentserve.models.judges.classifier import train_posterior_classifier
     from latentserve.models.judges.geometric import shape_at_all
     from latentserve.models.judges.scoring import _nearest
     from latentserve.models.train import TrainConfig, load_checkpoint, train
 
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start(args)
     data_args = {"image_size": args.image_size}
     data = load_dataset("shapes", **data_args)
     rng = np.random.default_rng(0)

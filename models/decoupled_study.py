@@ -14,13 +14,13 @@ of the sheet: the same latents with the texture swapped).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from latentserve.models.creative_study import start, study_parser
 from latentserve.models.data.render import contact_sheet
 
 VARIANTS = {"plain": {"g_arch": "decoder", "g_width": 32}, "decoupled": {"g_arch": "decoupled", "g_width": 16}}
@@ -65,24 +65,16 @@ def measure(family, texture_of, n_per_class: int, seed: int = 1) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--image-size", type=int, default=32)
+    ap = study_parser(__doc__, steps=1000, image_size=32, n=50)
     ap.add_argument("--n-train", type=int, default=12000)
-    ap.add_argument("--n", type=int, default=50, help="samples per combined class")
     args = ap.parse_args(argv)
-    import torch
-
     from latentserve.models.data import load_dataset
     from latentserve.models.data.textured import TEXTURE_NAMES, split_labels
     from latentserve.models.judges.classifier import train_classifier
     from latentserve.models.judges.geometric import judge_shapes
     from latentserve.models.train import TrainConfig, load_checkpoint, train
 
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = start(args)
     data_args = {"image_size": args.image_size, "n_train": args.n_train, "n_test": 1200}
     data = load_dataset("textured", **data_args)
     tex_meta = {**data.meta(), "class_names": list(TEXTURE_NAMES)}

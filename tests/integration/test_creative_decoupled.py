@@ -49,13 +49,11 @@ def test_exported_manifests(repo):
     assert rec.manifest["latent_branches"]["shape"]["latent"] == [0, 3]
     knobs = {k["name"] for k in rec.manifest["knobs"]}
     assert knobs, "no factor knobs fitted"
-    import numpy as np_
-
-    arrays = np_.load(rec.path / rec.manifest["latent_space"])
+    arrays = np.load(rec.path / rec.manifest["latent_space"])
     for name in knobs & {"scale", "x", "y", "rotation"}:  # shape knobs move only the shape branch
-        assert not np_.any(arrays[f"knob_{name}"][3:])
+        assert not np.any(arrays[f"knob_{name}"][3:])
     for name in knobs & {"hue", "hue2", "period", "orientation"}:
-        assert not np_.any(arrays[f"knob_{name}"][:3])
+        assert not np.any(arrays[f"knob_{name}"][:3])
     assert "class_factors" not in Repository(repo).load("shapes-can").manifest
 
 

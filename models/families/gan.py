@@ -24,6 +24,12 @@ models/repository/README.md.
 (from `encoder_start`) to invert the frozen EMA generator: latent regression on its samples, class CE and
 reconstruction of real images through it.
 
+Creative sampling (CAN, `can_form` + `can_weight`): the discriminator's real/fake score is unconditional, its class
+head learns the classes from real images (`w_d_class`), and `_g_adv` adds the style-ambiguity loss of that head on
+G's images (models/nets/creative.py). `g_arch = "decoupled"` builds the shape / texture generator
+(models/nets/decoupled.py) from the data's class factors; `knob_branches` tells export which latent coordinates
+each factor knob may move.
+
 BatchNorm statistics of the EMA generator: `sampling_generator()` re-estimates them on a copy from fixed-seed
 generated batches ("standing statistics"), so samples and the exported decoder are a pure function of the EMA
 weights and making them never changes training state.

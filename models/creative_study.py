@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def write_markdown(path: Path, rows: list[dict], args, real_entropy: float, real
     load = os.getloadavg()
     lines = [
         f"## CAN trade-off ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-        f"Command: `python -m latentserve.models.creative_study {' '.join(argv or [])}`; {args.steps} steps at batch 64, "
+        f"Command: `python -m latentserve.models.creative_study {' '.join(sys.argv[1:] if argv is None else argv)}`; {args.steps} steps at batch 64, "
         f"{args.image_size} px shapes, {args.n} prior samples per class; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores.",
         f"Real test images: posterior entropy {real_entropy:.3f} nats (classifier accuracy {real_acc:.3f}), "

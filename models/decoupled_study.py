@@ -8,13 +8,15 @@ smaller one; everything else equal), then on `n` prior samples per combined clas
 - GAN-test of the texture: a classifier trained on real training images' texture classes only
   (models/judges/classifier.py) names the requested texture; both: the two at once;
 - texture swap: the same latents decoded with the next texture class (same shape): the soft IoU of the two images'
-  coverage (1 = the outline kept exactly), the share still judged the same shape, and the swapped texture's GAN-test.
+  coverage (1 = the outline kept exactly), the share of judged samples still judged the same shape (NaN when the
+  judge names none), and the swapped texture's GAN-test.
 Writes DIR/runs/<name>/, DIR/decoupled.md and DIR/decoupled_<name>.png (rows: the 12 classes; the second half
 of the sheet: the same latents with the texture swapped).
 """
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +46,11 @@ def coverage_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-9), 1.0)
 
 
+def _share(flags: np.ndarray) -> float:
+    """Mean of a bool array; NaN when empty (no sample to ask about)."""
+    return float(flags.mean()) if len(flags) else float("nan")
+
+
 def measure(family, texture_of, n_per_class: int, seed: int = 1) -> dict:
     from latentserve.models.data.textured import TEXTURE_NAMES, split_labels
     from latentserve.models.judges.geometric import judge_shapes
@@ -59,7 +66,7 @@ def measure(family, texture_of, n_per_class: int, seed: int = 1) -> dict:
     tex, tex_s = texture_of(x), texture_of(xs)
     return {"shape": float((judged == shape).mean()), "texture": float((tex == texture).mean()),
             "both": float(((judged == shape) & (tex == texture)).mean()),
-            "swap_iou": float(coverage_iou(x, xs).mean()), "swap_same_shape": float((judged_s == judged).mean()),
+            "swap_iou": float(coverage_iou(x, xs).mean()), "swap_same_shape": _share((judged_s == judged)[judged >= 0]),
             "swap_texture": float((tex_s == (texture + 1) % n_tex).mean()),
             "g_params": int(sum(p.numel() for p in family.g.parameters()))}
 
@@ -103,7 +110,7 @@ def write_markdown(path: Path, rows: list[dict], real: dict, args, argv) -> None
     load = os.getloadavg()
     lines = [
         f"## GAN-test per factor on textured ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-        f"Command: `python -m latentserve.models.decoupled_study {' '.join(argv or [])}`; {args.steps} steps at batch 64, "
+        f"Command: `python -m latentserve.models.decoupled_study {' '.join(sys.argv[1:] if argv is None else argv)}`; {args.steps} steps at batch 64, "
         f"{args.image_size} px, {args.n_train} training images, {args.n} prior samples per combined class (12 "
         f"classes); load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores.",
         f"Real test images: shape judged right {real['shape']:.3f}, texture classifier right {real['texture']:.3f}.", "",

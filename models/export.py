@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import IntegrityError, NotFoundError, ValidationError
-from latentserve.models.latent import GMM_COVARIANCES, MAX_ANCHORS, latents_under_labels
+from latentserve.models.latent import GMM_COVARIANCES, MAX_ANCHORS, latents_under_labels, restrict_knobs
 from latentserve.models.manifest import SCHEMA_VERSION, file_entries, validate_manifest, write_manifest
 from latentserve.models.graph_files import EXPORTERS, as_tuple, check_parity, export_onnx, export_torchscript, onnx_opset
 from latentserve.models.repository import ModelRecord, Repository
@@ -426,6 +426,8 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
                          "unit": str(f.get("unit", "")), "doc": str(f.get("doc", ""))} for f in meta.get("factors", [])],
             "graphs": graph_specs,
             "parity": parity,
+            # classes that are combinations, {factor: names} (label = mixed-radix index in this order), e.g. textured
+            **({"class_factors": meta["info"]["class_factors"]} if (meta.get("info") or {}).get("class_factors") else {}),
             "training": {
                 "family": fam,
                 "family_config": config_dict(family.config),
@@ -465,6 +467,9 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
                     space.knobs, fit_meta["knobs"] = fit_knobs_on_samples(graphs["decoder"].module, space,
                                                                           probe_record, data, cfg,
                                                                           sample_source or "prior")
+                if extra_json.get("latent_branches"):  # a decoupled generator: each knob moves its own branch
+                    space.knobs = restrict_knobs(space.knobs, extra_json["latent_branches"])
+                    fit_meta["knobs"]["restricted_to_branches"] = True
                 manifest["latent_fit"] = fit_meta
             else:
                 # Prior only (no knobs / PCA / GMM), so a flow's class-conditional prior is still shipped.

@@ -6,6 +6,7 @@ one generative model, stored as `latent_space.npz`. numpy only at import; sklear
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,25 @@ class Knob:
         """(D,) float32 w / ||w||^2: one factor unit along the minimum-norm direction of the linear estimate."""
         w = self.weight.astype(np.float64)
         return (w / (w @ w)).astype(np.float32)
+
+
+def restrict_knobs(knobs: dict[str, Knob], branches: dict[str, dict]) -> dict[str, Knob]:
+    """Knobs of a generator whose latent splits into branches ({branch: {"latent": [start, stop], "factors":
+    [...]}}, models/nets/decoupled.py): each listed factor's weight keeps only its branch's coordinates, so its
+    moves cannot reach the other branch (the fit's bias and R² stay as fitted). Unlisted knobs are unchanged; a
+    knob with nothing left in its branch is dropped."""
+    out = dict(knobs)
+    for spec in branches.values():
+        start, stop = (int(v) for v in spec["latent"])
+        for name in spec["factors"]:
+            if name in out:
+                w = np.zeros_like(out[name].weight)
+                w[start:stop] = out[name].weight[start:stop]
+                if np.any(w):
+                    out[name] = dataclasses.replace(out[name], weight=w)
+                else:
+                    del out[name]
+    return out
 
 
 # the optional arrays of a LatentSpace, as stored in latent_space.npz

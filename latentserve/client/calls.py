@@ -125,14 +125,17 @@ class LatentClient:
                seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                return_handles: bool = False, version: int | None = None,
                guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-               allow_weak_knobs: bool = False, hold: Sequence[str] = (), output_size: int = 0) -> SampleResult:
+               allow_weak_knobs: bool = False, hold: Sequence[str] = (), output_size: int = 0,
+               factor_classes: Mapping[str, str] | None = None) -> SampleResult:
         """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest).
         `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal.
         `hold`: factors the knobs keep fixed (SampleRequest.hold). `output_size` px (0 = native; vector models
-        draw 16..1024); format "svg" (vector models) returns SVG documents as bytes."""
+        draw 16..1024); format "svg" (vector models) returns SVG documents as bytes. `factor_classes`: {class
+        factor: class} on a model whose classes are combinations, e.g. {"shape": "square", "texture": "dots"}
+        (the rest drawn)."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
                                    format, return_handles, version, guidance, class_check, allow_weak_knobs, hold,
-                                   output_size)
+                                   output_size, factor_classes)
         return images_result(self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp", format: str = "uint8",
@@ -159,11 +162,13 @@ class LatentClient:
         finally:
             call.cancel()  # no-op when the stream completed
 
-    def edit(self, model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
+    def edit(self, model: str, inputs: Any, moves: Sequence[Any] = (), format: str = "uint8",
              return_handles: bool = False, version: int | None = None, allow_weak_knobs: bool = False,
-             hold: Sequence[str] = ()) -> EditResult:
-        """`hold`: factors every factor move keeps fixed (EditRequest.hold)."""
-        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold)
+             hold: Sequence[str] = (), factor_classes: Mapping[str, str] | None = None) -> EditResult:
+        """`hold`: factors every factor move keeps fixed (EditRequest.hold). `factor_classes`: class factors set on
+        every input before the moves, latent kept (e.g. {"texture": "dots"} swaps the texture, keeps the shape)."""
+        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold,
+                                 factor_classes)
         return images_result(self._call(self._stub.Edit, req), format)
 
     def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None,
@@ -258,10 +263,11 @@ class AsyncLatentClient:
                      seed: int = 0, temperature: float = 0.0, source: str | None = None, format: str = "uint8",
                      return_handles: bool = False, version: int | None = None,
                      guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
-                     allow_weak_knobs: bool = False, hold: Sequence[str] = (), output_size: int = 0) -> SampleResult:
+                     allow_weak_knobs: bool = False, hold: Sequence[str] = (), output_size: int = 0,
+                     factor_classes: Mapping[str, str] | None = None) -> SampleResult:
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
                                    format, return_handles, version, guidance, class_check, allow_weak_knobs, hold,
-                                   output_size)
+                                   output_size, factor_classes)
         return images_result(await self._call(self._stub.Sample, req), format)
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",
@@ -291,8 +297,10 @@ class AsyncLatentClient:
         finally:
             call.cancel()
 
-    async def edit(self, model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
+    async def edit(self, model: str, inputs: Any, moves: Sequence[Any] = (), format: str = "uint8",
                    return_handles: bool = False, version: int | None = None,
-                   allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> EditResult:
-        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold)
+                   allow_weak_knobs: bool = False, hold: Sequence[str] = (),
+                   factor_classes: Mapping[str, str] | None = None) -> EditResult:
+        req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold,
+                                 factor_classes)
         return images_result(await self._call(self._stub.Edit, req), format)

@@ -377,12 +377,16 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                          return_handles: bool = False, version: int | None = None,
                          guidance: Mapping[str, Any] | None = None, class_check: float = 0.0,
                          allow_weak_knobs: bool = False, hold: Sequence[str] = (),
-                         output_size: int = 0) -> pb.SampleRequest:
+                         output_size: int = 0,
+                         factor_classes: Mapping[str, str] | None = None) -> pb.SampleRequest:
     n = int(n)
     if n < 1:
         raise ValidationError(f"n must be >= 1, got {n}")
     if sum(x is not None for x in (label, class_name, class_weights)) > 1:
         raise ValidationError("give at most one of label, class_name and class_weights")
+    by_factor = _class_map(factor_classes)
+    if by_factor and any(x is not None for x in (label, class_name, class_weights)):
+        raise ValidationError("factor_classes: give the classes by factor or by label / class_name / class_weights")
     if source is not None and source not in SAMPLE_SOURCES:
         raise ValidationError(f"unknown sample source {source!r}; choose one of {', '.join(SAMPLE_SOURCES)}")
     temperature = float(temperature)
@@ -395,7 +399,7 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
                            format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
                            knobs=_float_map(knobs, "knobs"), class_check=class_check,
                            allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"),
-                           output_size=_output_size(output_size))
+                           output_size=_output_size(output_size), factor_classes=by_factor)
     if label is not None:
         if int(label) < 0:
             raise ValidationError(f"label must be >= 0, got {label}")
@@ -435,7 +439,8 @@ def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method
 
 def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
                        return_handles: bool = False, version: int | None = None,
-                       allow_weak_knobs: bool = False, hold: Sequence[str] = ()) -> pb.EditRequest:
+                       allow_weak_knobs: bool = False, hold: Sequence[str] = (),
+                       factor_classes: Mapping[str, str] | None = None) -> pb.EditRequest:
     one_image = isinstance(inputs, np.ndarray) and inputs.ndim == 3
     if isinstance(inputs, (str, tuple, bytes)) or _is_pil(inputs) or one_image:
         inputs = [inputs]  # one reference
@@ -448,11 +453,23 @@ def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: st
     if isinstance(moves, (Mapping, pb.Move)) or one_move:
         moves = [moves]
     pm = [_move(m) for m in moves]
-    if not pm:
-        raise ValidationError("edit needs at least one move")
+    by_factor = _class_map(factor_classes)
+    if not pm and not by_factor:
+        raise ValidationError("edit needs at least one move or factor_classes")
     return pb.EditRequest(model=_check_model(model), version=_version(version), inputs=refs, moves=pm,
                           format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
-                          allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"))
+                          allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"),
+                          factor_classes=by_factor)
+
+
+def _class_map(values: Mapping[str, str] | None) -> dict[str, str]:
+    """{class factor: class name} (factor_classes), both non-empty strings; ValidationError naming the field."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                                   for k, v in values.items()):
+        raise ValidationError(f"factor_classes must map class factor names to class names, got {values!r}")
+    return dict(values)
 
 
 def _names(names: Sequence[str] | None, field: str) -> list[str]:

@@ -18,6 +18,9 @@ def register(sub) -> None:
     cls.add_argument("--class", dest="class_name", default=None, help="class name (or index) of every image")
     cls.add_argument("--class-weights", default=None, metavar="A=W,B=W",
                      help="draw classes with these weights, e.g. ellipse=1,square=2")
+    p.add_argument("--class-factor", action="append", default=[], metavar="FACTOR=CLASS",
+                   help="a model with class factors (e.g. textured: shape, texture): this factor's class for every "
+                        "image, the others drawn (repeatable; not with --class / --class-weights)")
     p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
                    help="set a factor to a target value in its units (repeatable), e.g. --knob scale=0.8")
     p.add_argument("--allow-weak-knobs", action="store_true",
@@ -73,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
             guidance["start"] = args.start
     elif args.factor_target:
         raise ValueError("--factor-target needs --source guided (use --knob for the linear knobs)")
+    by_factor: dict[str, str] = {}
+    for item in args.class_factor:
+        factor, sep, cls = item.partition("=")
+        if not (sep and factor.strip() and cls.strip()):
+            raise ValueError(f"--class-factor must look like FACTOR=CLASS (e.g. texture=dots), got {item!r}")
+        by_factor[factor.strip()] = cls.strip()
     label = class_name = None
     if args.class_name is not None:
         if args.class_name.isdigit():
@@ -84,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                             knobs=knobs, seed=args.seed, temperature=args.temperature, source=args.source,
                             return_handles=args.handles, version=args.model_version, guidance=guidance,
                             class_check=args.class_check, allow_weak_knobs=args.allow_weak_knobs,
-                            hold=args.hold, output_size=args.size)
+                            hold=args.hold, output_size=args.size, factor_classes=by_factor or None)
         names = client.model_info(args.model, args.model_version).class_names
     save_png(make_grid(res.images, args.cols), args.output)
     n, h, w, _ = res.images.shape

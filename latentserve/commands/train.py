@@ -9,7 +9,7 @@ import argparse
 import json
 
 FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe", "vector", "sgan")
-DATASET_NAMES = ("shapes", "disks", "modes", "textures", "digits", "folder")
+DATASET_NAMES = ("shapes", "disks", "modes", "textures", "textured", "digits", "folder")
 
 
 def parse_value(text: str):

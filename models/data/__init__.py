@@ -3,6 +3,7 @@
 Names: shapes (default; procedural coloured shapes with 5 known factors), disks (one radius factor),
 modes (a small disc at one of grid x grid positions in one of a few colours: many known modes, counted classically),
 textures (random crops of stripes, checks, dots, waves, noise at varying period, orientation and hue),
+textured (the shapes filled with solid / stripes / dots / checks textures: class = (shape, texture), independent),
 digits (scikit-learn's 8x8 handwritten digits, upsampled), folder (a user's folder, one subfolder per
 class). Each name maps to a module with a `build(**kwargs)` function; `Dataset.config` holds the kwargs
 that rebuild exactly the same data, so `load_dataset(meta["name"], **meta["config"])` (see `load_from_meta`)
@@ -15,13 +16,13 @@ import math
 
 from latentserve.errors import ValidationError
 
-from . import digits, disks, folder, modes, shapes, textures
+from . import digits, disks, folder, modes, shapes, textured, textures
 from .base import DataSplit, Dataset, Factor, to_model, to_uint8
 
-DATASETS = ("shapes", "disks", "modes", "textures", "digits", "folder")
+DATASETS = ("shapes", "disks", "modes", "textures", "textured", "digits", "folder")
 DEFAULT_DATASET = "shapes"
 _BUILDERS = {"shapes": shapes.build, "disks": disks.build, "modes": modes.build, "textures": textures.build,
-              "digits": digits.build, "folder": folder.build}
+             "textured": textured.build, "digits": digits.build, "folder": folder.build}
 
 __all__ = [
     "DATASETS", "DEFAULT_DATASET", "DataSplit", "Dataset", "Factor", "dataset_kwargs", "load_dataset",
@@ -36,7 +37,7 @@ def dataset_kwargs(name: str) -> dict[str, object]:
 
 
 def load_dataset(name: str = DEFAULT_DATASET, **kwargs) -> Dataset:
-    """Build dataset `name` (shapes | disks | modes | textures | digits | folder) with its keyword arguments.
+    """Build dataset `name` (shapes | disks | modes | textures | textured | digits | folder) with its keyword arguments.
 
     Raises ValidationError for an unknown name, an unknown or missing kwarg, or a value out of range
     (messages name the allowed values); folder may raise NotFoundError for a missing path.

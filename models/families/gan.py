@@ -24,6 +24,12 @@ models/repository/README.md.
 (from `encoder_start`) to invert the frozen EMA generator: latent regression on its samples, class CE and
 reconstruction of real images through it.
 
+Creative sampling (CAN, `can_form` + `can_weight`): the discriminator's real/fake score is unconditional, its class
+head learns the classes from real images (`w_d_class`), and `_g_adv` adds the style-ambiguity loss of that head on
+G's images (models/nets/creative.py). `g_arch = "decoupled"` builds the shape / texture generator
+(models/nets/decoupled.py) from the data's class factors; `knob_branches` tells export which latent coordinates
+each factor knob may move.
+
 BatchNorm statistics of the EMA generator: `sampling_generator()` re-estimates them on a copy from fixed-seed
 generated batches ("standing statistics"), so samples and the exported decoder are a pure function of the EMA
 weights and making them never changes training state.
@@ -39,7 +45,9 @@ from torch.nn import functional as F
 
 from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family, cosine_decay
+from latentserve.models.nets import decoupled
 from latentserve.models.nets import mixed_batch as mb
+from latentserve.models.nets.creative import style_ambiguity
 from latentserve.models.nets.gan import Discriminator, Encoder, GANConfig, Generator, build_generator
 
 # batches of generated images used to re-estimate g_ema's BatchNorm statistics ("standing statistics")
@@ -91,8 +99,9 @@ class GANFamily(Family):
         super().__init__(config, data_meta, torch.device(device))  # type check, image_size, n_classes
         config.validate()
         c = config
-        self.g = self._build_generator().to(self.device)
-        self.d = Discriminator(self.n_classes, self.image_size, c.d_width, c.d_norm).to(self.device)
+        self.g = self._build_generator(data_meta).to(self.device)
+        self.d = Discriminator(self.n_classes, self.image_size, c.d_width, c.d_norm,
+                               class_head=c.can_form != "none").to(self.device)
         if c.d_kind == "mixed":  # the same per-image trunk under a set head (models/nets/mixed_batch.py)
             self.d = mb.MixedBatchDiscriminator(self.d.body, self.d.top, self.d.psi.in_features, self.n_classes,
                                                 c.mix_set_size).to(self.device)
@@ -102,8 +111,12 @@ class GANFamily(Family):
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=c.lr_d, betas=(c.beta1, c.beta2))
         self.opt_e = torch.optim.Adam(self.e.parameters(), lr=c.lr_e)
 
-    def _build_generator(self) -> nn.Module:
-        """The generator `config.g_arch` names (the vector family draws layers instead)."""
+    def _build_generator(self, data_meta: dict) -> nn.Module:
+        """The generator `config.g_arch` names: "decoupled" has shape and texture branches over the data's class
+        factors (models/nets/decoupled.py); the vector family overrides this to draw layers."""
+        if self.config.g_arch == "decoupled":
+            class_factors = (data_meta.get("info") or {}).get("class_factors")
+            return decoupled.build(self.config, self.n_classes, self.image_size, class_factors)
         return build_generator(self.config, self.n_classes, self.image_size)
 
     # -- what the loop checkpoints ----------------------------------------------------------------------------
@@ -133,9 +146,13 @@ class GANFamily(Family):
         """D's loss on the real batch x vs fake (both labelled y), and figures for the log."""
         if self.config.d_kind == "mixed":
             return mb.d_loss(self.d, x, fake, y, y)
-        d_real, d_fake = self.d(x, y), self.d(fake, y)  # (B,), (B,)
-        return self._d_loss(d_real, d_fake), {"d_real": float(d_real.detach().mean()),
-                                              "d_fake": float(d_fake.detach().mean())}
+        (d_real, cls_real), d_fake = self.d.score_and_class(x, y), self.d(fake, y)  # (B,), (B,C) | None, (B,)
+        loss = self._d_loss(d_real, d_fake)
+        figs = {"d_real": float(d_real.detach().mean()), "d_fake": float(d_fake.detach().mean())}
+        if cls_real is not None:  # CAN: the class head learns the known classes from real images only
+            loss = loss + self.config.w_d_class * F.cross_entropy(cls_real, y)
+            figs["d_class_acc"] = float((cls_real.detach().argmax(1) == y).float().mean())
+        return loss, figs
 
     def _d_on_fakes(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """D's loss for images it must call fake (the w_adv_recon term)."""
@@ -145,9 +162,14 @@ class GANFamily(Family):
 
     def _g_adv(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """G's adversarial loss on its images (mixed: sets of fakes only should look all real)."""
-        if self.config.d_kind == "mixed":
+        c = self.config
+        if c.d_kind == "mixed":
             return F.softplus(-mb.fake_logits(self.d, fake, y)).mean()
-        return self._g_loss(self.d(fake, y))
+        score, logits = self.d.score_and_class(fake, y)
+        loss = self._g_loss(score)
+        if c.can_weight > 0:  # CAN: real, yet no known class (models/nets/creative.py)
+            loss = loss + c.can_weight * style_ambiguity(logits, c.can_form)
+        return loss
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.config.z_dim, generator=generator, device=self.device)  # (n,Z)
@@ -399,4 +421,18 @@ class GANFamily(Family):
         }
 
     def manifest_extra(self) -> dict:
-        return {"prior": {"type": "standard_normal"}, "latent_shape": [self.config.z_dim]}
+        extra = {"prior": {"type": "standard_normal"}, "latent_shape": [self.config.z_dim]}
+        if self.config.g_arch == "decoupled":
+            extra["latent_branches"] = self.knob_branches()
+        return extra
+
+    def knob_branches(self) -> dict[str, dict] | None:
+        """Decoupled generator: each factor knob moves only its branch's latent coordinates, {branch: {"latent":
+        [start, stop], "factors": [...]}} (shape: the shape factors; texture: the others); else None."""
+        if self.config.g_arch != "decoupled":
+            return None
+        spans = decoupled.latent_branches(self.config.z_dim, self.config.z_shape)
+        names = [f["name"] for f in self.data_meta.get("factors", [])]
+        shape_factors = [n for n in names if n in decoupled.SHAPE_FACTORS]
+        return {"shape": {"latent": list(spans["shape"]), "factors": shape_factors},
+                "texture": {"latent": list(spans["texture"]), "factors": [n for n in names if n not in shape_factors]}}

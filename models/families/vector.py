@@ -46,7 +46,7 @@ class VectorFamily(GANFamily):
             config = VectorConfig.from_dict(config)
         super().__init__(config, data_meta, device)
 
-    def _build_generator(self) -> nn.Module:
+    def _build_generator(self, data_meta: dict) -> nn.Module:
         c = self.config
         return VectorGenerator(c.z_dim, self.n_classes, self.image_size, c.kinds(), c.g_hidden, c.g_depth,
                                c.g_embed, c.edge_px)

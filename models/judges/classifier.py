@@ -32,6 +32,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, data_meta: dict, st
                      seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
     """Train the probe CNN on uint8 (N,H,W,3) images with int labels (N,) (class head only) -> a function
     uint8 (M,H,W,3) -> predicted labels int64 (M,)."""
+    posteriors = train_posterior_classifier(images, labels, data_meta, steps, seed)
+    return lambda x: posteriors(x).argmax(1).astype(np.int64) if len(x) else np.zeros(0, np.int64)
+
+
+def train_posterior_classifier(images: np.ndarray, labels: np.ndarray, data_meta: dict, steps: int | None = None,
+                               seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """As `train_classifier`, but the function gives class posteriors float64 (M, C) (softmax of the logits)."""
     import torch
 
     from latentserve.models.families.probe import ProbeFamily
@@ -53,13 +60,15 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, data_meta: dict, st
     finally:
         torch.random.set_rng_state(state)
 
+    n_classes = len(data_meta["class_names"])
+
     def predict(x: np.ndarray) -> np.ndarray:
-        out = []
+        out = [np.zeros((0, n_classes))]
         with torch.no_grad():
             for i in range(0, len(x), 512):
                 logits = probe(torch.from_numpy(to_model(x[i:i + 512])))[0]
-                out.append(logits.argmax(1).numpy())
-        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+                out.append(torch.softmax(logits.double(), dim=1).numpy())
+        return np.concatenate(out)
 
     return predict
 

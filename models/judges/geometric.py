@@ -287,6 +287,19 @@ def judge_shapes(images: np.ndarray) -> Judgement:
     return Judgement(labels, fit, factors.astype(np.float32), list(shapes.FACTOR_NAMES), names)
 
 
+def shape_at_all(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Is each uint8 (N, S, S, 3) image "a shape at all": one blob that some class of the shapes data set fits
+    within the judge's tolerance for its size -> (bool (N,), best fit over the classes float32 (N,), 0 without a
+    blob). Neither the margin over the runner-up nor the corner check applies: a shape between two classes (CAN's
+    aim) fits both alike and may have soft corners."""
+    images = _check_images(images)
+    blobs = find_blobs(coverage_of(images))
+    fit, _, _ = _fit_all(blobs, [_SHAPES[c] for c in shapes.CLASS_NAMES], shapes.AREA_COEF)
+    with np.errstate(divide="ignore", invalid="ignore"):  # tolerance of each class's own size, as _decide
+        accept = 1.0 - FIT_TOLERANCE - SMALL_SHAPE_PX2 / (blobs.area[:, None] / shapes.AREA_COEF[None, :] / 4)
+    return blobs.single & np.any(fit >= np.nan_to_num(accept, nan=np.inf), axis=1), fit.max(axis=1)
+
+
 def judge_disks(images: np.ndarray, vary_position: bool = False) -> Judgement:
     """Judge uint8 (N, S, S, 3) images of the disks data set: label 0 (disk) or -1, [radius] or [radius, x, y]."""
     images = _check_images(images)

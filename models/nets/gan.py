@@ -30,9 +30,10 @@ from latentserve.errors import ValidationError
 
 SUPPORTED_SIZES = (16, 32, 64)
 LOSSES = ("hinge", "nonsat")
-G_ARCHS = ("dcgan", "decoder")
+G_ARCHS = ("dcgan", "decoder", "decoupled")
 D_NORMS = ("sn", "bn")
 D_KINDS = ("standard", "mixed")
+CAN_FORMS = ("none", "multiclass", "binary")
 
 
 @dataclass
@@ -52,6 +53,10 @@ class GANConfig:
     g_arch: str = "dcgan"
     g_embed: int = 32  # "decoder" only: size of the class embedding fed beside z. 1..512
     g_hidden: int = 128  # "decoder" only: width of the MLP between (z, embedding) and the 4x4 map. 8..4096
+    # "decoupled" (models/nets/decoupled.py; data whose classes are (shape, texture) pairs, e.g. `textured`): a
+    # shape branch draws a mask from (z[:z_shape], shape class), a texture branch a texture from (z[z_shape:],
+    # texture class), image = mask * texture + (1 - mask) * background. Each branch is a "decoder" generator.
+    z_shape: int = 0  # "decoupled": latent dimensions of the shape branch (the rest: texture); 0 = half. 0..511
     d_width: int = 32  # discriminator channels at S/2; doubles per stride-2 conv (cap 8x). 4..256
     e_width: int = 32  # encoder channels at S/2; doubles per stride-2 conv (cap 4x). 4..256
     e_hidden: int = 128  # encoder MLP width between the flattened 4x4 features and the heads. 8..2048
@@ -95,6 +100,13 @@ class GANConfig:
     encoder_start: int = 0  # step from which the encoder trains (it trains on every step after). >= 0
     e_batch: int = 64  # generated (EMA G) images per encoder step for latent regression. 1..1024
     w_recon: float = 1.0  # weight of ||G_ema(E(x), y) - x||^2 on real images through the frozen EMA G. >= 0
+    # -- creative sampling (CAN, Elgammal et al. 2017; models/nets/creative.py) ------------------------------
+    # "none": the projection discriminator. "multiclass" | "binary": D's real/fake score is unconditional (as in
+    # CAN) and D gets a class head trained on real images; G is pushed (can_weight) to leave that head uncertain
+    # among the known classes, in the named form of the style-ambiguity loss, while still looking real.
+    can_form: str = "none"
+    can_weight: float = 0.0  # weight of the style-ambiguity loss on G (0 with a form: the same D, no push). >= 0
+    w_d_class: float = 1.0  # weight of D's class cross-entropy on real images (with a CAN form). >= 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -111,7 +123,7 @@ class GANConfig:
             raise ValidationError(f"GANConfig.g_arch={self.g_arch!r}; choose one of {', '.join(G_ARCHS)}")
         for name, lo, hi in (("z_dim", 2, 512), ("g_width", 4, 256), ("d_width", 4, 256), ("e_width", 4, 256),
                              ("g_embed", 1, 512), ("g_hidden", 8, 4096),
-                             ("e_hidden", 8, 2048), ("n_dis", 1, 10), ("e_batch", 1, 1024)):
+                             ("e_hidden", 8, 2048), ("n_dis", 1, 10), ("e_batch", 1, 1024), ("z_shape", 0, 511)):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise ValidationError(f"GANConfig.{name} must be an int, got {getattr(self, name)!r}")
             rng(name, lo, hi)
@@ -122,7 +134,8 @@ class GANConfig:
         for name in ("ema_start", "encoder_start"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValidationError(f"GANConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
-        for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac", "w_adv_recon"):
+        for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac", "w_adv_recon", "can_weight",
+                     "w_d_class"):
             rng(name, 0.0, 1e6)
         rng("recon_noise", 0.0, 10.0)
         rng("lr_final_frac", 0.0, 1.0, lo_open=True)
@@ -143,6 +156,14 @@ class GANConfig:
         if self.d_kind == "mixed" and self.d_norm != "sn":
             raise ValidationError("GANConfig.d_kind='mixed' needs d_norm='sn' (batch norm would share statistics "
                                   "across the sets it must tell apart)")
+        if self.z_shape >= self.z_dim:
+            raise ValidationError(f"GANConfig.z_shape={self.z_shape} must be below z_dim={self.z_dim} (texture needs some)")
+        if self.can_form not in CAN_FORMS:
+            raise ValidationError(f"GANConfig.can_form={self.can_form!r}; choose one of {', '.join(CAN_FORMS)}")
+        if self.can_weight > 0 and self.can_form == "none":
+            raise ValidationError("GANConfig.can_weight > 0 needs can_form 'multiclass' or 'binary'")
+        if self.can_form != "none" and self.d_kind != "standard":
+            raise ValidationError("GANConfig.can_form needs d_kind='standard' (the class head sits on a per-image D)")
         if self.loss not in LOSSES:
             raise ValidationError(f"GANConfig.loss={self.loss!r}; choose one of {', '.join(LOSSES)}")
 
@@ -226,7 +247,7 @@ class DecoderGenerator(nn.Module):
     """(latent (B,Z) f32, label (B,) i64) -> image (B,3,S,S) f32 in [-1,1]; `GANConfig.g_arch` "decoder"."""
 
     def __init__(self, z_dim: int, n_classes: int, image_size: int = 32, width: int = 32, embed: int = 32,
-                 hidden: int = 128) -> None:
+                 hidden: int = 128, out_channels: int = 3) -> None:
         super().__init__()
         _check_classes(n_classes)
         n = _n_levels(image_size)
@@ -238,16 +259,21 @@ class DecoderGenerator(nn.Module):
         layers: list[nn.Module] = []
         for i in range(n):  # each stage doubles the resolution; the last keeps S/2's width at S
             layers += [nn.SiLU(), nn.ConvTranspose2d(chans[i], chans[i + 1] if i + 1 < n else chans[-1], 4, 2, 1)]
-        layers += [nn.SiLU(), nn.Conv2d(chans[-1], 3, 3, padding=1)]
+        layers += [nn.SiLU(), nn.Conv2d(chans[-1], out_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def pre_activation(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """(B,Z), (B,) -> (B,out_channels,S,S) before the output nonlinearity (a branch of models/nets/decoupled.py)."""
         h = self.fc(torch.cat([latent, self.embed(label)], dim=1))  # (B, C0*16)
-        return torch.tanh(self.net(h.reshape(-1, self.c0, 4, 4)))  # (B,3,S,S)
+        return self.net(h.reshape(-1, self.c0, 4, 4))
+
+    def forward(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pre_activation(latent, label))  # (B,3,S,S)
 
 
 def build_generator(config: "GANConfig", n_classes: int, image_size: int) -> nn.Module:
-    """The generator `config.g_arch` names."""
+    """The generator `config.g_arch` names ("decoupled": models/nets/decoupled.build, which needs the data's
+    class factors)."""
     if config.g_arch == "decoder":
         return DecoderGenerator(config.z_dim, n_classes, image_size, config.g_width, config.g_embed, config.g_hidden)
     return Generator(config.z_dim, n_classes, image_size, config.g_width)
@@ -274,7 +300,8 @@ class Discriminator(nn.Module):
     (DCGAN), with the 3x3 conv at 4x4 and the linear / projection heads kept spectrally normalised so the
     scores and the class term stay bounded."""
 
-    def __init__(self, n_classes: int, image_size: int = 32, width: int = 32, norm: str = "sn") -> None:
+    def __init__(self, n_classes: int, image_size: int = 32, width: int = 32, norm: str = "sn",
+                 class_head: bool = False) -> None:
         super().__init__()
         _check_classes(n_classes)
         if norm not in D_NORMS:
@@ -286,11 +313,19 @@ class Discriminator(nn.Module):
         self.top = nn.Sequential(spectral_norm(nn.Conv2d(chans[-1], chans[-1], 3, padding=1)), nn.LeakyReLU(0.1))
         self.psi = spectral_norm(nn.Linear(chans[-1], 1))
         self.embed = spectral_norm(nn.Embedding(n_classes, chans[-1]))
+        # CAN (class_head=True): the real/fake score is unconditional and a class head reads the same features
+        self.classes = nn.Linear(chans[-1], n_classes) if class_head else None
 
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         # image (B,3,S,S), label (B,) -> (B,)
+        return self.score_and_class(image, label)[0]
+
+    def score_and_class(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores (B,) and, with a class head, class logits (B,C) (else None) from one trunk pass."""
         h = self.top(self.body(image)).sum(dim=(2, 3))  # (B,C) global sum pooling (SNGAN)
-        return self.psi(h).squeeze(1) + (self.embed(label) * h).sum(dim=1)  # (B,)
+        if self.classes is not None:
+            return self.psi(h).squeeze(1), self.classes(h)
+        return self.psi(h).squeeze(1) + (self.embed(label) * h).sum(dim=1), None  # (B,)
 
 
 class Encoder(nn.Module):

@@ -105,6 +105,7 @@ class SampleCall:
     knobs: dict[str, float] = field(default_factory=dict)
     allow_weak_knobs: bool = False
     hold: list[str] = field(default_factory=list)  # factors the knobs keep fixed (models/conditional.py)
+    factor_classes: dict[str, str] = field(default_factory=dict)  # {class factor: class} (core/class_factors.py)
     class_check: float = 0.0
     return_handles: bool = False
     deadline: float = 0.0
@@ -135,6 +136,7 @@ class EditCall:
     allow_weak_knobs: bool = False
     return_handles: bool = False
     hold: list[str] = field(default_factory=list)  # factors every factor move keeps fixed
+    factor_classes: dict[str, str] = field(default_factory=dict)  # class factors set on every input first
 
 
 @dataclass

@@ -7,9 +7,11 @@ Semantics decided here (documented for clients in the proto):
 - version 0 = the model's default version (newest at deploy time); a pinned version is served on demand.
   Handles carry their version: a request that pins a different version than its handles is rejected.
 - Sample: seed 0 = a fresh random seed; any other seed gives the same images for the same options.
-  Labels: `label`/`class_name` for all images, `class_weights` drawn with the seed, none = uniform.
+  Labels: `label`/`class_name` for all images, `class_weights` drawn with the seed, none = uniform;
+  `factor_classes` by class factor on a model whose classes are combinations (core/class_factors.py).
   Knob targets must lie in the factor's range (rejected, not clamped). temperature 0 = model default.
-- Edit/knob names: factor names as listed, PCA directions as `pca_<i>` (also accepted: `pc<i>`).
+- Edit: `factor_classes` replaces those class factors of each input's label, latent kept, before the moves.
+  Knob names: factor names as listed, PCA directions as `pca_<i>` (also accepted: `pc<i>`).
 - Quality gates (models/gates.py): a factor knob the gate judged unusable is refused in Sample knobs, Edit
   moves and Augment factors (naming the knob, its judged R² and the judge) unless the request sets
   `allow_weak_knobs`. A knob without a judged figure is never refused.
@@ -40,6 +42,7 @@ from latentserve.services.augment import spec as augment_spec
 from latentserve.services.augment import stream as augment_stream
 from latentserve.services.access import Access
 from latentserve.services.config import ServeConfig
+from latentserve.services.core import class_factors
 from latentserve.services.core import images as imgs
 from latentserve.services.core import latent_ops as lops
 from latentserve.services.core import latent_ops_settings as lreq
@@ -282,6 +285,11 @@ class LatentOperations:
     def _sample_labels(self, sv: ServedVersion, call: SampleCall, rng: np.random.Generator) -> np.ndarray:
         n, names = call.n, sv.record.class_names
         kind, value = call.classes if call.classes is not None else (None, None)
+        if call.factor_classes:
+            if kind is not None:
+                raise ValidationError(f"factor_classes: give the classes by factor or by {kind}, not both")
+            return class_factors.sample_labels(class_factors.of_manifest(sv.record.manifest), call.factor_classes, n,
+                                               rng, f"{sv.name} v{sv.version}")
         if kind == "label":
             return np.full((n,), imgs.check_label(value, sv.n_classes, "label"), dtype=np.int64)
         if kind == "class_name":
@@ -373,8 +381,8 @@ class LatentOperations:
         fmt = imgs.check_format(call.format)
         self._count(len(call.inputs), "inputs")
         out = self._output(sv, fmt, 0, len(call.inputs))
-        if not len(call.moves):
-            raise ValidationError("moves: at least one move required (knob + amount or target)")
+        if not len(call.moves) and not call.factor_classes:
+            raise ValidationError("moves: at least one move (knob + amount or target) or factor_classes required")
         moves = []
         known = sv.space.knob_names()
         for i, mv in enumerate(call.moves):
@@ -394,7 +402,12 @@ class LatentOperations:
                 self._check_target(sv.space.knobs[name], value, f"moves[{i}].target")
             moves.append((name, how, value))
         hold = _hold(sv, list(call.hold), [name for name, _, _ in moves])
+        factors = class_factors.of_manifest(sv.record.manifest)
+        if call.factor_classes:  # checked before any input is encoded
+            class_factors.relabel(factors, np.zeros(1, np.int64), call.factor_classes, f"{sv.name} v{sv.version}")
         z, labels = await self._refs(sv, list(call.inputs), "inputs")
+        if call.factor_classes:
+            labels = class_factors.relabel(factors, labels, call.factor_classes, f"{sv.name} v{sv.version}")
         for name, how, value in moves:
             if hold:
                 z = (set_factor_holding(sv.space, z, name, value, hold, labels) if how == "target"

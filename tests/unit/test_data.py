@@ -223,8 +223,8 @@ def test_parse_holdout():
 
 
 def test_registry_validation_and_config_roundtrip():
-    assert DATASETS == ("shapes", "disks", "modes", "textures", "digits", "folder")
-    with pytest.raises(ValidationError, match="shapes, disks, modes, textures, digits, folder"):
+    assert DATASETS == ("shapes", "disks", "modes", "textures", "textured", "digits", "folder")
+    with pytest.raises(ValidationError, match="shapes, disks, modes, textures, textured, digits, folder"):
         load_dataset("mnist")
     with pytest.raises(ValidationError, match="allowed: image_size, n_train, n_test, seed, holdout"):
         load_dataset("shapes", n_images=10)

@@ -271,3 +271,17 @@ def test_factor_features_keep_a_column_for_every_class():
     some = _factor_features(np.array([[0.5], [0.2]]), np.array([0, 1]), ["scale"], specs, None, 3)
     assert some.shape == (2, 4)
     assert some[1, 2] == 10.0 and some[1, 3] == 0.0
+
+
+def test_shape_at_all():
+    """Real shapes of every class are shapes at all; an empty image and two shapes are not; the best fit is the
+    soft IoU of the best class."""
+    from latentserve.models.data import load_dataset
+    from latentserve.models.judges.geometric import shape_at_all
+
+    real = load_dataset("shapes", image_size=32, n_train=1, n_test=30).test.images
+    ok, fit = shape_at_all(real)
+    assert ok.all() and (fit > 0.9).all()
+    two = np.maximum(real[0], np.roll(real[1], 14, axis=1))
+    ok, fit = shape_at_all(np.stack([np.zeros_like(real[0]), two]))
+    assert ok.tolist() == [False, False] and fit[0] == 0

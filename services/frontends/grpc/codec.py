@@ -191,8 +191,8 @@ def sample_call(r: "pb.SampleRequest", end: float) -> calls.SampleCall:
         model=r.model, n=r.n, version=r.version, format=_format_name(r.format),
         source=SAMPLE_SOURCES.get(r.source, str(r.source)), guidance=guidance, temperature=r.temperature,
         seed=r.seed, classes=classes, knobs=dict(r.knobs), allow_weak_knobs=r.allow_weak_knobs,
-        hold=list(r.hold), class_check=r.class_check, return_handles=r.return_handles, deadline=end,
-        output_size=r.output_size)
+        hold=list(r.hold), factor_classes=dict(r.factor_classes), class_check=r.class_check,
+        return_handles=r.return_handles, deadline=end, output_size=r.output_size)
 
 
 def interpolate_call(r: "pb.InterpolateRequest", end: float) -> calls.InterpolateCall:
@@ -213,7 +213,7 @@ def edit_call(r: "pb.EditRequest") -> calls.EditCall:
         moves.append(calls.Move(knob=mv.knob, how=how, value=getattr(mv, how) if how else 0.0))
     return calls.EditCall(model=r.model, version=r.version, inputs=[ref_in(i) for i in r.inputs], moves=moves,
                           format=_format_name(r.format), allow_weak_knobs=r.allow_weak_knobs,
-                          return_handles=r.return_handles, hold=list(r.hold))
+                          return_handles=r.return_handles, hold=list(r.hold), factor_classes=dict(r.factor_classes))
 
 
 def augment_call(r: "pb.AugmentRequest") -> calls.AugmentCall:

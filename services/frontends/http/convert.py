@@ -119,7 +119,7 @@ def sample_call(model: str, r: s.SampleRequest, end: float) -> calls.SampleCall:
         model=model, n=r.n, version=r.version, format=format_name(r.format), source=r.source, guidance=guidance,
         temperature=r.temperature, seed=r.seed, classes=classes, knobs=dict(r.knobs),
         allow_weak_knobs=r.allow_weak_knobs, class_check=r.class_check, return_handles=r.return_handles,
-        hold=list(r.hold), deadline=end, output_size=r.output_size)
+        hold=list(r.hold), factor_classes=dict(r.factor_classes), deadline=end, output_size=r.output_size)
 
 
 def interpolate_call(model: str, r: s.InterpolateRequest, end: float) -> calls.InterpolateCall:
@@ -142,7 +142,7 @@ def edit_call(model: str, r: s.EditRequest) -> calls.EditCall:
     return calls.EditCall(model=model, version=r.version,
                           inputs=[ref_in(ref, f"inputs[{i}]") for i, ref in enumerate(r.inputs)], moves=moves,
                           format=format_name(r.format), allow_weak_knobs=r.allow_weak_knobs,
-                          return_handles=r.return_handles, hold=list(r.hold))
+                          return_handles=r.return_handles, hold=list(r.hold), factor_classes=dict(r.factor_classes))
 
 
 def augment_call(r: s.AugmentRequest) -> calls.AugmentCall:

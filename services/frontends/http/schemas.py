@@ -118,6 +118,8 @@ class SampleRequest(Strict):
     allow_weak_knobs: bool = False
     hold: list[str] = Field(default_factory=list, description="factors the knobs keep fixed (conditional directions)")
     output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: 16..1024")
+    factor_classes: dict[str, str] = Field(default_factory=dict, description=(
+        "class factor -> class on a model whose classes are combinations (e.g. shape, texture); others drawn"))
 
 
 class InterpolateRequest(Strict):
@@ -133,12 +135,14 @@ class InterpolateRequest(Strict):
 
 class EditRequest(Strict):
     inputs: list[Ref]
-    moves: list[Move]
+    moves: list[Move] = Field(default_factory=list)
     version: int = 0
     format: Format = "png"
     allow_weak_knobs: bool = False
     return_handles: bool = False
     hold: list[str] = Field(default_factory=list, description="factors every factor move keeps fixed")
+    factor_classes: dict[str, str] = Field(default_factory=dict, description=(
+        "class factors set on every input before the moves, latent kept (e.g. swap the texture, keep the shape)"))
 
 
 class AugmentRequest(Strict):

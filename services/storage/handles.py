@@ -147,10 +147,15 @@ def check_size_ttl(max_entries: int, ttl_s: float | None) -> None:
 
 class SyncLatentStore(LatentStore):
     """A store whose calls never wait on the network (this process's memory, a node-local file): the async API
-    runs the sync one inline. Subclasses give `put_many`, `lookup` (None per unknown handle) and `unknown`."""
+    runs the sync one inline. Subclasses give `put_many`, `lookup` (None per unknown handle) and
+    `missing_because`."""
 
     def unknown(self, handle: str) -> str:
-        """The NOT_FOUND message for `handle`."""
+        """The NOT_FOUND message for `handle`: the store's `missing_because()`, and what to do instead."""
+        return f"unknown handle {handle!r:.80}: {self.missing_because()}; send the latent values instead"
+
+    def missing_because(self) -> str:
+        """Why a handle may be unknown to this store (its reach, bound and expiry)."""
         raise NotImplementedError
 
     def lookup(self, handles: list[str]) -> list[tuple[np.ndarray, int] | None]:
@@ -239,11 +244,11 @@ class InProcessLatentStore(SyncLatentStore):
             self._count(out)
         return out
 
-    def unknown(self, handle: str) -> str:
+    def missing_because(self) -> str:
         ttl = f", expire after {self.ttl_s:g} s" if self.ttl_s else ""
-        return (f"unknown handle {handle!r:.80}: not issued by this server process, expired or evicted (the "
-                f"in-process store keeps the {self.max_entries} most recent latents{ttl}; set LATENTSERVE_REDIS_URL "
-                f"to share handles between replicas); send the latent values instead")
+        return (f"not issued by this server process, expired or evicted (the in-process store keeps the "
+                f"{self.max_entries} most recent latents{ttl}; set LATENTSERVE_REDIS_URL to share handles between "
+                f"replicas)")
 
     def stats(self) -> dict:
         with self._lock:

@@ -149,11 +149,11 @@ class NodeLatentStore(SyncLatentStore):
         self._count(out)
         return out
 
-    def unknown(self, handle: str) -> str:
+    def missing_because(self) -> str:
         ttl = f", expire {self.ttl_s:g} s after they were last issued" if self.ttl_s else ""
-        return (f"unknown handle {handle!r:.80}: not issued on this node, expired or evicted (the node's store keeps "
-                f"about the {self.max_entries} most recently used latents{ttl}, and is not shared with other nodes: "
-                f"set LATENTSERVE_REDIS_URL for that); send the latent values instead")
+        return (f"not issued on this node, expired or evicted (the node's store keeps about the {self.max_entries} "
+                f"most recently used latents{ttl}, and is not shared with other nodes: set LATENTSERVE_REDIS_URL "
+                f"for that)")
 
     def describe(self) -> dict:
         return {"backend": self.kind, "durable": False,

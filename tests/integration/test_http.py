@@ -213,7 +213,7 @@ CORPUS = [
     ("too many latents", "models/tiny-gan/decode", {"latents": [REF["latent"]] * 65}, 400, "INVALID_ARGUMENT",
      "65 is over the limit of 64"),
     ("unknown format", "models/tiny-gan/decode", {"latents": [REF["latent"]], "format": "gif"}, 400, "INVALID_ARGUMENT",
-     "format: Input should be 'png', 'jpeg', 'array' or 'float_array'"),
+     "format: Input should be 'png', 'jpeg', 'array', 'float_array' or 'svg'"),
     ("unknown field", "models/tiny-gan/sample", {"n": 1, "sead": 3}, 400, "INVALID_ARGUMENT", "sead: unknown field"),
     ("wrong type", "models/tiny-gan/sample", {"n": "many"}, 400, "INVALID_ARGUMENT", "^n: Input should be a valid integer"),
     ("malformed handle", "models/tiny-gan/decode", {"handles": ["bogus"]}, 400, "INVALID_ARGUMENT", "malformed handle"),

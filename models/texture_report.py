@@ -16,9 +16,16 @@ different classes) into DIR, and prints the table as markdown.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import pathlib
+import time
+
 import numpy as np
+from PIL import Image
 
 from latentserve.models.data import textures as T
+from latentserve.models.data.base import to_uint8
 from latentserve.models.judges import texture as J
 
 SIZES = (32, 128, 512)
@@ -36,15 +43,11 @@ def real_textures(n: int, size: int, split: str, seed: int = 1) -> tuple[np.ndar
 
 
 def _u8(x) -> np.ndarray:
-    from latentserve.models.data.base import to_uint8
-
     return to_uint8(x.detach().float().cpu().numpy())
 
 
 def _save_rows(rows: list[np.ndarray], path, pad: int = 4) -> None:
     """rows: lists of equal-size uint8 images, one PNG row each."""
-    from PIL import Image
-
     h, w = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
     canvas = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 32, np.uint8)
@@ -56,8 +59,6 @@ def _save_rows(rows: list[np.ndarray], path, pad: int = 4) -> None:
 
 def report(family, out_dir, seed: int = 0) -> list[dict]:
     """The table's rows (one per size and class) for a trained SGANFamily; writes the PNGs into out_dir."""
-    import pathlib
-
     import torch
 
     out = pathlib.Path(out_dir)
@@ -120,10 +121,6 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-    import time
-
     import torch
 
     from latentserve.models.train import load_checkpoint

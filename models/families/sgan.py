@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family
 from latentserve.models.nets.sgan import PatchDiscriminator, SGANConfig, SpatialGenerator
 
@@ -47,8 +48,6 @@ class SGANFamily(Family):
         super().__init__(config, data_meta, device)
         c = config
         if self.image_size % c.cell:
-            from latentserve.errors import ValidationError
-
             raise ValidationError(f"SGANConfig: upsamplings {c.upsamplings} need image_size a multiple of {c.cell}, "
                                   f"got {self.image_size}")
         self.g = SpatialGenerator(c, self.n_classes).to(device)

@@ -82,6 +82,11 @@ def test_encode_then_decode(cli, samples, tmp_path):
     assert rc == 0, err
     files = sorted((tmp_path / "frames").glob("*.png"))
     assert len(files) == 2 and Image.open(files[0]).size == (W, H)
+    # a raster model draws at its own size only and has no SVG: one line, exit 2, nothing written
+    for extra, field in ((["--size", "64"], "output_size"), (["--svg"], "format")):
+        rc, out, err = cli("decode", "tiny-gan", str(d / "s.npz"), *extra, "-o", str(tmp_path / "no"))
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and f"INVALID_ARGUMENT: {field}" in err, err
+        assert not (tmp_path / "no").exists()
 
 
 def test_encode_shows_no_confidence_for_an_uncalibrated_class_head(cli, samples, tmp_path):

@@ -37,7 +37,7 @@ def repo(tmp_path_factory):
     return root
 
 
-def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app):
+def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app, tmp_path):
     target, md, _ = extra_app("vec24", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
                               ingress_num_cpus=0.25, max_output_pixels=1 << 22)
     with LatentClient(target, timeout=120, app_name="vec24" if md else None) as c:
@@ -66,6 +66,18 @@ def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app):
                 c.sample("shapes-vector", 1, output_size=size)
         with pytest.raises(OverloadedError, match="output_size: .*max_output_pixels"):
             c.sample("shapes-vector", 5, output_size=1024)  # 5 Mpx, over this app's 4 Mpx
+
+    from latentserve.cli import main  # the CLI: decode at a size, and as SVG documents in a folder
+
+    np.savez(tmp_path / "z.npz", latents=native.latents, labels=native.labels)
+    conn = ["--target", target, "--timeout", "120"] + (["--app", "vec24"] if md else [])
+    assert main(["decode", "shapes-vector", str(tmp_path / "z.npz"), "--size", "48", "-o", str(tmp_path / "big"),
+                 *conn]) == 0
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["0000.png", "0001.png", "0002.png"]
+    assert main(["decode", "shapes-vector", str(tmp_path / "z.npz"), "--svg", "--size", "200",
+                 "-o", str(tmp_path / "svg"), *conn]) == 0
+    doc = ET.fromstring((tmp_path / "svg" / "0002.svg").read_bytes())
+    assert doc.tag.endswith("svg") and doc.get("width") == "200"
 
     with LatentClient(serve_app.target, timeout=60) as c:  # a raster model: its own size only, no SVG
         with pytest.raises(ValidationError, match="output_size: tiny-gan is a gan model .raster."):

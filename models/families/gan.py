@@ -239,7 +239,8 @@ class GANFamily(Family):
         adv_rec = c.w_adv_recon > 0
         # one generator pass over prior and encoded latents (and, with w_adv_recon, encoded latents plus noise):
         # BN statistics see all of them, like at sampling time
-        codes, labels = [z, lat_real], [y, y]
+        lat_rec = lat_real + c.recon_code_noise * torch.randn_like(lat_real) if c.recon_code_noise else lat_real
+        codes, labels = [z, lat_rec], [y, y]
         if adv_rec:
             codes.append(lat_real + c.recon_noise * torch.randn_like(lat_real))
             labels.append(y)

@@ -31,6 +31,7 @@ from latentserve.errors import ValidationError
 SUPPORTED_SIZES = (16, 32, 64)
 LOSSES = ("hinge", "nonsat")
 G_ARCHS = ("dcgan", "decoder", "decoupled")
+G_OUTS = ("tanh", "clamp")
 D_NORMS = ("sn", "bn")
 D_KINDS = ("standard", "mixed")
 CAN_FORMS = ("none", "multiclass", "binary")
@@ -53,6 +54,10 @@ class GANConfig:
     g_arch: str = "dcgan"
     g_embed: int = 32  # "decoder" only: size of the class embedding fed beside z. 1..512
     g_hidden: int = 128  # "decoder" only: width of the MLP between (z, embedding) and the 4x4 map. 8..4096
+    # "decoder" only: output nonlinearity. "tanh"; or "clamp": linear while training, clamped to [-1, 1] in eval
+    # mode (what is exported), as the VAE's decoder. A tanh must saturate to draw the pure background (-1) and
+    # a full-value hue beside it, so the last pixel of a corner or tip learns slowest of all.
+    g_out: str = "tanh"
     # "decoupled" (models/nets/decoupled.py; data whose classes are (shape, texture) pairs, e.g. `textured`): a
     # shape branch draws a mask from (z[:z_shape], shape class), a texture branch a texture from (z[z_shape:],
     # texture class), image = mask * texture + (1 - mask) * background. Each branch is a "decoder" generator.
@@ -91,6 +96,10 @@ class GANConfig:
     # mixture Sample draws from -- get the sharpness that plain reconstruction (an MSE) does not ask for. >= 0
     w_adv_recon: float = 0.0
     recon_noise: float = 0.0  # std of the Gaussian noise on E(x) in that term (code units). [0, 10]
+    # std of Gaussian noise on E(x) in the reconstruction term G(E(x) + noise, y) ~ x (code units): every code
+    # within that distance of an encoded image decodes to it, so the decoder is smooth where Sample draws (the
+    # anchor mixture) and where knobs move codes, as a VAE's posterior noise makes it. [0, 10]
+    recon_code_noise: float = 0.0
     # cosine decay of lr_g and lr_e to lr_final_frac of their value over lr_decay_steps (0: constant): late steps
     # with a small step size refine edges and corners that a constant rate keeps jittering. >= 0
     lr_decay_steps: int = 0
@@ -138,6 +147,11 @@ class GANConfig:
                      "w_d_class"):
             rng(name, 0.0, 1e6)
         rng("recon_noise", 0.0, 10.0)
+        rng("recon_code_noise", 0.0, 10.0)
+        if self.g_out not in G_OUTS:
+            raise ValidationError(f"GANConfig.g_out={self.g_out!r}; choose one of {', '.join(G_OUTS)}")
+        if self.g_out != "tanh" and self.g_arch != "decoder":
+            raise ValidationError(f"GANConfig.g_out={self.g_out!r} needs g_arch='decoder'")
         rng("lr_final_frac", 0.0, 1.0, lo_open=True)
         if not isinstance(self.lr_decay_steps, int) or isinstance(self.lr_decay_steps, bool) or self.lr_decay_steps < 0:
             raise ValidationError(f"GANConfig.lr_decay_steps must be an int >= 0, got {self.lr_decay_steps!r}")
@@ -247,9 +261,10 @@ class DecoderGenerator(nn.Module):
     """(latent (B,Z) f32, label (B,) i64) -> image (B,3,S,S) f32 in [-1,1]; `GANConfig.g_arch` "decoder"."""
 
     def __init__(self, z_dim: int, n_classes: int, image_size: int = 32, width: int = 32, embed: int = 32,
-                 hidden: int = 128, out_channels: int = 3) -> None:
+                 hidden: int = 128, out_channels: int = 3, out: str = "tanh") -> None:
         super().__init__()
         _check_classes(n_classes)
+        self.out = out
         n = _n_levels(image_size)
         self.z_dim, self.n_classes, self.image_size = z_dim, n_classes, image_size
         chans = _up_channels(width, n)  # at 4, 8, ..., S/2
@@ -268,14 +283,20 @@ class DecoderGenerator(nn.Module):
         return self.net(h.reshape(-1, self.c0, 4, 4))
 
     def forward(self, latent: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.pre_activation(latent, label))  # (B,3,S,S)
+        h = self.pre_activation(latent, label)  # (B,3,S,S)
+        if self.out == "tanh":
+            return torch.tanh(h)
+        # "clamp": the raw image while training (the losses keep their gradient outside [-1, 1]); in eval mode
+        # (samples, evaluation, export) clamped. A module attribute, so the exported graph has no branch.
+        return h if self.training else h.clamp(-1.0, 1.0)
 
 
 def build_generator(config: "GANConfig", n_classes: int, image_size: int) -> nn.Module:
     """The generator `config.g_arch` names ("decoupled": models/nets/decoupled.build, which needs the data's
     class factors)."""
     if config.g_arch == "decoder":
-        return DecoderGenerator(config.z_dim, n_classes, image_size, config.g_width, config.g_embed, config.g_hidden)
+        return DecoderGenerator(config.z_dim, n_classes, image_size, config.g_width, config.g_embed, config.g_hidden,
+                                out=config.g_out)
     return Generator(config.z_dim, n_classes, image_size, config.g_width)
 
 

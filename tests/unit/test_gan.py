@@ -66,7 +66,8 @@ def test_default_sizes_fit_budget():
     {"z_dim": 1}, {"z_dim": 64.0}, {"g_width": 0}, {"loss": "wgan"}, {"lr_g": 0.0}, {"beta2": 1.0},
     {"n_dis": 0}, {"ema_decay": -0.1}, {"encoder_start": -1}, {"w_recon": -1.0}, {"e_batch": True},
     {"mode_reg_final": -0.5}, {"mode_reg_anneal_steps": 0}, {"w_adv_recon": -1.0}, {"recon_noise": 11.0},
-    {"lr_decay_steps": -1}, {"lr_final_frac": 0.0},
+    {"lr_decay_steps": -1}, {"lr_final_frac": 0.0}, {"recon_code_noise": -0.1}, {"g_out": "relu"},
+    {"g_out": "clamp"},  # needs the "decoder" generator
 ])
 def test_config_range_checks(bad):
     with pytest.raises(ValidationError):
@@ -169,10 +170,10 @@ def test_graphs_contract():
     assert fam.manifest_extra()["prior"] == {"type": "standard_normal"}
 
 
-@pytest.mark.parametrize("arch", ["dcgan", "decoder"])
+@pytest.mark.parametrize("arch", ["dcgan", "decoder", "decoder-clamp"])
 def test_onnx_and_torchscript_export_dynamic_batch(tmp_path, arch):
     ort = pytest.importorskip("onnxruntime")
-    fam = _family(g_arch=arch)
+    fam = _family(g_arch="decoder", g_out="clamp") if arch == "decoder-clamp" else _family(g_arch=arch)
     x, y, f = _batch()
     fam.train_step(x, y, f, 0)  # non-trivial EMA weights / BN statistics
     gen = torch.Generator().manual_seed(5)
@@ -248,3 +249,30 @@ def test_adversarial_term_near_encoded_images_trains_d_and_g():
     a, b = plain.train_step(x, y, f, 0), near.train_step(x, y, f, 0)
     assert all(math.isfinite(v) for v in b.values()), b
     assert b["d_loss"] > a["d_loss"] and b["g_loss"] > a["g_loss"]
+
+
+def test_clamped_output_is_linear_in_training_and_clamped_when_exported():
+    """g_out "clamp": the losses see the raw image (gradient outside [-1, 1]); eval mode, hence samples and the
+    exported graph, clamps it (ONNX parity: test_onnx_and_torchscript_export_dynamic_batch)."""
+    fam = _family(g_arch="decoder", g_out="clamp")
+    g = fam.g
+    with torch.no_grad():
+        for p in g.net[-1].parameters():
+            p.mul_(50.0)  # push the raw image well outside [-1, 1]
+    z, y = torch.randn(3, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        raw = g.train()(z, y)
+        out = g.eval()(z, y)
+    assert float(raw.abs().max()) > 1.5
+    assert torch.equal(out, raw.clamp(-1, 1))
+    graph = fam.graphs()["decoder"]
+    assert graph.module.generator.out == "clamp" and not graph.module.training
+
+
+def test_reconstruction_from_noisy_codes_changes_the_step():
+    """recon_code_noise > 0: the reconstruction term decodes E(x) + noise, so its loss differs from the
+    noiseless one on the same weights and batch."""
+    x, y, f = _batch()
+    a = _family(seed=3).train_step(x, y, f, 0)
+    b = _family(seed=3, recon_code_noise=1.0).train_step(x, y, f, 0)
+    assert math.isfinite(b["e_recon"]) and b["e_recon"] != pytest.approx(a["e_recon"])

@@ -15,6 +15,7 @@ Owns `GANFamily`. The recommended step (`mode_reg > 0`, the default) is a mode-r
    - `w_prior` * moment matching of E(x) to N(0, I)                (real codes live where the prior samples);
 3. the EMA copy of G (`g_ema`) is updated; it is what samples, the exported decoder and evaluation use, because
    averaged weights give visibly cleaner samples than the raw G.
+With `adv_start` > 0 the steps before it train G and E as an autoencoder only (`_autoencoder_step`).
 With `w_adv_recon` > 0, G(E(x) + noise, y) is shown to D as fake too and G is pushed to make it look real:
 the bundled model is sampled from codes near encoded images (an anchor mixture), so that is where the
 adversarial loss has to act. The bundle's recipe and its judged figures are in models/bundle.py and
@@ -200,7 +201,7 @@ class GANFamily(Family):
                 group["lr"] = lr * scale
 
         if c.mode_reg > 0:
-            return self._joint_step(x, y, step)
+            return self._autoencoder_step(x, y, step) if step < c.adv_start else self._joint_step(x, y, step)
 
         # 1. discriminator; the last fake batch keeps its graph so the G step does not redo the forward
         for i in range(c.n_dis):
@@ -225,6 +226,26 @@ class GANFamily(Family):
         if step >= c.encoder_start:
             out.update(self._encoder_step(x, y))
         return out
+
+    def _autoencoder_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
+        """Before `adv_start`: G and E as an autoencoder, on the joint step's reconstruction, class and moment
+        terms only (the discriminator does not train)."""
+        c = self.config
+        self.e.train()
+        lat_real, logits_real = self.e(x)  # (B,Z), (B,C)
+        lat_rec = lat_real + c.recon_code_noise * torch.randn_like(lat_real) if c.recon_code_noise else lat_real
+        recon_loss = F.mse_loss(self.g(lat_rec, y), x)
+        class_loss = F.cross_entropy(logits_real, y)
+        prior_loss = _moment_loss(lat_real) if x.shape[0] > 1 else lat_real.sum() * 0.0
+        loss = self.mode_reg_at(step) * recon_loss + c.w_class * class_loss + c.w_prior * prior_loss
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self.opt_e.step()
+        self._update_ema(step)
+        return {"e_recon": float(recon_loss.detach()), "e_class": float(class_loss.detach()),
+                "e_prior": float(prior_loss.detach())}
 
     def _joint_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         """Mode-regularised GAN step (Che et al. 2017): G and E are trained together on the adversarial loss

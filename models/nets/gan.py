@@ -100,6 +100,11 @@ class GANConfig:
     # within that distance of an encoded image decodes to it, so the decoder is smooth where Sample draws (the
     # anchor mixture) and where knobs move codes, as a VAE's posterior noise makes it. [0, 10]
     recon_code_noise: float = 0.0
+    # step from which the adversarial terms (D, G's adversarial loss, AC, latent regression E(G(z)) ~ z) train;
+    # before it, G and E train as an autoencoder only (reconstruction, class head, moment matching), at about a
+    # third of a full step's cost, so G learns to draw sharp outlines before a discriminator weighs in. 0 = from
+    # the first step. >= 0 (mode_reg > 0 only)
+    adv_start: int = 0
     # cosine decay of lr_g and lr_e to lr_final_frac of their value over lr_decay_steps (0: constant): late steps
     # with a small step size refine edges and corners that a constant rate keeps jittering. >= 0
     lr_decay_steps: int = 0
@@ -140,7 +145,7 @@ class GANConfig:
             rng(name, 0.0, 1e-2, lo_open=True)
         for name in ("beta1", "beta2", "ema_decay"):
             rng(name, 0.0, 1.0 - 1e-12)
-        for name in ("ema_start", "encoder_start"):
+        for name in ("ema_start", "encoder_start", "adv_start"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValidationError(f"GANConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
         for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac", "w_adv_recon", "can_weight",
@@ -160,6 +165,9 @@ class GANConfig:
         if not isinstance(self.mode_reg_anneal_steps, int) or self.mode_reg_anneal_steps < 1:
             raise ValidationError(
                 f"GANConfig.mode_reg_anneal_steps must be an int >= 1, got {self.mode_reg_anneal_steps!r}")
+        if self.adv_start > 0 and self.mode_reg <= 0:
+            raise ValidationError("GANConfig.adv_start > 0 needs mode_reg > 0 (an autoencoder phase needs the "
+                                  "reconstruction term)")
         if self.d_norm not in D_NORMS:
             raise ValidationError(f"GANConfig.d_norm={self.d_norm!r}; choose one of {', '.join(D_NORMS)}")
         if self.d_kind not in D_KINDS:

@@ -276,3 +276,21 @@ def test_reconstruction_from_noisy_codes_changes_the_step():
     a = _family(seed=3).train_step(x, y, f, 0)
     b = _family(seed=3, recon_code_noise=1.0).train_step(x, y, f, 0)
     assert math.isfinite(b["e_recon"]) and b["e_recon"] != pytest.approx(a["e_recon"])
+
+
+def test_autoencoder_phase_before_adv_start_leaves_the_discriminator_alone():
+    """adv_start: earlier steps train G and E on reconstruction (no discriminator step, no adversarial figures);
+    from adv_start on, the joint step trains D too."""
+    fam = _family(seed=4, adv_start=2)
+    x, y, f = _batch()
+    d0 = [p.detach().clone() for p in fam.d.parameters()]
+    g0 = [p.detach().clone() for p in fam.g.parameters()]
+    out = fam.train_step(x, y, f, 1)
+    assert "d_loss" not in out and math.isfinite(out["e_recon"])
+    assert all(torch.equal(a, b) for a, b in zip(d0, fam.d.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(g0, fam.g.parameters()))
+    out = fam.train_step(x, y, f, 2)
+    assert "d_loss" in out
+    assert any(not torch.equal(a, b) for a, b in zip(d0, fam.d.parameters()))
+    with pytest.raises(ValidationError, match="adv_start"):
+        GANConfig(adv_start=5, mode_reg=0.0)

@@ -227,6 +227,15 @@ class GANFamily(Family):
             out.update(self._encoder_step(x, y))
         return out
 
+    def _step_g_e(self, loss: torch.Tensor, step: int) -> None:
+        """One optimiser step of G and E on `loss`, then the EMA of G."""
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_e.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_g.step()
+        self.opt_e.step()
+        self._update_ema(step)
+
     def _autoencoder_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         """Before `adv_start`: G and E as an autoencoder, on the joint step's reconstruction, class and moment
         terms only (the discriminator does not train)."""
@@ -238,12 +247,7 @@ class GANFamily(Family):
         class_loss = F.cross_entropy(logits_real, y)
         prior_loss = _moment_loss(lat_real) if x.shape[0] > 1 else lat_real.sum() * 0.0
         loss = self.mode_reg_at(step) * recon_loss + c.w_class * class_loss + c.w_prior * prior_loss
-        self.opt_g.zero_grad(set_to_none=True)
-        self.opt_e.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
-        self.opt_e.step()
-        self._update_ema(step)
+        self._step_g_e(loss, step)
         return {"e_recon": float(recon_loss.detach()), "e_class": float(class_loss.detach()),
                 "e_prior": float(prior_loss.detach())}
 
@@ -301,12 +305,7 @@ class GANFamily(Family):
         prior_loss = _moment_loss(lat_real) if b > 1 else lat_real.sum() * 0.0
         loss = (g_loss + self.mode_reg_at(step) * recon_loss + c.w_latent * latent_loss + c.w_class * class_loss
                 + c.w_ac * ac_loss + c.w_prior * prior_loss)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.opt_e.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_g.step()
-        self.opt_e.step()
-        self._update_ema(step)
+        self._step_g_e(loss, step)
         return {
             "d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()), **d_figs,
             "e_recon": float(recon_loss.detach()), "e_latent": float(latent_loss.detach()),

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import IntegrityError, NotFoundError, ValidationError
-from latentserve.models.latent import GMM_COVARIANCES, MAX_ANCHORS, latents_under_labels, restrict_knobs
+from latentserve.models.latent import GMM_COVARIANCES, KNOB_MOVES, MAX_ANCHORS, latents_under_labels, restrict_knobs
 from latentserve.models.manifest import SCHEMA_VERSION, file_entries, validate_manifest, write_manifest
 from latentserve.models.graph_files import EXPORTERS, as_tuple, check_parity, export_onnx, export_torchscript, onnx_opset
 from latentserve.models.repository import ModelRecord, Repository
@@ -75,6 +75,7 @@ class ExportConfig:
     # encoded training images per class as components sized by their neighbours (latent.anchor_mixture)
     gmm_covariance: str = "auto"
     gmm_bandwidth: float = 0.5  # "anchors" only: component std per local spacing of the anchors. (0, 10]
+    knob_moves: str = "ridge"  # "anchors" only: how knobs move codes, "ridge" | "local" (LatentSpace.knob_moves)
     exporter: str = "auto"  # "auto" (legacy TorchScript-based, else dynamo) | "legacy" | "dynamo"
     parity_atol: float = 1e-4  # parity tolerance, absolute part. (0, 1e-2]
     parity_rtol: float = 1e-5  # parity tolerance, relative to |eager| (large outputs like log-dets). [0, 1e-3]
@@ -110,6 +111,7 @@ class ExportConfig:
         top = MAX_ANCHORS if self.gmm_covariance == "anchors" else 64
         ck("gmm_components", is_int(self.gmm_components) and 1 <= self.gmm_components <= top, f"an int in 1..{top}")
         ck("gmm_bandwidth", isinstance(self.gmm_bandwidth, (int, float)) and 0 < self.gmm_bandwidth <= 10, "in (0, 10]")
+        ck("knob_moves", self.knob_moves in KNOB_MOVES, f"one of {', '.join(KNOB_MOVES)}")
         ck("gmm_covariance", self.gmm_covariance in GMM_COVARIANCES, f"one of {', '.join(GMM_COVARIANCES)}")
         ck("exporter", self.exporter in EXPORTERS, f"one of {', '.join(EXPORTERS)}")
         ck("parity_atol", isinstance(self.parity_atol, (int, float)) and 0 < self.parity_atol <= 1e-2, "in (0, 1e-2]")
@@ -235,6 +237,7 @@ def fit_space(graphs: dict, data, n_classes: int, prior_type: str, prior_arrays:
         anchor_bandwidth=cfg.gmm_bandwidth,
         knob_readouts=knob_readouts,
     )
+    space.knob_moves = cfg.knob_moves
     meta = {"n_images": int(len(idx)), "seconds": round(time.time() - t0, 3), "seed": cfg.seed,
             "latent_rms": float(np.sqrt(np.mean(latents.astype(np.float64) ** 2)))}
     return space, meta
@@ -504,7 +507,7 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
                probe: str | None = None, exporter: str = "auto", seed: int = 0, data=None,
                device: str = "cpu", knob_source: str = "auto", gmm_components: int = 10,
                gmm_covariance: str = "auto", knob_readouts: bool = True, parity_atol: float = 1e-4,
-               gmm_bandwidth: float = 0.5) -> ModelRecord:
+               gmm_bandwidth: float = 0.5, knob_moves: str = "ridge") -> ModelRecord:
     """Export a training run (its checkpoint.pt, or a checkpoint file) as `<repo>/<name>/<version>/`.
 
     version None = next free version; probe = the probe model named in a generative manifest (default
@@ -516,7 +519,7 @@ def export_run(run_dir_or_checkpoint: str | os.PathLike, name: str, repo_root: s
     cfg = ExportConfig(opset=opset, fit_latents=fit_latents, max_latent_fit=max_latent_fit, exporter=exporter,
                        seed=seed, knob_source=knob_source, gmm_components=gmm_components,
                        gmm_covariance=gmm_covariance, knob_readouts=knob_readouts, parity_atol=parity_atol,
-                       gmm_bandwidth=gmm_bandwidth)
+                       gmm_bandwidth=gmm_bandwidth, knob_moves=knob_moves)
     path = Path(run_dir_or_checkpoint)
     if not path.exists():
         raise NotFoundError(f"no training run or checkpoint at {path}")

@@ -31,6 +31,11 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return x * (0.5 + 0.5 * np.tanh(0.5 * x))  # x * sigmoid(x), without exp overflow for large |x|
 
 
+def _dsilu(x: np.ndarray) -> np.ndarray:
+    s = 0.5 + 0.5 * np.tanh(0.5 * x)  # sigmoid(x)
+    return s * (1.0 + x * (1.0 - s))
+
+
 @dataclass
 class Readout:
     """f(z, y) = y_mean + y_std * (silu(silu([z, onehot(y)] @ w0 + b0) @ w1 + b1) @ w2 + b2)."""
@@ -70,9 +75,20 @@ class Readout:
         h = _silu(h @ self.w1 + self.b1)
         return self.y_mean + self.y_std * (h @ self.w2 + self.b2).astype(np.float64)
 
+    def gradient(self, z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """d f(z, y) / dz (N, D) float64: the direction in which the read-out value rises fastest at each row."""
+        z = np.asarray(z, dtype=np.float32)
+        d = z.shape[1]
+        onehot = np.eye(self.n_inputs() - d, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]  # (N, C)
+        u0 = np.concatenate([z, onehot], axis=1) @ self.w0 + self.b0  # (N, H)
+        u1 = _silu(u0) @ self.w1 + self.b1  # (N, H)
+        g1 = _dsilu(u1) * self.w2  # (N, H): d out / d u1
+        g0 = (g1 @ self.w1.T) * _dsilu(u0)  # (N, H): d out / d u0
+        return self.y_std * (g0 @ self.w0[:d].T).astype(np.float64)  # (N, D)
+
     def solve(self, z: np.ndarray, labels: np.ndarray, step: np.ndarray, target: np.ndarray,
               bracket: float) -> np.ndarray:
-        """Amounts a (N,) with f(z + a * step) = target, |a| <= bracket: the crossing nearest to a = 0 (the
+        """Amounts a (N,) with f(z + a * step) = target, |a| <= bracket (step (D,), or (N, D) one per row): the crossing nearest to a = 0 (the
         smallest edit) on a grid of SOLVE_GRID points (one batched read-out call), then the Illinois variant of
         regula falsi inside that grid cell (keeps the bracket, converges superlinearly on a smooth read-out).
 

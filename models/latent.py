@@ -85,7 +85,12 @@ MAX_ANCHORS = 4096  # anchors per class (a component each)
 # of moved samples still judged in their class; with a read-out the rounds stop once every row reads within
 # MANIFOLD_TOLERANCE of the knob's range of its target (each projection gives back part of the move, so a
 # code far from the target's anchors needs many rounds, one near them few). Aiming past the target to need
-# fewer rounds landed as well but broke more shapes (the judged kept-class share fell by up to 6 points).
+# fewer rounds landed as well but broke more shapes. `knob_moves` "local" moves along the read-out's gradient
+# inside that local span (the factor's own direction where the code is) instead of the knob's one global ridge
+# direction: a model whose codes follow a factor nonlinearly (a sharp decoder trained with a strong
+# reconstruction term) leaves the global direction pointing elsewhere, and its knobs would not land; where the
+# global direction is right, it stays closer to the set of codes.
+KNOB_MOVES = ("ridge", "local")
 MANIFOLD_STEPS = 20
 MANIFOLD_TOLERANCE = 0.01
 PROJECT_NEIGHBOURS = 6
@@ -113,8 +118,14 @@ class LatentSpace:
     # float32 (C, K, D, D) lower Cholesky factors of full covariances; None = diagonal GMM (gmm_vars only)
     gmm_chol: np.ndarray | None = None
     gmm_kind: str = "em"  # how the GMM was fitted: "em" (expectation-maximisation) | "anchors" (anchor_mixture)
+    # how a knob with a read-out moves a code on an anchor mixture (each move is then projected onto the local
+    # anchor span): "ridge" along the knob's global direction; "local" along the read-out's gradient inside the
+    # local span (for codes that follow a factor nonlinearly, where the global direction points elsewhere)
+    knob_moves: str = "ridge"
 
     def __post_init__(self) -> None:
+        if self.knob_moves not in KNOB_MOVES:
+            raise ValidationError(f"knob_moves {self.knob_moves!r} is not one of {', '.join(KNOB_MOVES)}")
         if self.prior_type not in PRIOR_TYPES:
             raise ValidationError(f"prior_type {self.prior_type!r} is not one of {', '.join(PRIOR_TYPES)}")
         self.latent_dim, self.n_classes = int(self.latent_dim), int(self.n_classes)
@@ -307,7 +318,9 @@ class LatentSpace:
             y = self._labels(labels)
             tolerance = MANIFOLD_TOLERANCE * (knob.high - knob.low)
             for _ in range(MANIFOLD_STEPS):
-                z2 = self._project_to_anchors(self.solve_move(z2, name, t, y), y)
+                local = knob.readout is not None and self.knob_moves == "local"
+                step = self._local_step(z2, y, knob) if local else None
+                z2 = self._project_to_anchors(self.solve_move(z2, name, t, y, step), y)
                 if knob.readout is not None and np.all(np.abs(knob.readout.predict(z2, y) - t) <= tolerance):
                     break
             return z2[0] if single else z2
@@ -330,11 +343,31 @@ class LatentSpace:
             amount = np.asarray(t, np.float64) - np.atleast_1d(self.predict_factor(z2, name)).astype(np.float64)
         return (z2 + amount[:, None].astype(np.float32) * step).astype(np.float32)
 
+    def _local_step(self, z2: np.ndarray, y: np.ndarray, knob: Knob) -> np.ndarray:
+        """Per row (N, D): the read-out's gradient restricted to the local anchor span, scaled so that a move of
+        `a` along it changes the read-out by about `a` factor units (as the knob's unit_step does for its linear
+        estimate); the knob's unit_step where that gradient vanishes."""
+        mu, basis = self._local_spans(z2, y)
+        coords = np.einsum("nd,nrd->nr", knob.readout.gradient(z2, y), basis)  # (N, r)
+        g = np.einsum("nr,nrd->nd", coords, basis)  # (N, D)
+        norm2 = (g ** 2).sum(1, keepdims=True)  # (N, 1)
+        fallback = np.broadcast_to(knob.unit_step().astype(np.float64), g.shape)
+        return np.where(norm2 > 1e-12, g / np.maximum(norm2, 1e-12), fallback).astype(np.float32)
+
     def _project_to_anchors(self, z2: np.ndarray, y: np.ndarray) -> np.ndarray:
         """z2 (N, D) projected onto the affine span of the PROJECT_NEIGHBOURS nearest anchors of each row's
         class, keeping its top LOCAL_DIMS directions (the set of codes is locally that thin)."""
-        out = np.empty_like(z2)
+        mu, basis = self._local_spans(z2, y)
+        off = (z2 - mu)[:, None, :]  # (N, 1, D)
+        return (mu + np.einsum("nir,nrd->nd", off @ basis.transpose(0, 2, 1), basis)).astype(np.float32)
+
+    def _local_spans(self, z2: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of z2 (N, D): the mean (N, D) of the PROJECT_NEIGHBOURS nearest anchors of its class and an
+        orthonormal basis (N, r, D) of their top r <= LOCAL_DIMS directions."""
         k = min(PROJECT_NEIGHBOURS, self.gmm_components)
+        r = min(LOCAL_DIMS, k)
+        mus = np.empty_like(z2)
+        bases = np.zeros((len(z2), r, z2.shape[1]), np.float32)
         for c in np.unique(y):
             rows = np.flatnonzero(y == c)
             live = self.gmm_weights[c] > 0
@@ -344,10 +377,10 @@ class LatentSpace:
             nn = np.argpartition(d2, kk - 1, axis=1)[:, :kk] if kk < len(a) else np.tile(np.arange(len(a)), (len(rows), 1))
             p = a[nn]  # (n, k, D)
             mu = p.mean(1, keepdims=True)  # (n, 1, D)
-            basis = np.linalg.svd(p - mu, full_matrices=False)[2][:, :LOCAL_DIMS]  # (n, r, D)
-            off = (z2[rows] - mu[:, 0])[:, None, :]  # (n, 1, D)
-            out[rows] = mu[:, 0] + np.einsum("nir,nrd->nd", off @ basis.transpose(0, 2, 1), basis)
-        return out.astype(np.float32)
+            basis = np.linalg.svd(p - mu, full_matrices=False)[2][:, :r]  # (n, <=r, D)
+            mus[rows] = mu[:, 0]
+            bases[rows, :basis.shape[1]] = basis
+        return mus, bases
 
     def move_pca(self, z: Any, index: int, amount: Any) -> np.ndarray:
         """Move z along PCA component `index` by `amount` (scalar or (N,)) std units of that component."""
@@ -387,6 +420,7 @@ class LatentSpace:
                     else [round(float(v), 6) for v in self.pca_explained]},
             "gmm": {"components": self.gmm_components, "covariance": "diag" if self.gmm_chol is None else "full",
                     "kind": self.gmm_kind},
+            "knob_moves": self.knob_moves,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -394,7 +428,7 @@ class LatentSpace:
         path = Path(path)
         header = {
             "format": FORMAT_VERSION, "prior_type": self.prior_type, "latent_dim": self.latent_dim,
-            "n_classes": self.n_classes, "gmm_kind": self.gmm_kind,
+            "n_classes": self.n_classes, "gmm_kind": self.gmm_kind, "knob_moves": self.knob_moves,
             "knobs": [{"name": k.name, "bias": k.bias, "r2": k.r2, "low": k.low, "high": k.high,
                        "unit": k.unit, "doc": k.doc, **({"readout": k.readout.meta()} if k.readout else {})}
                       for k in self.knobs.values()],
@@ -442,7 +476,8 @@ class LatentSpace:
             }
             return cls(
                 prior_type=header["prior_type"], latent_dim=header["latent_dim"], n_classes=header["n_classes"],
-                knobs=knobs, gmm_kind=header.get("gmm_kind", "em"), **{name: arrays.get(name) for name in _ARRAYS},
+                knobs=knobs, gmm_kind=header.get("gmm_kind", "em"), knob_moves=header.get("knob_moves", "ridge"),
+                **{name: arrays.get(name) for name in _ARRAYS},
             )
         except (KeyError, ValidationError) as exc:
             raise IntegrityError(f"{path.name}: inconsistent latent space file ({exc})") from exc

@@ -37,6 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "component sized by its nearest neighbours (up to 4096)")
     p.add_argument("--gmm-bandwidth", type=float, default=0.5,
                    help="anchors only: component std as a multiple of the anchors' local spacing (default 0.5)")
+    p.add_argument("--knob-moves", choices=("ridge", "local"), default="ridge",
+                   help="anchors only: move a code along each knob's global direction (ridge), or along its "
+                        "read-out's gradient within the nearest anchors' span (local: for codes that follow a "
+                        "factor nonlinearly); default ridge")
     p.add_argument("--knob-source", choices=("auto", "encoded", "samples"), default="auto",
                    help="fit factor knobs on encoded training images, or on prior samples labelled by the probe "
                         "(InterFaceGAN); auto = samples for the GAN when its probe is in the repository")
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                         exporter=args.exporter, seed=args.seed, device=args.device, knob_source=args.knob_source,
                         knob_readouts=args.knob_readouts, parity_atol=args.parity_atol,
                         gmm_components=args.gmm_components, gmm_covariance=args.gmm_covariance,
-                        gmm_bandwidth=args.gmm_bandwidth)
+                        gmm_bandwidth=args.gmm_bandwidth, knob_moves=args.knob_moves)
     m = record.manifest
     print(f"exported {record.name} v{record.version} ({record.family}) -> {record.path}  [{time.time() - t0:.1f}s]")
     for g, spec in sorted(m["graphs"].items()):

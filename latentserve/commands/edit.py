@@ -18,9 +18,10 @@ from latentserve.commands.models import add_client_options, add_version_option, 
 
 
 def register(sub) -> None:
-    p = sub.add_parser("edit", help="edit latents along a knob (a sweep of values or one move)",
+    p = sub.add_parser("edit", help="edit latents along a knob (a sweep of values or one move) or set class factors",
                        description="Move latents along a knob (factor units, or std units for pcN) and write "
-                                   "one row per input, one column per value.")
+                                   "one row per input, one column per value; --class-factor sets a class factor "
+                                   "(e.g. texture=solid) of every input and keeps its latent.")
     p.add_argument("model", help="model name")
     p.add_argument("--input", action="append", required=True, dest="inputs",
                    help="image file, latents.npz:ROW or handle (repeatable: one row each)")

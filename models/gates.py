@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from latentserve.errors import ValidationError
+from latentserve.models.families import GENERATIVE
 
-GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
 KNOB_FAMILIES = ("gan", "vae", "vector")  # families whose knobs the targets cover
 CORE_KNOBS = ("scale", "x", "y", "hue")  # knobs every shapes model offers and must get right
 OFFER_GATED_KNOBS = ("rotation",)  # offered only when they meet their target: below it they are unusable

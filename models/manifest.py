@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import NotFoundError, ValidationError
+from latentserve.models.families import EXPORTED, GENERATIVE
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-FAMILIES = ("gan", "vae", "flow", "ae", "probe", "vector")
-GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
+FAMILIES = EXPORTED  # the families a manifest may name (models/families: the one list)
 PRIOR_TYPES = ("standard_normal", "class_gaussian")
 KNOB_KINDS = ("factor", "pca")
 GRAPH_FORMATS = ("onnx", "torchscript")

@@ -58,8 +58,8 @@ from latentserve.client.calls import AsyncLatentClient, LatentClient
 from latentserve.client.augment import augment_chunk, build_augment_request
 from latentserve.client.connection import (CHANNEL_OPTIONS, DEFAULT_RETRIES, DEFAULT_TARGET, ClientTls, error_from_rpc,
                                            retry_options)
-from latentserve.client.files import (IMAGE_SUFFIXES, load_image, load_latents, make_grid, parse_ref, parse_weights,
-                                      save_latents, save_png)
+from latentserve.client.files import (IMAGE_SUFFIXES, load_image, load_latents, make_grid, parse_class_factors,
+                                      parse_ref, parse_weights, save_latents, save_png)
 from latentserve.client.messages import (IMAGE_FORMATS, INTERPOLATION_METHODS, SAMPLE_SOURCES, build_decode_request,
                                          build_edit_request, build_encode_request, build_interpolate_request,
                                          build_sample_request, decode_image_bytes, frame_from_proto, image_from_proto, image_to_proto,
@@ -77,7 +77,8 @@ __all__ = [
     "DEFAULT_RETRIES", "CHANNEL_OPTIONS", "IMAGE_FORMATS", "SAMPLE_SOURCES", "INTERPOLATION_METHODS", "IMAGE_SUFFIXES",
     "image_to_proto", "images_to_protos", "image_from_proto", "images_from_protos", "latents_to_protos",
     "latents_from_protos", "latent_ref", "error_from_rpc", "retry_options", "make_grid", "save_png", "load_image",
-    "save_latents", "load_latents", "parse_weights", "parse_ref", "decode_image_bytes", "build_encode_request",
+    "save_latents", "load_latents", "parse_weights", "parse_class_factors", "parse_ref", "decode_image_bytes",
+    "build_encode_request",
     "build_decode_request", "build_sample_request", "build_interpolate_request", "build_edit_request",
     "build_augment_request", "augment_chunk", "frame_from_proto", "model_info_from_proto",
 ]

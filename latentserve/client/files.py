@@ -3,7 +3,7 @@ references and weights used on the command line."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -122,6 +122,19 @@ def parse_ref(text: str, what: str = "reference") -> Any:
     if Path(text).exists():
         raise ValidationError(f"{what}: {text} is a file but neither an image nor FILE.npz:ROW")
     return text  # a handle
+
+
+def parse_class_factors(items: Sequence[str], what: str = "--class-factor") -> dict[str, str]:
+    """["texture=dots", "shape=square"] -> {"texture": "dots", "shape": "square"} (CLI helper for --class-factor; a
+    factor given again takes the later class). Only the syntax is checked: the model's ModelInfo.class_factors
+    (or the server) checks the names."""
+    out: dict[str, str] = {}
+    for item in items:
+        factor, sep, cls = item.partition("=")
+        if not (sep and factor.strip() and cls.strip()):
+            raise ValidationError(f"{what} must look like FACTOR=CLASS (e.g. texture=dots), got {item!r}")
+        out[factor.strip()] = cls.strip()
+    return out
 
 
 def parse_weights(text: str, what: str = "weights") -> dict[str, float]:

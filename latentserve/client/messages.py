@@ -507,7 +507,9 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         gates=tuple(GateInfo(g.name, g.value, g.threshold, g.op, g.passed, g.judge, g.detail) for g in m.gates),
         gates_passed=m.gates_passed, judge=m.judge,
         handle_store=HandleStoreInfo(m.handle_store.backend, m.handle_store.durable, m.handle_store.detail)
-        if m.HasField("handle_store") else None)
+        if m.HasField("handle_store") else None,
+        max_output_pixels=m.limits.max_output_pixels, min_output_size=m.min_output_size,
+        max_output_size=m.max_output_size, class_factors={f.name: tuple(f.classes) for f in m.class_factors})
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:

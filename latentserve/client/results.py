@@ -84,6 +84,14 @@ class ModelInfo:
     gates_passed: bool = False
     judge: str = ""  # who judged the gates' figures ("" = never judged)
     handle_store: HandleStoreInfo | None = None  # None: the server did not say (an older server)
+    max_output_pixels: int = 0  # n x output_size^2 of one request (0 = the server did not say)
+    # output_size range in px, both ends included: a vector model's sizes, a raster model's native size only
+    # (0 = the server did not say)
+    min_output_size: int = 0
+    max_output_size: int = 0
+    # {class factor: its class names}, in label order (first factor most significant): what factor_classes may
+    # name; empty when the model's classes are not combinations
+    class_factors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def class_check_for(self, source: str) -> float:
         """The threshold a Sample / Augment from `source` gets when it leaves the check unset (0 = off)."""
@@ -97,6 +105,19 @@ class ModelInfo:
     def image_size(self) -> tuple[int, int]:
         """(H, W)."""
         return (int(self.image_shape[1]), int(self.image_shape[2])) if len(self.image_shape) == 3 else (0, 0)
+
+    def check_factor_classes(self, factor_classes: dict[str, str], what: str = "factor_classes") -> None:
+        """ValidationError naming `what` unless every factor and class is one of this model's class factors (what
+        the server checks; said here with the names a caller may use). `what`: the option to name (a CLI flag)."""
+        if not self.class_factors:
+            raise ValidationError(f"{what}: {self.name} has no class factors (its classes are not combinations)")
+        for factor, cls in factor_classes.items():
+            if factor not in self.class_factors:
+                raise ValidationError(f"{what}: unknown class factor {factor!r} for {self.name}; factors: "
+                                      f"{', '.join(self.class_factors)}")
+            if cls not in self.class_factors[factor]:
+                raise ValidationError(f"{what}: unknown {factor} class {cls!r} for {self.name}; classes: "
+                                      f"{', '.join(self.class_factors[factor])}")
 
     def class_index(self, name_or_index: str | int) -> int:
         """The label of a class name (or a label checked against the class list)."""

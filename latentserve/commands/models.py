@@ -129,12 +129,29 @@ def _gate_value(g) -> str:
     return "not measured" if g.value != g.value else _fmt(g.value)  # NaN: not measured
 
 
+def _sizes(info) -> str:
+    """'16..1024 px (any output_size)' for a vector model, '32 px only' for a raster one ('' if not said)."""
+    lo, hi = info.min_output_size, info.max_output_size
+    if not hi:
+        return ""
+    return f"{lo} px only" if lo == hi else f"{lo}..{hi} px (any output_size)"
+
+
+def _classes(info) -> str:
+    """'12' or, for classes that are combinations of class factors, '12 (3 shape x 4 texture)'."""
+    n = str(len(info.class_names))
+    if not info.class_factors:
+        return n
+    return f"{n} ({' x '.join(f'{len(c)} {f}' for f, c in info.class_factors.items())})"
+
+
 def describe(info) -> str:
     """One model's details as text (a ModelInfo from the client)."""
     h, w = info.image_size
     out = [f"{info.name} v{info.version}  (versions: {', '.join(map(str, info.versions)) or info.version})",
            f"  family      {info.family}   backend {info.backend or '?'}   prior {info.prior or '?'}",
-           f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
+           f"  image       {h}x{w} RGB    latent D={info.latent_dim}"
+           + (f"    output sizes {_sizes(info)}" if _sizes(info) else ""),
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
            f"  label check {_label_check(info)}",
@@ -142,7 +159,12 @@ def describe(info) -> str:
            f"  handles     {_handles_line(info)}",
            f"  methods     {', '.join(info.interpolation_methods) or '-'}",
            f"  limits      {info.max_images_per_request or '?'} images/request, "
-           f"{info.max_interpolation_steps or '?'} interpolation steps"]
+           f"{info.max_interpolation_steps or '?'} interpolation steps"
+           + (f", {info.max_output_pixels} output pixels" if info.max_output_pixels else "")]
+    if info.class_factors:
+        out.append("  class factors (--class-factor FACTOR=CLASS)")
+        for name, classes in info.class_factors.items():
+            out.append(f"    {name:<12} {', '.join(classes)}")
     if info.factors:
         out.append("  factors")
         for f in info.factors:
@@ -184,8 +206,10 @@ def run(args: argparse.Namespace) -> int:
     if not models:
         print(f"no models served at {resolve_target(args)}")
         return 0
-    rows = [[m.name, str(m.version), m.family, "x".join(map(str, m.image_size)), str(m.latent_dim),
-             str(len(m.class_names)),
+    rows = [[m.name, str(m.version), m.family,
+             "x".join(map(str, m.image_size))  # a vector model: and the sizes it draws
+             + (f" ({m.min_output_size}..{m.max_output_size} px)" if m.min_output_size != m.max_output_size else ""),
+             str(m.latent_dim), _classes(m),
              ",".join(k.name + ("*" if _weak(k) else "") for k in m.knobs if k.kind == "factor") or "-",
              ",".join(m.sample_sources), m.judge or "-",
              f"{sum(g.passed for g in m.gates)}/{len(m.gates)}" if m.gates else "-"] for m in models]

@@ -59,7 +59,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from latentserve.client import make_grid, parse_weights, save_latents, save_png
+    from latentserve.client import make_grid, parse_class_factors, parse_weights, save_latents, save_png
 
     knobs: dict[str, float] = {}
     for k in args.knob:
@@ -76,12 +76,7 @@ def run(args: argparse.Namespace) -> int:
             guidance["start"] = args.start
     elif args.factor_target:
         raise ValueError("--factor-target needs --source guided (use --knob for the linear knobs)")
-    by_factor: dict[str, str] = {}
-    for item in args.class_factor:
-        factor, sep, cls = item.partition("=")
-        if not (sep and factor.strip() and cls.strip()):
-            raise ValueError(f"--class-factor must look like FACTOR=CLASS (e.g. texture=dots), got {item!r}")
-        by_factor[factor.strip()] = cls.strip()
+    by_factor = parse_class_factors(args.class_factor)
     label = class_name = None
     if args.class_name is not None:
         if args.class_name.isdigit():

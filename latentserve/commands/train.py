@@ -1,6 +1,7 @@
 """`latentserve train`: train (or resume) one model family on one dataset into a run directory.
 
-Only argparse at module level; torch and the loop (latentserve.models.train) are imported inside `run`.
+Only argparse and the family registry (no torch) at module level; torch and the loop (latentserve.models.train)
+are imported inside `run`.
 Values of --data-arg / --set are parsed as JSON where possible (so `--set z_dim=64` is an int).
 """
 from __future__ import annotations
@@ -8,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-FAMILY_NAMES = ("gan", "vae", "flow", "ae", "probe", "vector", "sgan")
+from latentserve.models.families import FAMILIES  # the registry only (no torch)
+
+FAMILY_NAMES = tuple(FAMILIES)  # the registry's names, in its order
 DATASET_NAMES = ("shapes", "disks", "modes", "textures", "textured", "digits", "folder")
 
 

@@ -106,6 +106,26 @@ def check_float(name: str, value, low: float, high: float) -> float:
     return v
 
 
+MAX_ITEMS = 1_000_000  # images per split a generated data set builds
+MAX_SEED = 2**32 - 1
+
+
+def check_build_args(sizes: tuple[int, int], **args) -> tuple:
+    """The arguments every data set's build() shares, checked in the order given and returned in that order:
+    image_size (px, in `sizes`, the data set's own range), n_train in [1, MAX_ITEMS], n_test in [0, MAX_ITEMS],
+    test_fraction in [0, 0.9] (data sets split from a fixed source), seed in [0, MAX_SEED]. ValidationError
+    naming the first bad one (check_int / check_float's messages)."""
+    checks = {"image_size": lambda v: check_int("image_size", v, *sizes),
+              "n_train": lambda v: check_int("n_train", v, 1, MAX_ITEMS),
+              "n_test": lambda v: check_int("n_test", v, 0, MAX_ITEMS),
+              "test_fraction": lambda v: check_float("test_fraction", v, 0.0, 0.9),
+              "seed": lambda v: check_int("seed", v, 0, MAX_SEED)}
+    unknown = set(args) - set(checks)
+    if unknown:
+        raise TypeError(f"check_build_args: no check for {', '.join(sorted(unknown))}")
+    return tuple(checks[name](value) for name, value in args.items())
+
+
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic per-class split of indices into (train, test), both sorted.
 

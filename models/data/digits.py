@@ -18,7 +18,7 @@ from PIL import Image
 
 from latentserve.errors import UnrecoverableError
 
-from .base import DataSplit, Dataset, check_float, check_int, stratified_split
+from .base import DataSplit, Dataset, check_build_args, stratified_split
 
 NAME = "digits"
 CLASS_NAMES = [str(d) for d in range(10)]
@@ -84,9 +84,8 @@ def upsample(images8: np.ndarray, image_size: int) -> np.ndarray:
 
 def build(image_size: int = 32, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """The digits dataset. image_size in [8, 256]; test_fraction in [0, 0.9]; seed in [0, 2**32 - 1]."""
-    image_size = check_int("image_size", image_size, 8, 256)
-    test_fraction = check_float("test_fraction", test_fraction, 0.0, 0.9)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    image_size, test_fraction, seed = check_build_args(
+        (8, 256), image_size=image_size, test_fraction=test_fraction, seed=seed)
 
     images8, labels = load_source()
     images = upsample(images8, image_size)  # (1797, S, S, 3)

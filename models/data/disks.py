@@ -16,7 +16,7 @@ import numpy as np
 
 from latentserve.errors import ValidationError
 
-from .base import DataSplit, Dataset, Factor, check_int
+from .base import DataSplit, Dataset, Factor, check_build_args
 from .render import MaskRenderer, colourise, ellipse_polygon, normalize_holdout, sample_factor, unit_draws
 
 NAME = "disks"
@@ -68,10 +68,8 @@ def build(image_size: int = 32, n_train: int = 20000, n_test: int = 2000, seed: 
           vary_position: bool = False, holdout: dict | None = None) -> Dataset:
     """The disks dataset. image_size in [16, 256]; n_train in [1, 1e6]; n_test in [0, 1e6]; seed in
     [0, 2**32 - 1]; vary_position adds x, y factors; holdout {factor: (low, high)} (train only)."""
-    image_size = check_int("image_size", image_size, 16, 256)
-    n_train = check_int("n_train", n_train, 1, 1_000_000)
-    n_test = check_int("n_test", n_test, 0, 1_000_000)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    image_size, n_train, n_test, seed = check_build_args(
+        (16, 256), image_size=image_size, n_train=n_train, n_test=n_test, seed=seed)
     if not isinstance(vary_position, (bool, np.bool_)):
         raise ValidationError(f"vary_position must be true or false, got {vary_position!r}")
     vary_position = bool(vary_position)

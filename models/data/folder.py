@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 from latentserve.errors import NotFoundError, ValidationError
 
-from .base import DataSplit, Dataset, check_float, check_int, stratified_split
+from .base import DataSplit, Dataset, check_build_args, stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +65,8 @@ def build(path: str, image_size: int = 32, test_fraction: float = 0.2, seed: int
     folder, has no class subfolders, or a class has no readable image."""
     if not isinstance(path, (str, Path)) or not str(path):
         raise ValidationError(f"folder dataset needs path= a folder with one subfolder per class, got {path!r}")
-    image_size = check_int("image_size", image_size, 8, 512)
-    test_fraction = check_float("test_fraction", test_fraction, 0.0, 0.9)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    image_size, test_fraction, seed = check_build_args(
+        (8, 512), image_size=image_size, test_fraction=test_fraction, seed=seed)
 
     root = Path(path).expanduser().resolve()
     if not root.exists():

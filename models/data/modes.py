@@ -17,7 +17,7 @@ import numpy as np
 
 from latentserve.errors import ValidationError
 
-from .base import DataSplit, Dataset, Factor, check_int
+from .base import DataSplit, Dataset, Factor, check_build_args, check_int
 from .render import MaskRenderer, colourise, ellipse_polygon, hue_to_rgb, unit_draws
 
 NAME = "modes"
@@ -77,10 +77,8 @@ def build(image_size: int = 32, n_train: int = 20000, n_test: int = 2000, seed: 
     """The modes dataset. image_size in [32, 256] px (at 16 px the disc is ~1 px across and no longer measurable); n_train in [1, 1e6]; n_test in [0, 1e6]; seed in
     [0, 2**32 - 1]; grid in [2, 5] positions per axis (more would not fit the disc between neighbours at 32 px);
     colours in [1, 6] hues (6 keeps neighbouring hues 0.17 apart, far beyond the jitter)."""
-    image_size = check_int("image_size", image_size, 32, 256)
-    n_train = check_int("n_train", n_train, 1, 1_000_000)
-    n_test = check_int("n_test", n_test, 0, 1_000_000)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    image_size, n_train, n_test, seed = check_build_args(
+        (32, 256), image_size=image_size, n_train=n_train, n_test=n_test, seed=seed)
     grid = check_int("grid", grid, 2, 5)
     colours = check_int("colours", colours, 1, 6)
     splits = {}

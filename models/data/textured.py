@@ -25,7 +25,7 @@ import numpy as np
 from latentserve.errors import ValidationError
 
 from . import shapes
-from .base import DataSplit, Dataset, Factor, check_int
+from .base import DataSplit, Dataset, Factor, check_build_args
 from .render import MaskRenderer, hue_to_rgb, sample_factor, unit_draws
 
 NAME = "textured"
@@ -117,10 +117,8 @@ def sample_factors(seed: int, split: str, n: int) -> tuple[np.ndarray, np.ndarra
 def build(image_size: int = 32, n_train: int = 24000, n_test: int = 2400, seed: int = 0) -> Dataset:
     """The textured dataset. image_size in [16, 256] px; n_train in [1, 1e6]; n_test in [0, 1e6]; seed in
     [0, 2**32 - 1]."""
-    image_size = check_int("image_size", image_size, 16, 256)
-    n_train = check_int("n_train", n_train, 1, 1_000_000)
-    n_test = check_int("n_test", n_test, 0, 1_000_000)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    image_size, n_train, n_test, seed = check_build_args(
+        (16, 256), image_size=image_size, n_train=n_train, n_test=n_test, seed=seed)
     splits = {}
     for split, n in (("train", n_train), ("test", n_test)):
         labels, factors = sample_factors(seed, split, n)

@@ -24,7 +24,7 @@ import numpy as np
 
 from latentserve.errors import ValidationError
 
-from .base import DataSplit, Dataset, Factor, check_int
+from .base import DataSplit, Dataset, Factor, check_build_args, check_int
 from .render import hue_to_rgb, unit_draws
 
 NAME = "textures"
@@ -114,10 +114,8 @@ def sample_params(seed: int, split: str, n: int) -> tuple[np.ndarray, np.ndarray
 
 def build(image_size: int = 32, n_train: int = 10000, n_test: int = 1000, seed: int = 0) -> Dataset:
     """The textures dataset: random crops of image_size (8..256) px; n_train 1..1e6; n_test 0..1e6."""
-    image_size = check_int("image_size", image_size, 8, 256)
-    n_train = check_int("n_train", n_train, 1, 1_000_000)
-    n_test = check_int("n_test", n_test, 0, 1_000_000)
-    seed = check_int("seed", seed, 0, 2**32 - 1)
+    image_size, n_train, n_test, seed = check_build_args(
+        (8, 256), image_size=image_size, n_train=n_train, n_test=n_test, seed=seed)
     splits = {}
     for split, n in (("train", n_train), ("test", n_test)):
         labels, factors, offsets, seeds = sample_params(seed, split, n)

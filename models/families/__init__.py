@@ -1,4 +1,8 @@
-"""Registry of model families: name -> Family subclass, imported lazily (torch is heavy)."""
+"""Registry of model families: name -> Family subclass, imported lazily (torch is heavy).
+
+The one list of families: the manifest schema, the quality gates, the serving side and the `train` command's
+choices derive theirs from FAMILIES / EXPORTED / GENERATIVE here. Imports nothing heavy (serving-safe).
+"""
 from __future__ import annotations
 
 import importlib
@@ -14,7 +18,11 @@ FAMILIES = {
     "vector": "latentserve.models.families.vector:VectorFamily",
     "sgan": "latentserve.models.families.sgan:SGANFamily",  # textures of any size (trained; not served yet)
 }
-GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
+# Families whose runs export a model (a manifest names one of these): all but sgan, which trains but is not
+# exported or served yet.
+EXPORTED = tuple(name for name in FAMILIES if name != "sgan")
+# Exported families that generate images (decode, sample, knobs, gates); the probe only scores images.
+GENERATIVE = tuple(name for name in EXPORTED if name != "probe")
 
 
 def get_family(name: str):

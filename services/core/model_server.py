@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
-from latentserve.models.manifest import GRAPH_INPUTS, GRAPH_OUTPUTS
+from latentserve.models.manifest import GENERATIVE, GRAPH_INPUTS, GRAPH_OUTPUTS
 from latentserve.models.pixel_ar import AR_GRAPHS, ar_decode, ar_settings
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services.core.backends import Session, open_session
@@ -34,7 +34,6 @@ from latentserve.services.core.images import DECODE_OUTPUTS, float_images_to_uin
 from latentserve.services.core.latent_ops import LatentOpsEngine
 
 logger = logging.getLogger("ray.serve")
-GENERATIVE = ("gan", "vae", "flow", "ae", "vector")
 # Extra encoder outputs per family, after the contract's (latent, logits), in export order (a class-conditional
 # flow adds class_latents: z under every class's map).
 ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": (), "ae": (), "vector": ()}

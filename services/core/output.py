@@ -39,6 +39,12 @@ def is_vector(sv: Any) -> bool:
     return sv.family == VECTOR_FAMILY
 
 
+def size_range(family: str, native: int) -> tuple[int, int]:
+    """The output sizes (px) a model may be asked for, both ends included (ModelInfo min/max_output_size): a vector
+    model draws any size in VECTOR_SIZE_RANGE, a raster model only its native size."""
+    return VECTOR_SIZE_RANGE if family == VECTOR_FAMILY else (native, native)
+
+
 def resolve(sv: Any, fmt: str, output_size: int, n: int, max_pixels: int) -> Output:
     """The checked output of a request for `n` images of served version `sv` in format `fmt` (already checked
     by images.check_format) at `output_size` (0 = native)."""
@@ -50,7 +56,7 @@ def resolve(sv: Any, fmt: str, output_size: int, n: int, max_pixels: int) -> Out
     if size == 0:
         size = native
     elif vector:
-        lo, hi = VECTOR_SIZE_RANGE
+        lo, hi = size_range(sv.family, native)
         if not lo <= size <= hi:
             raise ValidationError(f"output_size: {size} is outside [{lo}, {hi}] px (0 = the model's {native} px)")
     elif size != native:

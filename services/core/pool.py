@@ -21,7 +21,9 @@ from latentserve.models.latent import LatentSpace, default_sample_source
 from latentserve.models.manifest import GENERATIVE, read_manifest
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services.config import ServeConfig
+from latentserve.services.core import class_factors
 from latentserve.services.core import latent_ops as lops
+from latentserve.services.core import output as outs
 from latentserve.services.core.model_server import ModelRunner
 from latentserve.services.observability import metrics
 
@@ -155,6 +157,7 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
     for k in knobs:  # the judged figure of each factor knob (None: not judged, always usable)
         judged = gated["knobs"].get(k["name"]) or {}
         k["r2_judged"], k["usable"] = judged.get("r2"), judged.get("usable", True)
+    min_size, max_size = outs.size_range(record.family, int(m["image_shape"][-1]))
     return {
         "name": record.name,
         "version": record.version,
@@ -178,7 +181,13 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
                    "max_interpolation_steps": config.limits.max_interpolation_steps,
                    "max_geodesic_iterations": config.latent_ops.max_geodesic_iterations if grad_ops else 0,
                    "max_guidance_steps": config.latent_ops.max_guidance_steps if grad_ops and m.get("probe") else 0,
-                   "max_refine_steps": config.latent_ops.max_refine_steps if grad_ops and record.family in lops.REFINABLE else 0},
+                   "max_refine_steps": (config.latent_ops.max_refine_steps
+                                        if grad_ops and record.family in lops.REFINABLE else 0),
+                   "max_output_pixels": config.limits.max_output_pixels},
+        "min_output_size": min_size,
+        "max_output_size": max_size,
+        "class_factors": [{"name": name, "classes": classes}
+                          for name, classes in class_factors.of_manifest(m).items()],
     }
 
 

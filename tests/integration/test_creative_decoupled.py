@@ -2,7 +2,9 @@
 real gRPC, served next to the session app (`extra_app`, the session's Ray Serve). Tiny nets and 3 training steps:
 the point is the pipeline -- Sample works on the CAN model; on the decoupled one Sample picks shape and texture
 independently (factor_classes), an Edit swapping the texture keeps the shape's mask exactly, and swapping back
-gives the first image; bad factor_classes are INVALID_ARGUMENT naming the field."""
+gives the first image; bad factor_classes are INVALID_ARGUMENT naming the field. ModelInfo lists the class factors,
+and `latentserve edit --class-factor` swaps a class of a handle / saved latent (one-line errors, exit 2, for bad names
+and for a model without class factors)."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +59,7 @@ def test_exported_manifests(repo):
     assert "class_factors" not in Repository(repo).load("shapes-can").manifest
 
 
-def test_served(repo, extra_app):
+def test_served(repo, extra_app, tmp_path, capsys):
     target, md, _ = extra_app("issue24", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
                               ingress_num_cpus=0.25)
     with LatentClient(target, timeout=120, app_name="issue24" if md else None) as c:
@@ -67,6 +69,10 @@ def test_served(repo, extra_app):
 
         info = c.get_model("textured-decoupled")
         assert "triangle+dots" in info.class_names and len(info.class_names) == 12
+        assert info.class_factors == {"shape": ("square", "ellipse", "triangle"),
+                                      "texture": ("solid", "stripes", "dots", "checks")}
+        assert (info.min_output_size, info.max_output_size) == (16, 16)  # raster: its native size only
+        assert c.get_model("shapes-can").class_factors == {}
         s = c.sample("textured-decoupled", 6, seed=2, factor_classes={"texture": "dots"}, format="float32")
         assert all(info.class_names[y].endswith("+dots") for y in s.labels)
         s = c.sample("textured-decoupled", 3, seed=2, factor_classes={"shape": "square", "texture": "stripes"},
@@ -94,3 +100,37 @@ def test_served(repo, extra_app):
             c.sample("shapes-can", 1, factor_classes={"texture": "dots"})
         with pytest.raises(ValidationError, match="factor_classes"):
             c.edit("shapes-can", [(s.latents[0], 0)], factor_classes={"shape": "square"})
+        handle = c.sample("textured-decoupled", 1, seed=4, factor_classes={"shape": "square", "texture": "stripes"},
+                          return_handles=True).handles[0]
+
+    from latentserve.cli import main  # the CLI: `models` lists the class factors, `edit --class-factor` swaps one
+
+    np.savez(tmp_path / "s.npz", latents=s.latents, labels=s.labels)
+    conn = ["--target", target, "--timeout", "120"] + (["--app", "issue24"] if md else [])
+    assert main(["models", "textured-decoupled", *conn]) == 0
+    shown = capsys.readouterr().out
+    assert "class factors (--class-factor FACTOR=CLASS)" in shown
+    assert "texture      solid, stripes, dots, checks" in shown
+    assert main(["edit", "textured-decoupled", "--input", f"{tmp_path / 's.npz'}:0", "--input", handle,
+                 "--class-factor", "texture=checks", "-o", str(tmp_path / "e.png"),
+                 "--save-latents", str(tmp_path / "e.npz"), *conn]) == 0
+    assert "classes now: square+checks, square+checks" in capsys.readouterr().out
+    saved = np.load(tmp_path / "e.npz")
+    assert saved["labels"].tolist() == [3, 3]  # square+stripes (1) -> square+checks (3): shape kept
+    np.testing.assert_allclose(saved["latents"][0], s.latents[0])  # the latent kept
+    knob = info.knobs[0].name  # a tiny model's knobs are below the gate: --allow-weak-knobs
+    assert main(["edit", "textured-decoupled", "--input", f"{tmp_path / 's.npz'}:0", "--class-factor", "shape=ellipse",
+                 "--knob", knob, "--sweep", "0:0.1:2", "--relative", "--allow-weak-knobs",
+                 "-o", str(tmp_path / "k.png"), "--save-latents", str(tmp_path / "k.npz"), *conn]) == 0
+    assert np.load(tmp_path / "k.npz")["labels"].tolist() == [5, 5]  # ellipse+stripes in both columns
+    capsys.readouterr()
+    for model, factor, needle in (
+            ("textured-decoupled", "colour=red",
+             "--class-factor: unknown class factor 'colour' for textured-decoupled; factors: shape, texture"),
+            ("textured-decoupled", "texture=plaid", "--class-factor: unknown texture class 'plaid' for "
+                                                    "textured-decoupled; classes: solid, stripes, dots, checks"),
+            ("shapes-can", "texture=dots", "--class-factor: shapes-can has no class factors")):
+        assert main(["edit", model, "--input", handle, "--class-factor", factor, "-o", str(tmp_path / "x.png"),
+                     *conn]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err

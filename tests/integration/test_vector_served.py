@@ -43,6 +43,7 @@ def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app, t
     with LatentClient(target, timeout=120, app_name="vec24" if md else None) as c:
         info = c.get_model("shapes-vector")
         assert info.family == "vector" and list(info.image_shape) == [3, 16, 16]
+        assert (info.min_output_size, info.max_output_size, info.max_output_pixels) == (16, 1024, 1 << 22)
         native = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8")
         assert native.images.shape == (3, 16, 16, 3)
         big = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8", output_size=64)

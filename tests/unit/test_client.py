@@ -364,7 +364,7 @@ def test_cli_parses_client_commands(monkeypatch):
     assert a.inputs == ["h", "y.png"] and a.sweep == "0.5:1:6"
     a = p.parse_args(["bench", "--concurrency", "8,32", "--no-triton", "--start"])
     assert a.concurrency == (8, 32) and a.no_triton and a.start
-    for bad in (["sample", "g", "--class", "a", "--class-weights", "a=1"], ["edit", "g", "--input", "h", "--knob", "s"],
+    for bad in (["sample", "g", "--class", "a", "--class-weights", "a=1"], ["edit", "g", "--knob", "s", "--set", "1"],
                 ["bench", "--concurrency", "x"], ["sample", "g", "--source", "nope"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
@@ -381,6 +381,28 @@ def test_cli_helpers():
             parse_sweep(bad)
     length, cv = path_figures([0.0, 1.0, 1.0, 1.0])
     assert length == pytest.approx(3.0) and cv == pytest.approx(0.0)
+
+
+def test_cli_edit_needs_a_knob_move_or_class_factors(capsys):
+    """What `latentserve edit` refuses before it connects: one line, exit 2 (the names are checked against the
+    model's class factors once connected: test_output_size, tests/integration/test_creative_decoupled.py)."""
+    from latentserve.cli import main
+    from latentserve.client import parse_class_factors
+
+    base = ["edit", "g", "--input", "h", "--target", "127.0.0.1:1"]
+    for extra, message in (
+            ([], "give --knob NAME with --sweep, --set or --amount, or --class-factor FACTOR=CLASS"),
+            (["--knob", "s"], "--knob s needs --sweep LO:HI:N, --set VALUE or --amount VALUE"),
+            (["--set", "1"], "--sweep, --set, --amount, --relative and --hold move a knob: give --knob NAME too"),
+            (["--class-factor", "texture=dots", "--hold", "scale"], "--hold move a knob: give --knob NAME too"),
+            (["--class-factor", "texture"], "--class-factor must look like FACTOR=CLASS (e.g. texture=dots), "
+                                            "got 'texture'"),
+            (["--class-factor", "=dots"], "--class-factor must look like FACTOR=CLASS")):
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("latentserve edit: error: ") and message in err and err.count("\n") == 1, err
+    assert parse_class_factors(["texture=dots", " shape = square ", "texture=checks"]) == {
+        "texture": "checks", "shape": "square"}
 
 
 def test_cli_sweep_takes_a_negative_low_end():

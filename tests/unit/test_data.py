@@ -395,3 +395,30 @@ def test_folder_errors(tmp_path):
         load_dataset("folder", path=str(empty / "loose.png"))
     with pytest.raises(ValidationError, match="test_fraction"):
         load_dataset("folder", path=str(empty), test_fraction=1.5)
+
+
+# every builder's common arguments: the exact messages (models/data/base.py check_build_args), per data set
+_SIZES = {"shapes": (16, 256), "disks": (16, 256), "modes": (32, 256), "textures": (8, 256), "textured": (16, 256),
+          "digits": (8, 256), "folder": (8, 512)}
+
+
+@pytest.mark.parametrize("name", sorted(_SIZES))
+def test_common_build_argument_messages(name, tmp_path):
+    lo, hi = _SIZES[name]
+    base = {"path": str(tmp_path)} if name == "folder" else {}
+    cases = [({"image_size": lo - 1}, f"image_size must be in [{lo}, {hi}], got {lo - 1}"),
+             ({"image_size": hi + 1}, f"image_size must be in [{lo}, {hi}], got {hi + 1}"),
+             ({"image_size": True}, f"image_size must be an integer in [{lo}, {hi}], got True"),
+             ({"seed": -1}, "seed must be in [0, 4294967295], got -1"),
+             ({"seed": 1.5}, "seed must be an integer in [0, 4294967295], got 1.5")]
+    if name in ("digits", "folder"):
+        cases += [({"test_fraction": 0.95}, "test_fraction must be in [0.0, 0.9], got 0.95"),
+                  ({"test_fraction": "x"}, "test_fraction must be a number in [0.0, 0.9], got 'x'")]
+    else:
+        cases += [({"n_train": 0}, "n_train must be in [1, 1000000], got 0"),
+                  ({"n_test": 2.5}, "n_test must be an integer in [0, 1000000], got 2.5"),
+                  ({"n_test": 1_000_001}, "n_test must be in [0, 1000000], got 1000001")]
+    for bad, message in cases:
+        with pytest.raises(ValidationError) as exc:
+            load_dataset(name, **base, **bad)
+        assert str(exc.value) == message, (bad, str(exc.value))

@@ -69,3 +69,69 @@ def test_field_numbers_are_the_agreed_ones():
     assert pb.SampleRequest.DESCRIPTOR.fields_by_name["output_size"].number == 17
     assert pb.DecodeRequest.DESCRIPTOR.fields_by_name["output_size"].number == 6
     assert pb.IMAGE_FORMAT_SVG == 5
+
+
+def _record(family: str, size: int, **manifest):
+    return SimpleNamespace(name="m", version=1, family=family, manifest={
+        "image_shape": [3, size, size], "latent_shape": [8], "class_names": ["a"], "factors": [], "knobs": [],
+        "metrics": {}, **manifest})
+
+
+def test_model_info_tells_the_output_sizes_and_class_factors():
+    """ModelInfo (core/pool.py -> the gRPC codec -> the client) says which output_size and factor_classes a request
+    may ask for: a vector model's size range, a raster model's native size, a decoupled model's class factors."""
+    from latentserve.client.messages import model_info_from_proto
+    from latentserve.services.config import ServeConfig
+    from latentserve.services.core.pool import model_info
+
+    assert output.size_range("vector", 32) == (16, 1024) and output.size_range("gan", 32) == (32, 32)
+    config = ServeConfig()
+    factors = {"shape": ["ellipse", "square", "triangle"], "texture": ["solid", "stripes", "dots", "checks"]}
+    cases = [(_record("vector", 16), 16, 1024, {}),
+             (_record("gan", 32), 32, 32, {}),
+             (_record("gan", 16, class_factors=factors,
+                      class_names=[f"{s}+{t}" for s in factors["shape"] for t in factors["texture"]]), 16, 16, factors)]
+    for record, lo, hi, class_factors in cases:
+        info = {**model_info(record, config), "versions": [1], "handle_store": None}
+        assert (info["min_output_size"], info["max_output_size"]) == (lo, hi)
+        assert info["class_factors"] == [{"name": k, "classes": v} for k, v in class_factors.items()]
+        assert info["limits"]["max_output_pixels"] == config.limits.max_output_pixels
+        m = codec.model_info_to_pb(info)
+        assert (m.min_output_size, m.max_output_size, m.limits.max_output_pixels) == (
+            lo, hi, config.limits.max_output_pixels)
+        assert [(f.name, list(f.classes)) for f in m.class_factors] == list(class_factors.items())
+        client = model_info_from_proto(pb.ModelInfo.FromString(m.SerializeToString()))
+        assert (client.min_output_size, client.max_output_size) == (lo, hi)
+        assert client.class_factors == {k: tuple(v) for k, v in class_factors.items()}
+        assert list(client.class_factors) == list(class_factors)  # label order kept
+
+
+def test_model_info_fields_and_the_models_command():
+    from latentserve.client.messages import model_info_from_proto
+    from latentserve.commands.models import describe
+
+    assert [(f.name, f.number) for f in pb.ModelInfo.DESCRIPTOR.fields if f.number > 22] == [
+        ("min_output_size", 23), ("max_output_size", 24), ("class_factors", 25)]
+    assert pb.Limits.DESCRIPTOR.fields_by_name["max_output_pixels"].number == 6
+    old = model_info_from_proto(pb.ModelInfo(name="g", family="gan", image_shape=[3, 8, 8]))  # an older server
+    assert (old.min_output_size, old.max_output_size, old.class_factors) == (0, 0, {})
+    assert "output sizes" not in describe(old) and "class factors" not in describe(old)
+    vec = model_info_from_proto(pb.ModelInfo(name="v", family="vector", image_shape=[3, 16, 16], min_output_size=16,
+                                             max_output_size=1024, limits=pb.Limits(max_output_pixels=1 << 22)))
+    assert "output sizes 16..1024 px (any output_size)" in describe(vec) and "4194304 output pixels" in describe(vec)
+    dec = model_info_from_proto(pb.ModelInfo(
+        name="d", family="gan", image_shape=[3, 16, 16], min_output_size=16, max_output_size=16,
+        class_factors=[pb.ClassFactor(name="shape", classes=["ellipse", "square"]),
+                       pb.ClassFactor(name="texture", classes=["solid", "dots"])]))
+    text = describe(dec)
+    assert "output sizes 16 px only" in text
+    assert ("class factors (--class-factor FACTOR=CLASS)\n    shape        ellipse, square\n"
+            "    texture      solid, dots") in text
+    dec.check_factor_classes({"texture": "dots", "shape": "square"})
+    for bad, needle in (
+            ({"colour": "red"}, "--class-factor: unknown class factor 'colour' for d; factors: shape, texture"),
+            ({"texture": "plaid"}, "--class-factor: unknown texture class 'plaid' for d; classes: solid, dots")):
+        with pytest.raises(ValidationError, match=f"^{needle}$"):
+            dec.check_factor_classes(bad, "--class-factor")
+    with pytest.raises(ValidationError, match="^factor_classes: v has no class factors"):
+        vec.check_factor_classes({"texture": "dots"})

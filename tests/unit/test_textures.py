@@ -158,8 +158,8 @@ def test_decoder_exports_to_onnx_with_a_free_output_size(tmp_path):
 
 
 def test_cli_lists_match_the_registries():
-    """`latentserve train` keeps its choices as literals (the CLI imports no torch): they must name every family and
-    data set the registries know, textures and sgan included."""
+    """`latentserve train` takes its family choices from the registry and keeps its data set choices as literals
+    (models.data imports numpy): both must name everything the registries know, textures and sgan included."""
     from latentserve.commands.train import DATASET_NAMES, FAMILY_NAMES
     from latentserve.models.data import DATASETS
     from latentserve.models.families import FAMILIES

@@ -305,13 +305,18 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
                          max_interpolation_steps=int(info["limits"]["max_interpolation_steps"]),
                          max_geodesic_iterations=int(info["limits"].get("max_geodesic_iterations", 0)),
                          max_guidance_steps=int(info["limits"].get("max_guidance_steps", 0)),
-                         max_refine_steps=int(info["limits"].get("max_refine_steps", 0))),
+                         max_refine_steps=int(info["limits"].get("max_refine_steps", 0)),
+                         max_output_pixels=int(info["limits"].get("max_output_pixels", 0))),
         gates=[pb.Gate(name=t["name"], value=_nan_if_none(t["value"]), threshold=_nan_if_none(t["threshold"]),
                        op=t["op"], passed=bool(t["passed"]), judge=t["judge"] or "", detail=t["detail"])
                for t in gates.get("targets", [])],
         gates_passed=bool(gates.get("passed", False)),
         judge=gates.get("judge") or "",
         handle_store=pb.HandleStore(**info["handle_store"]) if info.get("handle_store") else None,
+        min_output_size=int(info.get("min_output_size", 0)),
+        max_output_size=int(info.get("max_output_size", 0)),
+        class_factors=[pb.ClassFactor(name=f["name"], classes=list(f["classes"]))
+                       for f in info.get("class_factors", [])],
     )
 
 

@@ -378,6 +378,12 @@ function showFacts() {
     classes: info.class_names.join(", "), prior: info.prior, "default sample source": info.default_sample_source,
     knobs: info.knobs.map((k) => k.name).join(", "), backend: info.backend,
   };
+  if (info.max_output_size && info.min_output_size !== info.max_output_size) {
+    facts["output sizes"] = `${info.min_output_size} to ${info.max_output_size} px`;
+  }
+  if ((info.class_factors || []).length) {
+    facts["class factors"] = info.class_factors.map((f) => `${f.name}: ${f.classes.join(", ")}`).join("; ");
+  }
   $("#facts-list").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => {
     const dt = document.createElement("dt");
     dt.textContent = k;

@@ -125,6 +125,15 @@ def _handles_line(info) -> str:
     return f"{hs.backend}, durable" if hs.durable else f"{hs.backend}, NOT durable: {hs.detail}"
 
 
+def _sizes_line(info) -> str:
+    """What `--size` accepts: 'native only', '16..1024 px' or '32..512 px in steps of 8 (one latent cell)'."""
+    s = info.output_sizes
+    if s is None or s.min_px == s.max_px:
+        return "native size only"
+    step = "" if s.multiple_of_px <= 1 else f" in steps of {s.multiple_of_px} (one latent cell)"
+    return f"--size {s.min_px}..{s.max_px} px{step}, 0 = native"
+
+
 def _gate_value(g) -> str:
     return "not measured" if g.value != g.value else _fmt(g.value)  # NaN: not measured
 
@@ -135,6 +144,7 @@ def describe(info) -> str:
     out = [f"{info.name} v{info.version}  (versions: {', '.join(map(str, info.versions)) or info.version})",
            f"  family      {info.family}   backend {info.backend or '?'}   prior {info.prior or '?'}",
            f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
+           f"  sizes       {_sizes_line(info)}",
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
            f"  label check {_label_check(info)}",

@@ -21,19 +21,10 @@ NET = {"z_dim": 8, "g_hidden": 16, "g_depth": 1, "d_width": 4, "e_width": 4, "e_
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    from latentserve.models.data import load_dataset
-    from latentserve.models.export import export_run
-    from latentserve.models.train import TrainConfig, train
-
-    torch.set_num_threads(1)
-    root, runs = tmp_path_factory.mktemp("repo24v"), tmp_path_factory.mktemp("runs24v")
-    data = load_dataset("shapes", **DATA)
-    cfg = TrainConfig(family="vector", data="shapes", data_args=dict(DATA), steps=3, batch_size=16,
-                      out=str(runs / "shapes-vector"), ckpt_every=3, eval_every=3, grid_every=10**6, threads=1,
-                      device="cpu", family_args=NET, eval_size=16)
-    export_run(train(cfg, progress=False, dataset=data), "shapes-vector", repo_root=root, max_latent_fit=100,
-               data=data)
+def repo(tmp_path_factory, train_and_export):
+    root = tmp_path_factory.mktemp("repo24v")
+    train_and_export(root, tmp_path_factory.mktemp("runs24v"), "shapes-vector", "vector", "shapes", DATA, NET,
+                     max_latent_fit=100)
     return root
 
 

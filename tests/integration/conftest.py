@@ -459,6 +459,35 @@ def extra_app(serve_app):
             wait_serving(serve_app.target)  # with one app left, the proxy routes requests without metadata again
 
 
+@dataclass
+class RepositoryApp:
+    """An app serving every model of a repository (`repository_app`): how the client and the CLI reach it."""
+
+    target: str
+    app_name: str | None  # the `application` metadata a serve-frontend app needs (None: native, its own port)
+
+    def client(self, timeout: float = 120):
+        from latentserve.client import LatentClient
+
+        return LatentClient(self.target, timeout=timeout, app_name=self.app_name)
+
+    def cli_args(self, timeout: float = 120) -> list[str]:
+        return ["--target", self.target, "--timeout", str(timeout)] + (["--app", self.app_name] if self.app_name else [])
+
+
+@pytest.fixture
+def repository_app(extra_app):
+    """`deploy(name, repository, **overrides) -> RepositoryApp`: every model of `repository` (real exported runs) as
+    an extra app, co-located with small CPU shares so it fits beside the session app."""
+
+    def deploy(name: str, repository, **overrides) -> RepositoryApp:
+        settings = dict(models=[], colocate=True, num_cpus=0.25, ingress_num_cpus=0.25, **overrides)
+        target, metadata, _ = extra_app(name, repository=str(repository), **settings)
+        return RepositoryApp(target, name if metadata else None)
+
+    return deploy
+
+
 # ---------------------------------------------------------------------------------------- the HTTP door
 @dataclass
 class HttpServer:

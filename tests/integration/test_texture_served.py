@@ -11,7 +11,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from latentserve.client import LatentClient  # noqa: E402
 from latentserve.errors import OverloadedError, ValidationError  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -27,10 +26,9 @@ def repo(tmp_path_factory, train_and_export):
     return root
 
 
-def test_texture_model_draws_any_size_over_grpc(repo, extra_app, tmp_path, capsys):
-    target, md, _ = extra_app("tex22", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
-                              ingress_num_cpus=0.25, max_output_pixels=1 << 20)
-    with LatentClient(target, timeout=120, app_name="tex22" if md else None) as c:
+def test_texture_model_draws_any_size_over_grpc(repo, repository_app, tmp_path, capsys):
+    app = repository_app("tex22", repo, max_output_pixels=1 << 20)
+    with app.client() as c:
         info = c.get_model("tex")
         assert (info.family, info.prior, list(info.image_shape)) == ("sgan", "texture", [3, 32, 32])
         sizes = info.output_sizes
@@ -79,7 +77,7 @@ def test_texture_model_draws_any_size_over_grpc(repo, extra_app, tmp_path, capsy
 
     from latentserve.cli import main  # the CLI: sample at a size, and the size range in `models`
 
-    conn = ["--target", target, "--timeout", "120"] + (["--app", "tex22"] if md else [])
+    conn = app.cli_args()
     assert main(["sample", "tex", "-n", "2", "--size", "128", "--seed", "3", "-o", str(tmp_path / "grid.png"),
                  *conn]) == 0
     from PIL import Image

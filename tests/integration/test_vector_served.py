@@ -28,10 +28,9 @@ def repo(tmp_path_factory, train_and_export):
     return root
 
 
-def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app, tmp_path):
-    target, md, _ = extra_app("vec24", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
-                              ingress_num_cpus=0.25, max_output_pixels=1 << 22)
-    with LatentClient(target, timeout=120, app_name="vec24" if md else None) as c:
+def test_vector_model_draws_at_any_size_and_as_svg(repo, repository_app, serve_app, tmp_path):
+    app = repository_app("vec24", repo, max_output_pixels=1 << 22)
+    with app.client() as c:
         info = c.get_model("shapes-vector")
         assert info.family == "vector" and list(info.image_shape) == [3, 16, 16]
         native = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8")
@@ -61,7 +60,7 @@ def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app, t
     from latentserve.cli import main  # the CLI: decode at a size, and as SVG documents in a folder
 
     np.savez(tmp_path / "z.npz", latents=native.latents, labels=native.labels)
-    conn = ["--target", target, "--timeout", "120"] + (["--app", "vec24"] if md else [])
+    conn = app.cli_args()
     assert main(["decode", "shapes-vector", str(tmp_path / "z.npz"), "--size", "48", "-o", str(tmp_path / "big"),
                  *conn]) == 0
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["0000.png", "0001.png", "0002.png"]

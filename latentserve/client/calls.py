@@ -115,8 +115,8 @@ class LatentClient:
 
     def decode(self, model: str, latents: Any = None, labels: Any = None, handles: Sequence[str] | None = None,
                format: str = "uint8", version: int | None = None, output_size: int = 0) -> Any:
-        """`output_size` px (0 = the model's native size; vector models draw 16..1024); format "svg" (vector
-        models) returns each image's SVG document as bytes."""
+        """`output_size` px (0 = the model's native size; vector models draw 16..1024, texture models
+        ModelInfo.output_sizes); format "svg" (vector models) returns each image's SVG document as bytes."""
         req = build_decode_request(model, latents, labels, handles, format, version, output_size)
         return images_from_protos(self._call(self._stub.Decode, req).images, format)
 
@@ -130,9 +130,9 @@ class LatentClient:
         """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest).
         `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal.
         `hold`: factors the knobs keep fixed (SampleRequest.hold). `output_size` px (0 = native; vector models
-        draw 16..1024); format "svg" (vector models) returns SVG documents as bytes. `factor_classes`: {class
-        factor: class} on a model whose classes are combinations, e.g. {"shape": "square", "texture": "dots"}
-        (the rest drawn)."""
+        draw 16..1024, texture models ModelInfo.output_sizes); format "svg" (vector models) returns SVG documents
+        as bytes. `factor_classes`: {class factor: class} on a model whose classes are combinations, e.g.
+        {"shape": "square", "texture": "dots"} (the rest drawn); a texture model's one factor is "texture"."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
                                    format, return_handles, version, guidance, class_check, allow_weak_knobs, hold,
                                    output_size, factor_classes)

@@ -6,6 +6,8 @@ refusals: Encode (no encoder), a size off the cell grid or out of range, a reque
 Tiny nets and 3 training steps: the point is the pipeline; the figures of a real run are in docs/textures/."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,13 @@ def test_texture_model_draws_any_size_over_grpc(repo, repository_app, tmp_path, 
         from_handles = c.decode("tex", handles=big.handles, format="uint8", output_size=256)
         np.testing.assert_array_equal(from_handles, big.images)
         assert c.decode("tex", small.latents[:1], small.labels[:1], format="png", output_size=96)[0][:4] == b"\x89PNG"
+        shifted = small.latents.copy()
+        shifted[:, -2:] = (shifted[:, -2:] + 0.25) % 1.0  # other phases: not in the result cache
+        with ThreadPoolExecutor(4) as pool:  # concurrent requests of two sizes: the runner batches each size apart
+            got = list(pool.map(lambda s: c.decode("tex", shifted, small.labels, output_size=s), [64, 256] * 2))
+        assert [g.shape for g in got] == [(3, 64, 64, 3), (3, 256, 256, 3)] * 2
+        np.testing.assert_array_equal(got[0], got[2])
+        np.testing.assert_array_equal(got[1], got[3])
 
         frames = list(c.interpolate("tex", (native.latents[0], 1), (native.latents[1], 1), steps=4))
         assert len(frames) == 4 and frames[0].image.shape == (32, 32, 3)

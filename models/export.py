@@ -17,7 +17,8 @@ one graph file is `models.graph_files`):
 - Latent space (generative families): the training set (at most `max_latent_fit` images, a fixed-seed
   subset) is encoded with the eager encoder and `models.latent.fit_latent_space` fits knobs, PCA and the
   per-class GMM; flow passes its class-conditional prior (`prior_mean`, `prior_logstd`) from
-  `family.manifest_extra()`.
+  `family.manifest_extra()`. A family without an encoder (sgan: textures) ships its prior only, and its
+  graphs' further dynamic axes (`ExportGraph.extra["dynamic_axes"]`: the texture decoder's grid) are kept.
 
 Rebuilding torch modules from a version directory alone (no checkpoint.pt, no training run):
 `rebuild_graph_modules(record)` constructs the family from `training.family_config` + `training.data` in the
@@ -399,7 +400,8 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
             ts_file = GRAPH_FILES["torchscript"].format(graph=gname)
             trace_inputs = batch(gname, sel[0])
             exporters.add(export_onnx(eg.module, trace_inputs, eg.input_names, eg.output_names, tmp / onnx_file,
-                                      opset=cfg.opset, exporter=cfg.exporter))
+                                      opset=cfg.opset, exporter=cfg.exporter,
+                                      dynamic_axes=(eg.extra or {}).get("dynamic_axes")))
             export_torchscript(eg.module, trace_inputs, tmp / ts_file)
             parity_batches = [batch(gname, s) for s in sel[1:]]
             parity[gname] = check_parity(eg.module, tmp / onnx_file, tmp / ts_file, parity_batches, eg.input_names,
@@ -449,11 +451,15 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
             prior = dict(extra_json.pop("prior", {"type": "standard_normal"}))
             if "sample_temperature" in extra_json:  # flow: its sampling temperature belongs to the prior
                 prior.setdefault("sample_temperature", float(extra_json["sample_temperature"]))
-            latent_dim = int(graph_specs["encoder"]["outputs"]["latent"][1][1])
+            encoder = "encoder" in graph_specs  # a texture GAN has none: nothing to fit the latent space on
+            latent_dim = int(graph_specs["encoder"]["outputs"]["latent"][1][1] if encoder
+                             else graph_specs["decoder"]["inputs"]["latent"][1][1])
             manifest["latent_shape"] = [latent_dim]
             manifest["prior"] = prior
-            manifest["probe"] = probe or f"{meta['name']}-probe"
-            if cfg.fit_latents:
+            # without an encoder there is no probe-guided sampling or knob fit either (the probe judges images
+            # of the training size; a texture model draws any size)
+            manifest["probe"] = probe or (f"{meta['name']}-probe" if encoder else "")
+            if cfg.fit_latents and encoder:
                 sample_source = getattr(family, "knobs_from_samples", None)
                 wants_samples = cfg.knob_source == "samples" or (cfg.knob_source == "auto" and sample_source)
                 probe_record = (_probe_record(repo, manifest["probe"], required=cfg.knob_source == "samples")
@@ -480,7 +486,7 @@ def export_family(family, name: str, data, training: dict, repo_root: str | os.P
 
                 space = LatentSpace(prior_type=prior["type"], latent_dim=latent_dim, n_classes=n_classes,
                                     prior_mean=extra_arrays.get("prior_mean"),
-                                    prior_logstd=extra_arrays.get("prior_logstd"))
+                                    prior_logstd=extra_arrays.get("prior_logstd"), periodic=prior.get("periodic", 0))
             space.save(tmp / LATENT_SPACE_FILE)
             smeta = space.meta()
             manifest["knobs"], manifest["pca"] = smeta["knobs"], smeta["pca"]

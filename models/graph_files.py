@@ -64,8 +64,9 @@ def legacy_exporter_available() -> bool:
 
 
 def export_onnx(module, inputs: tuple, input_names: list[str], output_names: list[str], path: Path,
-                opset: int = 17, exporter: str = "auto") -> str:
-    """Write `module` as one self-contained ONNX file with a dynamic batch axis on every input and output.
+                opset: int = 17, exporter: str = "auto", dynamic_axes: dict | None = None) -> str:
+    """Write `module` as one self-contained ONNX file with a dynamic batch axis on every input and output,
+    and the further dynamic axes `dynamic_axes` {tensor name: {axis: name}} names (a texture decoder's grid).
 
     Returns the exporter that produced the file ("legacy" | "dynamo"). Raises ExportError when neither works.
     """
@@ -87,7 +88,7 @@ def export_onnx(module, inputs: tuple, input_names: list[str], output_names: lis
                 # at two batch sizes below is the real check that nothing was specialised.
                 warnings.simplefilter("ignore")
                 if which == "legacy":
-                    axes = {n: {0: "batch"} for n in [*input_names, *output_names]}
+                    axes = {n: {0: "batch", **(dynamic_axes or {}).get(n, {})} for n in [*input_names, *output_names]}
                     kw = dict(input_names=input_names, output_names=output_names, dynamic_axes=axes,
                               opset_version=opset, do_constant_folding=True, dynamo=False)
                     # The legacy exporter prints the whole TorchScript IR to stdout (from C++) when it
@@ -100,7 +101,10 @@ def export_onnx(module, inputs: tuple, input_names: list[str], output_names: lis
                             torch.onnx.export(_KeepInputs(module), inputs, str(path), **kw)
                 else:
                     batch = torch.export.Dim("batch", min=1, max=1 << 16)
-                    shapes = tuple({0: batch} for _ in inputs)
+                    dims = {}  # one Dim per axis name, shared by the inputs that name it
+                    shapes = tuple({0: batch, **{a: dims.setdefault(d, torch.export.Dim(d, min=1, max=1 << 12))
+                                                 for a, d in (dynamic_axes or {}).get(n, {}).items() if a}}
+                                   for n in input_names)
                     prog = torch.onnx.export(module, inputs, input_names=input_names, output_names=output_names,
                                              dynamic_shapes=shapes, opset_version=opset, dynamo=True,
                                              external_data=False, optimize=True, verbose=False)

@@ -17,7 +17,7 @@ import numpy as np
 from latentserve.errors import IntegrityError, ValidationError
 from latentserve.models.knob_readout import READOUT_MAX_DIM, Readout, fit_readout
 
-PRIOR_TYPES = ("standard_normal", "class_gaussian")
+PRIOR_TYPES = ("standard_normal", "class_gaussian", "texture")
 FORMAT_VERSION = 1
 PCA_KNOB_PREFIX = "pca_"  # PCA directions are also addressable as knobs "pca_0", "pca_1", ...
 PCA_KNOB_RANGE = 3.0  # PCA knob range advertised in the manifest, in std units: [-3, 3]
@@ -102,7 +102,7 @@ FULL_COVARIANCE_MAX_DIM = 256  # "auto" fits full covariances up to this latent 
 class LatentSpace:
     """Prior, knobs, PCA and per-class GMM of one model's latent space (shapes: D latent, C classes)."""
 
-    prior_type: str  # "standard_normal" (gan, vae) | "class_gaussian" (flow)
+    prior_type: str  # "standard_normal" (gan, vae) | "class_gaussian" (flow) | "texture" (sgan)
     latent_dim: int  # D
     n_classes: int  # C
     prior_mean: np.ndarray | None = None  # float32 (C, D), class_gaussian only
@@ -122,6 +122,8 @@ class LatentSpace:
     # anchor span): "ridge" along the knob's global direction; "local" along the read-out's gradient inside the
     # local span (for codes that follow a factor nonlinearly, where the global direction points elsewhere)
     knob_moves: str = "ridge"
+    # "texture" prior: the last `periodic` coordinates are phases / 2 pi ~ U[0, 1), the others N(0, I)
+    periodic: int = 0
 
     def __post_init__(self) -> None:
         if self.knob_moves not in KNOB_MOVES:
@@ -141,6 +143,9 @@ class LatentSpace:
                 raise ValidationError(f"{what} has shape {value.shape}, expected {shape}")
             return value
 
+        self.periodic = int(self.periodic)
+        if not 0 <= self.periodic < d or (self.periodic and self.prior_type != "texture"):
+            raise ValidationError(f"periodic ({self.periodic}) must be in [0, {d}) and only with the texture prior")
         if self.prior_type == "class_gaussian":
             if self.prior_mean is None or self.prior_logstd is None:
                 raise ValidationError("prior_type 'class_gaussian' needs prior_mean and prior_logstd (C, D)")
@@ -249,9 +254,15 @@ class LatentSpace:
 
     # -- sampling -----------------------------------------------------------------------------------------
     def sample_prior(self, labels: Any, rng: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
-        """z = mean + T * std * eps for each label -> float32 (N, D)."""
+        """z = mean + T * std * eps for each label -> float32 (N, D); the texture prior's phases ~ U[0, 1)
+        whatever T (the temperature scales the global code only)."""
         labels, t = self._labels(labels), self._temperature(temperature)
         eps = rng.standard_normal((len(labels), self.latent_dim), dtype=np.float32)  # (N, D)
+        if self.prior_type == "texture":
+            z = (t * eps).astype(np.float32)
+            if self.periodic:
+                z[:, -self.periodic:] = rng.random((len(labels), self.periodic), dtype=np.float32)
+            return z
         if self.prior_type == "standard_normal":
             return (t * eps).astype(np.float32)
         mean, std = self.prior_mean[labels], np.exp(self.prior_logstd[labels])  # (N, D) each
@@ -411,7 +422,7 @@ class LatentSpace:
                        f"({float(self.pca_explained[i]):.1%} of variance)",
             })
         return {
-            "prior": {"type": self.prior_type},
+            "prior": {"type": self.prior_type, **({"periodic": self.periodic} if self.prior_type == "texture" else {})},
             "latent_shape": [self.latent_dim],
             "n_classes": self.n_classes,
             "knobs": knobs,
@@ -429,6 +440,7 @@ class LatentSpace:
         header = {
             "format": FORMAT_VERSION, "prior_type": self.prior_type, "latent_dim": self.latent_dim,
             "n_classes": self.n_classes, "gmm_kind": self.gmm_kind, "knob_moves": self.knob_moves,
+            "periodic": self.periodic,
             "knobs": [{"name": k.name, "bias": k.bias, "r2": k.r2, "low": k.low, "high": k.high,
                        "unit": k.unit, "doc": k.doc, **({"readout": k.readout.meta()} if k.readout else {})}
                       for k in self.knobs.values()],
@@ -477,6 +489,7 @@ class LatentSpace:
             return cls(
                 prior_type=header["prior_type"], latent_dim=header["latent_dim"], n_classes=header["n_classes"],
                 knobs=knobs, gmm_kind=header.get("gmm_kind", "em"), knob_moves=header.get("knob_moves", "ridge"),
+                periodic=header.get("periodic", 0),
                 **{name: arrays.get(name) for name in _ARRAYS},
             )
         except (KeyError, ValidationError) as exc:

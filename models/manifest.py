@@ -12,8 +12,9 @@ Conventions beyond the prose schema (decided here, relied on by export, eval and
   each `{sha256: hex, bytes: int}`; every file a graph or the latent space names must be listed there.
 - `metrics` is the only section rewritten after export (by `latentserve eval`); rewriting it never changes
   a listed file, so checksums stay valid.
-- Generative manifests (gan / vae / flow) must carry `latent_shape`, `prior`, `knobs`, `gmm` and `probe`;
-  probe manifests may leave them out (or null).
+- Generative manifests (gan / vae / flow / ae / vector / sgan) must carry `latent_shape`, `prior`, `knobs`, `gmm`
+  and `probe`; probe manifests may leave them out (or null). A texture model (sgan) has no encoder, an empty
+  probe and a `texture` block: the sizes it draws (models/texture_grid.texture_spec).
 - `training.family_config` + `training.data` are enough to rebuild the torch modules of a version
   (`get_family(family).config_cls(**family_config)`), and the `.pt` TorchScript files run without Python
   source, so a version directory is self-contained without `checkpoint.pt`.
@@ -35,7 +36,7 @@ from latentserve.models.families import EXPORTED, GENERATIVE
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FAMILIES = EXPORTED  # the families a manifest may name (models/families: the one list)
-PRIOR_TYPES = ("standard_normal", "class_gaussian")
+PRIOR_TYPES = ("standard_normal", "class_gaussian", "texture")
 KNOB_KINDS = ("factor", "pca")
 GRAPH_FORMATS = ("onnx", "torchscript")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "uint8", "bool")
@@ -48,7 +49,10 @@ REQUIRED_GRAPHS = {
     "ae": ("encoder", "decoder"),
     "probe": ("probe",),
     "vector": ("encoder", "decoder"),  # the decoder also outputs layers + background (models/vector.py)
+    "sgan": ("decoder",),  # textures: no encoder; the decoder also takes the noise grid (models/texture_grid.py)
 }
+# decoder inputs beyond the contract's, per family (in order after latent, label)
+DECODER_EXTRA_INPUTS = {"sgan": ("noise",)}
 GRAPH_INPUTS = {"encoder": ("image",), "decoder": ("latent", "label"), "probe": ("image",)}
 GRAPH_OUTPUTS = {
     "encoder": ("latent", "logits"),  # vae adds logvar, flow adds logdet
@@ -99,6 +103,16 @@ def _check_spec(spec: Any, where: str) -> None:
         # 0 is allowed: a probe of a data set without continuous factors (digits) outputs factors (batch, 0)
         if not (_is_int(s) and s >= 0):
             _fail(where, f"shape entries after {BATCH!r} must be ints >= 0, got {shape!r}")
+
+
+def _check_texture(t: dict) -> None:
+    """A texture model's sizes and latent layout (models/texture_grid.texture_spec)."""
+    for k in ("cell_px", "min_output_px", "max_output_px", "global_dim", "local_dim", "periodic"):
+        if not (_is_int(t.get(k)) and t[k] >= (1 if k in ("cell_px", "global_dim") else 0)):
+            _fail(f"texture.{k}", f"must be an int >= {1 if k in ('cell_px', 'global_dim') else 0}, got {t.get(k)!r}")
+    cell, lo, hi = t["cell_px"], t["min_output_px"], t["max_output_px"]
+    if not (cell <= lo <= hi and lo % cell == 0 and hi % cell == 0):
+        _fail("texture", f"min_output_px {lo} <= max_output_px {hi} must be multiples of cell_px {cell}")
 
 
 def _check_shape(v: Any, key: str, n: int | None) -> None:
@@ -191,6 +205,8 @@ def validate_manifest(d: dict) -> dict:
             cov = _req(gmm, "covariance", str, "gmm")
             if cov not in ("diag", "full"):
                 _fail("gmm.covariance", f"must be 'diag' or 'full', got {cov!r}")
+    if family == "sgan":
+        _check_texture(_req(d, "texture", dict))
     if generative:
         _req(d, "probe", str)
     elif d.get("probe") is not None:

@@ -66,12 +66,13 @@ from latentserve.client.messages import (IMAGE_FORMATS, INTERPOLATION_METHODS, S
                                          images_from_protos, images_to_protos, latent_ref, latents_from_protos,
                                          latents_to_protos, model_info_from_proto)
 from latentserve.client.results import (AugmentChunk, EditResult, EncodeResult, FactorInfo, Frame, GateInfo,
-                                        HandleStoreInfo, KnobInfo, ModelInfo, PathSummary, SampleResult)
+                                        HandleStoreInfo, KnobInfo, ModelInfo, OutputSizes, PathSummary, SampleResult)
 from latentserve.metadata import ServerInfo
 
 __all__ = [
     "ClientTls",
     "AsyncLatentClient", "LatentClient", "ModelInfo", "FactorInfo", "KnobInfo", "GateInfo", "HandleStoreInfo",
+    "OutputSizes",
     "EncodeResult",
     "SampleResult", "EditResult", "Frame", "PathSummary", "AugmentChunk", "ServerInfo", "DEFAULT_TARGET",
     "DEFAULT_RETRIES", "CHANNEL_OPTIONS", "IMAGE_FORMATS", "SAMPLE_SOURCES", "INTERPOLATION_METHODS", "IMAGE_SUFFIXES",

@@ -115,8 +115,8 @@ class LatentClient:
 
     def decode(self, model: str, latents: Any = None, labels: Any = None, handles: Sequence[str] | None = None,
                format: str = "uint8", version: int | None = None, output_size: int = 0) -> Any:
-        """`output_size` px (0 = the model's native size; vector models draw 16..1024); format "svg" (vector
-        models) returns each image's SVG document as bytes."""
+        """`output_size` px (0 = the model's native size; vector models draw 16..1024, texture models
+        ModelInfo.output_sizes); format "svg" (vector models) returns each image's SVG document as bytes."""
         req = build_decode_request(model, latents, labels, handles, format, version, output_size)
         return images_from_protos(self._call(self._stub.Decode, req).images, format)
 
@@ -130,9 +130,9 @@ class LatentClient:
         """`class_check`: the label check's threshold (0 = the model's default, < 0 = off; see SampleRequest).
         `allow_weak_knobs`: use knobs below their quality gate (KnobInfo.usable False) instead of a refusal.
         `hold`: factors the knobs keep fixed (SampleRequest.hold). `output_size` px (0 = native; vector models
-        draw 16..1024); format "svg" (vector models) returns SVG documents as bytes. `factor_classes`: {class
-        factor: class} on a model whose classes are combinations, e.g. {"shape": "square", "texture": "dots"}
-        (the rest drawn)."""
+        draw 16..1024, texture models ModelInfo.output_sizes); format "svg" (vector models) returns SVG documents
+        as bytes. `factor_classes`: {class factor: class} on a model whose classes are combinations, e.g.
+        {"shape": "square", "texture": "dots"} (the rest drawn); a texture model's one factor is "texture"."""
         req = build_sample_request(model, n, label, class_name, class_weights, knobs, seed, temperature, source,
                                    format, return_handles, version, guidance, class_check, allow_weak_knobs, hold,
                                    output_size, factor_classes)
@@ -140,9 +140,11 @@ class LatentClient:
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp", format: str = "uint8",
                     return_handles: bool = False, version: int | None = None,
-                    geodesic: Mapping[str, Any] | None = None) -> Iterator[Frame]:
-        """Frames as the server streams them. Stopping the iteration early cancels the call."""
-        req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic)
+                    geodesic: Mapping[str, Any] | None = None, output_size: int = 0) -> Iterator[Frame]:
+        """Frames as the server streams them. Stopping the iteration early cancels the call. `output_size` px
+        (0 = native): texture models draw frames at any of their sizes."""
+        req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic,
+                                        output_size)
         try:
             call = self._stub.Interpolate(req, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -164,11 +166,13 @@ class LatentClient:
 
     def edit(self, model: str, inputs: Any, moves: Sequence[Any] = (), format: str = "uint8",
              return_handles: bool = False, version: int | None = None, allow_weak_knobs: bool = False,
-             hold: Sequence[str] = (), factor_classes: Mapping[str, str] | None = None) -> EditResult:
+             hold: Sequence[str] = (), factor_classes: Mapping[str, str] | None = None,
+             output_size: int = 0) -> EditResult:
         """`hold`: factors every factor move keeps fixed (EditRequest.hold). `factor_classes`: class factors set on
-        every input before the moves, latent kept (e.g. {"texture": "dots"} swaps the texture, keeps the shape)."""
+        every input before the moves, latent kept (e.g. {"texture": "dots"} swaps the texture, keeps the shape).
+        `output_size` px as for decode."""
         req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold,
-                                 factor_classes)
+                                 factor_classes, output_size)
         return images_result(self._call(self._stub.Edit, req), format)
 
     def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None,
@@ -272,10 +276,11 @@ class AsyncLatentClient:
 
     def interpolate(self, model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",
                     format: str = "uint8", return_handles: bool = False, version: int | None = None,
-                    geodesic: Mapping[str, Any] | None = None) -> AsyncIterator[Frame]:
+                    geodesic: Mapping[str, Any] | None = None, output_size: int = 0) -> AsyncIterator[Frame]:
         """`async for frame in client.interpolate(...)`; arguments are checked at the call, not at the first
         iteration. Leaving the loop early cancels the call."""
-        req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic)
+        req = build_interpolate_request(model, a, b, steps, method, format, return_handles, version, geodesic,
+                                        output_size)
         return self._stream(self._stub.Interpolate, req, self.timeout, lambda f: frame_from_proto(f, format))
 
     def augment(self, spec: Any, shards: Sequence[int] | None = None, timeout: float | None = None,
@@ -300,7 +305,7 @@ class AsyncLatentClient:
     async def edit(self, model: str, inputs: Any, moves: Sequence[Any] = (), format: str = "uint8",
                    return_handles: bool = False, version: int | None = None,
                    allow_weak_knobs: bool = False, hold: Sequence[str] = (),
-                   factor_classes: Mapping[str, str] | None = None) -> EditResult:
+                   factor_classes: Mapping[str, str] | None = None, output_size: int = 0) -> EditResult:
         req = build_edit_request(model, inputs, moves, format, return_handles, version, allow_weak_knobs, hold,
-                                 factor_classes)
+                                 factor_classes, output_size)
         return images_result(await self._call(self._stub.Edit, req), format)

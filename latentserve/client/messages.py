@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.client.results import (EncodeResult, FactorInfo, Frame, GateInfo, HandleStoreInfo, KnobInfo,
-                                        ModelInfo, PathSummary, SampleResult)
+                                        ModelInfo, OutputSizes, PathSummary, SampleResult)
 from latentserve.errors import UnrecoverableError, ValidationError
 from latentserve.models.class_check import requested_threshold
 from latentserve.v1 import latent_pb2 as pb
@@ -422,7 +422,8 @@ def build_sample_request(model: str, n: int, label: int | None = None, class_nam
 
 def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method: str = "lerp",
                               format: str = "uint8", return_handles: bool = False, version: int | None = None,
-                              geodesic: Mapping[str, Any] | None = None) -> pb.InterpolateRequest:
+                              geodesic: Mapping[str, Any] | None = None,
+                              output_size: int = 0) -> pb.InterpolateRequest:
     steps = int(steps)
     if steps < 2:
         raise ValidationError(f"steps must be >= 2 (frames including both ends), got {steps}")
@@ -431,7 +432,8 @@ def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method
                               f"choose one of {', '.join(INTERPOLATION_METHODS)}")
     req = pb.InterpolateRequest(model=_check_model(model), version=_version(version), a=latent_ref(a, "a"),
                                 b=latent_ref(b, "b"), steps=steps, method=INTERPOLATION_METHODS[method],
-                                format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles))
+                                format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
+                                output_size=_output_size(output_size))
     if geodesic:
         req.geodesic.CopyFrom(pb.GeodesicOptions(**_options(geodesic, GEODESIC_OPTIONS, "geodesic")))
     return req
@@ -440,7 +442,7 @@ def build_interpolate_request(model: str, a: Any, b: Any, steps: int = 8, method
 def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: str = "uint8",
                        return_handles: bool = False, version: int | None = None,
                        allow_weak_knobs: bool = False, hold: Sequence[str] = (),
-                       factor_classes: Mapping[str, str] | None = None) -> pb.EditRequest:
+                       factor_classes: Mapping[str, str] | None = None, output_size: int = 0) -> pb.EditRequest:
     one_image = isinstance(inputs, np.ndarray) and inputs.ndim == 3
     if isinstance(inputs, (str, tuple, bytes)) or _is_pil(inputs) or one_image:
         inputs = [inputs]  # one reference
@@ -459,7 +461,7 @@ def build_edit_request(model: str, inputs: Any, moves: Sequence[Any], format: st
     return pb.EditRequest(model=_check_model(model), version=_version(version), inputs=refs, moves=pm,
                           format=IMAGE_FORMATS[_check_format(format)], return_handles=bool(return_handles),
                           allow_weak_knobs=bool(allow_weak_knobs), hold=_names(hold, "hold"),
-                          factor_classes=by_factor)
+                          factor_classes=by_factor, output_size=_output_size(output_size))
 
 
 def _class_map(values: Mapping[str, str] | None) -> dict[str, str]:
@@ -508,8 +510,10 @@ def model_info_from_proto(m: pb.ModelInfo) -> ModelInfo:
         gates_passed=m.gates_passed, judge=m.judge,
         handle_store=HandleStoreInfo(m.handle_store.backend, m.handle_store.durable, m.handle_store.detail)
         if m.HasField("handle_store") else None,
-        max_output_pixels=m.limits.max_output_pixels, min_output_size=m.min_output_size,
-        max_output_size=m.max_output_size, class_factors={f.name: tuple(f.classes) for f in m.class_factors})
+        max_output_pixels=m.limits.max_output_pixels,
+        class_factors={f.name: tuple(f.classes) for f in m.class_factors},
+        output_sizes=OutputSizes(m.output_sizes.min_px, m.output_sizes.max_px, m.output_sizes.multiple_of_px)
+        if m.HasField("output_sizes") else None)
 
 
 def encode_result(resp: pb.EncodeResponse) -> EncodeResult:

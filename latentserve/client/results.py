@@ -54,13 +54,26 @@ class HandleStoreInfo:
 
 
 @dataclass(frozen=True)
+class OutputSizes:
+    """The output_size values Sample and Decode accept besides 0 (the native size): every multiple of
+    `multiple_of_px` in [min_px, max_px] (a raster model: its native size only; a texture model: whole cells)."""
+
+    min_px: int
+    max_px: int
+    multiple_of_px: int
+
+    def accepts(self, size: int) -> bool:
+        return self.min_px <= size <= self.max_px and size % max(self.multiple_of_px, 1) == 0
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """Everything a client needs to use one model (GetModel / ListModels)."""
 
     name: str
     version: int
     versions: tuple[int, ...]
-    family: str  # gan | vae | flow
+    family: str  # gan | vae | flow | ae | vector | sgan (textures of any size)
     image_shape: tuple[int, ...]  # (3, H, W)
     latent_shape: tuple[int, ...]  # (D,)
     class_names: tuple[str, ...]
@@ -85,13 +98,10 @@ class ModelInfo:
     judge: str = ""  # who judged the gates' figures ("" = never judged)
     handle_store: HandleStoreInfo | None = None  # None: the server did not say (an older server)
     max_output_pixels: int = 0  # n x output_size^2 of one request (0 = the server did not say)
-    # output_size range in px, both ends included: a vector model's sizes, a raster model's native size only
-    # (0 = the server did not say)
-    min_output_size: int = 0
-    max_output_size: int = 0
     # {class factor: its class names}, in label order (first factor most significant): what factor_classes may
     # name; empty when the model's classes are not combinations
     class_factors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    output_sizes: OutputSizes | None = None  # None: the server did not say (an older server: native size only)
 
     def class_check_for(self, source: str) -> float:
         """The threshold a Sample / Augment from `source` gets when it leaves the check unset (0 = off)."""

@@ -2,7 +2,8 @@
 
 `-o` ending in .png writes one grid; anything else is a folder that gets one PNG per image (0000.png, ...), or
 with --svg one SVG document per image (vector models: their layers, 0000.svg, ...). --size draws at that many px
-(vector models: 16..1024; a raster model only at its own size).
+(vector models: 16..1024; texture models: multiples of their cell, see `latentserve models NAME`; a raster model
+only at its own size).
 Latents come from an .npz (`latents` + `labels`, as `encode` / `sample --save-latents` write) or an .npy with
 --class for the label; or pass server handles with --handle.
 """
@@ -25,7 +26,8 @@ def register(sub) -> None:
     p.add_argument("--rows", default=None, metavar="I,J,..", help="decode only these rows of the file")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default ceil(sqrt(n)))")
     p.add_argument("--size", type=int, default=0, metavar="PX",
-                   help="image size in px (0 = the model's own; vector models draw 16..1024)")
+                   help="image size in px (0 = the model's own; vector models draw 16..1024, texture "
+                        "models the sizes `latentserve models NAME` lists)")
     p.add_argument("--svg", action="store_true",
                    help="vector models: write each image's layers as an SVG document (-o is then a folder)")
     p.add_argument("-o", "--output", default="decoded.png",

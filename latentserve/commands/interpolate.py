@@ -20,12 +20,15 @@ def register(sub) -> None:
     p.add_argument("--a", required=True, help="start: image file, latents.npz:ROW or handle")
     p.add_argument("--b", required=True, help="end: image file, latents.npz:ROW or handle")
     p.add_argument("--steps", type=int, default=8, help="frames per path including both ends (default 8)")
-    p.add_argument("--method", default="lerp,slerp", help="comma-separated: lerp, slerp, geodesic (default lerp,slerp)")
+    p.add_argument("--method", default="", help="comma-separated: lerp, slerp, geodesic (default: lerp,slerp, or those "
+                                                "of them the model offers: a texture model lerp only)")
     p.add_argument("--geodesic-iterations", type=int, default=None, help="geodesic optimisation iterations")
     p.add_argument("--geodesic-space", choices=["pixel", "probe"], default=None,
                    help="space whose path energy the geodesic minimises (default pixel)")
     p.add_argument("--geodesic-lr", type=float, default=None, help="geodesic Adam learning rate (latent units)")
     p.add_argument("--geodesic-init", choices=["lerp", "slerp"], default=None, help="geodesic starting path")
+    p.add_argument("--size", type=int, default=0, metavar="PX",
+                   help="frame size in px (0 = the model's own; texture models: any size of `latentserve models NAME`)")
     p.add_argument("-o", "--output", default="interpolation.png", help="PNG strip to write")
     add_version_option(p)
     add_client_options(p)
@@ -49,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from latentserve.errors import ValidationError
     from latentserve.client import INTERPOLATION_METHODS, make_grid, parse_ref, save_png
 
-    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.method or "lerp,slerp").split(",") if m.strip()]
     bad = [m for m in methods if m not in INTERPOLATION_METHODS]
-    if not methods or bad:
+    if (args.method and not methods) or bad:
         raise ValidationError(f"--method: unknown {', '.join(bad) or '(none given)'}; choose from "
                               f"{', '.join(INTERPOLATION_METHODS)}")
     a, b = parse_ref(args.a, "--a"), parse_ref(args.b, "--b")
@@ -60,10 +63,14 @@ def run(args: argparse.Namespace) -> int:
                 if v is not None}
     rows, report = [], []
     with connect(args) as client:
+        if not args.method:  # the default: the plain methods the model offers
+            offered = client.model_info(args.model, args.model_version).interpolation_methods
+            methods = [m for m in methods if m in offered] or methods
         for method in methods:
             frames = list(client.interpolate(args.model, a, b, steps=args.steps, method=method,
                                              version=args.model_version,
-                                             geodesic=geodesic if method == "geodesic" else None))
+                                             geodesic=geodesic if method == "geodesic" else None,
+                                             output_size=args.size))
             if len(frames) != args.steps:
                 raise ValidationError(f"{method}: server sent {len(frames)} frames, expected {args.steps}")
             frames.sort(key=lambda f: f.index)

@@ -125,16 +125,17 @@ def _handles_line(info) -> str:
     return f"{hs.backend}, durable" if hs.durable else f"{hs.backend}, NOT durable: {hs.detail}"
 
 
+def _sizes_line(info) -> str:
+    """What `--size` accepts: 'native only', '16..1024 px' or '32..512 px in steps of 8 (one latent cell)'."""
+    s = info.output_sizes
+    if s is None or s.min_px == s.max_px:
+        return "native size only"
+    step = "" if s.multiple_of_px <= 1 else f" in steps of {s.multiple_of_px} (one latent cell)"
+    return f"--size {s.min_px}..{s.max_px} px{step}, 0 = native"
+
+
 def _gate_value(g) -> str:
     return "not measured" if g.value != g.value else _fmt(g.value)  # NaN: not measured
-
-
-def _sizes(info) -> str:
-    """'16..1024 px (any output_size)' for a vector model, '32 px only' for a raster one ('' if not said)."""
-    lo, hi = info.min_output_size, info.max_output_size
-    if not hi:
-        return ""
-    return f"{lo} px only" if lo == hi else f"{lo}..{hi} px (any output_size)"
 
 
 def _classes(info) -> str:
@@ -150,8 +151,8 @@ def describe(info) -> str:
     h, w = info.image_size
     out = [f"{info.name} v{info.version}  (versions: {', '.join(map(str, info.versions)) or info.version})",
            f"  family      {info.family}   backend {info.backend or '?'}   prior {info.prior or '?'}",
-           f"  image       {h}x{w} RGB    latent D={info.latent_dim}"
-           + (f"    output sizes {_sizes(info)}" if _sizes(info) else ""),
+           f"  image       {h}x{w} RGB    latent D={info.latent_dim}",
+           f"  sizes       {_sizes_line(info)}",
            f"  classes     {', '.join(f'{i}:{c}' for i, c in enumerate(info.class_names))}",
            f"  sources     {', '.join(info.sample_sources) or '-'}   (default {info.default_sample_source})",
            f"  label check {_label_check(info)}",
@@ -208,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rows = [[m.name, str(m.version), m.family,
              "x".join(map(str, m.image_size))  # a vector model: and the sizes it draws
-             + (f" ({m.min_output_size}..{m.max_output_size} px)" if m.min_output_size != m.max_output_size else ""),
+             + (f" ({m.output_sizes.min_px}..{m.output_sizes.max_px} px)"
+                if m.output_sizes and m.output_sizes.min_px != m.output_sizes.max_px else ""),
              str(m.latent_dim), _classes(m),
              ",".join(k.name + ("*" if _weak(k) else "") for k in m.knobs if k.kind == "factor") or "-",
              ",".join(m.sample_sources), m.judge or "-",

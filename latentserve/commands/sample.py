@@ -47,7 +47,8 @@ def register(sub) -> None:
     g.add_argument("--factor-weight", type=float, default=0.0, help="weight of the factor term")
     g.add_argument("--start", choices=["prior", "latent_gmm"], default=None, help="where the chains start")
     p.add_argument("--size", type=int, default=0, metavar="PX",
-                   help="image size in px (0 = the model's own; vector models draw 16..1024)")
+                   help="image size in px (0 = the model's own; vector models draw 16..1024, texture "
+                        "models the sizes `latentserve models NAME` lists)")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default ceil(sqrt(n)))")
     p.add_argument("-o", "--output", default="samples.png", help="grid PNG to write (default samples.png)")
     p.add_argument("--save-latents", default=None, metavar="PATH",

@@ -16,11 +16,10 @@ FAMILIES = {
     "ae": "latentserve.models.families.ae:AEFamily",
     "probe": "latentserve.models.families.probe:ProbeFamily",
     "vector": "latentserve.models.families.vector:VectorFamily",
-    "sgan": "latentserve.models.families.sgan:SGANFamily",  # textures of any size (trained; not served yet)
+    "sgan": "latentserve.models.families.sgan:SGANFamily",  # textures of any size (decoder only, no encoder)
 }
-# Families whose runs export a model (a manifest names one of these): all but sgan, which trains but is not
-# exported or served yet.
-EXPORTED = tuple(name for name in FAMILIES if name != "sgan")
+# Families whose runs export a model (a manifest names one of these): every family.
+EXPORTED = tuple(FAMILIES)
 # Exported families that generate images (decode, sample, knobs, gates); the probe only scores images.
 GENERATIVE = tuple(name for name in EXPORTED if name != "probe")
 

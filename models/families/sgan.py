@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from latentserve.errors import ValidationError
 from latentserve.models.families.base import ExportGraph, Family
 from latentserve.models.nets.sgan import PatchDiscriminator, SGANConfig, SpatialGenerator
+from latentserve.models.texture_grid import texture_spec
 
 
 def draw_latent(n: int, config: SGANConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -116,7 +117,15 @@ class SGANFamily(Family):
                                     "image": {0: "batch", 2: "height", 3: "width"}}})}
 
     def manifest_extra(self) -> dict:
+        """The `texture` prior (what a Sample draws), the `texture` block (the sizes served: texture_spec) and
+        the classes as one class factor, so Edit / Sample `factor_classes {"texture": name}` change the class of
+        a latent (services/core/class_factors.py)."""
         c = self.config
         return {"prior": {"type": "texture", "global_dim": c.global_dim, "periodic": c.periodic,
-                          "local_dim": c.local_dim, "cell": c.cell},
+                          "local_dim": c.local_dim, "cell_px": c.cell,
+                          "doc": "latent = global code ~ N(0, I) (global_dim) + phases / 2 pi ~ U[0, 1) (periodic); "
+                                 "the local noise grid (local_dim, size/cell_px, size/cell_px) ~ N(0, I) is drawn "
+                                 "by the server from a seed per row (models/texture_grid.py)"},
+                "texture": texture_spec(c.cell, c.global_dim, c.periodic, c.local_dim),
+                "class_factors": {"texture": list(self.data_meta["class_names"])},
                 "latent_shape": [c.latent_dim]}

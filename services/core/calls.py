@@ -124,6 +124,7 @@ class InterpolateCall:
     geodesic: GeodesicOptions = field(default_factory=GeodesicOptions)
     return_handles: bool = False
     deadline: float = 0.0
+    output_size: int = 0  # px; 0 = native; another size for texture models only (services/core/operations.py)
 
 
 @dataclass
@@ -137,6 +138,7 @@ class EditCall:
     return_handles: bool = False
     hold: list[str] = field(default_factory=list)  # factors every factor move keeps fixed
     factor_classes: dict[str, str] = field(default_factory=dict)  # class factors set on every input first
+    output_size: int = 0  # px; 0 = the model's native size (services/core/output.py)
 
 
 @dataclass

@@ -8,6 +8,9 @@ concurrent requests are batched per method on the caller's event loop (`Batcher`
 the GIL), and a request whose caller was cancelled while it waited is dropped before its batch runs. Decode
 returns uint8 (N, H, W, 3) images when asked (converted once per batch in the worker thread). Gradient latent
 ops run on the runner's LatentOpsEngine (latent_ops.py), created with its torch import on the first such job.
+A texture model (family sgan, models/texture_grid.py) has no encoder and decodes at any size: its decode takes
+the size and a noise seed per row (default: the row's digest), the worker thread draws the noise grid, and a
+batch combines only requests of one size.
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from latentserve.errors import NotFoundError, UnrecoverableError, ValidationError
-from latentserve.models.manifest import GENERATIVE, GRAPH_INPUTS, GRAPH_OUTPUTS
+from latentserve.models import texture_grid
+from latentserve.models.manifest import DECODER_EXTRA_INPUTS, GENERATIVE, GRAPH_INPUTS, GRAPH_OUTPUTS
 from latentserve.models.pixel_ar import AR_GRAPHS, ar_decode, ar_settings
 from latentserve.models.repository import ModelRecord, Repository
 from latentserve.services.core.backends import Session, open_session
@@ -36,7 +40,8 @@ from latentserve.services.core.latent_ops import LatentOpsEngine
 logger = logging.getLogger("ray.serve")
 # Extra encoder outputs per family, after the contract's (latent, logits), in export order (a class-conditional
 # flow adds class_latents: z under every class's map).
-ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": (), "ae": (), "vector": ()}
+ENCODER_EXTRA_OUTPUTS = {"vae": ("logvar",), "flow": ("logdet", "class_latents"), "gan": (), "ae": (), "vector": (),
+                         "sgan": ()}
 
 
 def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
@@ -45,6 +50,8 @@ def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
     if graph not in GRAPH_INPUTS:  # a family's own graph (the autoregressive decoder's): the export's order
         return list(spec["input_names"]), list(spec["output_names"])
     inputs = [n for n in GRAPH_INPUTS[graph] if n in spec["inputs"]]
+    if graph == "decoder":
+        inputs += [n for n in DECODER_EXTRA_INPUTS.get(record.family, ()) if n in spec["inputs"]]
     outputs = list(GRAPH_OUTPUTS[graph])
     if graph == "encoder":
         outputs += [n for n in ENCODER_EXTRA_OUTPUTS.get(record.family, ()) if n in spec["outputs"]]
@@ -55,13 +62,18 @@ def graph_io(record: ModelRecord, graph: str) -> tuple[list[str], list[str]]:
 @dataclass
 class LoadedVersion:
     record: ModelRecord
-    encoder: Session
+    encoder: Session | None  # None: a texture model (no encoder)
     decoder: Session
     loaded_at: float = field(default_factory=time.time)
     # an autoregressive decoder (models/pixel_ar.py): its settings and the ar_context / ar_step sessions; Decode
     # then samples pixel by pixel over all rows of a batch instead of running `decoder`
     ar: dict | None = None
     ar_sessions: dict[str, Session] = field(default_factory=dict)
+    texture: dict | None = None  # a texture model's manifest `texture` block: decode builds its noise grid
+
+    @property
+    def native_size(self) -> int:
+        return int(self.record.image_shape[-1])
 
 
 class BatchStats:
@@ -105,6 +117,7 @@ class _Item:
     loaded: LoadedVersion  # captured at enqueue time, so LRU eviction cannot pull sessions from under a batch
     arrays: tuple[np.ndarray, ...]
     out: str = "float32"  # decode only: "float32" (N, 3, H, W) or "uint8" (N, H, W, 3) images
+    size: int = 0  # decode of a texture model: the output size in px (a batch holds one size)
 
     @property
     def version(self) -> int:
@@ -319,7 +332,8 @@ class ModelRunner:
         fmt = "onnx" if self.config.served.backend == "onnxruntime" else "torchscript"
         sessions = {}
         ar = ar_settings(record.manifest)
-        for graph in ("encoder", "decoder") + (AR_GRAPHS if ar else ()):
+        graphs = [g for g in ("encoder", "decoder") if g in record.manifest["graphs"]]
+        for graph in graphs + list(AR_GRAPHS if ar else ()):
             ins, outs = graph_io(record, graph)
             sessions[graph] = open_session(
                 self.config.served.backend, record.graph_path(graph, fmt), ins, outs,
@@ -327,8 +341,9 @@ class ModelRunner:
                 providers=self.config.runtime.providers, device=self.device,
             )
         logger.info("model %s v%d loaded (%s, %s)", self.name, version, self.config.served.backend, self.device)
-        return LoadedVersion(record, sessions["encoder"], sessions["decoder"], ar=ar,
-                             ar_sessions={g: sessions[g] for g in AR_GRAPHS if g in sessions})
+        return LoadedVersion(record, sessions.get("encoder"), sessions["decoder"], ar=ar,
+                             ar_sessions={g: sessions[g] for g in AR_GRAPHS if g in sessions},
+                             texture=record.manifest.get("texture") if record.family == texture_grid.FAMILY else None)
 
     def _install(self, loaded: LoadedVersion) -> None:
         """Add a loaded version (event-loop thread only) and evict the least recently used non-default ones."""
@@ -356,20 +371,32 @@ class ModelRunner:
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 (N, 3, H, W) in [-1, 1] -> {latent (N, D), logits (N, C)[, logvar (N, D)][, logdet (N,)]
         [, class_latents (N, C, D)]}."""
-        item = _Item(await self.version(version), (np.ascontiguousarray(images, dtype=np.float32),))
+        loaded = await self.version(version)
+        if loaded.encoder is None:
+            raise ValidationError(f"model {self.name} is a {loaded.record.family} model and has no encoder")
+        item = _Item(loaded, (np.ascontiguousarray(images, dtype=np.float32),))
         if item.rows > self.config.batching.max_batch_size:
             return await self._run_chunked("encode", item)
         return await self._encode_batcher.submit(item)
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32",
+                     size: int = 0, noise_seeds: np.ndarray | None = None) -> np.ndarray:
         """latents float32 (N, D), labels int64 (N,) -> images: out="float32" (N, 3, H, W) in [-1, 1], or
         out="uint8" (N, H, W, 3) RGB (clipped, rounded; what every 8-bit output format needs), or for a vector
-        model out="vector" (N, 3 + 10 L): each row's background and layers (services/core/output.py draws them)."""
+        model out="vector" (N, 3 + 10 L): each row's background and layers (services/core/output.py draws them).
+        A texture model draws `size` px (0 = native; the caller checked it: output.resolve) from each row's noise
+        seed (uint64 (N,); None = texture_grid.row_seeds of the rows)."""
         if out not in DECODE_OUTPUTS:
             raise ValidationError(f"decode output {out!r} is not one of {', '.join(DECODE_OUTPUTS)}")
-        item = _Item(await self.version(version),
-                     (np.ascontiguousarray(latents, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)),
-                     out)
+        loaded = await self.version(version)
+        z, y = np.ascontiguousarray(latents, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.int64)
+        if loaded.texture is not None:
+            seeds = texture_grid.row_seeds(z) if noise_seeds is None else np.asarray(noise_seeds, np.uint64)
+            item = _Item(loaded, (z, y, seeds), out, size=int(size) or loaded.native_size)
+        elif size and size != loaded.native_size:
+            raise ValidationError(f"output_size: model {self.name} draws only {loaded.native_size} px")
+        else:
+            item = _Item(loaded, (z, y), out)
         if item.rows > self.config.batching.max_batch_size:
             result = await self._run_chunked("decode", item)
             images, finite = result[out], result["finite"]
@@ -414,7 +441,7 @@ class ModelRunner:
 
     # -- batching -----------------------------------------------------------------------------------------
     def _run_graph(self, method: str, loaded: LoadedVersion, arrays: tuple[np.ndarray, ...],
-                   n_requests: int, outs: frozenset = frozenset()) -> dict[str, np.ndarray]:
+                   n_requests: int, outs: frozenset = frozenset(), size: int = 0) -> dict[str, np.ndarray]:
         """Runs in the thread pool: one session call on concatenated rows. Decode returns the images as
         "float32" (B, 3, H, W) and/or "uint8" (B, H, W, 3), as `outs` asks, converted here off the event loop."""
         t0 = time.perf_counter()
@@ -424,6 +451,12 @@ class ModelRunner:
             if loaded.ar:  # sequential over pixels, batched over every row of every request in this batch
                 x = ar_decode(loaded.ar_sessions["ar_context"].run, loaded.ar_sessions["ar_step"].run, arrays[0],
                               arrays[1], loaded.ar["margin"], loaded.ar["temperature"])
+            elif loaded.texture is not None:  # the noise grid of every row, from its seed, at the batch's size
+                t = loaded.texture
+                cells = int(size) // int(t["cell_px"])
+                noise = texture_grid.noise_grid(arrays[2], int(t["local_dim"]), cells)
+                res = loaded.decoder.run({"latent": arrays[0], "label": arrays[1], "noise": noise})
+                x = res["image"]  # (B, 3, size, size)
             else:
                 res = loaded.decoder.run({"latent": arrays[0], "label": arrays[1]})
                 x = res["image"]  # (B, 3, H, W)
@@ -444,9 +477,10 @@ class ModelRunner:
         return out
 
     async def _run(self, method: str, loaded: LoadedVersion, arrays: tuple[np.ndarray, ...],
-                   n_requests: int, outs: frozenset = frozenset()) -> dict[str, np.ndarray]:
+                   n_requests: int, outs: frozenset = frozenset(), size: int = 0) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_graph, method, loaded, arrays, n_requests, outs)
+        return await loop.run_in_executor(self._executor, self._run_graph, method, loaded, arrays, n_requests, outs,
+                                          size)
 
     async def _run_chunked(self, method: str, item: _Item) -> dict[str, np.ndarray]:
         """An oversized request: chunks of max_batch_size rows, run one after another (not queued)."""
@@ -454,22 +488,24 @@ class ModelRunner:
         parts: list[dict[str, np.ndarray]] = []
         for start in range(0, item.rows, size):
             chunk = tuple(a[start:start + size] for a in item.arrays)
-            parts.append(await self._run(method, item.loaded, chunk, 1, frozenset((item.out,))))
+            parts.append(await self._run(method, item.loaded, chunk, 1, frozenset((item.out,)), item.size))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     async def _batch(self, method: str, items: list[_Item]) -> list[dict[str, np.ndarray]]:
-        """Group a batch by version, run each group as one call, split the outputs back per request (views)."""
+        """Group a batch by version (and a texture model's output size), run each group as one call, split the
+        outputs back per request (views)."""
         results: list[dict[str, np.ndarray] | None] = [None] * len(items)
-        by_version: dict[int, list[int]] = collections.defaultdict(list)
+        by_version: dict[tuple[int, int], list[int]] = collections.defaultdict(list)
         for i, it in enumerate(items):
-            by_version[it.version].append(i)
+            by_version[(it.version, it.size)].append(i)
         for idx in by_version.values():
             group = [items[i] for i in idx]
             if len(group) == 1:
                 arrays = group[0].arrays
             else:
                 arrays = tuple(np.concatenate([g.arrays[k] for g in group]) for k in range(len(group[0].arrays)))
-            out = await self._run(method, group[0].loaded, arrays, len(group), frozenset(g.out for g in group))
+            out = await self._run(method, group[0].loaded, arrays, len(group), frozenset(g.out for g in group),
+                                  group[0].size)
             start = 0
             for i, g in zip(idx, group):
                 stop = start + g.rows
@@ -509,8 +545,9 @@ class ModelServer:
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         return await self.runner.encode(version, images)
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
-        return await self.runner.decode(version, latents, labels, out)
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32",
+                     size: int = 0, noise_seeds: np.ndarray | None = None) -> np.ndarray:
+        return await self.runner.decode(version, latents, labels, out, size, noise_seeds)
 
     async def latent_op(self, job: Any) -> Any:
         return await self.runner.latent_op(job)

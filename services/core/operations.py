@@ -21,6 +21,11 @@ Semantics decided here (documented for clients in the proto):
   a batch queue is dropped before it runs.
 - Augment (services/augment/): the request is checked completely before the first image is generated;
   images flow at the consumer's pace (bounded prefetch); the result cache is bypassed.
+- Texture models (family sgan, models/texture_grid.py): no encoder, so Encode, image refs and the label check
+  are INVALID_ARGUMENT naming the family; Sample / Decode draw any size of ModelInfo.output_sizes (the noise
+  grid from each row's digest, so a latent decodes alike everywhere); Interpolate (lerp) blends the global
+  codes, the phases the shorter way round, over one shared noise grid (the first end's: frame 0 = Decode(a));
+  Edit changes the class with factor_classes {"texture": name} (same latent, same noise).
 - Images: 8-bit output formats ask the model for uint8 images (converted once per batch in the model's worker
   thread); only raw_float32 and Interpolate's step distances use float32.
 """
@@ -35,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import LatentServeError, ValidationError
-from latentserve.models import class_check, gates
+from latentserve.models import class_check, gates, texture_grid
 from latentserve.models.conditional import move_holding, set_factor_holding
 from latentserve.models.latent import PCA_KNOB_PREFIX, latents_under_labels, lerp, slerp
 from latentserve.services.augment import spec as augment_spec
@@ -140,6 +145,7 @@ class LatentOperations:
     # -- Encode / Decode ----------------------------------------------------------------------------------
     async def encode(self, call: EncodeCall) -> Encoded:
         sv = await self.pool.version(call.model, call.version)
+        _require_encoder(sv, "Encode")
         self._handles_writable(call.return_handles)
         n = len(call.images)
         self._count(n, "images")
@@ -205,6 +211,9 @@ class LatentOperations:
             raise ValidationError(f"temperature must be in [0, 10] (0 = model default), got {call.temperature}")
         if temperature == 0:
             temperature = float((sv.record.manifest.get("prior") or {}).get("sample_temperature", 1.0))
+        if guided and "guided" not in sv.info["sample_sources"]:
+            raise ValidationError(f"source: GUIDED needs a model with a probe; {sv.name} is a {sv.family} model "
+                                  f"(sources: {', '.join(s.upper() for s in sv.info['sample_sources'])})")
         if source == "latent_gmm" and sv.space.gmm_weights is None:
             raise ValidationError(f"model {sv.name} v{sv.version} has no latent GMM; use source PRIOR")
         targets = self._knob_targets(sv, dict(call.knobs), call.allow_weak_knobs)
@@ -247,6 +256,7 @@ class LatentOperations:
             return 0.0
         if value == 0:
             return sv.info["default_class_checks"].get(source, 0.0)
+        _require_encoder(sv, "class_check")
         if source == "guided":
             raise ValidationError("class_check applies to PRIOR and LATENT_GMM samples; guided chains are "
                                   "steered to their class by the probe (use guidance.class_weight)")
@@ -346,6 +356,9 @@ class LatentOperations:
         if fmt == imgs.SVG:
             raise ValidationError("format: SVG is answered by Sample, Decode and Edit; Interpolate sends raster frames")
         method = check_method(call.method)
+        if method not in sv.info["interpolation_methods"] and (method != "geodesic" or outs.is_texture(sv)):
+            raise ValidationError(f"method: {method.upper()} is not offered by {sv.name} (a {sv.family} model); "
+                                  f"methods: {', '.join(m.upper() for m in sv.info['interpolation_methods'])}")
         if method == "geodesic":
             lreq.require_available(self.config, "method GEODESIC")
         steps, cap = int(call.steps), self.config.limits.max_interpolation_steps
@@ -353,6 +366,10 @@ class LatentOperations:
             raise ValidationError(f"steps: {steps} is outside [2, {cap}] (frames including both ends; Limits.max_interpolation_steps)")
         if call.a is None or call.b is None:
             raise ValidationError("a and b are required (each a latent, a handle or an image)")
+        out = self._output(sv, fmt, call.output_size, steps)
+        if not out.native and not outs.is_texture(sv):
+            raise ValidationError(f"output_size: Interpolate draws {sv.name}'s frames at its native "
+                                  f"{sv.image_shape[-1]} px only (texture models draw frames at other sizes)")
         t = np.linspace(0.0, 1.0, steps)
         if method == "geodesic":  # options are checked before the ends are encoded or fetched
             settings = lreq.geodesic_settings(self.config, call.geodesic)
@@ -364,8 +381,14 @@ class LatentOperations:
             path, x, diffs = res.latents, res.images, res.steps
             summary = lreq.path_summary(diffs, res.reference_steps, job.space, res.iterations)
         else:
-            path = (slerp if method == "slerp" else lerp)(ends[0], ends[1], steps)  # (S, D)
-            x = await self._decode(sv, path, labels)  # (S, 3, H, W)
+            if outs.is_texture(sv):  # one noise grid for every frame: the first end's
+                path = texture_grid.blend(ends[0], ends[1], steps, sv.space.periodic)
+                seeds = np.repeat(texture_grid.row_seeds(ends[:1]), steps)
+                x = await self.pool[sv.name].decode(sv.version, path, labels, "float32", size=out.size,
+                                                    noise_seeds=seeds)
+            else:
+                path = (slerp if method == "slerp" else lerp)(ends[0], ends[1], steps)  # (S, D)
+                x = await self._decode(sv, path, labels)  # (S, 3, H, W)
             diffs = np.sqrt(np.mean((x[1:].astype(np.float64) - x[:-1]) ** 2, axis=(1, 2, 3)))  # (S-1,)
             summary = lreq.path_summary(diffs, None, "pixel")
         dist = np.concatenate([[0.0], diffs])
@@ -380,7 +403,7 @@ class LatentOperations:
         self._handles_writable(call.return_handles)
         fmt = imgs.check_format(call.format)
         self._count(len(call.inputs), "inputs")
-        out = self._output(sv, fmt, 0, len(call.inputs))
+        out = self._output(sv, fmt, call.output_size, len(call.inputs))
         if not len(call.moves) and not call.factor_classes:
             raise ValidationError("moves: at least one move (knob + amount or target) or factor_classes required")
         moves = []
@@ -520,6 +543,7 @@ class LatentOperations:
                       sample_posterior: bool = False, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """images (N,3,H,W) -> (latents (N,D), labels (N,), confidence of each label (N,)).
         `labels` (N,) with -1 = predict."""
+        _require_encoder(sv, "images")
         # Encode cache (services/storage/cache.py): the encoder runs only for images it has not seen.
         model = self.pool[sv.name]
         out = await self.cache.encoder_outputs(sv.name, sv.version, x, lambda xs: model.encode(sv.version, xs))
@@ -567,8 +591,13 @@ class LatentOperations:
         return await self.cache.images(sv.name, sv.version, key, run, latents=(z, labels), cacheable=cacheable)
 
     async def _drawn(self, sv: ServedVersion, z: np.ndarray, labels: np.ndarray, out: outs.Output) -> list[imgs.Image]:
-        """A vector model's images at `out.size` or as SVG (outs.resolve admits no other model here): its
-        decoder's layers, drawn off the event loop (services/core/output.py)."""
+        """A texture model's images at `out.size` (its own decoder, batched by size), or a vector model's at
+        `out.size` or as SVG (outs.resolve admits no other model here): its decoder's layers, drawn off the event
+        loop (services/core/output.py)."""
+        if outs.is_texture(sv):
+            kind = "float32" if out.fmt == imgs.RAW_FLOAT32 else "uint8"
+            x = await self.pool[sv.name].decode(sv.version, z, labels, kind, size=out.size)
+            return await self._images_out(x, out.fmt)
         flat = await self.pool[sv.name].decode(sv.version, z, labels, "vector")
         return await asyncio.get_running_loop().run_in_executor(None, outs.draw, sv, flat, out)
 
@@ -611,6 +640,7 @@ class LatentOperations:
                 handle_idx.append(i)
                 handles.append((ref.handle, given))
             elif kind == "image":
+                _require_encoder(sv, f"{where}[{i}].image")
                 image_idx.append(i)
                 images.append(imgs.decode_image(ref.image, sv.image_shape, self.config.limits.max_image_bytes, f"{where}[{i}].image"))
                 image_labels.append(given)
@@ -626,6 +656,14 @@ class LatentOperations:
             z[image_idx] = ez
             labels[image_idx] = elab
         return z, labels
+
+
+def _require_encoder(sv: Any, what: str) -> None:
+    """INVALID_ARGUMENT naming `what` and the model's family when the model has no encoder (a texture model)."""
+    if "encoder" not in sv.record.manifest["graphs"]:
+        raise ValidationError(f"{what}: model {sv.name} is a {sv.family} model (textures of any size) and has no "
+                              f"encoder; it cannot encode images or check labels (use Sample, Decode, Interpolate "
+                              f"and Edit on latents or handles)")
 
 
 def _hold(sv: Any, hold: list[str], moved: list[str]) -> list[str]:

@@ -4,7 +4,10 @@
 only that size: anything else is INVALID_ARGUMENT naming `output_size` (no resampling is done on its behalf,
 so a caller never mistakes an upsampled raster for a sharper model). A vector model (family "vector",
 models/vector.py) draws its layers at any size in VECTOR_SIZE_RANGE, and can answer with the layers themselves
-as SVG. The pixels of one request together are capped by `Limits.max_output_pixels` (RESOURCE_EXHAUSTED).
+as SVG. A texture model (family "sgan", models/texture_grid.py) draws any multiple of its cell between the
+manifest's min_output_px and max_output_px with its own decoder (one graph for every size); a size off the
+cell grid is refused, not rounded. The pixels of one request together are capped by
+`Limits.max_output_pixels` (RESOURCE_EXHAUSTED).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from latentserve.errors import OverloadedError, ValidationError
+from latentserve.models import texture_grid
 from latentserve.models import vector as vec
 from latentserve.services.core import images as imgs
 
@@ -39,10 +43,18 @@ def is_vector(sv: Any) -> bool:
     return sv.family == VECTOR_FAMILY
 
 
-def size_range(family: str, native: int) -> tuple[int, int]:
-    """The output sizes (px) a model may be asked for, both ends included (ModelInfo min/max_output_size): a vector
-    model draws any size in VECTOR_SIZE_RANGE, a raster model only its native size."""
-    return VECTOR_SIZE_RANGE if family == VECTOR_FAMILY else (native, native)
+def is_texture(sv: Any) -> bool:
+    return sv.family == texture_grid.FAMILY
+
+
+def sizes(family: str, native: int, manifest: dict) -> dict:
+    """ModelInfo.output_sizes: the sizes a model draws, {min_px, max_px, multiple_of_px} (native only: min = max)."""
+    if family == VECTOR_FAMILY:
+        return {"min_px": VECTOR_SIZE_RANGE[0], "max_px": VECTOR_SIZE_RANGE[1], "multiple_of_px": 1}
+    if family == texture_grid.FAMILY:
+        t = manifest["texture"]
+        return {"min_px": int(t["min_output_px"]), "max_px": int(t["max_output_px"]), "multiple_of_px": int(t["cell_px"])}
+    return {"min_px": native, "max_px": native, "multiple_of_px": native}
 
 
 def resolve(sv: Any, fmt: str, output_size: int, n: int, max_pixels: int) -> Output:
@@ -55,8 +67,10 @@ def resolve(sv: Any, fmt: str, output_size: int, n: int, max_pixels: int) -> Out
         raise ValidationError(f"format: SVG needs a vector model; {sv.name} is a {sv.family} model (raster)")
     if size == 0:
         size = native
+    elif is_texture(sv):
+        texture_grid.check_size(sv.record.manifest["texture"], size, sv.name)
     elif vector:
-        lo, hi = size_range(sv.family, native)
+        lo, hi = VECTOR_SIZE_RANGE
         if not lo <= size <= hi:
             raise ValidationError(f"output_size: {size} is outside [{lo}, {hi}] px (0 = the model's {native} px)")
     elif size != native:

@@ -3,7 +3,7 @@ manifest facts, latent space, ModelInfo fields) and how a model is called (`Mode
 latent ops), in this process (`ModelRunner`) or behind a Ray Serve deployment handle.
 
 Versions: the version the app was built with is a model's default (version 0 in a request); any other
-version in the repository is loaded on demand, once. Only generative models (gan, vae, flow, ae) are served; a
+version in the repository is loaded on demand, once. Only generative models (gan, vae, flow, ae, vector, sgan) are served; a
 probe is the evaluator / guide of the others and is never served.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Iterable, Protocol
 import numpy as np
 
 from latentserve.errors import LatentServeError, NotFoundError, ValidationError
-from latentserve.models import class_check, gates
+from latentserve.models import class_check, gates, texture_grid
 from latentserve.models.latent import LatentSpace, default_sample_source
 from latentserve.models.manifest import GENERATIVE, read_manifest
 from latentserve.models.repository import ModelRecord, Repository
@@ -33,7 +33,8 @@ class ModelHandle(Protocol):
 
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]: ...
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray: ...
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32",
+                     size: int = 0, noise_seeds: np.ndarray | None = None) -> np.ndarray: ...
 
     async def stats(self) -> dict: ...
 
@@ -53,8 +54,9 @@ class RemoteModel:
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         return await self.handle.encode.remote(version, images)
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
-        return await self.handle.decode.remote(version, latents, labels, out)
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32",
+                     size: int = 0, noise_seeds: np.ndarray | None = None) -> np.ndarray:
+        return await self.handle.decode.remote(version, latents, labels, out, size, noise_seeds)
 
     async def stats(self) -> dict:
         return await self.handle.stats.remote()
@@ -79,8 +81,9 @@ class LocalModel:
     async def encode(self, version: int, images: np.ndarray) -> dict[str, np.ndarray]:
         return await self.runner.encode(version, images)
 
-    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32") -> np.ndarray:
-        return await self.runner.decode(version, latents, labels, out)
+    async def decode(self, version: int, latents: np.ndarray, labels: np.ndarray, out: str = "float32",
+                     size: int = 0, noise_seeds: np.ndarray | None = None) -> np.ndarray:
+        return await self.runner.decode(version, latents, labels, out, size, noise_seeds)
 
     async def stats(self) -> dict:
         return self.runner.stats()
@@ -151,13 +154,15 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
     prior = (m.get("prior") or {}).get("type", "")
     default_source = default_sample_source(record.family, bool(gmm.get("components")), gmm.get("kind", "em"))
     checks = class_check.default_thresholds(m, default_source)  # per sample source
-    grad_ops = not lops.availability_problem(config)  # gradient latent ops: torch installed and enabled
+    # gradient latent ops: torch installed and enabled, and a model whose decoder takes (latent, label) only (a
+    # texture model's also takes its noise grid)
+    texture = record.family == texture_grid.FAMILY
+    grad_ops = not lops.availability_problem(config) and not texture
     knobs = [dict(k) for k in m.get("knobs") or []]
     gated = gates.compute_gates(record.family, m.get("metrics") or {}, gates.factor_knobs(m))
     for k in knobs:  # the judged figure of each factor knob (None: not judged, always usable)
         judged = gated["knobs"].get(k["name"]) or {}
         k["r2_judged"], k["usable"] = judged.get("r2"), judged.get("usable", True)
-    min_size, max_size = outs.size_range(record.family, int(m["image_shape"][-1]))
     return {
         "name": record.name,
         "version": record.version,
@@ -173,7 +178,9 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
         "default_sample_source": default_source,
         "default_class_checks": checks,
         "default_class_check": checks.get(default_source, 0.0),
-        "interpolation_methods": ["lerp", "slerp"] + (["geodesic"] if grad_ops else []),
+        # a texture latent's phases are angles: Interpolate blends them the shorter way round (texture_grid.blend)
+        "interpolation_methods": (["lerp"] if texture else ["lerp", "slerp"]) + (["geodesic"] if grad_ops else []),
+        "output_sizes": outs.sizes(record.family, int(m["image_shape"][-1]), m),
         "metrics": _flatten_metrics(m.get("metrics") or {}),
         "backend": config.served.backend,
         "prior": prior,
@@ -184,8 +191,6 @@ def model_info(record: ModelRecord, config: ServeConfig) -> dict:
                    "max_refine_steps": (config.latent_ops.max_refine_steps
                                         if grad_ops and record.family in lops.REFINABLE else 0),
                    "max_output_pixels": config.limits.max_output_pixels},
-        "min_output_size": min_size,
-        "max_output_size": max_size,
         "class_factors": [{"name": name, "classes": classes}
                           for name, classes in class_factors.of_manifest(m).items()],
     }
@@ -262,7 +267,8 @@ class ModelPool:
     def _load_version(self, name: str, version: int) -> ServedVersion:
         record = self.repo.load(name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
-            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae, flow, ae and vector models are served")
+            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae, flow, ae, vector and sgan "
+                                  f"models are served")
         space = self.repo.latent_space(record)
         return ServedVersion(record, space, model_info(record, self.config))
 

@@ -240,6 +240,24 @@ def build_tiny_repository(root: Path) -> Path:
     return root
 
 
+def train_and_export(root: Path, runs: Path, name: str, family: str, data: str, data_args: dict, family_args: dict,
+                     batch_size: int = 16, **export_kw) -> None:
+    """A tiny real training run (3 steps, one thread, CPU) of `family` on `data` in `runs`, exported as `name` into
+    the repository `root` (export_run's further options in `export_kw`): real exported families for the tests."""
+    import torch
+
+    from latentserve.models.data import load_dataset
+    from latentserve.models.export import export_run
+    from latentserve.models.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(data, **data_args)
+    cfg = TrainConfig(family=family, data=data, data_args=dict(data_args), steps=3, batch_size=batch_size,
+                      out=str(runs / name), ckpt_every=3, eval_every=3, grid_every=10**6, threads=1, device="cpu",
+                      family_args=family_args, eval_size=16)
+    export_run(train(cfg, progress=False, dataset=dataset), name, repo_root=root, data=dataset, **export_kw)
+
+
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory) -> Path:
     return build_tiny_repository(tmp_path_factory.mktemp("repo") / "repository")
@@ -294,6 +312,13 @@ def probe(tiny_repo):
         return logits.argmax(1), factors[:, 0]
 
     return run
+
+
+@pytest.fixture(name="train_and_export", scope="session")
+def train_and_export_fixture():
+    """`train_and_export(root, runs, name, family, data, data_args, family_args, batch_size=16, **export_kw)` for
+    tests (conftest is not importable as a module)."""
+    return train_and_export
 
 
 @pytest.fixture(name="wait_serving")
@@ -432,6 +457,35 @@ def extra_app(serve_app):
                 pass
         if deployed:
             wait_serving(serve_app.target)  # with one app left, the proxy routes requests without metadata again
+
+
+@dataclass
+class RepositoryApp:
+    """An app serving every model of a repository (`repository_app`): how the client and the CLI reach it."""
+
+    target: str
+    app_name: str | None  # the `application` metadata a serve-frontend app needs (None: native, its own port)
+
+    def client(self, timeout: float = 120):
+        from latentserve.client import LatentClient
+
+        return LatentClient(self.target, timeout=timeout, app_name=self.app_name)
+
+    def cli_args(self, timeout: float = 120) -> list[str]:
+        return ["--target", self.target, "--timeout", str(timeout)] + (["--app", self.app_name] if self.app_name else [])
+
+
+@pytest.fixture
+def repository_app(extra_app):
+    """`deploy(name, repository, **overrides) -> RepositoryApp`: every model of `repository` (real exported runs) as
+    an extra app, co-located with small CPU shares so it fits beside the session app."""
+
+    def deploy(name: str, repository, **overrides) -> RepositoryApp:
+        settings = dict(models=[], colocate=True, num_cpus=0.25, ingress_num_cpus=0.25, **overrides)
+        target, metadata, _ = extra_app(name, repository=str(repository), **settings)
+        return RepositoryApp(target, name if metadata else None)
+
+    return deploy
 
 
 # ---------------------------------------------------------------------------------------- the HTTP door

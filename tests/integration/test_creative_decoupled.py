@@ -71,7 +71,7 @@ def test_served(repo, extra_app, tmp_path, capsys):
         assert "triangle+dots" in info.class_names and len(info.class_names) == 12
         assert info.class_factors == {"shape": ("square", "ellipse", "triangle"),
                                       "texture": ("solid", "stripes", "dots", "checks")}
-        assert (info.min_output_size, info.max_output_size) == (16, 16)  # raster: its native size only
+        assert (info.output_sizes.min_px, info.output_sizes.max_px) == (16, 16)  # raster: its native size only
         assert c.get_model("shapes-can").class_factors == {}
         s = c.sample("textured-decoupled", 6, seed=2, factor_classes={"texture": "dots"}, format="float32")
         assert all(info.class_names[y].endswith("+dots") for y in s.labels)

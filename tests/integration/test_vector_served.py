@@ -21,29 +21,19 @@ NET = {"z_dim": 8, "g_hidden": 16, "g_depth": 1, "d_width": 4, "e_width": 4, "e_
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    from latentserve.models.data import load_dataset
-    from latentserve.models.export import export_run
-    from latentserve.models.train import TrainConfig, train
-
-    torch.set_num_threads(1)
-    root, runs = tmp_path_factory.mktemp("repo24v"), tmp_path_factory.mktemp("runs24v")
-    data = load_dataset("shapes", **DATA)
-    cfg = TrainConfig(family="vector", data="shapes", data_args=dict(DATA), steps=3, batch_size=16,
-                      out=str(runs / "shapes-vector"), ckpt_every=3, eval_every=3, grid_every=10**6, threads=1,
-                      device="cpu", family_args=NET, eval_size=16)
-    export_run(train(cfg, progress=False, dataset=data), "shapes-vector", repo_root=root, max_latent_fit=100,
-               data=data)
+def repo(tmp_path_factory, train_and_export):
+    root = tmp_path_factory.mktemp("repo24v")
+    train_and_export(root, tmp_path_factory.mktemp("runs24v"), "shapes-vector", "vector", "shapes", DATA, NET,
+                     max_latent_fit=100)
     return root
 
 
-def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app, tmp_path):
-    target, md, _ = extra_app("vec24", repository=str(repo), models=[], colocate=True, num_cpus=0.25,
-                              ingress_num_cpus=0.25, max_output_pixels=1 << 22)
-    with LatentClient(target, timeout=120, app_name="vec24" if md else None) as c:
+def test_vector_model_draws_at_any_size_and_as_svg(repo, repository_app, serve_app, tmp_path):
+    app = repository_app("vec24", repo, max_output_pixels=1 << 22)
+    with app.client() as c:
         info = c.get_model("shapes-vector")
         assert info.family == "vector" and list(info.image_shape) == [3, 16, 16]
-        assert (info.min_output_size, info.max_output_size, info.max_output_pixels) == (16, 1024, 1 << 22)
+        assert (info.output_sizes.min_px, info.output_sizes.max_px, info.max_output_pixels) == (16, 1024, 1 << 22)
         native = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8")
         assert native.images.shape == (3, 16, 16, 3)
         big = c.sample("shapes-vector", 3, label=2, seed=5, format="uint8", output_size=64)
@@ -71,7 +61,7 @@ def test_vector_model_draws_at_any_size_and_as_svg(repo, extra_app, serve_app, t
     from latentserve.cli import main  # the CLI: decode at a size, and as SVG documents in a folder
 
     np.savez(tmp_path / "z.npz", latents=native.latents, labels=native.labels)
-    conn = ["--target", target, "--timeout", "120"] + (["--app", "vec24"] if md else [])
+    conn = app.cli_args()
     assert main(["decode", "shapes-vector", str(tmp_path / "z.npz"), "--size", "48", "-o", str(tmp_path / "big"),
                  *conn]) == 0
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["0000.png", "0001.png", "0002.png"]

@@ -84,7 +84,8 @@ def test_model_info_tells_the_output_sizes_and_class_factors():
     from latentserve.services.config import ServeConfig
     from latentserve.services.core.pool import model_info
 
-    assert output.size_range("vector", 32) == (16, 1024) and output.size_range("gan", 32) == (32, 32)
+    assert output.sizes("vector", 32, {}) == {"min_px": 16, "max_px": 1024, "multiple_of_px": 1}
+    assert output.sizes("gan", 32, {}) == {"min_px": 32, "max_px": 32, "multiple_of_px": 32}
     config = ServeConfig()
     factors = {"shape": ["ellipse", "square", "triangle"], "texture": ["solid", "stripes", "dots", "checks"]}
     cases = [(_record("vector", 16), 16, 1024, {}),
@@ -93,15 +94,15 @@ def test_model_info_tells_the_output_sizes_and_class_factors():
                       class_names=[f"{s}+{t}" for s in factors["shape"] for t in factors["texture"]]), 16, 16, factors)]
     for record, lo, hi, class_factors in cases:
         info = {**model_info(record, config), "versions": [1], "handle_store": None}
-        assert (info["min_output_size"], info["max_output_size"]) == (lo, hi)
+        assert (info["output_sizes"]["min_px"], info["output_sizes"]["max_px"]) == (lo, hi)
         assert info["class_factors"] == [{"name": k, "classes": v} for k, v in class_factors.items()]
         assert info["limits"]["max_output_pixels"] == config.limits.max_output_pixels
         m = codec.model_info_to_pb(info)
-        assert (m.min_output_size, m.max_output_size, m.limits.max_output_pixels) == (
+        assert (m.output_sizes.min_px, m.output_sizes.max_px, m.limits.max_output_pixels) == (
             lo, hi, config.limits.max_output_pixels)
         assert [(f.name, list(f.classes)) for f in m.class_factors] == list(class_factors.items())
         client = model_info_from_proto(pb.ModelInfo.FromString(m.SerializeToString()))
-        assert (client.min_output_size, client.max_output_size) == (lo, hi)
+        assert (client.output_sizes.min_px, client.output_sizes.max_px) == (lo, hi)
         assert client.class_factors == {k: tuple(v) for k, v in class_factors.items()}
         assert list(client.class_factors) == list(class_factors)  # label order kept
 
@@ -111,20 +112,22 @@ def test_model_info_fields_and_the_models_command():
     from latentserve.commands.models import describe
 
     assert [(f.name, f.number) for f in pb.ModelInfo.DESCRIPTOR.fields if f.number > 22] == [
-        ("min_output_size", 23), ("max_output_size", 24), ("class_factors", 25)]
+        ("output_sizes", 23), ("class_factors", 24)]
     assert pb.Limits.DESCRIPTOR.fields_by_name["max_output_pixels"].number == 6
     old = model_info_from_proto(pb.ModelInfo(name="g", family="gan", image_shape=[3, 8, 8]))  # an older server
-    assert (old.min_output_size, old.max_output_size, old.class_factors) == (0, 0, {})
-    assert "output sizes" not in describe(old) and "class factors" not in describe(old)
-    vec = model_info_from_proto(pb.ModelInfo(name="v", family="vector", image_shape=[3, 16, 16], min_output_size=16,
-                                             max_output_size=1024, limits=pb.Limits(max_output_pixels=1 << 22)))
-    assert "output sizes 16..1024 px (any output_size)" in describe(vec) and "4194304 output pixels" in describe(vec)
+    assert (old.output_sizes, old.class_factors) == (None, {})
+    assert "native size only" in describe(old) and "class factors" not in describe(old)
+    vec = model_info_from_proto(pb.ModelInfo(name="v", family="vector", image_shape=[3, 16, 16],
+                                             output_sizes=pb.OutputSizes(min_px=16, max_px=1024, multiple_of_px=1),
+                                             limits=pb.Limits(max_output_pixels=1 << 22)))
+    assert "--size 16..1024 px, 0 = native" in describe(vec) and "4194304 output pixels" in describe(vec)
     dec = model_info_from_proto(pb.ModelInfo(
-        name="d", family="gan", image_shape=[3, 16, 16], min_output_size=16, max_output_size=16,
+        name="d", family="gan", image_shape=[3, 16, 16],
+        output_sizes=pb.OutputSizes(min_px=16, max_px=16, multiple_of_px=16),
         class_factors=[pb.ClassFactor(name="shape", classes=["ellipse", "square"]),
                        pb.ClassFactor(name="texture", classes=["solid", "dots"])]))
     text = describe(dec)
-    assert "output sizes 16 px only" in text
+    assert "native size only" in text
     assert ("class factors (--class-factor FACTOR=CLASS)\n    shape        ellipse, square\n"
             "    texture      solid, dots") in text
     dec.check_factor_classes({"texture": "dots", "shape": "square"})

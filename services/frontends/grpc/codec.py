@@ -203,7 +203,7 @@ def interpolate_call(r: "pb.InterpolateRequest", end: float) -> calls.Interpolat
         method=INTERPOLATION_METHODS.get(r.method, str(r.method)), format=_format_name(r.format),
         geodesic=calls.GeodesicOptions(iterations=g.iterations, learning_rate=g.learning_rate, space=g.space,
                                        init=INTERPOLATION_METHODS.get(g.init, str(g.init)) if g.init else ""),
-        return_handles=r.return_handles, deadline=end)
+        return_handles=r.return_handles, deadline=end, output_size=r.output_size)
 
 
 def edit_call(r: "pb.EditRequest") -> calls.EditCall:
@@ -213,7 +213,8 @@ def edit_call(r: "pb.EditRequest") -> calls.EditCall:
         moves.append(calls.Move(knob=mv.knob, how=how, value=getattr(mv, how) if how else 0.0))
     return calls.EditCall(model=r.model, version=r.version, inputs=[ref_in(i) for i in r.inputs], moves=moves,
                           format=_format_name(r.format), allow_weak_knobs=r.allow_weak_knobs,
-                          return_handles=r.return_handles, hold=list(r.hold), factor_classes=dict(r.factor_classes))
+                          return_handles=r.return_handles, hold=list(r.hold), factor_classes=dict(r.factor_classes),
+                          output_size=r.output_size)
 
 
 def augment_call(r: "pb.AugmentRequest") -> calls.AugmentCall:
@@ -313,10 +314,9 @@ def model_info_to_pb(info: dict[str, Any]) -> "pb.ModelInfo":
         gates_passed=bool(gates.get("passed", False)),
         judge=gates.get("judge") or "",
         handle_store=pb.HandleStore(**info["handle_store"]) if info.get("handle_store") else None,
-        min_output_size=int(info.get("min_output_size", 0)),
-        max_output_size=int(info.get("max_output_size", 0)),
         class_factors=[pb.ClassFactor(name=f["name"], classes=list(f["classes"]))
                        for f in info.get("class_factors", [])],
+        output_sizes=pb.OutputSizes(**info["output_sizes"]) if info.get("output_sizes") else None,
     )
 
 

@@ -129,7 +129,7 @@ def interpolate_call(model: str, r: s.InterpolateRequest, end: float) -> calls.I
         format=format_name(r.format),
         geodesic=calls.GeodesicOptions(iterations=g.iterations, learning_rate=g.learning_rate, space=g.space,
                                        init=g.init),
-        return_handles=r.return_handles, deadline=end)
+        return_handles=r.return_handles, deadline=end, output_size=r.output_size)
 
 
 def edit_call(model: str, r: s.EditRequest) -> calls.EditCall:
@@ -142,7 +142,8 @@ def edit_call(model: str, r: s.EditRequest) -> calls.EditCall:
     return calls.EditCall(model=model, version=r.version,
                           inputs=[ref_in(ref, f"inputs[{i}]") for i, ref in enumerate(r.inputs)], moves=moves,
                           format=format_name(r.format), allow_weak_knobs=r.allow_weak_knobs,
-                          return_handles=r.return_handles, hold=list(r.hold), factor_classes=dict(r.factor_classes))
+                          return_handles=r.return_handles, hold=list(r.hold), factor_classes=dict(r.factor_classes),
+                          output_size=r.output_size)
 
 
 def augment_call(r: s.AugmentRequest) -> calls.AugmentCall:

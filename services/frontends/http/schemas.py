@@ -98,7 +98,8 @@ class DecodeRequest(Strict):
     latents: list[Latent] = Field(default_factory=list)
     handles: list[str] = Field(default_factory=list)
     format: Format = "png"
-    output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: 16..1024")
+    output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: "
+                                            "16..1024; texture (sgan) models: the sizes of ModelInfo output_sizes")
 
 
 class SampleRequest(Strict):
@@ -117,7 +118,8 @@ class SampleRequest(Strict):
     class_check: float = 0.0
     allow_weak_knobs: bool = False
     hold: list[str] = Field(default_factory=list, description="factors the knobs keep fixed (conditional directions)")
-    output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: 16..1024")
+    output_size: int = Field(0, description="px (width = height); 0 = the model's native size; vector models: "
+                                            "16..1024; texture (sgan) models: the sizes of ModelInfo output_sizes")
     factor_classes: dict[str, str] = Field(default_factory=dict, description=(
         "class factor -> class on a model whose classes are combinations (e.g. shape, texture); others drawn"))
 
@@ -131,6 +133,7 @@ class InterpolateRequest(Strict):
     format: Format = "png"
     geodesic: GeodesicOptions = Field(default_factory=GeodesicOptions)
     return_handles: bool = False
+    output_size: int = Field(0, description="frame px; 0 = native; another size for texture (sgan) models only")
 
 
 class EditRequest(Strict):
@@ -143,6 +146,7 @@ class EditRequest(Strict):
     hold: list[str] = Field(default_factory=list, description="factors every factor move keeps fixed")
     factor_classes: dict[str, str] = Field(default_factory=dict, description=(
         "class factors set on every input before the moves, latent kept (e.g. swap the texture, keep the shape)"))
+    output_size: int = Field(0, description="px (width = height); 0 = the model's native size, as for Decode")
 
 
 class AugmentRequest(Strict):

@@ -378,8 +378,9 @@ function showFacts() {
     classes: info.class_names.join(", "), prior: info.prior, "default sample source": info.default_sample_source,
     knobs: info.knobs.map((k) => k.name).join(", "), backend: info.backend,
   };
-  if (info.max_output_size && info.min_output_size !== info.max_output_size) {
-    facts["output sizes"] = `${info.min_output_size} to ${info.max_output_size} px`;
+  const sizes = info.output_sizes;
+  if (sizes && sizes.min_px !== sizes.max_px) {
+    facts["output sizes"] = `${sizes.min_px} to ${sizes.max_px} px` + (sizes.multiple_of_px > 1 ? ` in steps of ${sizes.multiple_of_px}` : "");
   }
   if ((info.class_factors || []).length) {
     facts["class factors"] = info.class_factors.map((f) => `${f.name}: ${f.classes.join(", ")}`).join("; ");

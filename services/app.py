@@ -63,7 +63,7 @@ def served_models(config: ServeConfig) -> dict[str, int]:
             )
         wrong = [f"{m} ({families[m]})" for m in config.served.models if m not in generative]
         if wrong:
-            raise ValidationError(f"only generative models (gan, vae, flow, ae) can be served; not: {', '.join(wrong)}")
+            raise ValidationError(f"only generative models ({', '.join(GENERATIVE)}) can be served; not: {', '.join(wrong)}")
         chosen = list(config.served.models)
     else:
         chosen = generative

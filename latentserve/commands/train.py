@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train or resume a model (gan | vae | flow | ae | probe)",
+        help="train or resume a model (gan | vae | flow | ae | vector | sgan | probe)",
         description="Train a model family on a dataset into a run directory (checkpoint.pt, log.jsonl, "
         "samples/). Re-running the same command resumes from the checkpoint; Ctrl-C saves one before exiting.",
     )

@@ -327,7 +327,7 @@ class ModelRunner:
         record = self.repo.load(self.name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
             raise ValidationError(
-                f"model {self.name} is a {record.family} model; only generative models (gan, vae, flow, ae) are served"
+                f"model {self.name} is a {record.family} model; only generative models ({', '.join(GENERATIVE)}) are served"
             )
         fmt = "onnx" if self.config.served.backend == "onnxruntime" else "torchscript"
         sessions = {}

@@ -267,8 +267,8 @@ class ModelPool:
     def _load_version(self, name: str, version: int) -> ServedVersion:
         record = self.repo.load(name, version, verify=self.config.served.verify_checksums)
         if record.family not in GENERATIVE:
-            raise ValidationError(f"model {name!r} is a {record.family} model; only gan, vae, flow, ae, vector and sgan "
-                                  f"models are served")
+            raise ValidationError(f"model {name!r} is a {record.family} model; only generative models "
+                                  f"({', '.join(GENERATIVE)}) are served")
         space = self.repo.latent_space(record)
         return ServedVersion(record, space, model_info(record, self.config))
 

@@ -88,9 +88,10 @@ class Readout:
 
     def solve(self, z: np.ndarray, labels: np.ndarray, step: np.ndarray, target: np.ndarray,
               bracket: float) -> np.ndarray:
-        """Amounts a (N,) with f(z + a * step) = target, |a| <= bracket (step (D,), or (N, D) one per row): the crossing nearest to a = 0 (the
-        smallest edit) on a grid of SOLVE_GRID points (one batched read-out call), then the Illinois variant of
-        regula falsi inside that grid cell (keeps the bracket, converges superlinearly on a smooth read-out).
+        """Amounts a (N,) with f(z + a * step) = target, |a| <= bracket (step (D,), or (N, D) one per row): the
+        crossing nearest to a = 0 (the smallest edit) on a grid of SOLVE_GRID points (one batched read-out call),
+        then the Illinois variant of regula falsi inside that grid cell (keeps the bracket, converges superlinearly
+        on a smooth read-out).
 
         Rows whose target the read-out does not cross inside the bracket (an unreachable value) get the one-step
         amount target - f(z) instead of being pushed to the bracket's end."""

@@ -258,13 +258,11 @@ class LatentSpace:
         whatever T (the temperature scales the global code only)."""
         labels, t = self._labels(labels), self._temperature(temperature)
         eps = rng.standard_normal((len(labels), self.latent_dim), dtype=np.float32)  # (N, D)
-        if self.prior_type == "texture":
+        if self.prior_type in ("standard_normal", "texture"):
             z = (t * eps).astype(np.float32)
-            if self.periodic:
+            if self.periodic:  # texture only (checked in __post_init__)
                 z[:, -self.periodic:] = rng.random((len(labels), self.periodic), dtype=np.float32)
             return z
-        if self.prior_type == "standard_normal":
-            return (t * eps).astype(np.float32)
         mean, std = self.prior_mean[labels], np.exp(self.prior_logstd[labels])  # (N, D) each
         return (mean + t * std * eps).astype(np.float32)
 
@@ -328,8 +326,8 @@ class LatentSpace:
             # alternate the move with a projection onto the local span of the nearest anchors of the class.
             y = self._labels(labels)
             tolerance = MANIFOLD_TOLERANCE * (knob.high - knob.low)
+            local = knob.readout is not None and self.knob_moves == "local"
             for _ in range(MANIFOLD_STEPS):
-                local = knob.readout is not None and self.knob_moves == "local"
                 step = self._local_step(z2, y, knob) if local else None
                 z2 = self._project_to_anchors(self.solve_move(z2, name, t, y, step), y)
                 if knob.readout is not None and np.all(np.abs(knob.readout.predict(z2, y) - t) <= tolerance):
@@ -358,7 +356,7 @@ class LatentSpace:
         """Per row (N, D): the read-out's gradient restricted to the local anchor span, scaled so that a move of
         `a` along it changes the read-out by about `a` factor units (as the knob's unit_step does for its linear
         estimate); the knob's unit_step where that gradient vanishes."""
-        mu, basis = self._local_spans(z2, y)
+        _, basis = self._local_spans(z2, y)
         coords = np.einsum("nd,nrd->nr", knob.readout.gradient(z2, y), basis)  # (N, r)
         g = np.einsum("nr,nrd->nd", coords, basis)  # (N, D)
         norm2 = (g ** 2).sum(1, keepdims=True)  # (N, 1)

@@ -236,14 +236,18 @@ class GANFamily(Family):
         self.opt_e.step()
         self._update_ema(step)
 
+    def _recon_codes(self, lat_real: torch.Tensor) -> torch.Tensor:
+        """The codes the reconstruction term decodes: E(x), plus `recon_code_noise` Gaussian noise if set."""
+        noise = self.config.recon_code_noise
+        return lat_real + noise * torch.randn_like(lat_real) if noise else lat_real
+
     def _autoencoder_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, float]:
         """Before `adv_start`: G and E as an autoencoder, on the joint step's reconstruction, class and moment
         terms only (the discriminator does not train)."""
         c = self.config
         self.e.train()
         lat_real, logits_real = self.e(x)  # (B,Z), (B,C)
-        lat_rec = lat_real + c.recon_code_noise * torch.randn_like(lat_real) if c.recon_code_noise else lat_real
-        recon_loss = F.mse_loss(self.g(lat_rec, y), x)
+        recon_loss = F.mse_loss(self.g(self._recon_codes(lat_real), y), x)
         class_loss = F.cross_entropy(logits_real, y)
         prior_loss = _moment_loss(lat_real) if x.shape[0] > 1 else lat_real.sum() * 0.0
         loss = self.mode_reg_at(step) * recon_loss + c.w_class * class_loss + c.w_prior * prior_loss
@@ -264,8 +268,7 @@ class GANFamily(Family):
         adv_rec = c.w_adv_recon > 0
         # one generator pass over prior and encoded latents (and, with w_adv_recon, encoded latents plus noise):
         # BN statistics see all of them, like at sampling time
-        lat_rec = lat_real + c.recon_code_noise * torch.randn_like(lat_real) if c.recon_code_noise else lat_real
-        codes, labels = [z, lat_rec], [y, y]
+        codes, labels = [z, self._recon_codes(lat_real)], [y, y]
         if adv_rec:
             codes.append(lat_real + c.recon_noise * torch.randn_like(lat_real))
             labels.append(y)

@@ -30,6 +30,7 @@ from latentserve.errors import IntegrityError, NotFoundError, ValidationError
 from latentserve.models.data.base import Dataset, to_model, to_uint8
 from latentserve.models.families import FAMILIES, get_family
 from latentserve.models.families.base import Family
+from latentserve.models.manifest import sha256_file
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -58,6 +59,10 @@ class TrainConfig:
     family_args: dict = field(default_factory=dict)  # overrides of the family config's fields
     log_every: int = 50  # append mean losses over the last this-many steps to log.jsonl. >= 1
     eval_size: int = 1000  # test images used by the periodic evaluation (the first ones: fixed subset). >= 1
+    # warm start (fine-tuning): a run directory or checkpoint of the same family whose module weights a fresh run
+    # starts from wherever a parameter's name and shape match (warm_start); optimisers and the step start over.
+    # Ignored when resuming this run's own checkpoint. None = fresh initialisation
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -93,6 +98,10 @@ class TrainConfig:
             raise ValidationError(f"TrainConfig.out must be a directory path, got {self.out!r}")
         if self.out is not None:
             self.out = str(self.out)
+        if self.init_from is not None and (not isinstance(self.init_from, (str, os.PathLike)) or not str(self.init_from)):
+            raise ValidationError(f"TrainConfig.init_from must be a run directory or checkpoint path, got {self.init_from!r}")
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
         dev = self.device
         if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda")
                                             or (dev.startswith("cuda:") and dev[5:].isdigit())):
@@ -297,6 +306,35 @@ def _read_checkpoint(path: Path, device: torch.device | str) -> dict:
 _IDENTITY = ("family", "data", "data_args", "batch_size", "seed")
 
 
+def warm_start(family: Family, source: str | Path, device: torch.device | str = "cpu") -> tuple[str, str]:
+    """Copy into `family`'s modules every tensor of another run's checkpoint (`source`: a run directory or
+    checkpoint file of the same family) whose module, name and shape match; the rest keep their fresh values
+    (e.g. a discriminator head the source run did not have). Returns a one-line summary naming what was kept
+    fresh, and the source file's sha256 (logged, so the run records what it started from). A foreign family, or no tensor in common, is a ValidationError: a warm start that copies nothing is
+    a mistake, not a fresh run."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    ckpt = _read_checkpoint(path, device)
+    if ckpt.get("family") != family.name:
+        raise ValidationError(f"init_from {source}: a {ckpt.get('family')!r} checkpoint cannot start a "
+                              f"{family.name!r} run")
+    copied, fresh = 0, []
+    for name, module in family.modules().items():
+        saved = ckpt["modules"].get(name, {})
+        state = module.state_dict()
+        for key, value in state.items():
+            if key in saved and saved[key].shape == value.shape:
+                value.copy_(saved[key])
+                copied += 1
+            else:
+                fresh.append(f"{name}.{key}")
+    if not copied:
+        raise ValidationError(f"init_from {source}: no weight matches this run's modules")
+    rest = f"; fresh: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else ""
+    return f"warm start from {path} (step {ckpt['step']}): {copied} tensors copied{rest}", sha256_file(path)
+
+
 def _check_resumable(ckpt: dict, cfg: TrainConfig, family_config: Any, path: Path) -> None:
     old = ckpt.get("train_config", {})
     diffs = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in _IDENTITY
@@ -369,7 +407,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, dataset:
 
     seed_everything(cfg.seed)
     family = family_cls(family_config, data_meta, device)
-    start_step, elapsed_before, last_losses = 0, 0.0, {}
+    start_step, elapsed_before, last_losses, init_sha = 0, 0.0, {}, None
     if ckpt is not None:
         for name, module in family.modules().items():
             module.load_state_dict(ckpt["modules"][name])
@@ -379,6 +417,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, dataset:
         start_step, elapsed_before = int(ckpt["step"]), float(ckpt.get("elapsed_seconds", 0.0))
         last_losses = dict(ckpt.get("last_losses", {}))
         _trim_log(log_path, start_step)
+    elif cfg.init_from is not None:
+        summary, init_sha = warm_start(family, cfg.init_from, device)
+        say(summary)
     run_dir.mkdir(parents=True, exist_ok=True)
     if ckpt is None:  # a fresh start (or --no-resume): no log or sample grids of an earlier run
         log_path.unlink(missing_ok=True)
@@ -440,7 +481,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True, dataset:
             tqdm(total=steps, initial=start_step, disable=not progress, unit="step", dynamic_ncols=True,
                  desc=f"{cfg.family}/{cfg.data}") as bar:
         _log(log_fh, {"kind": "start", "step": start_step, "steps": steps, "resumed": ckpt is not None,
-                      "device": str(device), "time": time.time()})
+                      "device": str(device), "time": time.time(),
+                      **({"init_from": cfg.init_from, "init_sha256": init_sha} if init_sha else {})})
         if ckpt is not None:
             say(f"resuming {run_dir} from step {start_step}")
         while step < steps:

@@ -55,6 +55,7 @@ def config_from_args(args: argparse.Namespace):
             family=args.family, data=args.data, data_args=data_args, steps=args.steps, batch_size=args.batch_size,
             seed=args.seed, out=args.out, ckpt_every=args.ckpt_every, eval_every=args.eval_every,
             grid_every=args.grid_every, threads=args.threads, device=args.device, family_args=family_args,
+            init_from=args.init_from,
         )
     except TypeError as exc:
         raise ValidationError(str(exc)) from exc
@@ -93,6 +94,9 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto = cuda if available)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a field of the family config, repeatable (e.g. z_dim=64)")
+    p.add_argument("--init-from", default=None, metavar="RUN",
+                   help="fine-tune: start a new run from another run's weights (run directory or checkpoint of the "
+                   "same family; tensors whose name and shape match are copied, optimisers and step start over)")
     p.add_argument("--no-resume", action="store_true", help="start over even if the run directory has a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -183,12 +183,66 @@ def test_cli_arguments_map_to_train_config():
     args = build_parser().parse_args([
         "train", "--family", "probe", "--data", "shapes", "--data-arg", "n_train=500", "--data-arg", "seed=2",
         "--holdout", "scale=0.4:0.5", "--steps", "30", "--batch-size", "16", "--set", "width=8",
-        "--set", "coord_channels=false", "--set", "lr=0.001", "--threads", "1", "--out", "runs/x", "--no-resume",
+        "--set", "coord_channels=false", "--set", "lr=0.001", "--threads", "1", "--out", "runs/x", "--no-resume", "--init-from", "runs/base",
     ])
     cfg = config_from_args(args)
     assert cfg.data_args == {"n_train": 500, "seed": 2, "holdout": {"scale": [0.4, 0.5]}}
     assert cfg.family_args == {"width": 8, "coord_channels": False, "lr": 0.001}
     assert cfg.steps == 30 and cfg.batch_size == 16 and cfg.threads == 1 and args.no_resume
+    assert cfg.init_from == "runs/base"
     bad = build_parser().parse_args(["train", "--family", "probe", "--set", "width"])
     with pytest.raises(ValidationError, match="--set expects key=value"):
         config_from_args(bad)
+
+
+def _fresh_probe(family_args: dict) -> ProbeFamily:
+    from latentserve.models.train import build_family_config
+
+    return ProbeFamily(build_family_config(ProbeFamily, family_args), tiny_dataset().meta(), "cpu")
+
+
+def test_warm_start_copies_matching_tensors_and_leaves_the_rest_fresh(reference):
+    from latentserve.models.train import warm_start
+
+    saved = _params(reference)
+    same = _fresh_probe(SMALL)
+    summary, sha = warm_start(same, reference)
+    assert "fresh" not in summary and len(sha) == 64
+    _assert_same({k: v for k, v in same.modules()["probe"].state_dict().items()}, saved)
+
+    wider = _fresh_probe({**SMALL, "feature_dim": 16})  # the feature layer and what reads it change shape
+    before = {k: v.clone() for k, v in wider.modules()["probe"].state_dict().items()}
+    summary, _ = warm_start(wider, reference / "checkpoint.pt")
+    after = wider.modules()["probe"].state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    kept_fresh = {k for k in after if saved.get(k) is None or saved[k].shape != after[k].shape}
+    assert kept_fresh and "fresh: probe." in summary
+    assert all(torch.equal(after[k], before[k]) for k in kept_fresh)  # no partial copy into a mismatched tensor
+    assert all(torch.equal(after[k], saved[k]) for k in after if k not in kept_fresh)
+    assert changed  # and the matching ones did change
+
+
+def test_warm_start_run_starts_at_step_zero_from_the_source_weights(reference, tmp_path):
+    ds = tiny_dataset()
+    train(_cfg(tmp_path, 1, init_from=str(reference), family_args={**SMALL, "warmup_steps": 5}), progress=False,
+          dataset=ds)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["train_config"]["init_from"] == str(reference)
+    start = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert start["init_from"] == str(reference) and len(start["init_sha256"]) == 64
+    # one step from the source weights stays close to them; a fresh initialisation is far away
+    new, old = ckpt["modules"]["probe"], _params(reference)
+    near = max(float((new[k].float() - old[k].float()).abs().max()) for k in old if old[k].is_floating_point())
+    assert near < 0.05
+
+
+def test_warm_start_refuses_another_family_and_a_bad_path(reference, tmp_path):
+    from latentserve.models.families.gan import GANFamily
+    from latentserve.models.train import build_family_config, warm_start
+
+    gan = GANFamily(build_family_config(GANFamily, {"z_dim": 4, "g_width": 4, "d_width": 4, "e_width": 4,
+                                                    "e_hidden": 8, "e_batch": 4}), tiny_dataset(size=16).meta(), "cpu")
+    with pytest.raises(ValidationError, match="'probe' checkpoint cannot start a 'gan' run"):
+        warm_start(gan, reference)
+    with pytest.raises(ValidationError, match="init_from"):
+        TrainConfig(family="probe", init_from="")

@@ -2,7 +2,11 @@
 
 `python -m latentserve.models.creative_study --out DIR [--steps N] [--weights 0,0.3,1,3] [--form multiclass]`
 trains one GAN per weight on `shapes` (everything else equal, `can_form` set for all, so weight 0 has the same
-discriminator with its class head and no push), then on `n` prior samples per class of each:
+discriminator with its class head and no push). `--init-from RUN --set K=V ... --source anchors` instead
+fine-tunes every weight from one pretrained run (e.g. the bundled recipe's autoencoder phase: G already draws
+shapes, so the weight alone decides how far they move) and measures what Sample serves: each run exported with
+the anchor mixture (latent.anchor_mixture), its samples decoded by the exported graph. Then on `n` samples per
+class of each (prior samples of the EMA generator with `--source prior`):
 - novelty: median pixel distance of a sample to its nearest training image over the same median for real test
   images (1 = as new as fresh real data; models/judges/scoring._novelty), and the mean entropy (nats) of the class
   posterior of a classifier trained on real training images only (models/judges/classifier.py; log 3 = 1.10 is
@@ -38,6 +42,23 @@ def sample_images(family, n_per_class: int, seed: int) -> tuple[np.ndarray, np.n
     return to_u8(x), np.repeat(np.arange(family.n_classes), n_per_class)
 
 
+def anchor_images(run: Path, repo: Path, name: str, data, n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (C*n, S, S, 3) samples of a run as Sample serves them (export with the anchor mixture, decode with the
+    exported graph), labels (C*n,) class-major."""
+    import shutil
+
+    from latentserve.models.evaluate import _latent_space, decoder_fn
+    from latentserve.models.export import export_run
+    from latentserve.models.judges.scoring import to_u8
+
+    shutil.rmtree(repo / name, ignore_errors=True)
+    record = export_run(run, name, repo_root=repo, data=data, knob_readouts=False, gmm_covariance="anchors",
+                        gmm_components=500, gmm_bandwidth=0.1)
+    labels = np.repeat(np.arange(len(data.class_names)), n_per_class)
+    z = _latent_space(record).sample_gmm(labels, np.random.default_rng(seed))
+    return to_u8(decoder_fn(record)(z.astype(np.float32), labels)), labels
+
+
 def d_realness(family, images_u8: np.ndarray) -> float:
     """Mean sigmoid of the run's discriminator's real/fake score over uint8 images."""
     import torch
@@ -55,11 +76,13 @@ def entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=1)
 
 
-def measure(family, data, posteriors, n_per_class: int, real_nearest: float, train_ref: np.ndarray) -> dict:
+def measure(family, data, posteriors, n_per_class: int, real_nearest: float, train_ref: np.ndarray,
+            samples: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """The row of one run on `samples` (images, labels), or on its prior samples when None."""
     from latentserve.models.judges.geometric import judge_shapes, shape_at_all
     from latentserve.models.judges.scoring import _novelty
 
-    x, y = sample_images(family, n_per_class, seed=1)
+    x, y = samples if samples is not None else sample_images(family, n_per_class, seed=1)
     judged = judge_shapes(x).labels
     at_all, best_fit = shape_at_all(x)
     return {
@@ -99,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default="0,0.3,1,3")
     ap.add_argument("--form", default="multiclass", choices=["multiclass", "binary"])
     ap.add_argument("--extra", default="binary:1", help="more runs, form:weight,... ('' = none)")
+    ap.add_argument("--init-from", default=None, metavar="RUN", help="fine-tune every run from this run's weights")
+    ap.add_argument("--set", action="append", default=[], metavar="K=V",
+                    help="family config field for every run (replaces the small default nets' fields), repeatable")
+    ap.add_argument("--source", default="prior", choices=["prior", "anchors"],
+                    help="samples measured: the EMA generator's prior samples, or Sample's anchor mixture (export)")
     args = ap.parse_args(argv)
+    from latentserve.commands.train import parse_assignments
     from latentserve.models.data import load_dataset
     from latentserve.models.judges.classifier import train_posterior_classifier
     from latentserve.models.judges.geometric import shape_at_all
@@ -117,17 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     real_acc = float((posteriors(data.test.images).argmax(1) == data.test.labels).mean())
     runs = [(args.form, float(w)) for w in args.weights.split(",")]
     runs += [(e.split(":")[0], float(e.split(":")[1])) for e in args.extra.split(",") if e]
+    family_args = parse_assignments(args.set, "--set") if args.set else dict(FAMILY_ARGS)
     rows = []
     for form, weight in runs:
         name = f"{form}_{weight:g}"
         cfg = TrainConfig(family="gan", data="shapes", data_args=data_args, steps=args.steps, out=str(out / "runs" / name),
-                          threads=1, ckpt_every=args.steps, family_args={**FAMILY_ARGS, "can_form": form,
-                                                                         "can_weight": weight})
-        family, ckpt = load_checkpoint(train(cfg, progress=False, dataset=data), "cpu")  # a finished run: measured again
+                          threads=1, ckpt_every=args.steps, init_from=args.init_from,
+                          family_args={**family_args, "can_form": form, "can_weight": weight})
+        run = train(cfg, progress=False, dataset=data)
+        family, ckpt = load_checkpoint(run, "cpu")  # a finished run: measured again
+        samples = (anchor_images(run, out / "repo", f"shapes-can-{name.replace('_', '-')}", data, args.n, seed=1)
+                   if args.source == "anchors" else None)
         row = {"run": name, "form": form, "weight": weight, "train_s": round(float(ckpt.get("elapsed_seconds", 0))),
-               **measure(family, data, posteriors, args.n, real_nearest, train_ref)}
+               **measure(family, data, posteriors, args.n, real_nearest, train_ref, samples)}
         rows.append(row)
-        x, _ = sample_images(family, 8, seed=2)
+        x = (samples[0].reshape(len(data.class_names), args.n, *samples[0].shape[1:])[:, :8].reshape(-1, *samples[0].shape[1:])
+             if samples is not None else sample_images(family, 8, seed=2)[0])
         contact_sheet(x, ncol=8, upscale=4).save(out / f"creative_{name}.png")
         print(row, flush=True)
     at_all, best_fit = shape_at_all(data.test.images)
@@ -142,7 +176,7 @@ def write_markdown(path: Path, rows: list[dict], args, real_entropy: float, real
     lines = [
         f"## CAN trade-off ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
         f"Command: `python -m latentserve.models.creative_study {' '.join(sys.argv[1:] if argv is None else argv)}`; {args.steps} steps at batch 64, "
-        f"{args.image_size} px shapes, {args.n} prior samples per class; load average at the end "
+        f"{args.image_size} px shapes, {args.n} {'anchor-mixture' if args.source == 'anchors' else 'prior'} samples per class; load average at the end "
         f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores.",
         f"Real test images: posterior entropy {real_entropy:.3f} nats (classifier accuracy {real_acc:.3f}), "
         f"shape at all {real_fit[0]:.3f}, best fit {real_fit[1]:.3f}; novelty 1.0 by definition.", "",

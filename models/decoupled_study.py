@@ -10,6 +10,9 @@ smaller one; everything else equal), then on `n` prior samples per combined clas
 - texture swap: the same latents decoded with the next texture class (same shape): the soft IoU of the two images'
   coverage (1 = the outline kept exactly), the share of judged samples still judged the same shape (NaN when the
   judge names none), and the swapped texture's GAN-test.
+`--set K=V` adds family fields to both variants (e.g. the bundled GAN recipe's autoencoder phase, `adv_start`);
+`--source anchors` draws the latents from an anchor mixture of the run's encoded training images (500 per class,
+bandwidth 0.1: what Sample serves for such a GAN, latent.anchor_mixture) instead of the N(0, I) prior.
 Writes DIR/runs/<name>/, DIR/decoupled.md and DIR/decoupled_<name>.png (rows: the 12 classes; the second half
 of the sheet: the same latents with the texture swapped).
 """
@@ -51,13 +54,38 @@ def _share(flags: np.ndarray) -> float:
     return float(flags.mean()) if len(flags) else float("nan")
 
 
-def measure(family, texture_of, n_per_class: int, seed: int = 1) -> dict:
+def anchor_latents(family, data, labels: np.ndarray, seed: int) -> np.ndarray:
+    """Latents (N, Z) for `labels` from an anchor mixture of the family's encoded training images (up to 6000)."""
+    import torch
+
+    from latentserve.models.data.base import to_model
+    from latentserve.models.latent import anchor_mixture
+
+    n = min(6000, len(data.train))
+    family.e.eval()
+    with torch.no_grad():
+        codes = np.concatenate([family.e(torch.from_numpy(to_model(data.train.images[i:i + 500])))[0].numpy()
+                                for i in range(0, n, 500)])
+    weights, means, variances = anchor_mixture(codes, data.train.labels[:n], family.n_classes, 500, 0.1, seed=0)
+    rng = np.random.default_rng(seed)
+    comp = np.array([rng.choice(weights.shape[1], p=weights[c] / weights[c].sum()) for c in labels])
+    noise = rng.standard_normal((len(labels), means.shape[2]))
+    return (means[labels, comp] + noise * np.sqrt(variances[labels, comp])).astype(np.float32)
+
+
+def draw_latents(family, data, labels: np.ndarray, seed: int, source: str) -> np.ndarray:
+    if source == "anchors":
+        return anchor_latents(family, data, labels, seed)
+    return np.random.default_rng(seed).standard_normal((len(labels), family.config.z_dim)).astype(np.float32)
+
+
+def measure(family, texture_of, n_per_class: int, seed: int = 1, data=None, source: str = "prior") -> dict:
     from latentserve.models.data.textured import TEXTURE_NAMES, split_labels
     from latentserve.models.judges.geometric import judge_shapes
 
     n_tex = len(TEXTURE_NAMES)
     labels = np.repeat(np.arange(family.n_classes), n_per_class).astype(np.int64)
-    z = np.random.default_rng(seed).standard_normal((len(labels), family.config.z_dim)).astype(np.float32)
+    z = draw_latents(family, data, labels, seed, source)
     shape, texture = split_labels(labels)
     x = decode(family, z, labels)
     swapped_labels = shape * n_tex + (texture + 1) % n_tex
@@ -74,7 +102,11 @@ def measure(family, texture_of, n_per_class: int, seed: int = 1) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = study_parser(__doc__, steps=1000, image_size=32, n=50)
     ap.add_argument("--n-train", type=int, default=12000)
+    ap.add_argument("--set", action="append", default=[], metavar="K=V", help="family field for both variants")
+    ap.add_argument("--source", default="prior", choices=["prior", "anchors"], help="latents: N(0, I) or anchors")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="which variants to train (default both)")
     args = ap.parse_args(argv)
+    from latentserve.commands.train import parse_assignments
     from latentserve.models.data import load_dataset
     from latentserve.models.data.textured import TEXTURE_NAMES, split_labels
     from latentserve.models.judges.classifier import train_classifier
@@ -90,15 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     real = {"shape": float((judge_shapes(data.test.images).labels == real_shape).mean()),
             "texture": float((texture_of(data.test.images) == real_tex).mean())}
     rows = []
-    for name, args_ in VARIANTS.items():
+    extra = parse_assignments(args.set, "--set")
+    for name in args.variants.split(","):
         cfg = TrainConfig(family="gan", data="textured", data_args=data_args, steps=args.steps, threads=1,
-                          out=str(out / "runs" / name), ckpt_every=args.steps, family_args={**COMMON, **args_})
+                          out=str(out / "runs" / name), ckpt_every=min(args.steps, 1000),
+                          family_args={**COMMON, **VARIANTS[name], **extra})
         family, ckpt = load_checkpoint(train(cfg, progress=False, dataset=data), "cpu")  # a finished run: measured again
-        row = {"model": name, "train_s": round(float(ckpt.get("elapsed_seconds", 0))), **measure(family, texture_of, args.n)}
+        row = {"model": name, "train_s": round(float(ckpt.get("elapsed_seconds", 0))),
+               **measure(family, texture_of, args.n, data=data, source=args.source)}
         rows.append(row)
         print(row, flush=True)
-        z = np.random.default_rng(2).standard_normal((family.n_classes * 6, family.config.z_dim)).astype(np.float32)
         lab = np.repeat(np.arange(family.n_classes), 6)
+        z = draw_latents(family, data, lab, 2, args.source)
         shape, texture = split_labels(lab)
         sheet = np.concatenate([decode(family, z, lab), decode(family, z, shape * 4 + (texture + 1) % 4)])
         contact_sheet(sheet, ncol=12, upscale=3).save(out / f"decoupled_{name}.png")
@@ -111,7 +146,7 @@ def write_markdown(path: Path, rows: list[dict], real: dict, args, argv) -> None
     lines = [
         f"## GAN-test per factor on textured ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
         f"Command: `python -m latentserve.models.decoupled_study {' '.join(sys.argv[1:] if argv is None else argv)}`; {args.steps} steps at batch 64, "
-        f"{args.image_size} px, {args.n_train} training images, {args.n} prior samples per combined class (12 "
+        f"{args.image_size} px, {args.n_train} training images, {args.n} {'anchor-mixture' if args.source == 'anchors' else 'prior'} samples per combined class (12 "
         f"classes); load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on 2 shared cores.",
         f"Real test images: shape judged right {real['shape']:.3f}, texture classifier right {real['texture']:.3f}.", "",
         "| model | G params | GAN-test shape (judge) | GAN-test texture (real-trained classifier) | both "

@@ -29,8 +29,9 @@ class Job:
 # cores (each manifest records its training.seconds). What each recipe is for:
 # - GAN: the "decoder" generator with a linear (clamped) output, trained first as an autoencoder (19000 steps of
 #   reconstruction at weight 3000, class head, moment matching; a quarter of a full step's cost; the judged
-#   sharpness of small corners still grows at 14000 steps), then 1000 steps with the discriminator (adversarial loss on prior samples and on codes near encoded images; no latent
-#   regression or AC term, which moved the encoder's codes away from the decoder's EMA), its EMA restarted there;
+#   sharpness of small corners still grows at 14000 steps), then 1000 steps with the discriminator (adversarial
+#   loss on prior samples and on codes near encoded images; no latent regression or AC term, which moved the
+#   encoder's codes away from the decoder's EMA), its EMA restarted there;
 #   sampled from an anchor mixture of its encoded training images (latent.anchor_mixture), because its N(0, I)
 #   prior samples are off the data; knobs move along their read-out's local gradient (export knob_moves "local"),
 #   because its codes follow scale and position nonlinearly.

@@ -59,7 +59,7 @@ def anchor_latents(family, data, labels: np.ndarray, seed: int) -> np.ndarray:
     import torch
 
     from latentserve.models.data.base import to_model
-    from latentserve.models.latent import anchor_mixture
+    from latentserve.models.latent import LatentSpace, anchor_mixture
 
     n = min(6000, len(data.train))
     family.e.eval()
@@ -67,10 +67,9 @@ def anchor_latents(family, data, labels: np.ndarray, seed: int) -> np.ndarray:
         codes = np.concatenate([family.e(torch.from_numpy(to_model(data.train.images[i:i + 500])))[0].numpy()
                                 for i in range(0, n, 500)])
     weights, means, variances = anchor_mixture(codes, data.train.labels[:n], family.n_classes, 500, 0.1, seed=0)
-    rng = np.random.default_rng(seed)
-    comp = np.array([rng.choice(weights.shape[1], p=weights[c] / weights[c].sum()) for c in labels])
-    noise = rng.standard_normal((len(labels), means.shape[2]))
-    return (means[labels, comp] + noise * np.sqrt(variances[labels, comp])).astype(np.float32)
+    space = LatentSpace(prior_type="standard_normal", latent_dim=codes.shape[1], n_classes=family.n_classes,
+                        gmm_weights=weights, gmm_means=means, gmm_vars=variances, gmm_kind="anchors")
+    return space.sample_gmm(labels, np.random.default_rng(seed))
 
 
 def draw_latents(family, data, labels: np.ndarray, seed: int, source: str) -> np.ndarray:

@@ -98,9 +98,10 @@ class TrainConfig:
             raise ValidationError(f"TrainConfig.out must be a directory path, got {self.out!r}")
         if self.out is not None:
             self.out = str(self.out)
-        if self.init_from is not None and (not isinstance(self.init_from, (str, os.PathLike)) or not str(self.init_from)):
-            raise ValidationError(f"TrainConfig.init_from must be a run directory or checkpoint path, got {self.init_from!r}")
         if self.init_from is not None:
+            if not isinstance(self.init_from, (str, os.PathLike)) or not str(self.init_from):
+                raise ValidationError(f"TrainConfig.init_from must be a run directory or checkpoint path, "
+                                      f"got {self.init_from!r}")
             self.init_from = str(self.init_from)
         dev = self.device
         if not isinstance(dev, str) or not (dev in ("auto", "cpu", "cuda")
@@ -310,8 +311,8 @@ def warm_start(family: Family, source: str | Path, device: torch.device | str = 
     """Copy into `family`'s modules every tensor of another run's checkpoint (`source`: a run directory or
     checkpoint file of the same family) whose module, name and shape match; the rest keep their fresh values
     (e.g. a discriminator head the source run did not have). Returns a one-line summary naming what was kept
-    fresh, and the source file's sha256 (logged, so the run records what it started from). A foreign family, or no tensor in common, is a ValidationError: a warm start that copies nothing is
-    a mistake, not a fresh run."""
+    fresh, and the source file's sha256 (logged, so the run records what it started from). A foreign family, or
+    no tensor in common, is a ValidationError: a warm start that copies nothing is a mistake, not a fresh run."""
     path = Path(source)
     if path.is_dir():
         path = path / CHECKPOINT_NAME

@@ -58,7 +58,10 @@ _STATS_SEED = 20240917
 
 
 def _moment_loss(latent: torch.Tensor) -> torch.Tensor:
-    """Moment matching of a batch of codes (B,Z), B >= 2, to N(0, I): per-dim batch mean 0 and variance 1."""
+    """Moment matching of a batch of codes (B,Z) to N(0, I): per-dim batch mean 0 and variance 1 (a zero that
+    keeps the graph for B < 2, which has no variance)."""
+    if latent.shape[0] < 2:
+        return latent.sum() * 0.0
     return latent.mean(0).pow(2).mean() + (latent.var(0) - 1).pow(2).mean()
 
 
@@ -249,7 +252,7 @@ class GANFamily(Family):
         lat_real, logits_real = self.e(x)  # (B,Z), (B,C)
         recon_loss = F.mse_loss(self.g(self._recon_codes(lat_real), y), x)
         class_loss = F.cross_entropy(logits_real, y)
-        prior_loss = _moment_loss(lat_real) if x.shape[0] > 1 else lat_real.sum() * 0.0
+        prior_loss = _moment_loss(lat_real)
         loss = self.mode_reg_at(step) * recon_loss + c.w_class * class_loss + c.w_prior * prior_loss
         self._step_g_e(loss, step)
         return {"e_recon": float(recon_loss.detach()), "e_class": float(class_loss.detach()),
@@ -305,7 +308,7 @@ class GANFamily(Family):
         frozen = {k: v.detach() for k, v in self.e.named_parameters()}
         _, logits_fake = torch.func.functional_call(self.e, frozen, (fake,))
         ac_loss = F.cross_entropy(logits_fake, y)
-        prior_loss = _moment_loss(lat_real) if b > 1 else lat_real.sum() * 0.0
+        prior_loss = _moment_loss(lat_real)
         loss = (g_loss + self.mode_reg_at(step) * recon_loss + c.w_latent * latent_loss + c.w_class * class_loss
                 + c.w_ac * ac_loss + c.w_prior * prior_loss)
         self._step_g_e(loss, step)
@@ -350,7 +353,7 @@ class GANFamily(Family):
             recon_loss = F.mse_loss(recon, x)
             loss = loss + c.w_recon * recon_loss
             out["e_recon"] = float(recon_loss.detach())
-        if c.w_prior > 0 and lat_real.shape[0] > 1:
+        if c.w_prior > 0:
             loss = loss + c.w_prior * _moment_loss(lat_real)
         self.opt_e.zero_grad(set_to_none=True)
         loss.backward()

@@ -101,8 +101,8 @@ class GANConfig:
     # anchor mixture) and where knobs move codes, as a VAE's posterior noise makes it. [0, 10]
     recon_code_noise: float = 0.0
     # step from which the adversarial terms (D, G's adversarial loss, AC, latent regression E(G(z)) ~ z) train;
-    # before it, G and E train as an autoencoder only (reconstruction, class head, moment matching), at about a
-    # third of a full step's cost, so G learns to draw sharp outlines before a discriminator weighs in. 0 = from
+    # before it, G and E train as an autoencoder only (reconstruction, class head, moment matching), at a quarter
+    # to a third of a full step's cost, so G learns to draw sharp outlines before a discriminator weighs in. 0 = from
     # the first step. >= 0 (mode_reg > 0 only)
     adv_start: int = 0
     # cosine decay of lr_g and lr_e to lr_final_frac of their value over lr_decay_steps (0: constant): late steps

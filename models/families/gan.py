@@ -26,8 +26,8 @@ models/repository/README.md.
 reconstruction of real images through it.
 
 Creative sampling (CAN, `can_form` + `can_weight`): the discriminator's real/fake score is unconditional, its class
-head learns the classes from real images (`w_d_class`), and `_g_adv` adds the style-ambiguity loss of that head on
-G's images (models/nets/creative.py). `g_arch = "decoupled"` builds the shape / texture generator
+head learns the classes from real images (`w_d_class`), and from `can_start` `_g_adv` adds the style-ambiguity loss
+of that head on G's images (models/nets/creative.py). `g_arch = "decoupled"` builds the shape / texture generator
 (models/nets/decoupled.py) from the data's class factors; `knob_branches` tells export which latent coordinates
 each factor knob may move.
 
@@ -164,14 +164,15 @@ class GANFamily(Family):
             return F.softplus(mb.fake_logits(self.d, fake, y)).mean()  # cross-entropy to a real share of 0
         return self._d_fake_loss(self.d(fake, y))
 
-    def _g_adv(self, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """G's adversarial loss on its images (mixed: sets of fakes only should look all real)."""
+    def _g_adv(self, fake: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """G's adversarial loss on its images (mixed: sets of fakes only should look all real), with CAN's push
+        from `can_start`."""
         c = self.config
         if c.d_kind == "mixed":
             return F.softplus(-mb.fake_logits(self.d, fake, y)).mean()
         score, logits = self.d.score_and_class(fake, y)
         loss = self._g_loss(score)
-        if c.can_weight > 0:  # CAN: real, yet no known class (models/nets/creative.py)
+        if c.can_weight > 0 and step >= c.can_start:  # CAN: real, yet no known class (models/nets/creative.py)
             loss = loss + c.can_weight * style_ambiguity(logits, c.can_form)
         return loss
 
@@ -216,7 +217,7 @@ class GANFamily(Family):
 
         # 2. generator through the updated discriminator (D params get grads but are not stepped here)
         self.d.requires_grad_(False)
-        g_loss = self._g_adv(fake, y)
+        g_loss = self._g_adv(fake, y, step)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
@@ -295,9 +296,9 @@ class GANFamily(Family):
 
         # 2. generator + encoder
         self.d.requires_grad_(False)
-        g_loss = self._g_adv(fake, y)
+        g_loss = self._g_adv(fake, y, step)
         if adv_rec:
-            g_loss = g_loss + c.w_adv_recon * self._g_adv(near, y)
+            g_loss = g_loss + c.w_adv_recon * self._g_adv(near, y, step)
         self.d.requires_grad_(True)
         lat_fake, _ = self.e(fake)  # (B,Z)
         recon_loss = F.mse_loss(rec, x)

@@ -49,7 +49,7 @@ class VectorFamily(GANFamily):
     def _build_generator(self, data_meta: dict) -> nn.Module:
         c = self.config
         return VectorGenerator(c.z_dim, self.n_classes, self.image_size, c.kinds(), c.g_hidden, c.g_depth,
-                               c.g_embed, c.edge_px)
+                               c.g_embed, c.edge_px, gate=c.layer_gate(data_meta["class_names"]))
 
     def edge_px_at(self, step: int) -> float:
         """Edge width at `step`: linear from edge_px_start to edge_px (a function of the step: resumes continue)."""

@@ -121,6 +121,9 @@ class GANConfig:
     can_form: str = "none"
     can_weight: float = 0.0  # weight of the style-ambiguity loss on G (0 with a form: the same D, no push). >= 0
     w_d_class: float = 1.0  # weight of D's class cross-entropy on real images (with a CAN form). >= 0
+    # step from which the push acts: before it D's class head learns the classes, so that its uncertainty means
+    # "between the known classes" and not "untrained head". >= 0
+    can_start: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -145,7 +148,7 @@ class GANConfig:
             rng(name, 0.0, 1e-2, lo_open=True)
         for name in ("beta1", "beta2", "ema_decay"):
             rng(name, 0.0, 1.0 - 1e-12)
-        for name in ("ema_start", "encoder_start", "adv_start"):
+        for name in ("ema_start", "encoder_start", "adv_start", "can_start"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValidationError(f"GANConfig.{name} must be an int >= 0, got {getattr(self, name)!r}")
         for name in ("w_latent", "w_class", "w_recon", "w_prior", "mode_reg", "w_ac", "w_adv_recon", "can_weight",

@@ -39,6 +39,11 @@ class VectorConfig(GANConfig):
     edge_anneal_steps: int = 1500  # >= 1
     g_hidden: int = 256  # MLP width of the layer generator. 8..4096
     g_depth: int = 3  # hidden layers of the MLP. 1..8
+    # which layer kinds may draw each class, "class:kind,class:kind" (e.g. "square:polygon4,ellipse:ellipse,
+    # triangle:polygon3"): the other layers' opacity is 0 for that class. Empty or an unnamed class: every layer.
+    # A prior the user states, not a learned choice: without it, reconstruction settles in a local optimum where
+    # one ellipse approximates every class (a disc) and the polygon layers never become visible.
+    class_layers: str = ""
 
     def validate(self) -> None:
         super().validate()
@@ -54,6 +59,20 @@ class VectorConfig(GANConfig):
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(k.strip() for k in str(self.layers).split(",") if k.strip())
+
+    def layer_gate(self, class_names) -> torch.Tensor:
+        """(C, L) 0/1: layer l may draw class c (class_layers, checked against the data's class names)."""
+        kinds, names = self.kinds(), list(class_names)
+        gate = torch.ones(len(names), len(kinds))
+        for item in (i.strip() for i in str(self.class_layers).split(",") if i.strip()):
+            cls, sep, kind = (v.strip() for v in item.partition(":"))
+            if not sep or cls not in names or kind not in kinds:
+                raise ValidationError(f"VectorConfig.class_layers entry {item!r}: use class:kind with a class of "
+                                      f"{names} and a kind of {list(kinds)}")
+            if gate[names.index(cls)].all():  # the first entry for a class replaces 'every layer'
+                gate[names.index(cls)] = 0.0
+            gate[names.index(cls), [i for i, k in enumerate(kinds) if k == kind]] = 1.0
+        return gate
 
 
 def _signed_distance(kind: str, p: torch.Tensor, c: torch.Tensor, a: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,7 +119,7 @@ class VectorGenerator(nn.Module):
     RAW_PER_LAYER = 10  # centre 2, rotations 2, log-axes 2, colour 3, opacity 1
 
     def __init__(self, z_dim: int, n_classes: int, image_size: int, kinds, hidden: int = 256, depth: int = 3,
-                 embed: int = 32, edge_px: float = vec.DEFAULT_EDGE_PX) -> None:
+                 embed: int = 32, edge_px: float = vec.DEFAULT_EDGE_PX, gate: torch.Tensor | None = None) -> None:
         super().__init__()
         self.kinds = vec.check_kinds(kinds)
         self.z_dim, self.n_classes, self.image_size = z_dim, n_classes, image_size
@@ -112,6 +131,11 @@ class VectorGenerator(nn.Module):
             layers += [nn.Linear(width, hidden), nn.SiLU()]
             width = hidden
         self.body = nn.Sequential(*layers)
+        # (C, L) which layers may draw each class (VectorConfig.layer_gate); derived from the config, not saved
+        gate = torch.ones(n_classes, len(self.kinds)) if gate is None else gate
+        if tuple(gate.shape) != (n_classes, len(self.kinds)):
+            raise ValidationError(f"layer gate of shape {tuple(gate.shape)}; expected {(n_classes, len(self.kinds))}")
+        self.register_buffer("gate", gate.float(), persistent=False)
         self.head = nn.Linear(hidden, len(self.kinds) * self.RAW_PER_LAYER + 3)
         with torch.no_grad():  # start from small centred layers of mid opacity, not saturated sigmoids
             self.head.weight.mul_(0.1)
@@ -128,7 +152,7 @@ class VectorGenerator(nn.Module):
         # R(theta) diag(axes) R(phi); scaling R(theta)'s columns is the diagonal product (exports to any opset)
         a = (_rotation(math.pi * r[..., 2]) * axes[..., None, :]) @ _rotation(math.pi * r[..., 3])  # (B,L,2,2)
         colour = torch.sigmoid(r[..., 6:9])
-        opacity = torch.sigmoid(r[..., 9:10])
+        opacity = torch.sigmoid(r[..., 9:10]) * self.gate[label][..., None]  # (B, L, 1)
         layers = torch.cat([centre, a.reshape(-1, n, 4), colour, opacity], -1)  # (B, L, 10)
         background = torch.sigmoid(raw[:, n * self.RAW_PER_LAYER:] - 2.0)  # (B, 3), dark to start
         return layers, background

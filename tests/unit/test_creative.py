@@ -65,3 +65,21 @@ def test_can_step_trains_the_class_head(form):
     assert "d_class_acc" in out and all(math.isfinite(v) for v in out.values())
     assert fam.d.classes is not None
     assert GANFamily(GANConfig(z_dim=8, g_width=8, d_width=8, e_width=8, e_hidden=16), meta).d.classes is None
+
+
+def test_can_start_gates_the_push():
+    """Before can_start G's adversarial loss has no style-ambiguity term (D's class head is still learning);
+    from can_start it is the same loss plus can_weight times that term."""
+    torch.manual_seed(0)
+    meta = {"image_size": 16, "class_names": ["a", "b", "c"]}
+    fam = GANFamily(GANConfig(z_dim=8, g_width=8, d_width=8, e_width=8, e_hidden=16, can_form="multiclass",
+                              can_weight=2.0, can_start=100), meta)
+    fake, y = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    fam.d.eval()  # spectral norm's power iteration would move D between the calls
+    with torch.no_grad():
+        score, logits = fam.d.score_and_class(fake, y)
+        plain, push = fam._g_loss(score), style_ambiguity(logits, "multiclass")
+        assert float(fam._g_adv(fake, y, 99)) == pytest.approx(float(plain), rel=1e-6)
+        assert float(fam._g_adv(fake, y, 100)) == pytest.approx(float(plain + 2.0 * push), rel=1e-6)
+    with pytest.raises(ValidationError, match="can_start"):
+        GANConfig(can_start=-1)

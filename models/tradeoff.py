@@ -70,6 +70,10 @@ class TradeoffSettings:
     runs: str = "runs/tradeoff"
     threads: int = 1
     extra: dict = field(default_factory=dict)  # variant -> family_args overrides
+    # the latent density each model is exported with: "auto" (the export's default) or "anchors" (an anchor mixture
+    # of encoded training images, 500 per class, bandwidth 0.1: what the bundled GAN serves). Families without an
+    # encoder ignore it
+    gmm: str = "auto"
 
     def __post_init__(self) -> None:
         bad = [v for v in self.variants if v not in VARIANTS]
@@ -81,6 +85,8 @@ class TradeoffSettings:
         bad = [d for d in self.data if d not in DATA_SETS]
         if bad:
             raise ValidationError(f"trade-off data sets {bad} unknown; choose from {', '.join(DATA_SETS)}")
+        if self.gmm not in ("auto", "anchors"):
+            raise ValidationError(f"trade-off gmm {self.gmm!r}; choose auto or anchors")
         if self.steps < 1 or self.n_samples < 12 or not self.seeds:
             raise ValidationError("trade-off needs steps >= 1, n_samples >= 12 and at least one seed")
 
@@ -169,8 +175,10 @@ def run_one(variant: str, data, seed: int, s: TradeoffSettings) -> dict:
     run = train(cfg, progress=False, dataset=data)
     train_s = time.time() - t0
     shutil.rmtree(root / "repo" / name, ignore_errors=True)
+    density = ({"gmm_covariance": "anchors", "gmm_components": 500, "gmm_bandwidth": 0.1}
+               if s.gmm == "anchors" and fam in ("gan", "vae") else {})
     record = export_run(run, name, repo_root=root / "repo", max_latent_fit=max(100, min(4000, len(data.train))), data=data,
-                        fit_latents=True, knob_readouts=False)
+                        fit_latents=True, knob_readouts=False, **density)
     record = Repository(root / "repo").load(name)
     space = _latent_space(record)
     source = default_sample_source(record.family, space.gmm_weights is not None, space.gmm_kind)

@@ -75,6 +75,8 @@ def register(sub) -> None:
     t.add_argument("--tradeoff-samples", type=positive_int, default=1000, help="samples judged per model (default 1000)")
     t.add_argument("--tradeoff-runs", default="runs/tradeoff", metavar="DIR",
                    help="training runs (reused when finished with the same settings) and DIR/repo (default runs/tradeoff)")
+    t.add_argument("--tradeoff-gmm", choices=["auto", "anchors"], default="auto",
+                   help="latent density of each export: the default fit, or the anchor mixture the bundled GAN serves")
     t.add_argument("--tradeoff-set", action="append", default=[], metavar="VARIANT.FIELD=VALUE",
                    help="override a variant's family setting, e.g. vae_ar.aux_weight=10 (repeatable)")
     t.add_argument("--quick", action="store_true", help="tiny nets and data for the trade-off (tests; figures meaningless)")
@@ -176,7 +178,8 @@ def _tradeoff_settings(args: argparse.Namespace):
         extra.setdefault(variant, {})[name] = value
     return TradeoffSettings(extra=extra, steps=args.tradeoff_steps, seeds=seeds, data=split(args.tradeoff_data),
                             variants=split(args.tradeoff_variants), n_samples=args.tradeoff_samples,
-                            quick=args.quick, runs=args.tradeoff_runs, threads=args.threads, **quick)
+                            quick=args.quick, runs=args.tradeoff_runs, threads=args.threads, gmm=args.tradeoff_gmm,
+                            **quick)
 
 
 def _holdout_settings(args: argparse.Namespace, cfg):

@@ -53,3 +53,9 @@ def test_summary_and_tables():
     assert md[0].startswith("| data | model | seeds | bits/dim") and "| modes | gan | 2 | n/a | 0.700 ± 0.100 |" in md[2]
     assert "65/100 ± 5" in md[2]
     assert "65/100" in format_table(summary)
+
+
+def test_gmm_choice_is_checked():
+    assert TradeoffSettings(gmm="anchors").gmm == "anchors"
+    with pytest.raises(ValidationError, match="gmm"):
+        TradeoffSettings(gmm="kde")

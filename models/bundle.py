@@ -38,14 +38,15 @@ class Job:
 # - VAE: a sharp likelihood (recon_scale 0.04) so corners survive reconstruction, sampled from an anchor mixture.
 # The anchor bandwidth (0.1 of the anchors' local spacing) trades novelty for fidelity; both are in the eval.
 # Anchors per class: 1000 for the VAE; 500 for the GAN, whose codes are twice as long (repository size).
-_ANCHORS = {"gmm_covariance": "anchors", "gmm_components": 500, "gmm_bandwidth": 0.1}
+# ANCHORS is the bundled GAN's sample source; the studies export with it to measure what Sample serves.
+ANCHORS = {"gmm_covariance": "anchors", "gmm_components": 500, "gmm_bandwidth": 0.1}
 RECIPE = [
     Job("shapes-probe", "probe", minutes=1),
-    Job("shapes-gan", "gan", steps=20000, minutes=50, export_args={**_ANCHORS, "knob_moves": "local"},
+    Job("shapes-gan", "gan", steps=20000, minutes=50, export_args={**ANCHORS, "knob_moves": "local"},
         family_args={"g_arch": "decoder", "g_out": "clamp", "mode_reg": 3000.0, "mode_reg_final": -1.0,
                      "adv_start": 19000, "ema_start": 19000, "w_latent": 0.0, "w_ac": 0.0, "recon_code_noise": 0.05,
                      "lr_d": 4e-4, "w_adv_recon": 1.0, "recon_noise": 0.1, "lr_decay_steps": 20000}),
-    Job("shapes-vae", "vae", steps=8000, minutes=20, export_args={**_ANCHORS, "gmm_components": 1000},
+    Job("shapes-vae", "vae", steps=8000, minutes=20, export_args={**ANCHORS, "gmm_components": 1000},
         family_args={"recon_scale": 0.04, "lr_decay_steps": 8000}),
     # maximum likelihood only: the flow + adversarial hybrid (adv_weight 0.1 from step 400, 2000 steps) drew no
     # more recognisable shapes by the judge at this budget and cost likelihood (models/repository/README.md)

@@ -47,13 +47,13 @@ def anchor_images(run: Path, repo: Path, name: str, data, n_per_class: int, seed
     exported graph), labels (C*n,) class-major."""
     import shutil
 
+    from latentserve.models.bundle import ANCHORS
     from latentserve.models.evaluate import _latent_space, decoder_fn
     from latentserve.models.export import export_run
     from latentserve.models.judges.scoring import to_u8
 
     shutil.rmtree(repo / name, ignore_errors=True)
-    record = export_run(run, name, repo_root=repo, data=data, knob_readouts=False, gmm_covariance="anchors",
-                        gmm_components=500, gmm_bandwidth=0.1)
+    record = export_run(run, name, repo_root=repo, data=data, knob_readouts=False, **ANCHORS)
     labels = np.repeat(np.arange(len(data.class_names)), n_per_class)
     z = _latent_space(record).sample_gmm(labels, np.random.default_rng(seed))
     return to_u8(decoder_fn(record)(z.astype(np.float32), labels)), labels

@@ -59,6 +59,7 @@ def anchor_latents(family, data, labels: np.ndarray, seed: int) -> np.ndarray:
     import torch
 
     from latentserve.models.data.base import to_model
+    from latentserve.models.bundle import ANCHORS
     from latentserve.models.latent import LatentSpace, anchor_mixture
 
     n = min(6000, len(data.train))
@@ -66,7 +67,8 @@ def anchor_latents(family, data, labels: np.ndarray, seed: int) -> np.ndarray:
     with torch.no_grad():
         codes = np.concatenate([family.e(torch.from_numpy(to_model(data.train.images[i:i + 500])))[0].numpy()
                                 for i in range(0, n, 500)])
-    weights, means, variances = anchor_mixture(codes, data.train.labels[:n], family.n_classes, 500, 0.1, seed=0)
+    weights, means, variances = anchor_mixture(codes, data.train.labels[:n], family.n_classes,
+                                               ANCHORS["gmm_components"], ANCHORS["gmm_bandwidth"], seed=0)
     space = LatentSpace(prior_type="standard_normal", latent_dim=codes.shape[1], n_classes=family.n_classes,
                         gmm_weights=weights, gmm_means=means, gmm_vars=variances, gmm_kind="anchors")
     return space.sample_gmm(labels, np.random.default_rng(seed))

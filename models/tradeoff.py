@@ -70,9 +70,9 @@ class TradeoffSettings:
     runs: str = "runs/tradeoff"
     threads: int = 1
     extra: dict = field(default_factory=dict)  # variant -> family_args overrides
-    # the latent density each model is exported with: "auto" (the export's default) or "anchors" (an anchor mixture
-    # of encoded training images, 500 per class, bandwidth 0.1: what the bundled GAN serves). Families without an
-    # encoder ignore it
+    # the latent density each GAN / VAE is exported with: "auto" (the export's default) or "anchors" (the bundled
+    # GAN's anchor mixture of encoded training images, models/bundle.ANCHORS). The flows keep the default fit: their
+    # latents are image-sized, so hundreds of anchors per class would weigh tens of MB
     gmm: str = "auto"
 
     def __post_init__(self) -> None:
@@ -159,6 +159,7 @@ def judged_figures(data, images_u8: np.ndarray, labels: np.ndarray) -> dict:
 def run_one(variant: str, data, seed: int, s: TradeoffSettings) -> dict:
     import torch
 
+    from latentserve.models.bundle import ANCHORS
     from latentserve.models.export import export_run
     from latentserve.models.repository import Repository
     from latentserve.models.train import TrainConfig, train
@@ -175,8 +176,7 @@ def run_one(variant: str, data, seed: int, s: TradeoffSettings) -> dict:
     run = train(cfg, progress=False, dataset=data)
     train_s = time.time() - t0
     shutil.rmtree(root / "repo" / name, ignore_errors=True)
-    density = ({"gmm_covariance": "anchors", "gmm_components": 500, "gmm_bandwidth": 0.1}
-               if s.gmm == "anchors" and fam in ("gan", "vae") else {})
+    density = ANCHORS if s.gmm == "anchors" and fam in ("gan", "vae") else {}
     record = export_run(run, name, repo_root=root / "repo", max_latent_fit=max(100, min(4000, len(data.train))), data=data,
                         fit_latents=True, knob_readouts=False, **density)
     record = Repository(root / "repo").load(name)

@@ -69,9 +69,10 @@ class VectorConfig(GANConfig):
             if not sep or cls not in names or kind not in kinds:
                 raise ValidationError(f"VectorConfig.class_layers entry {item!r}: use class:kind with a class of "
                                       f"{names} and a kind of {list(kinds)}")
-            if gate[names.index(cls)].all():  # the first entry for a class replaces 'every layer'
-                gate[names.index(cls)] = 0.0
-            gate[names.index(cls), [i for i, k in enumerate(kinds) if k == kind]] = 1.0
+            row = gate[names.index(cls)]  # a view: writes go into gate
+            if row.all():  # the first entry for a class replaces 'every layer'
+                row.zero_()
+            row[[i for i, k in enumerate(kinds) if k == kind]] = 1.0
         return gate
 
 
